@@ -1,0 +1,54 @@
+"""The root of pyswarm's errors.
+
+Every package draws its own tree under :class:`PyswarmError`; the CLI prints
+any ``PyswarmError`` as one line and exits non-zero, never with a traceback::
+
+    PyswarmError
+    ├── UsageError            bad input from the user (arguments, files)
+    │   └── compose.ComposeError      names file, line and key
+    ├── ClusterError          the cluster refused or cannot do it
+    │   ├── NotInSwarmError / NotManagerError / AlreadyInSwarmError
+    │   ├── NoQuorumError
+    │   └── NotFoundError
+    ├── ConnectionError_      could not reach a manager or node
+    ├── manager errors (manager/__init__.py)
+    └── worker.RuntimeError_  the container runtime failed
+"""
+
+from __future__ import annotations
+
+
+class PyswarmError(Exception):
+    """Anything pyswarm reports to a person."""
+
+
+class UsageError(PyswarmError):
+    pass
+
+
+class ClusterError(PyswarmError):
+    pass
+
+
+class NotInSwarmError(ClusterError):
+    pass
+
+
+class NotManagerError(ClusterError):
+    pass
+
+
+class AlreadyInSwarmError(ClusterError):
+    pass
+
+
+class NoQuorumError(ClusterError):
+    pass
+
+
+class NotFoundError(ClusterError):
+    pass
+
+
+class ConnectionError_(PyswarmError):
+    pass

@@ -1,0 +1,277 @@
+"""The objects kept in the replicated store, shared by every component.
+
+Each object is a plain dataclass that round-trips through JSON (``to_dict`` /
+``from_dict``) because it crosses three boundaries: the Raft log, the API
+socket and the SSH session to the agents. Desired state (``Service.spec``,
+``Task.desired_state``) is kept apart from observed state (``Task.state``,
+``Node.status``) so that a component can always tell what was asked from what
+happened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def new_id(length: int = 25) -> str:
+    """A random lowercase id, like Swarm's 25-character object ids."""
+    alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def now() -> float:
+    return time.time()
+
+
+class TaskState(str, Enum):
+    """Observed task state. It only moves forward, in this order."""
+
+    NEW = "new"
+    PENDING = "pending"
+    ASSIGNED = "assigned"
+    ACCEPTED = "accepted"
+    PREPARING = "preparing"
+    STARTING = "starting"
+    RUNNING = "running"
+    COMPLETE = "complete"
+    SHUTDOWN = "shutdown"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    ORPHANED = "orphaned"
+
+    @property
+    def rank(self) -> int:
+        # the terminal states share one rank: once terminal, a task stays so
+        return min(_ORDER.index(self), _ORDER.index(TaskState.COMPLETE))
+
+    @property
+    def terminal(self) -> bool:
+        return self.rank >= _ORDER.index(TaskState.COMPLETE)
+
+    def can_move_to(self, other: TaskState) -> bool:
+        """True when ``other`` is a step forward (terminal states are final)."""
+        if self.terminal:
+            return False
+        return other.rank > self.rank
+
+
+_ORDER = list(TaskState)
+
+DESIRED_RUNNING = "running"
+DESIRED_SHUTDOWN = "shutdown"
+DESIRED_REMOVE = "remove"
+
+
+class NodeRole(str, Enum):
+    MANAGER = "manager"
+    WORKER = "worker"
+
+
+class NodeAvailability(str, Enum):
+    ACTIVE = "active"
+    PAUSE = "pause"
+    DRAIN = "drain"
+
+
+class NodeStatus(str, Enum):
+    UNKNOWN = "unknown"
+    READY = "ready"
+    DOWN = "down"
+
+
+def _convert(tp: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return tp(value)
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return tp.from_dict(value)  # type: ignore[attr-defined]
+    return value
+
+
+class Model:
+    """JSON round-tripping for the dataclasses below; unknown keys are ignored
+    so that an older manager can read what a newer one wrote."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, Enum):
+                value = value.value
+            elif isinstance(value, Model):
+                value = value.to_dict()
+            elif isinstance(value, (dict, list)):
+                value = _plain(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        hints = _hints(cls)
+        kwargs = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name in data:
+                kwargs[f.name] = _convert(hints.get(f.name), data[f.name])
+        return cls(**kwargs)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Model):
+        return value.to_dict()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+_HINT_CACHE: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINT_CACHE:
+        import typing
+
+        resolved = typing.get_type_hints(cls)
+        out: dict[str, Any] = {}
+        for name, tp in resolved.items():
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            out[name] = args[0] if typing.get_origin(tp) in (typing.Union, _UnionType) and args else tp
+        _HINT_CACHE[cls] = out
+    return _HINT_CACHE[cls]
+
+
+_UnionType = type(int | None)
+
+
+@dataclass
+class Cluster(Model):
+    """The cluster's identity and settings. Secrets live here so that any
+    manager that becomes leader can reach the workers and admit joiners."""
+
+    id: str
+    zone: str = "pyswarm"
+    addr_pool: str = "10.240.0.0/16"
+    subnet_size: int = 24
+    ssh_public_key: str = ""
+    ssh_private_key: str = ""
+    worker_token_secret: str = ""
+    manager_token_secret: str = ""
+    api_host_key_fingerprint: str = ""
+    task_history_limit: int = 5
+    created_at: float = field(default_factory=now)
+
+
+@dataclass
+class Resources(Model):
+    nano_cpus: int = 0
+    memory_bytes: int = 0
+
+
+@dataclass
+class Node(Model):
+    id: str
+    hostname: str
+    addr: str
+    role: NodeRole = NodeRole.WORKER
+    availability: NodeAvailability = NodeAvailability.ACTIVE
+    status: NodeStatus = NodeStatus.UNKNOWN
+    status_message: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    resources: Resources = field(default_factory=Resources)
+    platform: dict[str, str] = field(default_factory=dict)
+    engine_version: str = ""
+    subnet: str = ""
+    ssh_port: int = 22
+    ssh_host_key: str = ""  # the node's sshd public key, pinned at join
+    api_port: int = 2377  # managers only
+    raft_port: int = 2378  # managers only
+    created_at: float = field(default_factory=now)
+    updated_at: float = field(default_factory=now)
+
+
+@dataclass
+class ContainerSpec(Model):
+    """What the agent needs to create one container."""
+
+    image: str
+    command: list[str] | None = None
+    entrypoint: list[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ServiceSpec(Model):
+    name: str  # full name: STACK_SERVICE
+    container: ContainerSpec
+    stack: str = ""
+    mode: str = "replicated"  # replicated | global
+    replicas: int = 1
+    labels: dict[str, str] = field(default_factory=dict)
+    restart_condition: str = "any"  # none | on-failure | any
+
+
+@dataclass
+class Service(Model):
+    id: str
+    spec: ServiceSpec
+    version: int = 1
+    previous_spec: ServiceSpec | None = None
+    created_at: float = field(default_factory=now)
+    updated_at: float = field(default_factory=now)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def short_name(self) -> str:
+        """The name within its stack (``web`` for ``demo_web``)."""
+        prefix = self.spec.stack + "_"
+        if self.spec.stack and self.spec.name.startswith(prefix):
+            return self.spec.name[len(prefix):]
+        return self.spec.name
+
+
+@dataclass
+class Task(Model):
+    id: str
+    service_id: str
+    service_name: str
+    slot: int  # replica slot; 0 for global services (node_id identifies them)
+    spec: ContainerSpec
+    stack: str = ""
+    spec_version: int = 1
+    node_id: str = ""
+    desired_state: str = DESIRED_RUNNING
+    state: TaskState = TaskState.NEW
+    message: str = ""
+    error: str = ""
+    exit_code: int | None = None
+    container_id: str = ""
+    ip: str = ""
+    created_at: float = field(default_factory=now)
+    state_since: float = field(default_factory=now)
+
+    @property
+    def name(self) -> str:
+        return f"{self.service_name}.{self.slot or self.node_id}"
+
+
+KINDS: dict[str, type[Model]] = {
+    "cluster": Cluster,
+    "node": Node,
+    "service": Service,
+    "task": Task,
+}
