@@ -220,6 +220,10 @@ class ServiceSpec(Model):
     replicas: int = 1
     labels: dict[str, str] = field(default_factory=dict)
     restart_condition: str = "any"  # none | on-failure | any
+    # placement (read by manager/scheduler.py); Swarm's syntax: "node.labels.zone==eu"
+    constraints: list[str] = field(default_factory=list)
+    max_replicas_per_node: int = 0  # 0: no limit
+    reservations: Resources = field(default_factory=Resources)  # per task
 
 
 @dataclass
