@@ -1,0 +1,283 @@
+"""Feasibility filters for the scheduler: can this node take this task at all?
+
+Shaped after moby/swarmkit's scheduler pipeline: each filter is a small
+object that answers one question about one node, and when it says no it says
+*why*, as a phrase the scheduler can count and show to the operator
+(``insufficient memory on 2 nodes``). Keeping each test separate is what
+makes ``no suitable node (…)`` precise, and makes a new rule (host ports,
+generic resources, …) one class plus one line in :data:`STATIC_FILTERS` or
+:data:`DYNAMIC_FILTERS`.
+
+Ranking (which feasible node is best) lives in ``scheduler.py``, apart from
+feasibility, as in Nomad: filters never score, scoring never rejects.
+
+Filters come in two kinds, and the split is what keeps planning fast:
+
+* **static** filters depend only on the node and the service's spec
+  (constraints). The scheduler runs them once per service and node, not once
+  per task. The ones that do not even look at the service (``node_only``:
+  status, availability) run once per plan.
+* **dynamic** filters depend on what is already placed on the node
+  (reservations, replicas per node, host ports). Their verdict can only go
+  from yes to no while a plan is built, never back, because placing tasks
+  only consumes capacity; the scheduler relies on that to drop a node from a
+  service's candidates for the rest of the plan once a dynamic filter fails.
+
+A reason is a phrase with a ``{nodes}`` placeholder that :func:`explain`
+fills with ``1 node`` / ``3 nodes``.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from pyswarm.errors import UsageError
+from pyswarm.models import NodeAvailability, NodeStatus, Node, ServiceSpec
+
+
+class ConstraintError(UsageError):
+    """A placement constraint that cannot be parsed.
+
+    A ``UsageError`` because it comes from the user's stack file or command
+    line; ``compose/`` and the API can call :func:`parse_constraint` to
+    refuse it before it ever reaches the store.
+    """
+
+
+# Swarm's own grammar (swarmkit api/constraint): keys are dotted names,
+# values may not contain characters that are or may become operators.
+_KEY = re.compile(r"^[a-z_][a-z0-9\-_.]+$", re.IGNORECASE)
+_VALUE = re.compile(r"^[a-z0-9:\-_\s.*()?+\[\]\\^$|/]+$", re.IGNORECASE)
+_OPERATORS = ("==", "!=")
+_FIXED_KEYS = ("node.id", "node.hostname", "node.role", "node.platform.os", "node.platform.arch")
+_LABEL_PREFIXES = ("node.labels.", "engine.labels.")
+
+# The same machine is called x86_64 by the kernel and amd64 by Go and Docker;
+# a constraint written either way should match a node reporting either way.
+_ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "armhf": "arm"}
+
+
+@dataclass(frozen=True, slots=True)
+class Constraint:
+    """One parsed ``KEY==VALUE`` or ``KEY!=VALUE`` placement constraint."""
+
+    key: str
+    operator: str
+    value: str
+
+    def __str__(self) -> str:
+        return f"{self.key}{self.operator}{self.value}"
+
+    def matches(self, node: Node) -> bool:
+        """Swarm's semantics: values compare case-insensitively, label names
+        case-sensitively, and a missing label reads as the empty string (so
+        ``node.labels.zone!=eu`` holds on a node without a zone)."""
+        actual = _node_value(node, self.key)
+        expected = self.value
+        if self.key == "node.platform.arch":
+            actual = _ARCH_ALIASES.get(actual.lower(), actual)
+            expected = _ARCH_ALIASES.get(expected.lower(), expected)
+        equal = actual.casefold() == expected.casefold()
+        return equal if self.operator == "==" else not equal
+
+
+def _node_value(node: Node, key: str) -> str:
+    if key == "node.id":
+        return node.id
+    if key == "node.hostname":
+        return node.hostname
+    if key == "node.role":
+        return node.role.value
+    if key == "node.platform.os":
+        return node.platform.get("os", "")
+    if key == "node.platform.arch":
+        return node.platform.get("arch", "")
+    if key.startswith("node.labels."):
+        return node.labels.get(key[len("node.labels."):], "")
+    if key.startswith("engine.labels."):
+        # Node has no engine labels yet; read them if a later model adds them.
+        engine_labels: dict[str, str] = getattr(node, "engine_labels", None) or {}
+        return engine_labels.get(key[len("engine.labels."):], "")
+    raise ConstraintError(f"constraint key {key!r} is not supported")
+
+
+def parse_constraint(text: str) -> Constraint:
+    """Parse one constraint, raising :class:`ConstraintError` with the reason."""
+    for op in _OPERATORS:
+        if op in text:
+            key, _, value = text.partition(op)
+            key, value = key.strip(), value.strip()
+            if not _KEY.match(key):
+                raise ConstraintError(f"invalid constraint {text!r}: bad key {key!r}")
+            if not (key in _FIXED_KEYS or any(
+                key.startswith(p) and len(key) > len(p) for p in _LABEL_PREFIXES
+            )):
+                raise ConstraintError(
+                    f"invalid constraint {text!r}: key must be one of "
+                    f"{', '.join(_FIXED_KEYS)}, node.labels.KEY or engine.labels.KEY"
+                )
+            if not _VALUE.match(value):
+                raise ConstraintError(f"invalid constraint {text!r}: bad value {value!r}")
+            return Constraint(key, op, value)
+    raise ConstraintError(f"invalid constraint {text!r}: expected KEY==VALUE or KEY!=VALUE")
+
+
+def parse_constraints(texts: list[str]) -> list[Constraint]:
+    return [parse_constraint(t) for t in texts]
+
+
+@dataclass(slots=True)
+class NodeInfo:
+    """A node plus what the plan so far has put on it.
+
+    The scheduler builds one per node from the store's tasks and updates it
+    as it assigns, so later decisions in the same plan see earlier ones.
+    """
+
+    node: Node
+    total: int = 0  # active tasks of every service
+    per_service: Counter[str] = field(default_factory=Counter)
+    reserved_nano_cpus: int = 0
+    reserved_memory_bytes: int = 0
+
+    def add(self, service_id: str, spec: ServiceSpec | None) -> None:
+        """Account for one more active task of ``service_id`` on this node."""
+        self.total += 1
+        self.per_service[service_id] += 1
+        if spec is not None:
+            self.reserved_nano_cpus += spec.reservations.nano_cpus
+            self.reserved_memory_bytes += spec.reservations.memory_bytes
+
+
+@dataclass(slots=True)
+class Job:
+    """What the filters need to know about the service being placed,
+    prepared once per service (constraints parsed once, not per node)."""
+
+    service_id: str
+    spec: ServiceSpec
+    constraints: list[Constraint]
+
+
+class Filter(ABC):
+    """One feasibility rule. ``check`` returns ``None`` when the node passes,
+    otherwise a reason phrase containing ``{nodes}``."""
+
+    static: ClassVar[bool]
+    node_only: ClassVar[bool] = False  # verdict ignores the job: run once per plan
+
+    def applies(self, job: Job) -> bool:
+        """False when the service asks nothing this filter checks, so the
+        scheduler can leave it out of that service's pipeline entirely."""
+        return True
+
+    @abstractmethod
+    def check(self, job: Job, info: NodeInfo) -> str | None: ...
+
+
+class ReadyFilter(Filter):
+    """Only a node whose agent session is up can start anything."""
+
+    static = True
+    node_only = True
+
+    def check(self, job: Job, info: NodeInfo) -> str | None:
+        if info.node.status is NodeStatus.READY:
+            return None
+        return "{nodes} down" if info.node.status is NodeStatus.DOWN else "{nodes} not ready"
+
+
+class AvailabilityFilter(Filter):
+    """``pause`` keeps what runs and takes nothing new; ``drain`` takes nothing."""
+
+    static = True
+    node_only = True
+
+    def check(self, job: Job, info: NodeInfo) -> str | None:
+        if info.node.availability is NodeAvailability.ACTIVE:
+            return None
+        return "{nodes} not available for new tasks"
+
+
+class ConstraintFilter(Filter):
+    """``placement.constraints``; names the first constraint a node fails."""
+
+    static = True
+
+    def applies(self, job: Job) -> bool:
+        return bool(job.constraints)
+
+    def check(self, job: Job, info: NodeInfo) -> str | None:
+        for constraint in job.constraints:
+            if not constraint.matches(info.node):
+                return f"constraint {constraint} not met on {{nodes}}"
+        return None
+
+
+class ResourceFilter(Filter):
+    """Reservations against what the node reports, minus what active tasks
+    on it already reserve. A node reporting nothing has nothing to give."""
+
+    static = False
+
+    def applies(self, job: Job) -> bool:
+        r = job.spec.reservations
+        return r.memory_bytes > 0 or r.nano_cpus > 0
+
+    def check(self, job: Job, info: NodeInfo) -> str | None:
+        want = job.spec.reservations
+        have = info.node.resources
+        if want.memory_bytes and info.reserved_memory_bytes + want.memory_bytes > have.memory_bytes:
+            return "insufficient memory on {nodes}"
+        if want.nano_cpus and info.reserved_nano_cpus + want.nano_cpus > have.nano_cpus:
+            return "insufficient cpu on {nodes}"
+        return None
+
+
+class MaxReplicasFilter(Filter):
+    """``placement.max_replicas_per_node``."""
+
+    static = False
+
+    def applies(self, job: Job) -> bool:
+        return job.spec.max_replicas_per_node > 0
+
+    def check(self, job: Job, info: NodeInfo) -> str | None:
+        limit = job.spec.max_replicas_per_node
+        if info.per_service[job.service_id] >= limit:
+            return f"max replicas per node ({limit}) reached on {{nodes}}"
+        return None
+
+
+# Order matters only for the explanation: a node is counted under the first
+# filter that rejects it. Cheap, likely-to-reject tests come first.
+STATIC_FILTERS: tuple[Filter, ...] = (ReadyFilter(), AvailabilityFilter(), ConstraintFilter())
+# Host-mode published ports slot in here once ServiceSpec carries ports.
+DYNAMIC_FILTERS: tuple[Filter, ...] = (ResourceFilter(), MaxReplicasFilter())
+
+
+def first_rejection(filters: tuple[Filter, ...], job: Job, info: NodeInfo) -> str | None:
+    """The reason of the first filter that rejects the node, or None."""
+    for f in filters:
+        reason = f.check(job, info)
+        if reason is not None:
+            return reason
+    return None
+
+
+def explain(rejections: Counter[str] | dict[str, int]) -> str:
+    """``no suitable node (2 nodes down; insufficient memory on 1 node)``.
+
+    Reasons keep the order they were counted in: the scheduler runs the
+    static filters one at a time over all nodes (sorted by id) and the
+    dynamic ones after, so the text follows the pipeline and is stable.
+    """
+    parts = []
+    for reason, count in rejections.items():
+        nodes = "1 node" if count == 1 else f"{count} nodes"
+        parts.append(reason.replace("{nodes}", nodes))
+    return f"no suitable node ({'; '.join(parts)})" if parts else "no suitable node"

@@ -1,0 +1,119 @@
+"""Object factories for tests: a valid pyswarm.models object in one call.
+
+Each factory fills every required field with a plausible value and takes
+keyword overrides for the fields a test cares about, so a test states only
+what matters to it (``make_node(availability=NodeAvailability.DRAIN)``).
+Ids come from a counter, not from ``new_id``, so that failures print
+readable, stable names (``node-003``) and sorting by id follows creation
+order, which the scheduler's tie-breaking tests rely on.
+
+Import with ``from factories import ...``: tests/ is not a package (a
+``tests/dns`` package would shadow dnspython), so test modules put this
+directory on ``sys.path`` (or a conftest.py in tests/ does).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from pyswarm.models import (
+    DESIRED_RUNNING,
+    ContainerSpec,
+    Node,
+    NodeAvailability,
+    NodeRole,
+    NodeStatus,
+    Resources,
+    Service,
+    ServiceSpec,
+    Task,
+    TaskState,
+)
+
+_seq = itertools.count(1)
+
+
+def _next() -> int:
+    return next(_seq)
+
+
+def make_container_spec(**overrides: Any) -> ContainerSpec:
+    fields: dict[str, Any] = {"image": "pyswarm/busybox:latest"}
+    fields.update(overrides)
+    return ContainerSpec(**fields)
+
+
+def make_node(**overrides: Any) -> Node:
+    """A ready, active worker unless told otherwise.
+
+    ``resources`` may be given as a ``Resources`` or as a dict
+    (``{"memory_bytes": 2**30}``).
+    """
+    n = _next()
+    fields: dict[str, Any] = {
+        "id": f"node-{n:03d}",
+        "hostname": f"host{n}",
+        "addr": f"10.0.{n // 250}.{n % 250 + 1}",
+        "role": NodeRole.WORKER,
+        "availability": NodeAvailability.ACTIVE,
+        "status": NodeStatus.READY,
+        "platform": {"os": "linux", "arch": "x86_64"},
+    }
+    fields.update(overrides)
+    if isinstance(fields.get("resources"), dict):
+        fields["resources"] = Resources(**fields["resources"])
+    return Node(**fields)
+
+
+def make_manager(**overrides: Any) -> Node:
+    return make_node(**{"role": NodeRole.MANAGER, **overrides})
+
+
+def make_service(name: str = "", *, id: str = "", stack: str = "demo", **spec_overrides: Any) -> Service:
+    """A replicated service in stack ``stack`` named ``STACK_NAME``.
+
+    Keyword arguments other than ``id`` and ``stack`` go to ``ServiceSpec``
+    (``replicas=5``, ``constraints=[...]``, ``reservations=Resources(...)``,
+    or a dict for ``reservations``); ``container`` defaults to
+    :func:`make_container_spec`.
+    """
+    n = _next()
+    short = name or f"svc{n}"
+    spec_fields: dict[str, Any] = {
+        "name": f"{stack}_{short}" if stack else short,
+        "stack": stack,
+        "container": make_container_spec(),
+    }
+    spec_fields.update(spec_overrides)
+    if isinstance(spec_fields.get("reservations"), dict):
+        spec_fields["reservations"] = Resources(**spec_fields["reservations"])
+    return Service(id=id or f"service-{n:03d}", spec=ServiceSpec(**spec_fields))
+
+
+def make_task(service: Service | None = None, **overrides: Any) -> Task:
+    """A task of ``service`` (a fresh one if omitted), waiting to be placed:
+    state ``pending``, desired ``running``, no node. Override ``node_id``,
+    ``state`` (a ``TaskState``), ``ip`` … for tasks already placed."""
+    if service is None:
+        service = make_service()
+    n = _next()
+    fields: dict[str, Any] = {
+        "id": f"task-{n:05d}",
+        "service_id": service.id,
+        "service_name": service.spec.name,
+        "slot": 1,
+        "spec": service.spec.container,
+        "stack": service.spec.stack,
+        "spec_version": service.version,
+        "desired_state": DESIRED_RUNNING,
+        "state": TaskState.PENDING,
+    }
+    fields.update(overrides)
+    return Task(**fields)
+
+
+def make_tasks(service: Service, count: int | None = None, **overrides: Any) -> list[Task]:
+    """One waiting task per replica slot (1..count, default the spec's replicas)."""
+    total = service.spec.replicas if count is None else count
+    return [make_task(service, slot=slot, **overrides) for slot in range(1, total + 1)]
