@@ -1,0 +1,241 @@
+"""The name table: which names the cluster answers, and with which addresses.
+
+The table is built from a snapshot of the store by a pure function, so that
+the question "what should ``web.demo`` resolve to right now" can be tested
+without sockets, and so that the server never reads the store on the query
+path: it asks a :class:`~pyswarm.dns.cache.TableCache` for the current table,
+which is rebuilt only when the store changes.
+
+For a service ``N`` in stack ``S`` and cluster zone ``Z`` the table holds::
+
+    N.S.Z   N.S          what ``N`` becomes through the search domain ``S.Z``
+    tasks.N.S.Z  tasks.N.S   the same addresses, Swarm's name for "every task"
+    S_N     S_N.Z        the full service name, as ``docker service ls`` shows it
+
+each answered with the addresses of the service's tasks that are observed
+running, are desired running and have an address. A service without a stack
+gets ``N.Z``, ``N``, ``tasks.N.Z`` and ``tasks.N``.
+
+Deciding the response code lives here too (:meth:`NameTable.classify`),
+because it depends only on the table: a name that exists answers (possibly
+with no address at all: NODATA, never NXDOMAIN, so that a resolver does not
+cache "this service does not exist" while its first replica is starting);
+an unknown name inside the cluster's namespace is NXDOMAIN; anything else is
+not ours (the server forwards or refuses it).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+from pyswarm.models import DESIRED_RUNNING, Cluster, Service, Task, TaskState
+
+DEFAULT_ZONE = "pyswarm"
+
+
+def normalize(name: str) -> str:
+    """The table's key for ``name``: lowercase, no trailing dot.
+
+    DNS names compare case-insensitively (RFC 4343) and a client may send
+    either the absolute (``web.demo.``) or the relative form.
+    """
+    return name.rstrip(".").lower()
+
+
+class Kind(str, Enum):
+    """What the table says about a name, before the query type is looked at."""
+
+    ADDRESSES = "addresses"  # a service name: A records (maybe none yet)
+    EMPTY = "empty"  # exists only as a parent of other names (``demo.pyswarm``)
+    NXDOMAIN = "nxdomain"  # inside our namespace, but nothing by that name
+    OUTSIDE = "outside"  # not ours: forward upstream, or refuse
+
+
+@dataclass(frozen=True)
+class NameEntry:
+    """One answerable name.
+
+    ``ips`` is in a fixed base order (numeric); the server rotates it per
+    answer. ``service_ids`` lets later features (health, networks, SRV) find
+    their way back to the services behind a name.
+    """
+
+    ips: tuple[str, ...]
+    service_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Classification:
+    kind: Kind
+    entry: NameEntry | None = None
+    authority: str = ""  # the zone whose SOA goes in a negative answer
+
+
+@dataclass(frozen=True)
+class NameTable:
+    """An immutable snapshot of every name the cluster answers.
+
+    Immutable so that the server can read it from the event loop while the
+    manager builds the next one in another thread, and swap it in with a
+    single assignment.
+    """
+
+    zone: str = DEFAULT_ZONE
+    names: Mapping[str, NameEntry] = field(default_factory=dict)
+    stacks: frozenset[str] = frozenset()
+    parents: frozenset[str] = frozenset()  # empty non-terminals
+    serial: int = 1
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and normalize(name) in self.names
+
+    def lookup(self, name: str) -> NameEntry | None:
+        return self.names.get(normalize(name))
+
+    def classify(self, name: str) -> Classification:
+        """Decide what kind of answer ``name`` gets (see the module docstring).
+
+        A name is inside the cluster's namespace when it is the zone or ends
+        in ``.ZONE``; when its last label is a stack (``web.demo``); when it
+        starts with ``tasks.``; or when it is one label of the form
+        ``STACK_x`` for an existing stack. Inside the namespace an unknown
+        name is NXDOMAIN, which lets a container's resolver stop walking its
+        search list quickly and lets clients cache the miss briefly (the SOA's
+        minimum).
+        """
+        key = normalize(name)
+        entry = self.names.get(key)
+        zone = self.zone
+        in_zone = key == zone or key.endswith("." + zone)
+        authority = zone if in_zone else key.rsplit(".", 1)[-1]
+        if entry is not None:
+            return Classification(Kind.ADDRESSES, entry, authority)
+        if key in self.parents:
+            return Classification(Kind.EMPTY, None, authority)
+        if in_zone:
+            return Classification(Kind.NXDOMAIN, None, zone)
+        last = key.rsplit(".", 1)[-1]
+        if "." in key and last in self.stacks:
+            return Classification(Kind.NXDOMAIN, None, last)
+        if key.startswith("tasks."):
+            return Classification(Kind.NXDOMAIN, None, last)
+        if "." not in key and "_" in key and key.split("_", 1)[0] in self.stacks:
+            return Classification(Kind.NXDOMAIN, None, key)
+        return Classification(Kind.OUTSIDE)
+
+
+def serves(task: Task) -> bool:
+    """Whether a task's address belongs in answers.
+
+    Both observed and desired state must be running: a task being shut down
+    (desired ``shutdown``, still observed running) is taken out of DNS first,
+    so that clients stop being sent to it before it goes away. Health, when
+    the model grows it, belongs here too.
+    """
+    return task.state == TaskState.RUNNING and task.desired_state == DESIRED_RUNNING and bool(task.ip)
+
+
+def _ip_key(ip: str) -> tuple[int, int, str]:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return (9, 0, ip)
+    return (addr.version, int(addr), ip)
+
+
+def service_names(service: Service, zone: str) -> list[str]:
+    """Every name under which ``service`` is answered (normalized)."""
+    short = normalize(service.short_name)
+    stack = normalize(service.spec.stack)
+    if stack:
+        base = [f"{short}.{stack}", f"{short}.{stack}.{zone}"]
+        full = normalize(service.name)
+        extra = [full, f"{full}.{zone}"]
+    else:
+        base = [short, f"{short}.{zone}"]
+        extra = []
+    return base + [f"tasks.{n}" for n in base] + extra
+
+
+def build_table(cluster: Cluster, services: Iterable[Service], tasks: Iterable[Task]) -> NameTable:
+    """Build the name table for one snapshot of the store.
+
+    Pure: the same snapshot always gives the same table. Tasks are matched to
+    services by ``service_id``; tasks of unknown services are ignored (the
+    store may hold them briefly while a service is being removed). When two
+    services claim the same name (a stackless ``web`` and stack ``pyswarm``'s
+    ``web`` both answer ``web.pyswarm``) their addresses are merged rather
+    than one silently winning.
+    """
+    zone = normalize(cluster.zone or DEFAULT_ZONE)
+    ips_by_service: dict[str, set[str]] = {}
+    for task in tasks:
+        if serves(task):
+            ips_by_service.setdefault(task.service_id, set()).add(task.ip)
+
+    ips_by_name: dict[str, set[str]] = {}
+    ids_by_name: dict[str, list[str]] = {}
+    stacks: set[str] = set()
+    for service in services:
+        if service.spec.stack:
+            stacks.add(normalize(service.spec.stack))
+        ips = ips_by_service.get(service.id, set())
+        for name in service_names(service, zone):
+            ips_by_name.setdefault(name, set()).update(ips)
+            ids = ids_by_name.setdefault(name, [])
+            if service.id not in ids:
+                ids.append(service.id)
+
+    names = {
+        name: NameEntry(tuple(sorted(ips, key=_ip_key)), tuple(ids_by_name[name]))
+        for name, ips in ips_by_name.items()
+    }
+    parents: set[str] = {zone}
+    for name in names:
+        labels = name.split(".")
+        for i in range(1, len(labels)):
+            parent = ".".join(labels[i:])
+            if parent not in names:
+                parents.add(parent)
+    # a bare top label such as "demo" (parent of "web.demo") is a parent, but
+    # a bare unrelated TLD must not become one: only keep ours
+    parents = {p for p in parents if p == zone or p.endswith("." + zone) or p.rsplit(".", 1)[-1] in stacks}
+    return NameTable(zone=zone, names=names, stacks=frozenset(stacks), parents=frozenset(parents))
+
+
+class Rotator:
+    """Per-name round robin over a name's addresses.
+
+    Each answer for a name starts one address further than the previous
+    answer for that name, so that clients which take the first address
+    (most do) spread over the replicas. Counters are keyed by the normalized
+    name and survive table rebuilds, so a replica coming or going does not
+    restart every name at its first address.
+    """
+
+    def __init__(self) -> None:
+        self._counters: dict[str, int] = {}
+        self._table: NameTable | None = None
+
+    def rotate(self, name: str, ips: tuple[str, ...]) -> list[str]:
+        if not ips:
+            return []
+        key = normalize(name)
+        n = self._counters.get(key, 0)
+        self._counters[key] = n + 1
+        offset = n % len(ips)
+        return list(ips[offset:] + ips[:offset])
+
+    def prune(self, table: NameTable) -> None:
+        """Forget counters of names that ``table`` no longer has.
+
+        Called when the table changes, so memory stays bounded by the names
+        that exist rather than by every name ever asked.
+        """
+        if table is self._table:
+            return
+        self._table = table
+        self._counters = {k: v for k, v in self._counters.items() if k in table.names}
