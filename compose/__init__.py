@@ -1,0 +1,42 @@
+"""pyswarm.compose: stack files in, typed service specs out.
+
+``load_stack`` reads one or more stack files (the compose format that
+``docker stack deploy`` takes), checks them, and returns a :class:`Stack`
+whose ``services`` are :class:`pyswarm.models.ServiceSpec` objects ready for
+the store. It is pure: it reads the files and the environment you give it,
+nothing else, so the CLI can run it before talking to any manager and refuse
+a broken file with every problem listed (file, line, column, key path).
+
+Errors (all are ``UsageError``: bad input, printed as one line a problem)::
+
+    pyswarm.errors.UsageError
+    └── ComposeError              .problems: list[Problem] (mark, path, message)
+        ├── StackNameError        the stack name breaks Docker's rules
+        ├── StackFileError        missing / unreadable file, invalid YAML
+        ├── InterpolationError    bad ${...}, or ${VAR:?msg} with VAR unset
+        └── ValidationError       keys and values the format does not allow
+"""
+
+from .errors import (
+    ComposeError,
+    InterpolationError,
+    Mark,
+    Problem,
+    StackFileError,
+    StackNameError,
+    ValidationError,
+)
+from .loader import Stack, check_stack_name, load_stack
+
+__all__ = [
+    "ComposeError",
+    "InterpolationError",
+    "Mark",
+    "Problem",
+    "Stack",
+    "StackFileError",
+    "StackNameError",
+    "ValidationError",
+    "check_stack_name",
+    "load_stack",
+]

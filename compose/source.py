@@ -1,0 +1,250 @@
+"""Reading one stack file into plain data plus the place of every value.
+
+Why not ``yaml.safe_load``: it forgets where things were, and every error we
+report must name a line. We let PyYAML *compose* a node tree (each node has
+its start mark) and build plain dicts, lists and scalars from it ourselves,
+recording a :class:`~pyswarm.compose.errors.Mark` for every key path.
+
+Building the values ourselves also lets us follow YAML 1.2's core schema, as
+Docker's Go parser does, rather than PyYAML's YAML 1.1: ``80:80`` stays the
+string it looks like (YAML 1.1 reads it as the base-60 integer 4880) and
+``yes``/``no``/``on``/``off`` stay strings. Anchors, aliases and ``<<`` merge
+keys are followed; duplicate keys are an error, as in Docker.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import KeyPath, Mark, Problem, StackFileError, format_path
+
+try:  # libyaml parses several times faster; marks are the same
+    from yaml import CSafeLoader as _BaseLoader
+except ImportError:  # pragma: no cover - pyyaml built without libyaml
+    from yaml import SafeLoader as _BaseLoader  # type: ignore[assignment]
+
+MAX_NODES = 1_000_000
+"""Guard against alias bombs ("billion laughs"): a stack file never needs more."""
+
+
+class _Loader(_BaseLoader):
+    """A loader whose implicit types are YAML 1.2's core schema (see module doc)."""
+
+    yaml_implicit_resolvers: dict[Any, Any] = {}
+
+
+for _tag, _regexp, _first in [
+    ("tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", list("tTfF")),
+    ("tag:yaml.org,2002:int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", list("-+0123456789")),
+    (
+        "tag:yaml.org,2002:float",
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+        list("-+0123456789."),
+    ),
+    ("tag:yaml.org,2002:merge", r"^(?:<<)$", ["<"]),
+]:
+    _Loader.add_implicit_resolver(_tag, re.compile(_regexp), _first)
+
+
+@dataclass
+class Document:
+    """One parsed file: its data and where each key path came from.
+
+    ``marks`` holds the mark of each value; ``key_marks`` the mark of each
+    mapping key (an unknown key is best reported where the key is written).
+    """
+
+    file: str
+    data: Any
+    marks: dict[KeyPath, Mark] = field(default_factory=dict)
+    key_marks: dict[KeyPath, Mark] = field(default_factory=dict)
+
+    def mark(self, path: KeyPath, key: bool = False) -> Mark:
+        """The mark of ``path``, or of its nearest recorded ancestor."""
+        return locate(self.marks, self.key_marks, path, key, self.file)
+
+
+def locate(
+    marks: dict[KeyPath, Mark],
+    key_marks: dict[KeyPath, Mark],
+    path: KeyPath,
+    key: bool,
+    default_file: str,
+) -> Mark:
+    """Find the best mark for ``path``: exact, else the closest ancestor's."""
+    if key and path in key_marks:
+        return key_marks[path]
+    p = path
+    while True:
+        if p in marks:
+            return marks[p]
+        if not p:
+            return Mark(default_file)
+        p = p[:-1]
+
+
+def _mark(file: str, node: yaml.Node) -> Mark:
+    return Mark(file, node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+class _Builder:
+    """Turns a composed node tree into plain values, recording marks."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.doc = Document(file, None)
+        self.problems: list[Problem] = []
+        self.count = 0
+        self.active: set[int] = set()  # node ids being built (alias cycles)
+
+    def problem(self, node: yaml.Node, path: KeyPath, message: str) -> None:
+        self.problems.append(Problem(_mark(self.file, node), format_path(path), message))
+
+    def build(self, node: yaml.Node, path: KeyPath) -> Any:
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise StackFileError(
+                Problem(_mark(self.file, node), format_path(path),
+                        f"more than {MAX_NODES} values (an alias bomb?)")
+            )
+        self.doc.marks[path] = _mark(self.file, node)
+        if isinstance(node, yaml.ScalarNode):
+            return self.scalar(node, path)
+        if id(node) in self.active:
+            self.problem(node, path, "an alias refers to its own anchor")
+            return None
+        self.active.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
+            assert isinstance(node, yaml.MappingNode)
+            return self.mapping(node, path)
+        finally:
+            self.active.discard(id(node))
+
+    def mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, Any]:
+        merges = [v for k, v in node.value if k.tag == "tag:yaml.org,2002:merge"]
+        # << merge keys: explicit keys win; with a list, earlier maps win. Build
+        # the merged maps first (last first), so the winners' marks are recorded last.
+        base: dict[str, Any] = {}
+        for merge in merges:
+            sources = merge.value if isinstance(merge, yaml.SequenceNode) else [merge]
+            for src in reversed(sources):
+                if not isinstance(src, yaml.MappingNode):
+                    self.problem(src, path + ("<<",), "a merge key (<<) takes a mapping or a list of mappings")
+                    continue
+                base.update(self.build(src, path))
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.problem(key_node, path, "a key must be a plain value, not a list or mapping")
+                continue
+            key = str(key_node.value)
+            if key in out:
+                first = self.doc.key_marks.get(path + (key,))
+                where = f" (first on line {first.line})" if first else ""
+                self.problem(key_node, path + (key,), f"duplicate key{where}")
+                continue
+            self.doc.key_marks[path + (key,)] = _mark(self.file, key_node)
+            out[key] = self.build(value_node, path + (key,))
+        self.doc.marks[path] = _mark(self.file, node)
+        if not base:
+            return out
+        base.update(out)
+        return base
+
+    def scalar(self, node: yaml.ScalarNode, path: KeyPath) -> Any:
+        tag, value = node.tag, node.value
+        if tag == "tag:yaml.org,2002:str" or node.style in ("'", '"', "|", ">"):
+            return value
+        if tag == "tag:yaml.org,2002:null":
+            return None
+        if tag == "tag:yaml.org,2002:bool":
+            return value.lower() == "true"
+        if tag == "tag:yaml.org,2002:int":
+            return _int(value, node, path, self)
+        if tag == "tag:yaml.org,2002:float":
+            return _float(value, node, path, self)
+        if tag == "!reset" or tag == "!override":
+            return value  # compose merge tags: kept as text; see merge.py
+        if tag.startswith("tag:yaml.org,2002:"):
+            return value  # timestamps, binary...: keep the text
+        self.problem(node, path, f"unsupported YAML tag {tag}")
+        return value
+
+
+def _int(value: str, node: yaml.Node, path: KeyPath, b: _Builder) -> Any:
+    v = value.replace("_", "")
+    try:
+        if v.startswith("0o"):
+            return int(v[2:], 8)
+        if v.startswith("0x"):
+            return int(v[2:], 16)
+        return int(v, 10)
+    except ValueError:
+        b.problem(node, path, f"not an integer: {value!r}")
+        return value
+
+
+def _float(value: str, node: yaml.Node, path: KeyPath, b: _Builder) -> Any:
+    low = value.lower()
+    if low.endswith(".inf"):
+        return -math.inf if low.startswith("-") else math.inf
+    if low == ".nan":
+        return math.nan
+    try:
+        return float(value)
+    except ValueError:
+        b.problem(node, path, f"not a number: {value!r}")
+        return value
+
+
+def parse_text(text: str, file: str) -> Document:
+    """Parse stack-file text; ``file`` is only used in marks and messages."""
+    try:
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = Mark(file, mark.line + 1, mark.column + 1) if mark else Mark(file)
+        what = " ".join(x for x in (exc.context, exc.problem) if x) or "invalid YAML"
+        raise StackFileError(Problem(where, "", f"invalid YAML: {what}")) from None
+    except yaml.YAMLError as exc:
+        raise StackFileError(Problem(Mark(file), "", f"invalid YAML: {exc}")) from None
+    builder = _Builder(file)
+    if node is None:
+        builder.doc.data = None
+    else:
+        builder.doc.data = builder.build(node, ())
+    if builder.problems:
+        raise StackFileError(builder.problems)
+    return builder.doc
+
+
+def read_file(path: str | Path) -> Document:
+    """Read and parse one stack file, reporting a missing file clearly."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StackFileError(Problem(Mark(name), "", "no such file")) from None
+    except IsADirectoryError:
+        raise StackFileError(Problem(Mark(name), "", "is a directory, not a stack file")) from None
+    except UnicodeDecodeError as exc:
+        raise StackFileError(Problem(Mark(name), "", f"not UTF-8 text ({exc.reason})")) from None
+    except OSError as exc:
+        raise StackFileError(Problem(Mark(name), "", f"cannot read: {exc.strerror}")) from None
+    return parse_text(text, name)
