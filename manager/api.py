@@ -1,0 +1,344 @@
+"""The manager's API: what the CLI and joining hosts may ask.
+
+Each method reads the local replica (reads are served by any manager) or
+commits a transaction (a follower's write is forwarded to the leader by the
+store). The transports (unix socket, SSH) live in :mod:`.servers`; this
+module only maps a method name and its parameters to an answer, so it can be
+tested against a real single-node store without any socket.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pyswarm.errors import NotFoundError, UsageError
+from pyswarm.models import (
+    DESIRED_RUNNING,
+    Node,
+    NodeRole,
+    NodeStatus,
+    Service,
+    ServiceSpec,
+    Task,
+    TaskState,
+    new_id,
+)
+from pyswarm.tokens import Token
+
+from .store import Op, Snapshot, Store
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+# methods a joining host may call with a join token (over the SSH API port)
+JOIN_METHODS = frozenset({"join.info", "join"})
+
+
+@dataclass(frozen=True)
+class Self:
+    """Who this manager is, for answers like ``manager status``."""
+
+    node_id: str
+    advertise_addr: str
+    api_port: int
+    fingerprint: str
+
+
+class Api:
+    def __init__(self, store: Store, me: Self) -> None:
+        self._store = store
+        self._me = me
+        self._methods: dict[str, Handler] = {
+            "ping": self.ping,
+            "node.ls": self.node_ls,
+            "node.inspect": self.node_inspect,
+            "join.info": self.join_info,
+            "join": self.join,
+            "join_token": self.join_token,
+            "stack.deploy": self.stack_deploy,
+            "stack.ls": self.stack_ls,
+            "stack.ps": self.stack_ps,
+            "stack.rm": self.stack_rm,
+            "service.ls": self.service_ls,
+            "service.ps": self.service_ps,
+            "service.scale": self.service_scale,
+            "service.inspect": self.service_inspect,
+        }
+
+    async def call(self, method: str, params: dict[str, Any]) -> Any:
+        handler = self._methods.get(method)
+        if handler is None:
+            raise UsageError(f"unknown API method {method!r}")
+        return await handler(params)
+
+    def _snap(self) -> Snapshot:
+        return self._store.snapshot()
+
+    async def ping(self, params: dict[str, Any]) -> Any:
+        snap = self._snap()
+        cluster = snap.cluster
+        return {
+            "node_id": self._me.node_id,
+            "cluster_id": cluster.id if cluster else "",
+            "leader": self._store.is_leader,
+            "ready": cluster is not None,
+        }
+
+    # -- nodes -------------------------------------------------------------------
+
+    def _manager_status(self, node: Node) -> str:
+        if node.role != NodeRole.MANAGER:
+            return ""
+        addr = f"{node.addr}:{node.raft_port}"
+        if self._store.leader == addr:
+            return "leader"
+        if addr == self._store.self_addr:
+            return "reachable"
+        status = self._store.status()
+        return "reachable" if status.get(f"partner_node_status_server_{addr}") == 2 else "unreachable"
+
+    def _node_row(self, node: Node) -> dict[str, Any]:
+        return {
+            "id": node.id,
+            "hostname": node.hostname,
+            "address": node.addr,
+            "role": node.role.value,
+            "status": node.status.value,
+            "availability": node.availability.value,
+            "manager_status": self._manager_status(node),
+            "engine_version": node.engine_version,
+            "message": node.status_message,
+            "self": node.id == self._me.node_id,
+        }
+
+    async def node_ls(self, params: dict[str, Any]) -> Any:
+        nodes = sorted(self._snap().nodes(), key=lambda n: (n.role != NodeRole.MANAGER, n.hostname))
+        return [self._node_row(n) for n in nodes]
+
+    async def node_inspect(self, params: dict[str, Any]) -> Any:
+        node = _find_node(self._snap(), params["node"])
+        return node.to_dict()
+
+    # -- joining -------------------------------------------------------------------
+
+    async def join_info(self, params: dict[str, Any]) -> Any:
+        cluster = _cluster(self._snap())
+        return {"cluster_id": cluster.id, "ssh_public_key": cluster.ssh_public_key}
+
+    async def join_token(self, params: dict[str, Any]) -> Any:
+        cluster = _cluster(self._snap())
+        role = params.get("role", "worker")
+        secret = cluster.manager_token_secret if role == "manager" else cluster.worker_token_secret
+        token = Token(cluster.api_host_key_fingerprint, secret)
+        return {"token": str(token), "addr": f"{self._me.advertise_addr}:{self._me.api_port}"}
+
+    async def join(self, params: dict[str, Any]) -> Any:
+        """Admit a host. A host that joins again under the same hostname and
+        address keeps its node id and its container subnet."""
+        snap = self._snap()
+        cluster = _cluster(snap)
+        hostname, addr = str(params["hostname"]), str(params["addr"])
+        role = NodeRole(params.get("role", "worker"))
+        existing = next((n for n in snap.nodes() if n.hostname == hostname and n.addr == addr), None)
+        ops: list[Op] = []
+        now = time.time()
+        if existing is not None:
+            node = existing
+            node.ssh_host_key = str(params["ssh_host_key"])
+            node.ssh_port = int(params.get("ssh_port", 22))
+            node.status = NodeStatus.UNKNOWN
+            node.updated_at = now
+        else:
+            clash = next((n for n in snap.nodes() if n.addr == addr and n.status != NodeStatus.DOWN), None)
+            if clash is not None:
+                raise UsageError(f"address {addr} is already used by node {clash.hostname} ({clash.id[:12]})")
+            subnet = _free_subnet(snap, cluster.addr_pool, cluster.subnet_size)
+            node = Node(
+                id=new_id(), hostname=hostname, addr=addr, role=role,
+                ssh_host_key=str(params["ssh_host_key"]), ssh_port=int(params.get("ssh_port", 22)),
+                subnet=subnet, created_at=now, updated_at=now,
+            )
+            ops.append(["expect", "subnet", subnet, None, None])
+            ops.append(["put", "subnet", subnet, {"node_id": node.id}])
+        ops.append(["put", "node", node.id, node.to_dict()])
+        await self._store.commit(ops)
+        return {"node_id": node.id, "cluster_id": cluster.id, "subnet": node.subnet}
+
+    # -- stacks and services ---------------------------------------------------------
+
+    async def stack_deploy(self, params: dict[str, Any]) -> Any:
+        stack = str(params["stack"])
+        specs = [ServiceSpec.from_dict(s) for s in params["services"]]
+        snap = self._snap()
+        existing = {s.name: s for s in snap.services()}
+        ops: list[Op] = []
+        report = []
+        now = time.time()
+        for spec in specs:
+            spec.stack = stack
+            old = existing.get(spec.name)
+            if old is None:
+                svc = Service(id=new_id(), spec=spec, created_at=now, updated_at=now)
+                ops.append(["expect", "service", svc.id, None, None])
+                ops.append(["put", "service", svc.id, svc.to_dict()])
+                report.append({"service": spec.name, "action": "created", "id": svc.id})
+            elif old.spec.to_dict() != spec.to_dict():
+                changed = {
+                    "spec": spec.to_dict(), "previous_spec": old.spec.to_dict(),
+                    "updated_at": now,
+                }
+                # replicas alone is a scale, not a new version of the tasks
+                if _without_replicas(old.spec) != _without_replicas(spec):
+                    changed["version"] = old.version + 1
+                ops.append(["expect", "service", old.id, "version", old.version])
+                ops.append(["patch", "service", old.id, changed])
+                report.append({"service": spec.name, "action": "updated", "id": old.id})
+            else:
+                report.append({"service": spec.name, "action": "unchanged", "id": old.id})
+        await self._store.commit(ops)
+        return report
+
+    def _stack_services(self, snap: Snapshot, stack: str) -> list[Service]:
+        services = [s for s in snap.services() if s.spec.stack == stack]
+        if not services:
+            raise NotFoundError(f"nothing found in stack: {stack}")
+        return sorted(services, key=lambda s: s.name)
+
+    async def stack_ls(self, params: dict[str, Any]) -> Any:
+        counts: dict[str, int] = {}
+        for s in self._snap().services():
+            if s.spec.stack:
+                counts[s.spec.stack] = counts.get(s.spec.stack, 0) + 1
+        return [{"name": name, "services": n} for name, n in sorted(counts.items())]
+
+    async def stack_ps(self, params: dict[str, Any]) -> Any:
+        snap = self._snap()
+        services = self._stack_services(snap, str(params["stack"]))
+        return self._task_rows(snap, {s.id for s in services})
+
+    async def stack_rm(self, params: dict[str, Any]) -> Any:
+        snap = self._snap()
+        services = self._stack_services(snap, str(params["stack"]))
+        await self._store.commit([["delete", "service", s.id] for s in services])
+        return [s.name for s in services]
+
+    async def service_ls(self, params: dict[str, Any]) -> Any:
+        snap = self._snap()
+        running: dict[str, int] = {}
+        for t in snap.tasks():
+            if t.state == TaskState.RUNNING and t.desired_state == DESIRED_RUNNING:
+                running[t.service_id] = running.get(t.service_id, 0) + 1
+        stack = params.get("stack")
+        rows = []
+        for s in sorted(snap.services(), key=lambda s: s.name):
+            if stack and s.spec.stack != stack:
+                continue
+            desired = s.spec.replicas if s.spec.mode != "global" else _global_desired(snap, s)
+            rows.append({
+                "id": s.id, "name": s.name, "mode": s.spec.mode, "running": running.get(s.id, 0),
+                "desired": desired, "replicas": f"{running.get(s.id, 0)}/{desired}",
+                "image": s.spec.container.image, "stack": s.spec.stack,
+            })
+        return rows
+
+    async def service_inspect(self, params: dict[str, Any]) -> Any:
+        return _find_service(self._snap(), str(params["service"])).to_dict()
+
+    async def service_ps(self, params: dict[str, Any]) -> Any:
+        snap = self._snap()
+        service = _find_service(snap, str(params["service"]))
+        return self._task_rows(snap, {service.id})
+
+    def _task_rows(self, snap: Snapshot, service_ids: set[str]) -> list[dict[str, Any]]:
+        nodes = {n.id: n for n in snap.nodes()}
+        tasks = [t for t in snap.tasks() if t.service_id in service_ids]
+        tasks.sort(key=lambda t: (t.service_name, t.slot, t.node_id, -t.created_at))
+        rows = []
+        for t in tasks:
+            node = nodes.get(t.node_id)
+            rows.append({
+                "id": t.id, "name": _task_display_name(t, nodes), "service": t.service_name,
+                "slot": t.slot, "image": t.spec.image,
+                "node": node.hostname if node else "", "node_id": t.node_id,
+                "desired_state": t.desired_state, "current_state": t.state.value,
+                "since": t.state_since, "error": t.error, "message": t.message,
+                "exit_code": t.exit_code, "ip": t.ip, "container_id": t.container_id,
+            })
+        return rows
+
+    async def service_scale(self, params: dict[str, Any]) -> Any:
+        scales: dict[str, int] = {str(k): int(v) for k, v in dict(params["scales"]).items()}
+        snap = self._snap()
+        ops: list[Op] = []
+        done = []
+        for name, replicas in scales.items():
+            service = _find_service(snap, name)
+            if service.spec.mode == "global":
+                raise UsageError(f"{service.name}: scale can only be used with replicated mode")
+            if replicas < 0:
+                raise UsageError(f"{name}: invalid replicas value {replicas}: must be a non-negative integer")
+            spec = service.spec.to_dict()
+            spec["replicas"] = replicas
+            ops.append(["patch", "service", service.id, {"spec": spec, "updated_at": time.time()}])
+            done.append({"service": service.name, "replicas": replicas})
+        await self._store.commit(ops)
+        return done
+
+
+def _without_replicas(spec: ServiceSpec) -> dict[str, Any]:
+    data = spec.to_dict()
+    data.pop("replicas", None)
+    return data
+
+
+def _global_desired(snap: Snapshot, service: Service) -> int:
+    return len({t.node_id for t in snap.tasks() if t.service_id == service.id and t.desired_state == DESIRED_RUNNING})
+
+
+def _task_display_name(task: Task, nodes: dict[str, Node]) -> str:
+    if task.slot:
+        return f"{task.service_name}.{task.slot}"
+    return f"{task.service_name}.{task.node_id[:12]}"
+
+
+def _cluster(snap: Snapshot) -> Any:
+    cluster = snap.cluster
+    if cluster is None:
+        raise NotFoundError("the cluster is still starting: no cluster object in the store yet")
+    return cluster
+
+
+def _find_service(snap: Snapshot, name: str) -> Service:
+    service = snap.service_by_name(name)
+    if service is None:
+        matches = [s for s in snap.services() if s.id.startswith(name)]
+        if len(matches) == 1:
+            return matches[0]
+        raise NotFoundError(f"service {name} not found")
+    return service
+
+
+def _find_node(snap: Snapshot, ref: str) -> Node:
+    nodes = snap.nodes()
+    for n in nodes:
+        if ref in (n.id, n.hostname):
+            return n
+    matches = [n for n in nodes if n.id.startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    raise NotFoundError(f"node {ref} not found")
+
+
+def _free_subnet(snap: Snapshot, pool: str, size: int) -> str:
+    used = set(snap.raw.get("subnet", {}))
+    network = ipaddress.ip_network(pool)
+    for candidate in network.subnets(new_prefix=size):
+        if str(candidate) not in used:
+            return str(candidate)
+    raise UsageError(f"the address pool {pool} has no free /{size} subnet left for a new node")

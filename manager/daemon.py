@@ -1,0 +1,157 @@
+"""The manager process: the store, the API doors, DNS, and the leader loops.
+
+Every manager runs the store replica, the API and the DNS server. Only the
+leader runs the orchestrator, the scheduler and the dispatcher: they are
+started when this manager becomes leader and stopped when it stops being
+one, so a failover is a restart of loops with nothing to migrate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from pyswarm import config as cfg
+from pyswarm.dns.cache import TableCache
+from pyswarm.dns.server import DnsServer
+
+from .api import Api, Self
+from .dispatcher import Dispatcher
+from .orchestrator import Orchestrator
+from .scheduling import Scheduler
+from .servers import SSHApiServer, UnixApiServer
+from .store import RaftConfig, Store
+
+log = logging.getLogger(__name__)
+
+
+class _Leading:
+    """The loops that run only on the leader."""
+
+    def __init__(self, store: Store, client_key: Any) -> None:
+        self.components: list[Any] = [Orchestrator(store), Scheduler(store), Dispatcher(store, client_key)]
+        self.tasks = [asyncio.create_task(c.run(), name=type(c).__name__) for c in self.components]
+
+    async def stop(self) -> None:
+        for c in self.components:
+            c.stop()
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+class Manager:
+    def __init__(self, config: cfg.ManagerConfig, state_dir: Path | None = None) -> None:
+        self.config = config
+        self.state_dir = state_dir or cfg.state_dir()
+        self.store = Store(RaftConfig(
+            self_addr=f"{config.advertise_addr}:{config.raft_port}",
+            partners=[p for p in config.raft_peers if p != f"{config.advertise_addr}:{config.raft_port}"],
+            data_dir=self.state_dir / "raft",
+            secret=config.raft_secret,
+        ))
+        key_path = self.state_dir / "api_host_key"
+        fingerprint = ""
+        if key_path.exists():
+            from pyswarm.tokens import fingerprint as fp
+
+            fingerprint = fp(asyncssh.read_private_key(str(key_path)).public_data)
+        self.api = Api(self.store, Self(config.node_id, config.advertise_addr, config.api_port, fingerprint))
+        self._stop = asyncio.Event()
+        self._leading: _Leading | None = None
+        self._dns_cache = TableCache(loader=self._dns_snapshot)
+
+    def _dns_snapshot(self) -> Any:
+        snap = self.store.snapshot()
+        cluster = snap.cluster
+        if cluster is None:
+            from pyswarm.models import Cluster
+
+            cluster = Cluster(id="")
+        return cluster, snap.services(), snap.tasks()
+
+    def _join_secrets(self) -> tuple[str, str]:
+        cluster = self.store.snapshot().cluster
+        if cluster is None:
+            return "", ""
+        return cluster.worker_token_secret, cluster.manager_token_secret
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        self.store.start()
+        unix = UnixApiServer(self.api, cfg.socket_path())
+        ssh = SSHApiServer(self.api, self.config.advertise_addr, self.config.api_port,
+                           self.state_dir / "api_host_key", self._join_secrets)
+        dns = DnsServer(self._dns_cache.get, [self.config.advertise_addr], self.config.dns_port)
+        await unix.start()
+        await ssh.start()
+        await dns.start()
+        log.info("manager %s up: api %s:%d, raft %s, dns %s:%d", self.config.node_id,
+                 self.config.advertise_addr, self.config.api_port, self.store.self_addr,
+                 self.config.advertise_addr, self.config.dns_port)
+        dns_watch = asyncio.create_task(self._watch_dns())
+        try:
+            await self._lead_while_leader()
+        finally:
+            dns_watch.cancel()
+            if self._leading is not None:
+                await self._leading.stop()
+            await dns.stop()
+            await ssh.stop()
+            await unix.stop()
+            self.store.stop()
+
+    async def _watch_dns(self) -> None:
+        watcher = self.store.watcher()
+        while True:
+            if await watcher.wait(timeout=5.0):
+                self._dns_cache.invalidate()
+
+    async def _lead_while_leader(self) -> None:
+        while not self._stop.is_set():
+            if self.store.is_leader and self._leading is None:
+                await self._bootstrap()
+                cluster = self.store.snapshot().cluster
+                if cluster is not None:
+                    key = asyncssh.import_private_key(cluster.ssh_private_key)
+                    log.info("became leader: starting orchestrator, scheduler, dispatcher")
+                    self._leading = _Leading(self.store, key)
+            elif not self.store.is_leader and self._leading is not None:
+                log.info("no longer leader: stopping orchestrator, scheduler, dispatcher")
+                await self._leading.stop()
+                self._leading = None
+            try:
+                await asyncio.wait_for(self._stop.wait(), 0.1)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _bootstrap(self) -> None:
+        """On the first start after ``init``: write the cluster and this node."""
+        boot = self.config.bootstrap
+        if not boot or self.store.snapshot().cluster is not None:
+            return
+        ops = [["put", kind, oid, data] for kind, oid, data in boot["objects"]]
+        await self.store.commit(ops, timeout=10)
+        self.config.bootstrap = {}
+        cfg.save_manager_config(self.config)
+        log.info("bootstrapped cluster %s", self.config.cluster_id)
+
+
+def main() -> int:
+    """``pyswarm manager run``: the manager in the foreground."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    config = cfg.load_manager_config()
+    if config is None:
+        from pyswarm.errors import NotManagerError
+
+        raise NotManagerError(f"this host is not a manager (no {cfg.state_dir() / 'manager.json'}); run `pyswarm init`")
+    asyncio.run(Manager(config).run())
+    return 0

@@ -1,0 +1,323 @@
+"""The dispatcher: one long-lived SSH session per node, on the leader only.
+
+Each session runs the node's forced command, ``pyswarm worker --stdio``, and
+speaks :mod:`pyswarm.protocol`. Whenever the store changes, every session is
+handed the node's whole desired task set (only when it differs from what it
+sent last), so a reconnect or a new leader converges by simply sending it
+again. What the agents report goes back into the store as forward-only task
+state changes, batched into few transactions.
+
+A session that is silent for ``dead_after`` seconds (pings go out every
+``ping_every``) is dropped and its node marked down; the session keeps
+reconnecting with a short back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import asyncssh
+
+from pyswarm import protocol
+from pyswarm.models import DESIRED_RUNNING, Node, NodeRole, NodeStatus, Task, TaskState
+
+from .store import Op, Snapshot, Store
+
+log = logging.getLogger(__name__)
+
+_AGENT_STATES = {s.value for s in TaskState}
+
+
+def node_assignments(snap: Snapshot, node_id: str, zone: str) -> list[dict[str, Any]]:
+    """The whole set of tasks ``node_id`` should run, as the agent wants it."""
+    out = []
+    for task in snap.tasks():
+        if task.node_id != node_id or task.desired_state != DESIRED_RUNNING or task.state.terminal:
+            continue
+        if task.state.rank < TaskState.ASSIGNED.rank:
+            continue
+        out.append(_assignment(task, zone))
+    out.sort(key=lambda a: str(a["task_id"]))
+    return out
+
+
+def _assignment(task: Task, zone: str) -> dict[str, Any]:
+    return {
+        "task_id": task.id,
+        "service_id": task.service_id,
+        "service_name": task.service_name,
+        "stack": task.stack,
+        "slot": task.slot,
+        "node_id": task.node_id,
+        "spec": task.spec.to_dict(),
+        "dns_search": [protocol.search_domain(task.stack, zone)],
+    }
+
+
+def node_configuration(snap: Snapshot, node: Node) -> dict[str, Any]:
+    cluster = snap.cluster
+    nodes = snap.nodes()
+    return {
+        "op": "configure",
+        "node_id": node.id,
+        "cluster_id": cluster.id if cluster else "",
+        "subnet": node.subnet,
+        "pool": cluster.addr_pool if cluster else "",
+        "routes": sorted(
+            ({"subnet": n.subnet, "via": n.addr} for n in nodes if n.id != node.id and n.subnet),
+            key=lambda r: r["subnet"],
+        ),
+        "dns": sorted(n.addr for n in nodes if n.role == NodeRole.MANAGER),
+        "zone": cluster.zone if cluster else "pyswarm",
+    }
+
+
+class _Session:
+    """One node's SSH session, reconnecting until stopped."""
+
+    def __init__(self, dispatcher: Dispatcher, node: Node) -> None:
+        self.node = node
+        self._d = dispatcher
+        self._process: Any = None
+        self._conn: Any = None
+        self._sent_config: dict[str, Any] | None = None
+        self._sent_tasks: list[dict[str, Any]] | None = None
+        self._stopped = False
+        self._last_heard = 0.0
+        self._ready = False
+
+    async def run(self) -> None:
+        backoff = 0.2
+        while not self._stopped:
+            started = time.monotonic()
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except (OSError, asyncssh.Error, asyncio.TimeoutError, ValueError) as exc:
+                reason = _describe(exc)
+                log.info("session to %s (%s) ended: %s", self.node.hostname, self.node.addr, reason)
+                self._d.mark_down(self.node, reason)
+            finally:
+                self._close()
+            if self._stopped:
+                break
+            if time.monotonic() - started > 5:
+                backoff = 0.2
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    async def _session(self) -> None:
+        node = self.node
+        host_key = asyncssh.import_public_key(node.ssh_host_key)
+        self._conn = await asyncio.wait_for(asyncssh.connect(
+            node.addr, port=node.ssh_port, username="root",
+            client_keys=[self._d.client_key], known_hosts=([host_key], [], []),
+            agent_path=None, config=[], keepalive_interval=1, keepalive_count_max=3,
+        ), timeout=5)
+        self._process = await self._conn.create_process("pyswarm worker --stdio", encoding=None)
+        self._last_heard = time.monotonic()
+        self._sent_config = None
+        self._sent_tasks = None
+        self.push()
+        pinger = asyncio.create_task(self._ping())
+        try:
+            while True:
+                line = await self._process.stdout.readline()
+                if not line:
+                    stderr = b""
+                    try:
+                        stderr = await asyncio.wait_for(self._process.stderr.read(2000), 0.5)
+                    except (asyncio.TimeoutError, asyncssh.Error):
+                        pass
+                    raise ValueError("agent exited" + (f": {stderr.decode(errors='replace').strip()}" if stderr else ""))
+                self._last_heard = time.monotonic()
+                try:
+                    message = protocol.decode(line)
+                except ValueError:
+                    log.warning("%s: not a protocol line: %r", node.hostname, line[:200])
+                    continue
+                self._d.handle(self, message)
+        finally:
+            pinger.cancel()
+
+    async def _ping(self) -> None:
+        seq = 0
+        while True:
+            await asyncio.sleep(self._d.ping_every)
+            if time.monotonic() - self._last_heard > self._d.dead_after:
+                log.info("%s: no heartbeat for %.1fs", self.node.hostname, self._d.dead_after)
+                self._d.mark_down(self.node, f"no heartbeat for {self._d.dead_after:.0f}s")
+                self._close()
+                return
+            seq += 1
+            self._send({"op": "ping", "seq": seq})
+
+    def _send(self, message: dict[str, Any]) -> None:
+        process = self._process
+        if process is None:
+            return
+        try:
+            process.stdin.write(protocol.encode(message))
+        except (asyncssh.Error, OSError, BrokenPipeError) as exc:
+            log.info("%s: write failed: %s", self.node.hostname, exc)
+
+    def push(self) -> None:
+        """Send configuration and assignments if they differ from the last sent."""
+        if self._process is None:
+            return
+        snap = self._d.snapshot
+        node = snap.node(self.node.id) if snap else None
+        if node is None or snap is None:
+            return
+        self.node = node
+        config = node_configuration(snap, node)
+        if config != self._sent_config:
+            self._send(config)
+            self._sent_config = config
+        tasks = node_assignments(snap, node.id, config["zone"])
+        if tasks != self._sent_tasks:
+            self._send({"op": "assign", "tasks": tasks})
+            self._sent_tasks = tasks
+
+    def _close(self) -> None:
+        self._ready = False
+        if self._process is not None:
+            try:
+                self._process.close()
+            except Exception:
+                pass
+            self._process = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._close()
+
+
+class Dispatcher:
+    def __init__(self, store: Store, client_key: Any, ping_every: float = 0.5, dead_after: float = 2.0) -> None:
+        self._store = store
+        self.client_key = client_key
+        self.ping_every = ping_every
+        self.dead_after = dead_after
+        self.snapshot: Snapshot | None = None
+        self._sessions: dict[str, tuple[_Session, asyncio.Task[None]]] = {}
+        self._pending: list[Op] = []
+        self._wake = asyncio.Event()
+        self._stopped = asyncio.Event()
+
+    async def run(self) -> None:
+        watcher = self._store.watcher()
+        writer = asyncio.create_task(self._writer())
+        try:
+            while not self._stopped.is_set():
+                await watcher.wait(timeout=1.0)
+                if self._stopped.is_set():
+                    break
+                self.snapshot = self._store.snapshot()
+                self._sync_sessions(self.snapshot)
+                for session, _ in self._sessions.values():
+                    session.push()
+        finally:
+            watcher.close()
+            writer.cancel()
+            for session, task in self._sessions.values():
+                session.stop()
+                task.cancel()
+            self._sessions.clear()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _sync_sessions(self, snap: Snapshot) -> None:
+        nodes = {n.id: n for n in snap.nodes() if n.ssh_host_key}
+        for node_id in list(self._sessions):
+            if node_id not in nodes:
+                session, task = self._sessions.pop(node_id)
+                session.stop()
+                task.cancel()
+        for node_id, node in nodes.items():
+            if node_id not in self._sessions:
+                session = _Session(self, node)
+                self._sessions[node_id] = (session, asyncio.create_task(session.run()))
+
+    # -- what the agents say --------------------------------------------------------
+
+    def handle(self, session: _Session, message: dict[str, Any]) -> None:
+        op = message.get("op")
+        node = session.node
+        if op == "hello":
+            session._ready = True
+            fields: dict[str, Any] = {
+                "status": NodeStatus.READY.value, "status_message": "",
+                "updated_at": time.time(),
+            }
+            if isinstance(message.get("resources"), dict):
+                fields["resources"] = message["resources"]
+            if isinstance(message.get("platform"), dict):
+                fields["platform"] = message["platform"]
+            if message.get("engine_version"):
+                fields["engine_version"] = str(message["engine_version"])
+            self._queue(["patch", "node", node.id, fields])
+        elif op == "status":
+            state = str(message.get("state", ""))
+            if state not in _AGENT_STATES:
+                log.warning("%s: unknown task state %r", node.hostname, state)
+                return
+            fields = {"state_since": float(message.get("ts") or time.time())}
+            for key in ("container_id", "ip", "message", "error"):
+                if message.get(key):
+                    fields[key] = str(message[key])
+            if message.get("exit_code") is not None:
+                fields["exit_code"] = int(message["exit_code"])
+            self._queue(["advance", str(message.get("task_id", "")), state, fields])
+        elif op == "error":
+            log.warning("%s agent: %s", node.hostname, message.get("message"))
+        # pong: hearing anything is the heartbeat
+
+    def mark_down(self, node: Node, reason: str) -> None:
+        snap = self.snapshot
+        current = snap.node(node.id) if snap else None
+        if current is not None and current.status == NodeStatus.DOWN and current.status_message == reason:
+            return
+        self._queue(["patch", "node", node.id, {
+            "status": NodeStatus.DOWN.value, "status_message": reason, "updated_at": time.time(),
+        }])
+
+    def _queue(self, op: Op) -> None:
+        self._pending.append(op)
+        self._wake.set()
+
+    async def _writer(self) -> None:
+        """Commit what the agents reported, many reports per transaction."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            ops, self._pending = self._pending, []
+            if not ops:
+                continue
+            try:
+                await self._store.commit(ops)
+            except Exception as exc:
+                log.warning("dispatcher: could not record %d reports: %s", len(ops), exc)
+                self._pending = ops + self._pending
+                await asyncio.sleep(0.2)
+                self._wake.set()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "connection timed out"
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return "ssh permission denied (is the cluster key in root's authorized_keys?)"
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+        return "ssh host key does not match the one pinned at join"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,189 @@
+"""The orchestrator: from each service's desired replicas to tasks.
+
+It runs on the leader only and talks to nobody but the store: it reads a
+snapshot, works out the operations that bring the tasks in line with the
+services (:func:`reconcile`, a pure function), and commits them. It never
+picks a node (that is the scheduler's job) and never touches a container
+(the dispatcher's): a task it creates is ``pending`` with no node.
+
+Per replica slot there is at most one *live* task (desired ``running`` and
+not terminal). A slot whose task ended is refilled with a new task when the
+service's restart condition allows it; the ended task stays as history, the
+newest ``task_history_limit`` of them per slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+
+from pyswarm.models import (
+    DESIRED_RUNNING,
+    DESIRED_SHUTDOWN,
+    Node,
+    NodeAvailability,
+    NodeStatus,
+    Service,
+    Task,
+    TaskState,
+    new_id,
+)
+
+from .store import Op, Snapshot, Store, TransactionAborted
+
+log = logging.getLogger(__name__)
+
+
+def _live(task: Task) -> bool:
+    return task.desired_state == DESIRED_RUNNING and not task.state.terminal
+
+
+def _should_restart(service: Service, ended: Task) -> bool:
+    condition = service.spec.restart_condition
+    if condition == "none":
+        return False
+    if condition == "on-failure":
+        return ended.state in (TaskState.FAILED, TaskState.REJECTED)
+    return True
+
+
+def new_task(service: Service, slot: int, now: float, node_id: str = "") -> Task:
+    return Task(
+        id=new_id(),
+        service_id=service.id,
+        service_name=service.name,
+        slot=slot,
+        spec=service.spec.container,
+        stack=service.spec.stack,
+        spec_version=service.version,
+        node_id=node_id,
+        desired_state=DESIRED_RUNNING,
+        state=TaskState.PENDING,
+        message="pending task scheduling",
+        created_at=now,
+        state_since=now,
+    )
+
+
+def _shutdown(task: Task, now: float) -> list[Op]:
+    """Stop a task: desired shutdown; a task that never reached a node ends here."""
+    ops: list[Op] = [["patch", "task", task.id, {"desired_state": DESIRED_SHUTDOWN}]]
+    if not task.node_id and not task.state.terminal:
+        ops.append(["advance", task.id, TaskState.SHUTDOWN.value,
+                    {"message": "shutdown before it was scheduled", "state_since": now}])
+    return ops
+
+
+def _reconcile_slot(service: Service, slot: int, tasks: list[Task], now: float, node_id: str = "") -> list[Op]:
+    ops: list[Op] = []
+    live = [t for t in tasks if _live(t)]
+    # an ended task that is still desired running becomes history
+    for t in tasks:
+        if t.desired_state == DESIRED_RUNNING and t.state.terminal:
+            ops.append(["patch", "task", t.id, {"desired_state": DESIRED_SHUTDOWN}])
+    current = [t for t in live if t.spec_version == service.version]
+    outdated = [t for t in live if t.spec_version != service.version]
+    for t in outdated:
+        ops += _shutdown(t, now)
+    # never two live tasks for one slot: keep the newest
+    current.sort(key=lambda t: t.created_at, reverse=True)
+    for t in current[1:]:
+        ops += _shutdown(t, now)
+    if current:
+        return ops
+    if not outdated:
+        ended = sorted((t for t in tasks if t.state.terminal), key=lambda t: t.created_at)
+        if ended and not _should_restart(service, ended[-1]):
+            return ops
+    task = new_task(service, slot, now, node_id)
+    ops.append(["put", "task", task.id, task.to_dict()])
+    return ops
+
+
+def _eligible_for_global(node: Node) -> bool:
+    return node.status != NodeStatus.DOWN and node.availability != NodeAvailability.DRAIN
+
+
+def _prune_history(tasks: list[Task], limit: int) -> list[Op]:
+    ended = sorted(
+        (t for t in tasks if t.state.terminal and t.desired_state != DESIRED_RUNNING),
+        key=lambda t: t.created_at,
+        reverse=True,
+    )
+    return [["delete", "task", t.id] for t in ended[max(limit, 0):]]
+
+
+def reconcile(snapshot: Snapshot, now: float) -> list[Op]:
+    """The operations that make the tasks match the services (pure)."""
+    cluster = snapshot.cluster
+    history = cluster.task_history_limit if cluster else 5
+    services = {s.id: s for s in snapshot.services()}
+    by_service: dict[str, list[Task]] = defaultdict(list)
+    ops: list[Op] = []
+    for task in snapshot.tasks():
+        if task.service_id not in services:
+            ops.append(["delete", "task", task.id])  # its service is gone: so is its container
+        else:
+            by_service[task.service_id].append(task)
+    nodes = snapshot.nodes()
+    for service in services.values():
+        ops += _reconcile_service(service, by_service.get(service.id, []), nodes, now, history)
+    return ops
+
+
+def _reconcile_service(service: Service, tasks: Iterable[Task], nodes: list[Node], now: float,
+                       history: int) -> list[Op]:
+    ops: list[Op] = []
+    groups: dict[int | str, list[Task]] = defaultdict(list)
+    global_mode = service.spec.mode == "global"
+    for t in tasks:
+        groups[t.node_id if global_mode else t.slot].append(t)
+    if global_mode:
+        wanted: dict[int | str, str] = {n.id: n.id for n in nodes if _eligible_for_global(n)}
+        for key in wanted:
+            ops += _reconcile_slot(service, 0, groups.get(key, []), now, node_id=str(key))
+    else:
+        wanted = {slot: "" for slot in range(1, service.spec.replicas + 1)}
+        for slot in wanted:
+            ops += _reconcile_slot(service, int(slot), groups.get(slot, []), now)
+    for key, group in groups.items():
+        if key not in wanted:
+            for t in group:
+                if _live(t):
+                    ops += _shutdown(t, now)
+        ops += _prune_history(group, history)
+    return ops
+
+
+class Orchestrator:
+    """The leader's loop around :func:`reconcile`."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._stopped = asyncio.Event()
+
+    async def run(self) -> None:
+        watcher = self._store.watcher()
+        try:
+            while not self._stopped.is_set():
+                await watcher.wait(timeout=1.0)
+                if self._stopped.is_set():
+                    break
+                ops = reconcile(self._store.snapshot(), time.time())
+                if ops:
+                    try:
+                        await self._store.commit(ops)
+                    except TransactionAborted as exc:
+                        log.info("orchestrator: retrying after %s", exc)
+                    except Exception:  # a failed commit is retried on the next change
+                        log.exception("orchestrator commit failed")
+                        await asyncio.sleep(0.2)
+        finally:
+            watcher.close()
+
+    def stop(self) -> None:
+        self._stopped.set()
+

@@ -1,0 +1,67 @@
+"""The leader's scheduler loop around the pure :func:`.scheduler.schedule`.
+
+It takes a snapshot, asks for a plan and commits every assignment in one
+transaction, each guarded by a precondition that the task is still unplaced
+(the re-check against the store: if anything moved meanwhile, the
+transaction aborts and the next round plans again from fresh state). Tasks
+that fit nowhere keep their ``no suitable node (…)`` reason as the task's
+message, which ``service ps`` shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from .scheduler import schedule
+from .store import Op, Snapshot, Store, TransactionAborted
+
+log = logging.getLogger(__name__)
+
+
+def plan_ops(snap: Snapshot, now: float) -> list[Op]:
+    tasks = snap.tasks()
+    services = {s.id: s for s in snap.services()}
+    plan = schedule(snap.nodes(), services, tasks)
+    by_id = {t.id: t for t in tasks}
+    ops: list[Op] = []
+    for a in plan.assignments:
+        ops.append(["expect", "task", a.task_id, "node_id", by_id[a.task_id].node_id])
+        ops.append(["expect", "task", a.task_id, "state", by_id[a.task_id].state.value])
+        ops.append(["advance", a.task_id, "assigned", {
+            "node_id": a.node_id, "message": "scheduled", "state_since": now,
+        }])
+    for task_id, reason in plan.unplaced.items():
+        if by_id[task_id].message != reason:
+            ops.append(["patch", "task", task_id, {"message": reason}])
+    return ops
+
+
+class Scheduler:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._stopped = asyncio.Event()
+
+    async def run(self) -> None:
+        watcher = self._store.watcher()
+        try:
+            while not self._stopped.is_set():
+                await watcher.wait(timeout=1.0)
+                if self._stopped.is_set():
+                    break
+                ops = plan_ops(self._store.snapshot(), time.time())
+                if not ops:
+                    continue
+                try:
+                    await self._store.commit(ops)
+                except TransactionAborted as exc:
+                    log.info("scheduler: plan went stale (%s); planning again", exc)
+                except Exception:
+                    log.exception("scheduler commit failed")
+                    await asyncio.sleep(0.2)
+        finally:
+            watcher.close()
+
+    def stop(self) -> None:
+        self._stopped.set()

@@ -1,0 +1,111 @@
+"""Where a host keeps pyswarm's local state, and what it keeps there.
+
+``/var/lib/pyswarm`` holds what must survive a reboot (the Raft log, this
+host's identity in the cluster, the manager's SSH host key); ``/run/pyswarm``
+holds the API socket. Both can be moved with environment variables, which is
+how tests run several managers on one machine without the lab.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyswarm.models import Model
+
+DEFAULT_API_PORT = 2377
+DEFAULT_RAFT_PORT = 2378
+DEFAULT_DNS_PORT = 53
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("PYSWARM_STATE_DIR", "/var/lib/pyswarm"))
+
+
+def run_dir() -> Path:
+    return Path(os.environ.get("PYSWARM_RUN_DIR", "/run/pyswarm"))
+
+
+def socket_path() -> Path:
+    return run_dir() / "manager.sock"
+
+
+def ssh_dir() -> Path:
+    """root's ~/.ssh, where join installs the cluster's key."""
+    return Path(os.environ.get("PYSWARM_SSH_DIR", str(Path.home() / ".ssh")))
+
+
+def sshd_host_key_path() -> Path:
+    return Path(os.environ.get("PYSWARM_SSHD_HOST_KEY", "/etc/ssh/ssh_host_ed25519_key.pub"))
+
+
+def pyswarm_executable() -> str:
+    """The absolute path of this installation's ``pyswarm`` script, for the
+    forced command in authorized_keys and for starting the manager."""
+    beside = Path(sys.executable).parent / "pyswarm"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("pyswarm")
+    return os.path.abspath(found) if found else str(beside)
+
+
+@dataclass
+class NodeConfig(Model):
+    """This host's membership, written by init and join."""
+
+    node_id: str
+    cluster_id: str
+    role: str
+    addr: str
+    managers: list[str] = field(default_factory=list)  # api addresses host:port
+
+
+@dataclass
+class ManagerConfig(Model):
+    """What the manager daemon needs to start (and restart) on this host."""
+
+    node_id: str
+    cluster_id: str
+    advertise_addr: str
+    api_port: int = DEFAULT_API_PORT
+    raft_port: int = DEFAULT_RAFT_PORT
+    dns_port: int = DEFAULT_DNS_PORT
+    raft_secret: str = ""
+    raft_peers: list[str] = field(default_factory=list)
+    bootstrap: dict[str, Any] = field(default_factory=dict)  # first start only
+
+
+def _write_json(path: Path, data: dict[str, Any], mode: int = 0o600) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2)
+    os.replace(tmp, path)
+
+
+def load_node_config() -> NodeConfig | None:
+    path = state_dir() / "node.json"
+    if not path.exists():
+        return None
+    return NodeConfig.from_dict(json.loads(path.read_text()))
+
+
+def save_node_config(config: NodeConfig) -> None:
+    _write_json(state_dir() / "node.json", config.to_dict())
+
+
+def load_manager_config() -> ManagerConfig | None:
+    path = state_dir() / "manager.json"
+    if not path.exists():
+        return None
+    return ManagerConfig.from_dict(json.loads(path.read_text()))
+
+
+def save_manager_config(config: ManagerConfig) -> None:
+    _write_json(state_dir() / "manager.json", config.to_dict())
