@@ -17,6 +17,7 @@ import logging
 import socket
 import struct
 from collections.abc import Callable, Iterable
+from typing import cast
 
 from .answer import DnsSettings, Responder, servfail
 from .errors import DnsBindError
@@ -38,8 +39,9 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        # the selector loop's datagram transport does not subclass
+        # DatagramTransport on every Python version, hence a cast, not a check
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         reply = self.server.responder.respond(data)
@@ -92,6 +94,7 @@ class DnsServer:
         self._tasks: set[asyncio.Task[None]] = set()  # forwards and TCP connections
         self._connections = 0
         self._stopped: asyncio.Event | None = None
+        self._serving = False
 
     # -- lifecycle ------------------------------------------------------
 
@@ -103,6 +106,7 @@ class DnsServer:
         for attempt in range(attempts):
             try:
                 await self._bind_all(self.port)
+                self._serving = True
                 return
             except DnsBindError as exc:
                 await self._close_sockets()
@@ -131,13 +135,14 @@ class DnsServer:
 
     async def run(self) -> None:
         """Start (unless started) and serve until :meth:`stop` is called."""
-        if not self._udp:
+        if not self._serving:
             await self.start()
         assert self._stopped is not None
         await self._stopped.wait()
 
     async def stop(self) -> None:
         """Close every socket and connection and cancel forwards in flight."""
+        self._serving = False
         await self._close_sockets()
         tasks = list(self._tasks)
         for task in tasks:
@@ -159,7 +164,8 @@ class DnsServer:
 
     @property
     def serving(self) -> bool:
-        return bool(self._udp)
+        """True between a successful :meth:`start` and :meth:`stop`."""
+        return self._serving
 
     # -- forwarding -----------------------------------------------------
 

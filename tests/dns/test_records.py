@@ -19,7 +19,7 @@ from factories import make_service, make_task
 from pyswarm.dns import NameTable, Responder, TableCache, build_table
 from pyswarm.dns.answer import DnsSettings
 from pyswarm.dns.records import Kind, Rotator
-from pyswarm.models import DESIRED_SHUTDOWN, Cluster, TaskState
+from pyswarm.models import DESIRED_SHUTDOWN, Cluster, Service, Task, TaskState
 
 WEB_IPS = ["10.240.1.2", "10.240.2.2", "10.240.3.2"]
 
@@ -304,7 +304,7 @@ def test_table_cache_rebuilds_lazily_once_per_invalidation(cluster: Cluster) -> 
     loads: list[int] = []
     state = {"ip": "10.0.0.1"}
 
-    def loader() -> tuple[Cluster, list, list]:  # type: ignore[type-arg]
+    def loader() -> tuple[Cluster, list[Service], list[Task]]:
         loads.append(1)
         return cluster, [web], running(web, state["ip"])
 
