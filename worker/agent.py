@@ -1,0 +1,580 @@
+"""The node agent: ``pyswarm worker --stdio``.
+
+sshd's forced command starts it for the leader's dispatcher; it speaks
+:mod:`pyswarm.protocol` on stdin/stdout and converges the local engine on the
+latest ``assign``. Design choices, and why:
+
+- **Level-triggered, per task.** Every trigger (an ``assign``, an engine event,
+  a reconnect) only *kicks* a task; the kicked task then reads the latest
+  desired set and the engine's containers for it and does what
+  :func:`pyswarm.worker.tasks.plan_reconcile` says. Engine operations of one
+  task are serialised by its lock, different tasks run concurrently, and at
+  most one converge per task waits in line, so a burst of assigns costs one
+  pass per task, not one per message.
+- **Events, not polling.** Container deaths come from the engine's event
+  stream (``die``/``destroy`` of containers labelled with a task id), which
+  is subscribed *before* the first reconcile so nothing falls between.
+- **Never act on a guess.** Until the first ``assign`` has been applied the
+  agent removes nothing; when stdin closes (the manager is gone) it exits at
+  once and leaves every container as it is: the next leader's agent session
+  adopts them by their labels.
+- **stdout is the protocol.** Everything else goes to stderr; the real stdout
+  is moved aside at start so a stray print or a child process cannot corrupt
+  the stream.
+- **Reports only move forward** (:meth:`TaskState.can_move_to`), one per change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyswarm import protocol
+from pyswarm.models import TaskState
+from pyswarm.worker import (
+    EngineAPIError,
+    EngineConflictError,
+    EngineNotFoundError,
+    ImageNotFoundError,
+    RuntimeError_,
+)
+from pyswarm.worker.docker import DockerClient, EngineInfo
+from pyswarm.worker.network import HostNetwork, NetworkConfig
+from pyswarm.worker.tasks import (
+    DONE_STATES,
+    LIVE_STATES,
+    Assignment,
+    ExistingContainer,
+    Observed,
+    container_config,
+    observe,
+    plan_reconcile,
+)
+
+log = logging.getLogger("pyswarm.worker")
+
+Send = Callable[[dict[str, Any]], None]
+
+STOP_GRACE = 10  # seconds between SIGTERM and SIGKILL, Swarm's default
+EVENT_FILTERS = {"type": ["container"], "label": [protocol.LABEL_TASK_ID]}
+
+
+@dataclass
+class _Tracked:
+    """What the agent knows about one task between converges."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    queued: bool = False
+    reported: TaskState | None = None
+    container_id: str = ""
+
+
+class Agent:
+    """One protocol session. ``send`` writes one message to the manager;
+    :meth:`run` consumes the manager's lines until they end."""
+
+    def __init__(
+        self,
+        docker: DockerClient,
+        send: Send,
+        *,
+        hostname: str | None = None,
+        network: HostNetwork | None = None,
+        stop_grace: int = STOP_GRACE,
+    ) -> None:
+        self.docker = docker
+        self._send = send
+        self.hostname = hostname or socket.gethostname()
+        self.network = network
+        self.stop_grace = stop_grace
+        self.info: EngineInfo | None = None
+        self._dns: tuple[str, ...] = ()
+        self._configured = False
+        self._config_lock = asyncio.Lock()
+        self._pending: dict[str, Assignment] | None = None  # latest assign received
+        self._desired: dict[str, Assignment] | None = None  # latest assign applied
+        self._tracked: dict[str, _Tracked] = {}
+        self._reconcile_wanted = asyncio.Event()
+        self._events_ready = asyncio.Event()
+        self._background: set[asyncio.Task[Any]] = set()
+        self.last_die: dict[str, float] = {}  # task id → monotonic time of its die event
+
+    # -- session -----------------------------------------------------------
+
+    async def run(self, lines: AsyncIterator[bytes]) -> int:
+        """Serve until ``lines`` ends. Returns the exit status (0: the
+        manager hung up, which is the normal way for a session to end)."""
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        eof = asyncio.Event()
+        self._spawn(self._pump(lines, queue, eof))
+        try:
+            info = await self._wait_for_engine(eof)
+            if info is None:
+                return 0
+            self.info = info
+            self.send({
+                "op": "hello",
+                "hostname": self.hostname,
+                "resources": {"nano_cpus": info.ncpu * 1_000_000_000, "memory_bytes": info.mem_total},
+                "platform": {"os": info.os_type, "arch": info.architecture},
+                "engine_version": info.server_version,
+            })
+            self._spawn(self._watch_events())
+            if not await _first(self._events_ready.wait(), eof.wait()):
+                return 0
+            self._spawn(self._reconcile_loop())
+            while (line := await queue.get()) is not None:
+                self._dispatch(line)
+            return 0
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        """Cancel everything in flight; containers are left exactly as they
+        are (an interrupted create is adopted or removed by the next session)."""
+        tasks = list(self._background)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._reap)
+        return task
+
+    def _reap(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("internal error: %r", exc, exc_info=exc)
+            self.send({"op": "error", "message": f"agent internal error: {exc!r}"})
+
+    def send(self, message: dict[str, Any]) -> None:
+        try:
+            self._send(message)
+        except Exception as exc:  # the manager is gone; stdin's EOF ends us
+            log.warning("cannot send %s: %s", message.get("op"), exc)
+
+    async def _pump(self, lines: AsyncIterator[bytes], queue: asyncio.Queue[bytes | None],
+                    eof: asyncio.Event) -> None:
+        try:
+            async for line in lines:
+                if line.strip():
+                    queue.put_nowait(line)
+        finally:
+            eof.set()
+            queue.put_nowait(None)
+
+    async def _wait_for_engine(self, eof: asyncio.Event) -> EngineInfo | None:
+        """Engine info for ``hello``; while the engine is unreachable, tell
+        the manager once and keep trying (the node stays not-ready)."""
+        delay, told = 0.5, False
+        while not eof.is_set():
+            try:
+                return await self.docker.info()
+            except RuntimeError_ as exc:
+                if not told:
+                    self.send({"op": "error", "message": f"engine unavailable on {self.hostname}: {exc}"})
+                    told = True
+                log.warning("engine unavailable: %s", exc)
+            try:
+                await asyncio.wait_for(eof.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+            delay = min(delay * 2, 5.0)
+        return None
+
+    # -- messages ----------------------------------------------------------
+
+    def _dispatch(self, line: bytes) -> None:
+        try:
+            msg = protocol.decode(line)
+        except ValueError as exc:
+            self.send({"op": "error", "message": f"bad message: {exc}"})
+            return
+        op = msg.get("op")
+        if op == "ping":
+            self.send({"op": "pong", "seq": msg.get("seq")})
+        elif op == "configure":
+            self._on_configure(msg)
+        elif op == "assign":
+            self._on_assign(msg)
+        else:
+            self.send({"op": "error", "message": f"unknown op {op!r}"})
+
+    def _on_configure(self, msg: dict[str, Any]) -> None:
+        try:
+            cfg = NetworkConfig.from_message(msg)
+        except ValueError as exc:
+            self.send({"op": "error", "message": str(exc)})
+            return
+        self._spawn(self._configure(cfg))
+
+    async def _configure(self, cfg: NetworkConfig) -> None:
+        async with self._config_lock:
+            if self.network is not None:
+                for problem in await self.network.configure(cfg):
+                    log.warning("configure: %s", problem)
+                    self.send({"op": "error", "message": f"configure on {self.hostname}: {problem}"})
+            self._dns = cfg.dns
+            # configured even after a problem: tasks then fail with their own
+            # clear reason instead of waiting silently for a configure that
+            # will not come again
+            self._configured = True
+            self._reconcile_wanted.set()
+
+    def _on_assign(self, msg: dict[str, Any]) -> None:
+        tasks = msg.get("tasks")
+        if not isinstance(tasks, list):
+            self.send({"op": "error", "message": "assign without a tasks list"})
+            return
+        desired: dict[str, Assignment] = {}
+        for raw in tasks:
+            try:
+                a = Assignment.parse(raw)
+            except (ValueError, TypeError) as exc:
+                self.send({"op": "error", "message": str(exc)})
+                continue
+            desired[a.task_id] = a
+        self._pending = desired
+        self._reconcile_wanted.set()
+
+    # -- reconciliation ----------------------------------------------------
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await self._reconcile_wanted.wait()
+            self._reconcile_wanted.clear()
+            if not self._configured or self._pending is None:
+                continue  # an assign before configure waits for it
+            self._desired = self._pending
+            try:
+                await self._reconcile_once(self._desired)
+            except RuntimeError_ as exc:
+                log.warning("reconcile: %s", exc)
+                self.send({"op": "error", "message": f"reconcile on {self.hostname}: {exc}"})
+                await asyncio.sleep(2.0)
+                self._reconcile_wanted.set()
+
+    async def _reconcile_once(self, desired: dict[str, Assignment]) -> None:
+        raw = await self.docker.list_containers({protocol.LABEL_TASK_ID: None})
+        existing = [ExistingContainer.from_api(c) for c in raw]
+        plan = plan_reconcile(desired.values(), existing)
+        touched = {a.task_id for a in plan.create}
+        touched |= {a.task_id for a, _ in plan.adopt}
+        touched |= {c.task_id for c in plan.remove}
+        touched |= {tid for tid in self._tracked if tid not in desired}
+        log.info("reconcile: %d desired, %d create, %d adopt, %d remove",
+                 len(desired), len(plan.create), len(plan.adopt), len(plan.remove))
+        for task_id in sorted(touched):
+            self.kick(task_id)
+
+    def kick(self, task_id: str) -> None:
+        """Make sure one converge of ``task_id`` is queued."""
+        t = self._tracked.get(task_id)
+        if t is None:
+            t = self._tracked[task_id] = _Tracked()
+        if t.queued:
+            return
+        t.queued = True
+        self._spawn(self._converge(task_id, t))
+
+    async def _converge(self, task_id: str, t: _Tracked) -> None:
+        async with t.lock:
+            t.queued = False
+            desired = self._desired
+            if desired is None:
+                return  # before the first assign nothing is ours to judge
+            a = desired.get(task_id)
+            try:
+                raw = await self.docker.list_containers({protocol.LABEL_TASK_ID: task_id})
+                containers = [ExistingContainer.from_api(c) for c in raw]
+                plan = plan_reconcile([a] if a else [], containers)
+                for c in plan.remove:
+                    await self._remove(c)
+                if a is None:
+                    if plan.remove:
+                        # sent even after complete/failed: it is the manager's
+                        # receipt that the container is gone
+                        self._report(t, task_id, Observed(
+                            TaskState.SHUTDOWN, plan.remove[0].id, message="removed"), force=True)
+                elif plan.create:
+                    await self._create(t, a)
+                else:
+                    for assignment, c in plan.adopt:
+                        await self._adopt(t, assignment, c)
+            except RuntimeError_ as exc:
+                log.warning("task %s: %s", task_id, exc)
+                self.send({"op": "error", "message": f"task {task_id} on {self.hostname}: {exc}"})
+            finally:
+                if a is None and not t.queued and self._tracked.get(task_id) is t:
+                    del self._tracked[task_id]
+
+    async def _remove(self, c: ExistingContainer) -> None:
+        if c.state in LIVE_STATES:
+            try:
+                await self.docker.stop_container(c.id, self.stop_grace)
+            except EngineNotFoundError:
+                return
+            except RuntimeError_ as exc:
+                log.info("stop %s: %s; removing by force", c.id[:12], exc)
+        await self.docker.remove_container(c.id, force=True)
+
+    async def _create(self, t: _Tracked, a: Assignment) -> None:
+        if t.reported is not None and t.reported.rank >= TaskState.STARTING.rank:
+            # we made its container before and it is gone: someone removed
+            # it; the task is over, the orchestrator makes a new one
+            self._report(t, a.task_id, Observed(
+                TaskState.FAILED, t.container_id, message="removed",
+                error="container removed outside pyswarm"))
+            return
+        if t.reported is not None and t.reported.terminal:
+            return  # rejected before: do not retry under the same task id
+        self._report(t, a.task_id, Observed(TaskState.PREPARING, "", message="preparing"))
+        try:
+            await self.docker.ensure_image(a.spec.image, self.hostname)
+        except (ImageNotFoundError, RuntimeError_) as exc:
+            self._report(t, a.task_id, Observed(TaskState.REJECTED, "", message="preparing failed",
+                                                error=str(exc)))
+            return
+        try:
+            cid = await self.docker.create_container(a.container_name, container_config(a, self._dns))
+        except EngineConflictError as exc:
+            if await self._adopt_by_name(t, a):
+                return
+            self._report(t, a.task_id, Observed(TaskState.REJECTED, "", message="create failed",
+                                                error=exc.message))
+            return
+        except EngineAPIError as exc:
+            self._report(t, a.task_id, Observed(TaskState.REJECTED, "", message="create failed",
+                                                error=f"{exc.message} (on node {self.hostname})"))
+            return
+        await self._start(t, a, cid)
+
+    async def _start(self, t: _Tracked, a: Assignment, cid: str) -> None:
+        self._report(t, a.task_id, Observed(TaskState.STARTING, cid, message="starting"))
+        try:
+            await self.docker.start_container(cid)
+        except EngineAPIError as exc:
+            self._report(t, a.task_id, Observed(TaskState.FAILED, cid, message="start failed",
+                                                error=exc.message))
+            return
+        self._report_inspect(t, a, await self.docker.inspect_container(cid))
+
+    async def _adopt_by_name(self, t: _Tracked, a: Assignment) -> bool:
+        """A container already has this task's name (a create raced us, or
+        its labels were lost): adopt it only if it really is this task's."""
+        try:
+            data = await self.docker.inspect_container(a.container_name)
+        except EngineNotFoundError:
+            return False
+        labels = (data.get("Config") or {}).get("Labels") or {}
+        if labels.get(protocol.LABEL_TASK_ID) != a.task_id:
+            return False
+        state = str((data.get("State") or {}).get("Status", ""))
+        await self._adopt(t, a, ExistingContainer(str(data.get("Id")), a.task_id, a.container_name, state))
+        return True
+
+    async def _adopt(self, t: _Tracked, a: Assignment, c: ExistingContainer) -> None:
+        try:
+            data = await self.docker.inspect_container(c.id)
+        except EngineNotFoundError:
+            self.kick(a.task_id)  # gone meanwhile: look again
+            return
+        status = str((data.get("State") or {}).get("Status", ""))
+        if status == "created" and not (t.reported and t.reported.terminal):
+            await self._start(t, a, c.id)  # interrupted between create and start
+            return
+        self._report_inspect(t, a, data)
+
+    def _report_inspect(self, t: _Tracked, a: Assignment, data: dict[str, Any]) -> None:
+        seen = observe(data)
+        if seen is not None:
+            self._report(t, a.task_id, seen)
+
+    def _report(self, t: _Tracked, task_id: str, seen: Observed, *, force: bool = False) -> None:
+        if t.reported is not None and not t.reported.can_move_to(seen.state) and not force:
+            return
+        if t.reported is None or not t.reported.terminal:
+            t.reported = seen.state
+        if seen.container_id:
+            t.container_id = seen.container_id
+        self.send({
+            "op": "status",
+            "task_id": task_id,
+            "state": seen.state.value,
+            "container_id": seen.container_id or t.container_id,
+            "ip": seen.ip,
+            "exit_code": seen.exit_code,
+            "message": seen.message,
+            "error": seen.error,
+            "ts": time.time(),
+        })
+
+    # -- engine events -----------------------------------------------------
+
+    async def _watch_events(self) -> None:
+        async for event in self.docker.events(EVENT_FILTERS, on_connect=self._on_events_connect):
+            action = str(event.get("Action") or event.get("status") or "")
+            if action not in ("die", "destroy", "oom"):
+                continue
+            attrs = (event.get("Actor") or {}).get("Attributes") or {}
+            task_id = attrs.get(protocol.LABEL_TASK_ID)
+            if not task_id:
+                continue
+            if action == "die":
+                self.last_die[task_id] = time.monotonic()
+                if len(self.last_die) > 10_000:
+                    self.last_die.pop(next(iter(self.last_die)))
+            self.kick(str(task_id))
+
+    async def _on_events_connect(self, reconnected: bool) -> None:
+        if not reconnected:
+            self._events_ready.set()
+            return
+        # the engine replays from `since`, but its buffer is finite: recheck all
+        for task_id in list(self._tracked):
+            self.kick(task_id)
+        self._reconcile_wanted.set()
+
+
+async def _first(*aws: Any) -> bool:
+    """Await the first of ``aws`` to finish; True if it was the first one."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for p in pending:
+        p.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    return tasks[0] in done
+
+
+# -- stdio -------------------------------------------------------------------
+
+
+class _StdioWriter:
+    """Writes protocol lines to the real stdout from a thread, so a slow
+    reader on the manager's side never blocks the event loop."""
+
+    def __init__(self, fd: int, on_broken: Callable[[], None]) -> None:
+        self.fd = fd
+        self.on_broken = on_broken
+        self._lock = threading.Condition()
+        self._buf: list[bytes] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="stdout", daemon=True)
+        self._thread.start()
+
+    def __call__(self, message: dict[str, Any]) -> None:
+        data = protocol.encode(message)
+        with self._lock:
+            self._buf.append(data)
+            self._lock.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._buf and not self._closed:
+                    self._lock.wait()
+                if not self._buf and self._closed:
+                    return
+                data, self._buf = b"".join(self._buf), []
+            try:
+                while data:
+                    data = data[os.write(self.fd, data):]
+            except OSError:
+                self.on_broken()
+                return
+
+    def close(self, timeout: float = 2.0) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        self._thread.join(timeout)
+
+
+async def _stdin_lines(fd: int, stop: asyncio.Event) -> AsyncIterator[bytes]:
+    """Lines from ``fd``, read by a daemon thread (works for pipes, sockets,
+    files and ttys alike, and never keeps the process alive at exit)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    def reader() -> None:
+        with os.fdopen(fd, "rb", buffering=1 << 16, closefd=False) as f:
+            try:
+                for line in f:
+                    loop.call_soon_threadsafe(queue.put_nowait, line)
+            except (OSError, ValueError):
+                pass
+            finally:
+                try:
+                    loop.call_soon_threadsafe(queue.put_nowait, None)
+                except RuntimeError:  # loop already closed
+                    pass
+
+    threading.Thread(target=reader, name="stdin", daemon=True).start()
+    stop_wait = asyncio.ensure_future(stop.wait())
+    try:
+        while True:
+            get = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait({get, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if get not in done:
+                get.cancel()
+                return
+            line = get.result()
+            if line is None:
+                return
+            yield line
+    finally:
+        stop_wait.cancel()
+
+
+async def serve_stdio(proto_fd: int) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+
+    def broken() -> None:
+        loop.call_soon_threadsafe(stop.set)
+
+    writer = _StdioWriter(proto_fd, broken)
+    docker = DockerClient()
+    hostname = socket.gethostname()
+    agent = Agent(docker, writer, hostname=hostname, network=HostNetwork(docker, hostname))
+    try:
+        return await agent.run(_stdin_lines(0, stop))
+    finally:
+        await docker.close()
+        writer.close()
+
+
+def main_stdio() -> int:
+    """Entry point of ``pyswarm worker --stdio``."""
+    level = os.environ.get("PYSWARM_LOG_LEVEL", "WARNING").upper()
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, level, logging.WARNING),
+                        format="pyswarm-agent %(levelname)s %(name)s: %(message)s")
+    # keep the protocol stream to ourselves: fd 1 becomes stderr for
+    # everything else (prints, libraries, child processes)
+    sys.stdout.flush()
+    proto_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    try:
+        return asyncio.run(serve_stdio(proto_fd))
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        os.close(proto_fd)

@@ -1,0 +1,424 @@
+"""An async Docker Engine API client over the engine's unix socket.
+
+Why our own small client: the agent needs about fifteen endpoints, must be
+async (one process drives many containers and an event stream at once), and
+must work against Podman's Docker-compatible API as well. So we stick to
+documented Engine API endpoints under a version prefix (``/v1.41/...``) and
+aiohttp's unix connector, and map errors to :mod:`pyswarm.worker`'s tree.
+
+The socket comes from ``DOCKER_HOST`` (only ``unix://`` is supported: the
+agent runs on the node itself) or ``/var/run/docker.sock``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from pyswarm.worker import (
+    EngineAPIError,
+    EngineConflictError,
+    EngineNotFoundError,
+    EngineUnavailableError,
+    ImageNotFoundError,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOCKET = "/var/run/docker.sock"
+# The API version we write against: Docker 20.10's. Newer engines still accept
+# it (or tell us their minimum, which we then use); Podman answers 1.41 too.
+API_VERSION = "1.41"
+
+JSON = dict[str, Any]
+
+
+def socket_path(docker_host: str | None = None) -> str:
+    """The engine's unix socket path from ``DOCKER_HOST`` or the default."""
+    host = docker_host if docker_host is not None else os.environ.get("DOCKER_HOST", "")
+    if not host:
+        return DEFAULT_SOCKET
+    if host.startswith("unix://"):
+        return host[len("unix://"):]
+    if host.startswith("/"):
+        return host
+    raise EngineUnavailableError(f"DOCKER_HOST={host!r}: only unix:// sockets are supported by the agent")
+
+
+def split_image(ref: str) -> tuple[str, str]:
+    """``repo[:tag|@digest]`` → (repo, tag-or-digest) for ``/images/create``.
+
+    The tag is the part after the last ``:`` that follows the last ``/``, so a
+    registry port (``host:5000/app``) is not mistaken for a tag.
+    """
+    if "@" in ref:
+        repo, digest = ref.split("@", 1)
+        return repo, digest
+    slash = ref.rfind("/")
+    colon = ref.rfind(":")
+    if colon > slash:
+        return ref[:colon], ref[colon + 1:]
+    return ref, "latest"
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in v.split("."))
+    except ValueError:
+        return (0,)
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What the agent tells the manager about this node in ``hello``."""
+
+    hostname: str
+    ncpu: int
+    mem_total: int
+    os_type: str
+    architecture: str
+    server_version: str
+
+    @classmethod
+    def from_api(cls, info: Mapping[str, Any]) -> EngineInfo:
+        return cls(
+            hostname=str(info.get("Name") or ""),
+            ncpu=int(info.get("NCPU") or 0),
+            mem_total=int(info.get("MemTotal") or 0),
+            os_type=str(info.get("OSType") or "linux"),
+            architecture=str(info.get("Architecture") or ""),
+            server_version=str(info.get("ServerVersion") or ""),
+        )
+
+
+def _filters(filters: Mapping[str, list[str]]) -> str:
+    return json.dumps(dict(filters), separators=(",", ":"))
+
+
+class DockerClient:
+    """One aiohttp session over the unix socket; use as an async context
+    manager or call :meth:`close`. Methods raise :class:`EngineAPIError`
+    subclasses for engine errors and :class:`EngineUnavailableError` when the
+    socket cannot be reached."""
+
+    def __init__(
+        self,
+        docker_host: str | None = None,
+        *,
+        request_timeout: float = 60.0,
+        pull_timeout: float = 300.0,
+    ) -> None:
+        self.socket = socket_path(docker_host)
+        self.request_timeout = request_timeout
+        self.pull_timeout = pull_timeout
+        self.api_version = API_VERSION
+        self._session: aiohttp.ClientSession | None = None
+        self._negotiated = False
+
+    async def __aenter__(self) -> DockerClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.UnixConnector(path=self.socket, limit=64)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)
+            )
+        return self._session
+
+    def _url(self, path: str, versioned: bool = True) -> str:
+        return f"http://docker/v{self.api_version}{path}" if versioned else f"http://docker{path}"
+
+    async def _negotiate(self) -> None:
+        """Pick the API version: ours unless the engine's minimum is higher
+        (Docker >= 25 raised it) or its maximum lower (old engines)."""
+        if self._negotiated:
+            return
+        data = await self._call("GET", "/version", versioned=False)
+        assert isinstance(data, dict)
+        server = str(data.get("ApiVersion") or API_VERSION)
+        minimum = str(data.get("MinAPIVersion") or "1.12")
+        version = API_VERSION
+        if _version_tuple(server) < _version_tuple(version):
+            version = server
+        if _version_tuple(minimum) > _version_tuple(version):
+            version = minimum
+        self.api_version = version
+        self._negotiated = True
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        versioned: bool = True,
+        timeout: float | None = None,
+    ) -> Any:
+        """One request; returns decoded JSON (or None for empty bodies)."""
+        if versioned:
+            await self._negotiate()
+        session = self._get_session()
+        t = aiohttp.ClientTimeout(total=timeout if timeout is not None else self.request_timeout)
+        try:
+            async with session.request(
+                method, self._url(path, versioned), params=params, json=body, timeout=t
+            ) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise _api_error(resp.status, raw, f"{method} {path}")
+                if not raw:
+                    return None
+                if "json" in resp.headers.get("Content-Type", ""):
+                    return json.loads(raw)
+                return raw.decode(errors="replace")
+        except aiohttp.ClientConnectionError as exc:
+            raise EngineUnavailableError(f"cannot reach the engine at {self.socket}: {exc}") from exc
+        except asyncio.TimeoutError as exc:
+            raise EngineUnavailableError(f"{method} {path}: engine did not answer in time") from exc
+
+    # -- system ------------------------------------------------------------
+
+    async def ping(self) -> bool:
+        """True when the engine answers ``/_ping``."""
+        try:
+            answer = await self._call("GET", "/_ping", versioned=False, timeout=5)
+            return bool(answer == "OK")
+        except EngineUnavailableError:
+            return False
+
+    async def version(self) -> JSON:
+        data = await self._call("GET", "/version")
+        assert isinstance(data, dict)
+        return data
+
+    async def info(self) -> EngineInfo:
+        data = await self._call("GET", "/info")
+        assert isinstance(data, dict)
+        return EngineInfo.from_api(data)
+
+    # -- containers --------------------------------------------------------
+
+    async def list_containers(self, labels: Mapping[str, str | None], *, all: bool = True) -> list[JSON]:
+        """Containers carrying every label in ``labels`` (value None = the
+        label is present with any value)."""
+        label_filters = [k if v is None else f"{k}={v}" for k, v in labels.items()]
+        params = {"all": "1" if all else "0", "filters": _filters({"label": label_filters})}
+        data = await self._call("GET", "/containers/json", params=params)
+        assert isinstance(data, list)
+        return data
+
+    async def create_container(self, name: str, config: Mapping[str, Any]) -> str:
+        data = await self._call("POST", "/containers/create", params={"name": name}, body=dict(config))
+        assert isinstance(data, dict)
+        return str(data["Id"])
+
+    async def start_container(self, container_id: str) -> None:
+        await self._call("POST", f"/containers/{quote(container_id)}/start")
+
+    async def stop_container(self, container_id: str, timeout: int = 10) -> None:
+        await self._call(
+            "POST", f"/containers/{quote(container_id)}/stop", params={"t": str(timeout)},
+            timeout=self.request_timeout + timeout,
+        )
+
+    async def kill_container(self, container_id: str, signal: str = "KILL") -> None:
+        await self._call("POST", f"/containers/{quote(container_id)}/kill", params={"signal": signal})
+
+    async def remove_container(self, container_id: str, *, force: bool = True) -> bool:
+        """Remove (killing it if ``force``); False when it was already gone."""
+        try:
+            await self._call(
+                "DELETE", f"/containers/{quote(container_id)}",
+                params={"force": "1" if force else "0", "v": "1"},
+            )
+        except EngineNotFoundError:
+            return False
+        except EngineConflictError as exc:
+            if "already in progress" in exc.message:
+                return True
+            raise
+        return True
+
+    async def inspect_container(self, container_id: str) -> JSON:
+        data = await self._call("GET", f"/containers/{quote(container_id)}/json")
+        assert isinstance(data, dict)
+        return data
+
+    # -- images ------------------------------------------------------------
+
+    async def inspect_image(self, ref: str) -> JSON | None:
+        try:
+            data = await self._call("GET", f"/images/{quote(ref, safe='/:@')}/json")
+        except EngineNotFoundError:
+            return None
+        assert isinstance(data, dict)
+        return data
+
+    async def pull_image(self, ref: str) -> None:
+        """Pull ``ref``; raises :class:`EngineAPIError` (or a timeout as
+        :class:`EngineUnavailableError`) when the registry refuses or is
+        unreachable. The progress stream reports errors in-band, so it is read
+        to the end."""
+        await self._negotiate()
+        repo, tag = split_image(ref)
+        session = self._get_session()
+        t = aiohttp.ClientTimeout(total=self.pull_timeout)
+        try:
+            async with session.post(
+                self._url("/images/create"), params={"fromImage": repo, "tag": tag}, timeout=t
+            ) as resp:
+                if resp.status >= 400:
+                    raise _api_error(resp.status, await resp.read(), f"pull {ref}")
+                async for line in resp.content:
+                    if not line.strip():
+                        continue
+                    try:
+                        msg = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(msg, dict) and msg.get("error"):
+                        raise EngineAPIError(500, str(msg.get("error")))
+        except aiohttp.ClientConnectionError as exc:
+            raise EngineUnavailableError(f"cannot reach the engine at {self.socket}: {exc}") from exc
+        except asyncio.TimeoutError as exc:
+            raise EngineUnavailableError(f"pull {ref}: no answer in {self.pull_timeout:.0f}s") from exc
+
+    async def ensure_image(self, ref: str, node: str) -> None:
+        """Make ``ref`` present, pulling only if missing. Any failure becomes
+        :class:`ImageNotFoundError` with the message users see in
+        ``service ps``: in a lab with no registry a missing image must be a
+        clear task failure, not a hang."""
+        if await self.inspect_image(ref) is not None:
+            return
+        try:
+            await self.pull_image(ref)
+        except (EngineAPIError, EngineUnavailableError) as exc:
+            raise ImageNotFoundError(f"image {ref} not found on node {node} (pull failed: {exc})") from exc
+        if await self.inspect_image(ref) is None:
+            raise ImageNotFoundError(f"image {ref} not found on node {node}")
+
+    # -- networks ----------------------------------------------------------
+
+    async def inspect_network(self, name: str) -> JSON | None:
+        """The network named exactly ``name`` (the engine also matches id
+        prefixes; we do not want that), or None."""
+        try:
+            data = await self._call("GET", f"/networks/{quote(name)}")
+        except EngineNotFoundError:
+            return None
+        assert isinstance(data, dict)
+        if data.get("Name") != name:
+            return None
+        return data
+
+    async def create_network(self, config: Mapping[str, Any]) -> str:
+        data = await self._call("POST", "/networks/create", body=dict(config))
+        assert isinstance(data, dict)
+        return str(data.get("Id", ""))
+
+    async def remove_network(self, name: str) -> None:
+        await self._call("DELETE", f"/networks/{quote(name)}")
+
+    # -- events ------------------------------------------------------------
+
+    async def events(
+        self,
+        filters: Mapping[str, list[str]],
+        *,
+        on_connect: Callable[[bool], Awaitable[None]] | None = None,
+        retry_delay: float = 0.5,
+        max_retry_delay: float = 5.0,
+    ) -> AsyncIterator[JSON]:
+        """Engine events matching ``filters``, forever.
+
+        When the stream drops (engine restart, socket error) it reconnects
+        with ``since`` set to the last event seen, so the engine replays what
+        was missed; a duplicate is possible and harmless to level-triggered
+        consumers. ``on_connect(reconnected)`` runs once the engine accepted
+        each subscription, before any of its events are yielded: the caller
+        uses the first to know it cannot miss events any more, and the later
+        ones to resynchronise in case the engine's replay buffer overflowed.
+        """
+        since: str | None = None
+        connected_before = False
+        delay = retry_delay
+        while True:
+            try:
+                await self._negotiate()
+                params = {"filters": _filters(filters)}
+                if since is not None:
+                    params["since"] = since
+                session = self._get_session()
+                t = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None)
+                async with session.get(self._url("/events"), params=params, timeout=t) as resp:
+                    if resp.status >= 400:
+                        raise _api_error(resp.status, await resp.read(), "GET /events")
+                    if since is None:
+                        # replay from here if the stream drops before any event
+                        since = f"{time.time():.9f}"
+                    if on_connect is not None:
+                        await on_connect(connected_before)
+                    connected_before = True
+                    delay = retry_delay
+                    async for line in resp.content:
+                        if not line.strip():
+                            continue
+                        try:
+                            event = json.loads(line)
+                        except ValueError:
+                            log.warning("undecodable engine event: %r", line[:200])
+                            continue
+                        if not isinstance(event, dict):
+                            continue
+                        since = _event_since(event) or since
+                        yield event
+                log.warning("engine event stream ended; reconnecting")
+            except (aiohttp.ClientError, EngineAPIError, EngineUnavailableError, asyncio.TimeoutError) as exc:
+                log.warning("engine event stream failed (%s); reconnecting in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_retry_delay)
+
+
+def _event_since(event: Mapping[str, Any]) -> str | None:
+    nano = event.get("timeNano")
+    if isinstance(nano, int) and nano > 0:
+        return f"{nano // 1_000_000_000}.{nano % 1_000_000_000:09d}"
+    sec = event.get("time")
+    if isinstance(sec, int) and sec > 0:
+        return str(sec)
+    return None
+
+
+def _api_error(status: int, raw: bytes, what: str) -> EngineAPIError:
+    text = raw.decode(errors="replace").strip()
+    try:
+        decoded = json.loads(text)
+        if isinstance(decoded, dict) and "message" in decoded:
+            text = str(decoded["message"])
+    except ValueError:
+        pass
+    message = text or f"{what}: HTTP {status}"
+    if status == 404:
+        return EngineNotFoundError(status, message)
+    if status == 409:
+        return EngineConflictError(status, message)
+    return EngineAPIError(status, message)
