@@ -209,6 +209,10 @@ class ContainerSpec(Model):
     entrypoint: list[str] | None = None
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    # container-level stack-file keys beyond the typed fields above, in the
+    # compose long syntax pyswarm.compose normalises to (ports, volumes,
+    # healthcheck, user, working_dir, secrets, configs, networks, logging, ...)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -224,6 +228,11 @@ class ServiceSpec(Model):
     constraints: list[str] = field(default_factory=list)
     max_replicas_per_node: int = 0  # 0: no limit
     reservations: Resources = field(default_factory=Resources)  # per task
+    # the normalised `deploy:` mapping as written in the stack file (long syntax:
+    # resources, restart_policy, update_config, rollback_config, endpoint_mode...)
+    deploy: dict[str, Any] = field(default_factory=dict)
+    # short service name -> {"condition": service_started|service_healthy|..., "required": bool}
+    depends_on: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
