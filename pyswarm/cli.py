@@ -8,32 +8,262 @@ exit status 1, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from pyswarm.errors import PyswarmError
+from pyswarm import config as cfg
+from pyswarm import rpc
+from pyswarm.errors import PyswarmError, UsageError
+from pyswarm.output import print_rows, since
 
 Handler = Callable[[argparse.Namespace], int]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pyswarm", description="A Docker-Swarm-style orchestrator.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+def _call(method: str, params: dict[str, Any] | None = None) -> Any:
+    return rpc.call_unix(cfg.socket_path(), method, params or {})
 
-    from pyswarm.deploy import lab
 
-    lab.register_cli(sub)
+def _format_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=["table", "json"], default="table",
+                        help="table (default) or json: a JSON array of objects, for scripts")
 
-    worker = sub.add_parser("worker", help="run the node agent (started by the manager over SSH)")
-    worker.add_argument("--stdio", action="store_true", required=True, help="speak the agent protocol on stdin/stdout")
-    worker.set_defaults(func=_worker)
-    return parser
+
+# -- cluster membership ------------------------------------------------------------
+
+
+def _init(args: argparse.Namespace) -> int:
+    from pyswarm.manager import bootstrap
+
+    node_id = bootstrap.init(args.advertise_addr, args.foreground, api_port=args.listen_port,
+                             dns_port=args.dns_port, addr_pool=args.default_addr_pool)
+    if args.foreground:
+        from pyswarm.manager import daemon
+
+        print(f"Swarm initialized: current node ({node_id}) is now a manager; running in the foreground.",
+              flush=True)
+        return daemon.main()
+    token = _call("join_token", {"role": "worker"})
+    print(f"Swarm initialized: current node ({node_id}) is now a manager.\n")
+    print("To add a worker to this swarm, run the following command:\n")
+    print(f"    pyswarm join --token {token['token']} {token['addr']}\n")
+    print("To add a manager to this swarm, run 'pyswarm join-token manager' and follow the instructions.")
+    return 0
+
+
+def _join(args: argparse.Namespace) -> int:
+    from pyswarm.manager import bootstrap
+
+    result = bootstrap.join(args.token, args.manager, args.advertise_addr)
+    print(f"This node joined a swarm as a worker (node {result['node_id']}).")
+    return 0
+
+
+def _join_token(args: argparse.Namespace) -> int:
+    token = _call("join_token", {"role": args.role})
+    if args.quiet:
+        print(token["token"])
+    else:
+        print(f"To add a {args.role} to this swarm, run the following command:\n")
+        print(f"    pyswarm join --token {token['token']} {token['addr']}\n")
+    return 0
+
+
+def _leave(args: argparse.Namespace) -> int:
+    from pyswarm.manager import bootstrap
+
+    bootstrap.leave()
+    print("Node left the swarm.")
+    return 0
+
+
+def _manager_run(args: argparse.Namespace) -> int:
+    from pyswarm.manager import daemon
+
+    return daemon.main()
 
 
 def _worker(args: argparse.Namespace) -> int:
     from pyswarm.worker.agent import main_stdio
 
     return main_stdio()
+
+
+# -- nodes, stacks, services ---------------------------------------------------------
+
+
+def _node_ls(args: argparse.Namespace) -> int:
+    rows = _call("node.ls")
+    for row in rows:
+        row["id_display"] = row["id"] + (" *" if row.get("self") else "")
+    print_rows(rows, args.format, [
+        ("ID", "id_display"), ("HOSTNAME", "hostname"), ("ADDRESS", "address"), ("ROLE", "role"),
+        ("STATUS", "status"), ("AVAILABILITY", "availability"), ("MANAGER STATUS", "manager_status"),
+        ("ENGINE VERSION", "engine_version"),
+    ], drop=("id_display",))
+    return 0
+
+
+def _stack_deploy(args: argparse.Namespace) -> int:
+    from pyswarm.compose import load_stack
+
+    stack = load_stack(args.compose_file, args.stack)
+    for warning in stack.warnings:
+        print(f"Warning: {warning}", file=sys.stderr)
+    result = _call("stack.deploy", {"stack": args.stack, "services": [s.to_dict() for s in stack.services]})
+    for item in result:
+        verb = {"created": "Creating", "updated": "Updating", "unchanged": "Unchanged"}[item["action"]]
+        print(f"{verb} service {item['service']}")
+    return 0
+
+
+def _stack_ls(args: argparse.Namespace) -> int:
+    print_rows(_call("stack.ls"), args.format, [("NAME", "name"), ("SERVICES", "services")])
+    return 0
+
+
+def _task_table(rows: list[dict[str, Any]], fmt: str) -> None:
+    for row in rows:
+        state = row["current_state"].capitalize()
+        row["current_display"] = f"{state} {since(row['since'])}"
+        row["error_display"] = row.get("error") or (row.get("message") if row["current_state"] in ("pending",) else "")
+        row["id_display"] = row["id"][:12]
+        row["name_display"] = row["name"] if row["desired_state"] == "running" else r"\_ " + row["name"]
+    print_rows(rows, fmt, [
+        ("ID", "id_display"), ("NAME", "name_display"), ("IMAGE", "image"), ("NODE", "node"),
+        ("DESIRED STATE", "desired_state"), ("CURRENT STATE", "current_display"), ("ERROR", "error_display"),
+    ], drop=("current_display", "error_display", "id_display", "name_display"))
+
+
+def _stack_ps(args: argparse.Namespace) -> int:
+    _task_table(_call("stack.ps", {"stack": args.stack}), args.format)
+    return 0
+
+
+def _stack_rm(args: argparse.Namespace) -> int:
+    for name in _call("stack.rm", {"stack": args.stack}):
+        print(f"Removing service {name}")
+    return 0
+
+
+def _service_ls(args: argparse.Namespace) -> int:
+    rows = _call("service.ls")
+    for row in rows:
+        row["id_display"] = row["id"][:12]
+    print_rows(rows, args.format, [
+        ("ID", "id_display"), ("NAME", "name"), ("MODE", "mode"), ("REPLICAS", "replicas"), ("IMAGE", "image"),
+    ], drop=("id_display",))
+    return 0
+
+
+def _service_ps(args: argparse.Namespace) -> int:
+    _task_table(_call("service.ps", {"service": args.service}), args.format)
+    return 0
+
+
+def _service_scale(args: argparse.Namespace) -> int:
+    scales: dict[str, int] = {}
+    for item in args.scales:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"invalid scale specifier {item!r}: expected SERVICE=REPLICAS")
+        try:
+            scales[name] = int(value)
+        except ValueError:
+            raise UsageError(f"invalid replicas value for {name}: {value!r} is not an integer") from None
+    for item in _call("service.scale", {"scales": scales}):
+        print(f"{item['service']} scaled to {item['replicas']}")
+    return 0
+
+
+def _service_inspect(args: argparse.Namespace) -> int:
+    print(json.dumps([_call("service.inspect", {"service": s}) for s in args.services], indent=2))
+    return 0
+
+
+def _node_inspect(args: argparse.Namespace) -> int:
+    print(json.dumps([_call("node.inspect", {"node": n}) for n in args.nodes], indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyswarm", description="A Docker-Swarm-style orchestrator.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("init", help="create a cluster with this host as its first manager")
+    p.add_argument("--advertise-addr", help="address other hosts reach this manager on (default: the default route's)")
+    p.add_argument("--foreground", action="store_true", help="run the manager in this process instead of as a service")
+    p.add_argument("--listen-port", type=int, default=cfg.DEFAULT_API_PORT, help="API (SSH) port, default 2377")
+    p.add_argument("--dns-port", type=int, default=cfg.DEFAULT_DNS_PORT, help="DNS port, default 53")
+    p.add_argument("--default-addr-pool", default="10.240.0.0/16", help="container address pool, a /24 per node")
+    p.set_defaults(func=_init)
+
+    p = sub.add_parser("join", help="join a cluster as a worker")
+    p.add_argument("--token", required=True, help="the token printed by `pyswarm init` or `pyswarm join-token`")
+    p.add_argument("--advertise-addr", help="this host's address (default: the one that routes to the manager)")
+    p.add_argument("manager", metavar="MANAGER[:PORT]")
+    p.set_defaults(func=_join)
+
+    p = sub.add_parser("join-token", help="print the command that joins a host")
+    p.add_argument("role", choices=["worker", "manager"])
+    p.add_argument("-q", "--quiet", action="store_true", help="print the token only")
+    p.set_defaults(func=_join_token)
+
+    p = sub.add_parser("leave", help="make this worker leave the cluster")
+    p.set_defaults(func=_leave)
+
+    node = sub.add_parser("node", help="manage nodes").add_subparsers(dest="node_command", metavar="COMMAND", required=True)
+    p = node.add_parser("ls", help="list nodes")
+    _format_arg(p)
+    p.set_defaults(func=_node_ls)
+    p = node.add_parser("inspect", help="show a node as JSON")
+    p.add_argument("nodes", nargs="+", metavar="NODE")
+    p.set_defaults(func=_node_inspect)
+
+    stack = sub.add_parser("stack", help="manage stacks").add_subparsers(dest="stack_command", metavar="COMMAND", required=True)
+    p = stack.add_parser("deploy", help="deploy or update a stack from compose files")
+    p.add_argument("-c", "--compose-file", action="append", required=True, metavar="FILE")
+    p.add_argument("stack", metavar="STACK")
+    p.set_defaults(func=_stack_deploy)
+    p = stack.add_parser("ls", help="list stacks")
+    _format_arg(p)
+    p.set_defaults(func=_stack_ls)
+    p = stack.add_parser("ps", help="list the tasks of a stack")
+    p.add_argument("stack", metavar="STACK")
+    _format_arg(p)
+    p.set_defaults(func=_stack_ps)
+    p = stack.add_parser("rm", help="remove a stack and all its containers")
+    p.add_argument("stack", metavar="STACK")
+    p.set_defaults(func=_stack_rm)
+
+    service = sub.add_parser("service", help="manage services").add_subparsers(dest="service_command", metavar="COMMAND", required=True)
+    p = service.add_parser("ls", help="list services")
+    _format_arg(p)
+    p.set_defaults(func=_service_ls)
+    p = service.add_parser("ps", help="list the tasks of a service")
+    p.add_argument("service", metavar="SERVICE")
+    _format_arg(p)
+    p.set_defaults(func=_service_ps)
+    p = service.add_parser("scale", help="set the replicas of services")
+    p.add_argument("scales", nargs="+", metavar="SERVICE=REPLICAS")
+    p.set_defaults(func=_service_scale)
+    p = service.add_parser("inspect", help="show services as JSON")
+    p.add_argument("services", nargs="+", metavar="SERVICE")
+    p.set_defaults(func=_service_inspect)
+
+    manager = sub.add_parser("manager", help=argparse.SUPPRESS).add_subparsers(dest="manager_command", required=True)
+    p = manager.add_parser("run", help="run the manager daemon in the foreground")
+    p.set_defaults(func=_manager_run)
+
+    worker = sub.add_parser("worker", help="run the node agent (started by the manager over SSH)")
+    worker.add_argument("--stdio", action="store_true", required=True, help="speak the agent protocol on stdin/stdout")
+    worker.set_defaults(func=_worker)
+
+    from pyswarm.deploy import lab
+
+    lab.register_cli(sub)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

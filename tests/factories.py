@@ -117,3 +117,15 @@ def make_tasks(service: Service, count: int | None = None, **overrides: Any) -> 
     """One waiting task per replica slot (1..count, default the spec's replicas)."""
     total = service.spec.replicas if count is None else count
     return [make_task(service, slot=slot, **overrides) for slot in range(1, total + 1)]
+
+
+def make_snapshot(*objects: Any, index: int = 1) -> Any:
+    """A store snapshot holding these model objects (cluster, nodes, services, tasks)."""
+    from pyswarm.manager.store import Snapshot
+    from pyswarm.models import Cluster
+
+    raw: dict[str, dict[str, dict[str, Any]]] = {"cluster": {}, "node": {}, "service": {}, "task": {}}
+    kinds = {Cluster: "cluster", Node: "node", Service: "service", Task: "task"}
+    for obj in objects:
+        raw[kinds[type(obj)]][obj.id] = obj.to_dict()
+    return Snapshot(index, raw)

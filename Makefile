@@ -1,0 +1,45 @@
+# pyswarm: the two commands of the README's quick start, and what they need.
+# Both are safe to run twice.  Run as root on Debian (the lab makes network
+# namespaces and runs one sshd and one dockerd per lab host).
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PYSWARM := $(VENV)/bin/pyswarm
+PYTEST  := $(VENV)/bin/pytest
+APT_PACKAGES := docker.io openssh-server busybox-static iproute2 iptables procps psmisc
+
+.PHONY: demo test deps venv lab-down lint clean
+
+## demo: a lab of 1 manager + 3 workers, the example stack, scaled, DNS shown
+demo: deps venv
+	bash deploy/demo.sh
+
+## test: the whole suite (unit and end-to-end on the lab); fails when no test ran
+test: deps venv
+	bash deploy/run-tests.sh
+
+## deps: the system packages (apt) that the lab and the agent need
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+## venv: pyswarm and its Python dependencies, in $(VENV)
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+lab-down: venv
+	$(PYSWARM) lab down
+
+lint: venv
+	cd /tmp && $(VENV:%=$(CURDIR)/%)/bin/mypy $(CURDIR)/pyswarm $(CURDIR)/manager $(CURDIR)/worker $(CURDIR)/dns $(CURDIR)/compose $(CURDIR)/deploy
+
+clean: lab-down
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,121 @@
+"""The Raft store on a real pysyncobj node: transactions, forward-only task
+state, watchers, and recovery from its journal after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+_TESTS = str(Path(__file__).resolve().parents[1])
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
+
+from factories import make_service, make_task  # noqa: E402
+
+from pyswarm.manager.store import RaftConfig, Store, TransactionAborted  # noqa: E402
+from pyswarm.models import TaskState  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def started(data_dir: Path, port: int) -> Store:
+    store = Store(RaftConfig(f"127.0.0.1:{port}", [], data_dir, "test-secret"))
+    store.start()
+    deadline = asyncio.get_running_loop().time() + 10
+    while not store.is_leader:
+        assert asyncio.get_running_loop().time() < deadline, f"no leader after 10s: {store.status()}"
+        await asyncio.sleep(0.02)
+    return store
+
+
+@pytest.fixture
+def run() -> object:
+    return asyncio.run
+
+
+def test_transaction_and_precondition(tmp_path: Path) -> None:
+    async def go() -> None:
+        store = await started(tmp_path, free_port())
+        try:
+            svc = make_service("web")
+            await store.commit([["put", "service", svc.id, svc.to_dict()]])
+            assert store.snapshot().service(svc.id) == svc
+            with pytest.raises(TransactionAborted, match="version is 1, expected 7"):
+                await store.commit([["expect", "service", svc.id, "version", 7],
+                                    ["delete", "service", svc.id]])
+            assert store.snapshot().service(svc.id) is not None, "an aborted transaction applied its delete"
+        finally:
+            store.stop()
+    asyncio.run(go())
+
+
+def test_task_state_only_moves_forward(tmp_path: Path) -> None:
+    async def go() -> None:
+        store = await started(tmp_path, free_port())
+        try:
+            task = make_task(make_service("web"), state=TaskState.ASSIGNED)
+            await store.commit([["put", "task", task.id, task.to_dict()]])
+            await store.commit([["advance", task.id, "running", {"ip": "10.240.1.2"}]])
+            await store.commit([["advance", task.id, "starting", {"ip": "10.9.9.9"}]])  # late report
+            got = store.snapshot().task(task.id)
+            assert got is not None and got.state == TaskState.RUNNING and got.ip == "10.240.1.2"
+            await store.commit([["advance", task.id, "failed", {"exit_code": 1}]])
+            await store.commit([["advance", task.id, "running", {}]])
+            got = store.snapshot().task(task.id)
+            assert got is not None and got.state == TaskState.FAILED, f"terminal state moved: {got}"
+        finally:
+            store.stop()
+    asyncio.run(go())
+
+
+def test_watchers_each_see_a_change(tmp_path: Path) -> None:
+    async def go() -> None:
+        store = await started(tmp_path, free_port())
+        try:
+            a, b = store.watcher(), store.watcher()
+            await a.wait(0.1)
+            await b.wait(0.1)  # the first wait returns at once
+            svc = make_service("web")
+            await store.commit([["put", "service", svc.id, svc.to_dict()]])
+            assert await a.wait(2.0) and await b.wait(2.0), "a watcher missed the change"
+            assert not await a.wait(0.05)
+        finally:
+            store.stop()
+    asyncio.run(go())
+
+
+def test_state_survives_restart(tmp_path: Path) -> None:
+    port = free_port()
+    svc = make_service("web")
+
+    async def first() -> None:
+        store = await started(tmp_path, port)
+        try:
+            for i in range(50):
+                await store.commit([["put", "service", f"s{i}", make_service(f"s{i}").to_dict()]])
+            await store.commit([["put", "service", svc.id, svc.to_dict()]])
+        finally:
+            store.stop()
+
+    async def second() -> None:
+        store = await started(tmp_path, port)
+        try:
+            deadline = asyncio.get_running_loop().time() + 10
+            while store.snapshot().service(svc.id) is None:
+                assert asyncio.get_running_loop().time() < deadline, "state not recovered from the journal"
+                await asyncio.sleep(0.05)
+            assert len(store.snapshot().services()) == 51
+        finally:
+            store.stop()
+
+    asyncio.run(first())
+    asyncio.run(second())
