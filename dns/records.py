@@ -66,6 +66,14 @@ class NameEntry:
     ips: tuple[str, ...]
     service_ids: tuple[str, ...]
 
+    @property
+    def v4(self) -> tuple[str, ...]:
+        return tuple(ip for ip in self.ips if _ip_key(ip)[0] == 4)
+
+    @property
+    def v6(self) -> tuple[str, ...]:
+        return tuple(ip for ip in self.ips if _ip_key(ip)[0] == 6)
+
 
 @dataclass(frozen=True)
 class Classification:
@@ -220,13 +228,17 @@ class Rotator:
         self._counters: dict[str, int] = {}
         self._table: NameTable | None = None
 
-    def rotate(self, name: str, ips: tuple[str, ...]) -> list[str]:
-        if not ips:
-            return []
+    def next_offset(self, name: str, count: int) -> int:
+        """Where the next answer for ``name`` starts among ``count`` addresses."""
         key = normalize(name)
         n = self._counters.get(key, 0)
         self._counters[key] = n + 1
-        offset = n % len(ips)
+        return n % count if count else 0
+
+    def rotate(self, name: str, ips: tuple[str, ...]) -> list[str]:
+        if not ips:
+            return []
+        offset = self.next_offset(name, len(ips))
         return list(ips[offset:] + ips[:offset])
 
     def prune(self, table: NameTable) -> None:

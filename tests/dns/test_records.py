@@ -321,3 +321,29 @@ def test_table_cache_rebuilds_lazily_once_per_invalidation(cluster: Cluster) -> 
 def test_invalidate_without_a_loader_is_a_programming_error() -> None:
     with pytest.raises(RuntimeError):
         TableCache().invalidate()
+
+
+def test_repeated_queries_are_answered_from_the_reply_cache_with_their_own_id(table: NameTable) -> None:
+    responder = Responder(lambda: table)
+    seen = []
+    for ident in (1, 2, 3, 4, 5, 6, 0xFFFF):
+        query = dns.message.make_query("Web.Demo.pyswarm", "A")
+        query.id = ident
+        reply = responder.respond(query.to_wire())
+        assert reply.data is not None
+        msg = dns.message.from_wire(reply.data)
+        assert msg.id == ident
+        assert msg.question[0].name.to_text() == "Web.Demo.pyswarm."
+        seen.append(addresses(msg)[0])
+    assert seen == (WEB_IPS * 3)[:7]  # replies 4..7 came from the cache, still rotating
+
+
+def test_the_reply_cache_is_dropped_when_the_table_changes(cluster: Cluster) -> None:
+    web = make_service("web", stack="demo")
+    current = [build_table(cluster, [web], running(web, "10.0.0.1"))]
+    responder = Responder(lambda: current[0])
+    assert addresses(ask(responder, "web.demo")) == ["10.0.0.1"]
+    current[0] = build_table(cluster, [web], running(web, "10.0.0.2"))
+    assert addresses(ask(responder, "web.demo")) == ["10.0.0.2"]
+    current[0] = build_table(cluster, [web], [])
+    assert ask(responder, "web.demo").answer == []
