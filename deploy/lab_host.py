@@ -1,0 +1,224 @@
+"""One lab host: its namespaces, its own view of the files a real host owns,
+and its sshd and dockerd.
+
+A host is three namespaces made persistent by bind-mounting their files: a
+network namespace (``ip netns add``), and a mount and a UTS namespace
+(``unshare --mount=FILE --uts=FILE``). Processes enter all three with
+``nsenter`` — not ``ip netns exec``, which remounts /sys and hides the cgroup
+mounts dockerd needs. The hosts share the machine's filesystem (so one venv
+serves them all), and the mount namespace bind-mounts a private copy of
+each path a real host owns over the shared one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from pyswarm.deploy.lab_sys import NETNS_DIR, LabError, docker_ping, pid_alive, run, ssh_banner, tail
+
+TEMPLATES = Path(__file__).with_name("templates")
+
+# (path inside the host, name of the private copy under the host's directory)
+HOST_BINDS: tuple[tuple[str, str], ...] = (
+    ("/etc/ssh", "etc-ssh"),
+    ("/etc/docker", "etc-docker"),
+    ("/etc/hosts", "etc-hosts"),
+    ("/root/.ssh", "root-ssh"),
+    ("/var/lib/pyswarm", "var-lib-pyswarm"),
+    ("/var/log/pyswarm", "var-log-pyswarm"),
+    ("/run", "run"),
+)
+FILE_BINDS = {"/etc/hosts"}
+
+STD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def host_path() -> str:
+    """PATH inside a host: this installation's scripts first, like a host where pyswarm is installed."""
+    return f"{Path(sys.executable).parent}:{STD_PATH}"
+
+
+@dataclass
+class LabHost:
+    """Everything the lab knows about one host; stored in the lab's state file."""
+
+    name: str
+    role: str  # "manager" or "worker"
+    index: int  # last octet of the address; also picks the docker0 subnet
+    address: str
+    netns: str
+    veth: str
+    cgroup: str
+    home: str  # the host's directory under the lab dir
+    ns_dir: str
+    ns: dict[str, int] = field(default_factory=dict)  # kind -> namespace inode, once made
+    pids: dict[str, int] = field(default_factory=dict)  # daemon -> pid
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LabHost:
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    # ------------------------------------------------------------ paths
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.home)
+
+    @property
+    def netns_file(self) -> Path:
+        return NETNS_DIR / self.netns
+
+    @property
+    def mnt_file(self) -> Path:
+        return Path(self.ns_dir) / f"{self.name}.mnt"
+
+    @property
+    def uts_file(self) -> Path:
+        return Path(self.ns_dir) / f"{self.name}.uts"
+
+    def private(self, inside: str) -> Path:
+        """The machine path of the host's private copy of ``inside``."""
+        for target, name in HOST_BINDS:
+            if inside == target or inside.startswith(target + "/"):
+                return self.dir / name / inside[len(target) :].lstrip("/")
+        raise KeyError(inside)
+
+    @property
+    def docker_sock(self) -> Path:
+        """The host's engine socket, reachable from the root namespace too."""
+        return self.private("/run/docker.sock")
+
+    @property
+    def bip(self) -> str:
+        return f"10.251.{self.index}.1/24"
+
+    def log(self, daemon: str) -> Path:
+        return self.dir / "log" / f"{daemon}.log"
+
+    def nsenter(self) -> list[str]:
+        """The argv prefix that runs a command inside this host."""
+        return ["nsenter", f"--net={self.netns_file}", f"--mount={self.mnt_file}", f"--uts={self.uts_file}", "--"]
+
+    # ------------------------------------------------------------ bring-up
+
+    def prepare_files(self, all_hosts: list[LabHost], bridge_addr: str) -> None:
+        """Write the host's private copies: sshd config and fresh host key, etc."""
+        env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), keep_trailing_newline=True, autoescape=False)
+        for target, name in HOST_BINDS:
+            if target not in FILE_BINDS:
+                (self.dir / name).mkdir(parents=True, exist_ok=True)
+        (self.dir / "log").mkdir(exist_ok=True)
+        (self.dir / "docker").mkdir(exist_ok=True)
+        os.chmod(self.dir / "root-ssh", 0o700)
+        os.chmod(self.dir / "var-lib-pyswarm", 0o700)
+        self.private("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        etc_ssh = self.private("/etc/ssh")
+        for shared in ("moduli", "ssh_config"):
+            if Path("/etc/ssh", shared).is_file():
+                shutil.copy(Path("/etc/ssh", shared), etc_ssh / shared)
+        (etc_ssh / "sshd_config").write_text(env.get_template("lab_sshd_config.j2").render(host=self.name, path=host_path()))
+        key = etc_ssh / "ssh_host_ed25519_key"
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{self.name}", "-f", str(key)])
+        (self.private("/etc/docker") / "daemon.json").write_text(env.get_template("lab_daemon.json.j2").render())
+        hosts = ["127.0.0.1\tlocalhost", f"127.0.1.1\t{self.name}", "::1\tlocalhost ip6-localhost ip6-loopback"]
+        hosts += [f"{h.address}\t{h.name}" for h in all_hosts if h is not self]
+        hosts.append(f"{bridge_addr}\tlab-gateway")
+        self.private("/etc/hosts").write_text("\n".join(hosts) + "\n")
+
+    def make_mount_uts_ns(self) -> None:
+        """Create the persistent mount and UTS namespaces and set up the host's view.
+
+        Inside the new mount namespace we first drop the copies of namespace
+        files (``/run/netns`` and the lab's ns directory) so that one host
+        does not pin the others' namespaces, then bind the private copies.
+        """
+        for f in (self.mnt_file, self.uts_file):
+            f.touch()
+        binds = " ".join(f"mount --bind {self.dir / name} {target};" for target, name in HOST_BINDS)
+        script = (
+            "set -e\n"
+            f"hostname {self.name}\n"
+            "grep -E ' - nsfs ' /proc/self/mountinfo | cut -d' ' -f5 | sort -r | xargs -r -n1 umount -l\n"
+            f"if mountpoint -q {NETNS_DIR}; then umount -l {NETNS_DIR}; fi\n"
+            f"if mountpoint -q {self.ns_dir}; then umount -l {self.ns_dir}; fi\n"
+            f"{binds}\n"
+        )
+        argv = ["unshare", f"--mount={self.mnt_file}", f"--uts={self.uts_file}", "--propagation", "private", "sh", "-c", script]
+        res = run(argv, check=False)
+        if res.returncode != 0:
+            raise LabError(f"{self.name}: could not make its mount namespace: {res.stderr.strip()}")
+        for kind, f in (("mnt", self.mnt_file), ("uts", self.uts_file), ("net", self.netns_file)):
+            self.ns[kind] = os.stat(f).st_ino
+
+    def start_daemons(self, spawn: Callable[[list[str], Path, dict[str, str]], int]) -> None:
+        """Start sshd and dockerd inside the host through ``spawn`` (the lab's keeper)."""
+        sshd = ["/usr/sbin/sshd", "-D", "-e", "-f", "/etc/ssh/sshd_config"]
+        dockerd = [
+            "dockerd",
+            "--config-file", "/etc/docker/daemon.json",
+            "--data-root", str(self.dir / "docker"),
+            "--exec-root", "/run/docker",
+            "--pidfile", "/run/docker.pid",
+            "-H", "unix:///run/docker.sock",
+            "--bip", self.bip,
+            "--cgroup-parent", self.cgroup,
+        ]  # fmt: skip
+        for daemon, argv in (("sshd", sshd), ("dockerd", dockerd)):
+            # nsenter execs the daemon, so the pid is the daemon's
+            self.pids[daemon] = spawn(self.nsenter() + argv, self.log(daemon), self.env())
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """A clean environment like a root login on a real host, engine socket included."""
+        env = {
+            "PATH": host_path(),
+            "HOME": "/root",
+            "USER": "root",
+            "LOGNAME": "root",
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "DOCKER_HOST": "unix:///run/docker.sock",
+        }
+        if "TERM" in os.environ:
+            env["TERM"] = os.environ["TERM"]
+        env.update(extra or {})
+        return env
+
+    def wait_ready(self, deadline: float) -> None:
+        """Wait until dockerd answers /_ping and sshd sends its banner."""
+        waiting: dict[str, Callable[[], bool]] = {
+            "dockerd": lambda: docker_ping(self.docker_sock),
+            "sshd": lambda: ssh_banner(self.address),
+        }
+        while waiting:
+            for daemon, probe in list(waiting.items()):
+                if probe():
+                    del waiting[daemon]
+                elif not pid_alive(self.pids[daemon]):
+                    raise LabError(f"{self.name}: {daemon} exited during start-up; last lines of {self.log(daemon)}:\n{tail(self.log(daemon))}")
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                d = sorted(waiting)[0]
+                raise LabError(f"{self.name}: {d} not ready in time; last lines of {self.log(d)}:\n{tail(self.log(d))}")
+            time.sleep(0.05)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "role": self.role,
+            "address": self.address,
+            "netns": self.netns,
+            "sshd": ssh_banner(self.address, timeout=0.5),
+            "dockerd": docker_ping(self.docker_sock, timeout=0.5),
+        }
