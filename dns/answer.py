@@ -26,6 +26,7 @@ TCP_MAX = 65535  # the 2-byte length prefix
 OPT = 41
 BADVERS = 16
 CACHE_MAX = 4096  # distinct queries remembered between table changes
+CACHE_BYTES_MAX = 8 << 20  # and the bytes of their replies: a 60-replica TCP answer is ~1 kB an offset
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class Responder:
         # its id: the rotation key and one slot per rotation offset
         self._cache: dict[tuple[bytes, bool], tuple[str, list[bytes | None]]] = {}
         self._cache_table: NameTable | None = None
+        self._cache_bytes = 0
 
     def respond(self, data: bytes, *, tcp: bool = False) -> Reply:
         """The reply to one query packet; never raises."""
@@ -128,7 +130,7 @@ class Responder:
             return DROP
         table = self.table_source()
         if table is not self._cache_table:
-            self._cache.clear()
+            self._clear_cache()
             self._cache_table = table
             self.rotator.prune(table)
         key = (data[2:], tcp)
@@ -143,12 +145,17 @@ class Responder:
         reply, rotation = self._build(data, tcp, table, offset)
         if rotation is not None and reply.data is not None:
             name, count, at = rotation
-            if len(self._cache) >= CACHE_MAX:
-                self._cache.clear()
+            if len(self._cache) >= CACHE_MAX or self._cache_bytes >= CACHE_BYTES_MAX:
+                self._clear_cache()  # crude, but bounded; refills at the query rate
             slots = self._cache.setdefault(key, (name, [None] * count))[1]
             if len(slots) == count:
                 slots[at] = reply.data[2:]
+                self._cache_bytes += len(reply.data)
         return reply
+
+    def _clear_cache(self) -> None:
+        self._cache.clear()
+        self._cache_bytes = 0
 
     def _build(self, data: bytes, tcp: bool, table: NameTable,
                offset: int | None) -> tuple[Reply, tuple[str, int, int] | None]:
