@@ -27,10 +27,10 @@ echo; echo "== the cluster"
 on_manager node ls
 
 echo; echo "== pyswarm stack deploy -c deploy/examples/demo.yml demo"
-start=$(date +%s.%N)
+start=$EPOCHREALTIME
 on_manager stack deploy -c "$root/deploy/examples/demo.yml" demo
 wait_replicas demo_web 3
-echo "3 replicas running after $(printf '%.2f' "$(echo "$(date +%s.%N) - $start" | bc 2>/dev/null || echo 0)") s"
+echo "3 replicas running $("$root/.venv/bin/python" -c "print(f'{$EPOCHREALTIME - $start:.2f}')") s after the deploy"
 
 echo; echo "== pyswarm service scale demo_web=5"
 on_manager service scale demo_web=5
