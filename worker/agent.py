@@ -106,6 +106,7 @@ class Agent:
         self._reconcile_wanted = asyncio.Event()
         self._events_ready = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
+        self._hello_sent = False
         self.last_die: dict[str, float] = {}  # task id → monotonic time of its die event
 
     # -- session -----------------------------------------------------------
@@ -128,6 +129,7 @@ class Agent:
                 "platform": {"os": info.os_type, "arch": info.architecture},
                 "engine_version": info.server_version,
             })
+            self._hello_sent = True
             self._spawn(self._watch_events())
             if not await _first(self._events_ready.wait(), eof.wait()):
                 return 0
@@ -169,8 +171,19 @@ class Agent:
                     eof: asyncio.Event) -> None:
         try:
             async for line in lines:
-                if line.strip():
-                    queue.put_nowait(line)
+                if not line.strip():
+                    continue
+                if self._hello_sent and b'"ping"' in line:
+                    # answered here, ahead of anything queued: the dispatcher
+                    # drops a session that is silent for a couple of seconds
+                    try:
+                        msg = protocol.decode(line)
+                    except ValueError:
+                        msg = {}
+                    if msg.get("op") == "ping":
+                        self.send({"op": "pong", "seq": msg.get("seq")})
+                        continue
+                queue.put_nowait(line)
         finally:
             eof.set()
             queue.put_nowait(None)

@@ -1,0 +1,255 @@
+"""The agent's protocol behaviour against an in-memory engine (no dockerd)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
+
+from worker_fakes import FakeDocker
+
+from pyswarm import protocol
+from pyswarm.worker.agent import Agent
+
+IMAGE = "busybox:latest"
+CONFIGURE = {"op": "configure", "node_id": "n1", "cluster_id": "c", "subnet": "10.240.1.0/24",
+             "pool": "10.240.0.0/16", "routes": [], "dns": ["10.99.0.1"], "zone": "pyswarm"}
+
+
+def task(task_id: str, slot: int = 1, image: str = IMAGE) -> dict[str, Any]:
+    return {"task_id": task_id, "service_id": "s1", "service_name": "demo_web", "stack": "demo", "slot": slot,
+            "node_id": "n1", "spec": {"image": image, "command": ["httpd", "-f"]}, "dns_search": ["demo.pyswarm"]}
+
+
+def labels(task_id: str) -> dict[str, str]:
+    return {protocol.LABEL_TASK_ID: task_id, protocol.LABEL_SERVICE_NAME: "demo_web"}
+
+
+class Session:
+    """Drives one agent: ``send`` a manager message, ``wait_for`` replies."""
+
+    def __init__(self, docker: FakeDocker) -> None:
+        self.docker = docker
+        self.inbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.out: list[dict[str, Any]] = []
+        self._changed = asyncio.Event()
+        self.agent = Agent(cast(Any, docker), self._record, hostname="node1", stop_grace=0)
+        self.task: asyncio.Task[int] | None = None
+
+    def _record(self, message: dict[str, Any]) -> None:
+        json.dumps(message)  # must be serialisable
+        self.out.append(message)
+        self._changed.set()
+
+    async def _lines(self) -> AsyncIterator[bytes]:
+        while (line := await self.inbox.get()) is not None:
+            yield line
+
+    async def __aenter__(self) -> Session:
+        self.task = asyncio.ensure_future(self.agent.run(self._lines()))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> int:
+        self.inbox.put_nowait(None)
+        assert self.task is not None
+        return await asyncio.wait_for(self.task, 5)
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.inbox.put_nowait(protocol.encode(message))
+
+    def statuses(self, task_id: str) -> list[str]:
+        return [m["state"] for m in self.out if m["op"] == "status" and m["task_id"] == task_id]
+
+    async def wait_for(self, what: str, cond: Callable[[], bool], timeout: float = 3.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not cond():
+            left = deadline - loop.time()
+            if left <= 0:
+                raise AssertionError(f"timed out waiting for {what}; agent said: {self.out}")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 20))
+
+
+def test_hello_then_pong() -> None:
+    async def main() -> None:
+        async with Session(FakeDocker()) as s:
+            s.send({"op": "ping", "seq": 7})
+            await s.wait_for("pong", lambda: any(m["op"] == "pong" for m in s.out))
+            hello = s.out[0]
+            assert hello["op"] == "hello" and hello["hostname"] == "node1"
+            assert hello["resources"] == {"nano_cpus": 2_000_000_000, "memory_bytes": 4 << 30}
+            assert hello["platform"] == {"os": "linux", "arch": "x86_64"}
+            assert hello["engine_version"] == "20.10.24"
+            assert s.out[1] == {"op": "pong", "seq": 7}
+    run(main())
+
+
+def test_assign_waits_for_configure_then_runs() -> None:
+    async def main() -> None:
+        docker = FakeDocker()
+        async with Session(docker) as s:
+            s.send({"op": "assign", "tasks": [task("t1"), task("t2", 2)]})
+            s.send({"op": "ping", "seq": 1})
+            await s.wait_for("pong", lambda: any(m["op"] == "pong" for m in s.out))
+            await asyncio.sleep(0.05)
+            assert not docker.containers, "created before configure"
+            s.send(CONFIGURE)
+            await s.wait_for("both running", lambda: "running" in s.statuses("t1") and "running" in s.statuses("t2"))
+            assert s.statuses("t1") == ["preparing", "starting", "running"]
+            run1 = [m for m in s.out if m.get("task_id") == "t1" and m.get("state") == "running"][0]
+            assert run1["ip"].startswith("10.240.1.") and run1["container_id"]
+            c = docker.by_task("t1")[0]
+            assert c["Name"] == "demo_web.1.t1"
+            assert c["Config"]["HostConfig"]["Dns"] == ["10.99.0.1"]
+    run(main())
+
+
+def test_missing_image_is_rejected_with_reason() -> None:
+    async def main() -> None:
+        async with Session(FakeDocker()) as s:
+            s.send(CONFIGURE)
+            s.send({"op": "assign", "tasks": [task("t1", image="nope:1")]})
+            await s.wait_for("rejected", lambda: "rejected" in s.statuses("t1"))
+            msg = [m for m in s.out if m.get("state") == "rejected"][0]
+            assert msg["error"] == "image nope:1 not found on node node1"
+    run(main())
+
+
+def test_die_event_reports_failed_and_complete() -> None:
+    async def main() -> None:
+        docker = FakeDocker()
+        async with Session(docker) as s:
+            s.send(CONFIGURE)
+            s.send({"op": "assign", "tasks": [task("t1"), task("t2", 2)]})
+            await s.wait_for("running", lambda: "running" in s.statuses("t1") and "running" in s.statuses("t2"))
+            docker.kill(docker.by_task("t1")[0]["Id"], 137)
+            docker.kill(docker.by_task("t2")[0]["Id"], 0)
+            await s.wait_for("terminal", lambda: "failed" in s.statuses("t1") and "complete" in s.statuses("t2"))
+            failed = [m for m in s.out if m.get("state") == "failed"][0]
+            assert failed["exit_code"] == 137 and "137" in failed["error"]
+            # a dead task is not restarted by the agent (the orchestrator replaces it)
+            assert len(docker.by_task("t1")) == 1 and docker.by_task("t1")[0]["State"] == "exited"
+    run(main())
+
+
+def test_reassign_removes_unlisted_and_reports_shutdown() -> None:
+    async def main() -> None:
+        docker = FakeDocker()
+        async with Session(docker) as s:
+            s.send(CONFIGURE)
+            s.send({"op": "assign", "tasks": [task("t1"), task("t2", 2)]})
+            await s.wait_for("running", lambda: "running" in s.statuses("t2"))
+            s.send({"op": "assign", "tasks": [task("t1")]})
+            await s.wait_for("shutdown", lambda: "shutdown" in s.statuses("t2"))
+            assert docker.by_task("t2") == [] and len(docker.by_task("t1")) == 1
+            # the stop's die event must not turn into a "failed" report
+            await asyncio.sleep(0.05)
+            assert "failed" not in s.statuses("t2")
+    run(main())
+
+
+def test_adopts_existing_containers_and_removes_strangers() -> None:
+    async def main() -> None:
+        docker = FakeDocker()
+        live = docker.add("demo_web.1.t1", labels("t1"))
+        docker.add("demo_web.2.t2", labels("t2"), state="exited", exit_code=3)
+        stranger = docker.add("demo_web.3.old", labels("old"))
+        unlabelled = docker.add("someone-elses", {})
+        async with Session(docker) as s:
+            s.send(CONFIGURE)
+            s.send({"op": "assign", "tasks": [task("t1"), task("t2", 2)]})
+            await s.wait_for("adopted", lambda: s.statuses("t1") == ["running"] and s.statuses("t2") == ["failed"]
+                             and s.statuses("old") == ["shutdown"])
+            assert live in docker.containers and stranger not in docker.containers
+            assert unlabelled in docker.containers
+            assert not any(c[0] == "create" for c in docker.calls)
+            failed = [m for m in s.out if m.get("task_id") == "t2"][0]
+            assert failed["exit_code"] == 3
+    run(main())
+
+
+def test_created_but_not_started_container_is_started() -> None:
+    async def main() -> None:
+        docker = FakeDocker()
+        cid = docker.add("demo_web.1.t1", labels("t1"), state="created")
+        async with Session(docker) as s:
+            s.send(CONFIGURE)
+            s.send({"op": "assign", "tasks": [task("t1")]})
+            await s.wait_for("running", lambda: "running" in s.statuses("t1"))
+            assert docker.containers[cid]["State"] == "running"
+    run(main())
+
+
+def test_stdin_close_leaves_containers_alone() -> None:
+    async def main() -> None:
+        docker = FakeDocker()
+        docker.add("demo_web.9.old", labels("old"))
+        s = Session(docker)
+        await s.__aenter__()
+        s.send({"op": "assign", "tasks": []})  # no configure yet: must not act
+        s.send(CONFIGURE)
+        s.send({"op": "assign", "tasks": [task("t1")]})
+        await s.wait_for("running", lambda: "running" in s.statuses("t1"))
+        before = dict(docker.containers)
+        # the old task is removed by this assign, so wait for that first
+        await s.wait_for("shutdown", lambda: "shutdown" in s.statuses("old"))
+        assert await s.close() == 0
+        assert set(docker.containers) == set(before) - {c for c in before if before[c]["Name"] == "demo_web.9.old"}
+        assert all(c["State"] == "running" for c in docker.containers.values())
+    run(main())
+
+
+def test_nothing_removed_before_first_assign() -> None:
+    async def main() -> None:
+        docker = FakeDocker()
+        cid = docker.add("demo_web.1.t1", labels("t1"))
+        async with Session(docker) as s:
+            s.send(CONFIGURE)
+            s.send({"op": "ping", "seq": 1})
+            await s.wait_for("pong", lambda: any(m["op"] == "pong" for m in s.out))
+            docker.kill(cid)  # a die event before any assign
+            await asyncio.sleep(0.05)
+        assert cid in docker.containers
+        assert not any(c[0] == "remove" for c in docker.calls)
+    run(main())
+
+
+def test_bad_messages_become_errors() -> None:
+    async def main() -> None:
+        async with Session(FakeDocker()) as s:
+            s.inbox.put_nowait(b"not json\n")
+            s.send({"op": "frobnicate"})
+            s.send({"op": "assign", "tasks": [{"spec": {"image": "x"}}]})
+            s.send({"op": "configure", "subnet": "nonsense"})
+            await s.wait_for("4 errors", lambda: sum(m["op"] == "error" for m in s.out) >= 4)
+            errors = [m["message"] for m in s.out if m["op"] == "error"]
+            assert any("unknown op 'frobnicate'" in e for e in errors)
+            assert any("task_id" in e for e in errors)
+            assert any("subnet" in e for e in errors)
+    run(main())
+
+
+def test_many_assigns_coalesce() -> None:
+    async def main() -> None:
+        docker = FakeDocker()
+        async with Session(docker) as s:
+            s.send(CONFIGURE)
+            tasks = [task(f"t{i:02d}", i) for i in range(1, 21)]
+            for n in range(1, 21):  # scale 1 → 20 one step at a time
+                s.send({"op": "assign", "tasks": tasks[:n]})
+            await s.wait_for("20 running", lambda: sum(m.get("state") == "running" for m in s.out) == 20)
+            assert len(docker.containers) == 20
+            assert sum(c[0] == "create" for c in docker.calls) == 20
+    run(main())
