@@ -39,7 +39,7 @@ lab-down: venv
 	$(PYSWARM) lab down
 
 lint: venv
-	cd /tmp && $(VENV:%=$(CURDIR)/%)/bin/mypy $(CURDIR)/pyswarm $(CURDIR)/manager $(CURDIR)/worker $(CURDIR)/dns $(CURDIR)/compose $(CURDIR)/deploy
+	bash deploy/typecheck.sh
 
 clean: lab-down
 	rm -rf $(VENV) *.egg-info

@@ -207,7 +207,7 @@ def wait_for_manager(timeout: float) -> dict[str, Any]:
 # -- join -----------------------------------------------------------------------------
 
 
-class _PinnedClient(asyncssh.SSHClient):  # type: ignore[misc]
+class _PinnedClient(asyncssh.SSHClient):
     def __init__(self, expected: str) -> None:
         self.expected = expected
         self.seen = ""

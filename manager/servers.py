@@ -86,7 +86,7 @@ class UnixApiServer:
             pass
 
 
-class _JoinSSHServer(asyncssh.SSHServer):  # type: ignore[misc]
+class _JoinSSHServer(asyncssh.SSHServer):
     def __init__(self, secrets: Any) -> None:
         self._secrets = secrets
         self.role = ""

@@ -65,7 +65,7 @@ class _State(SyncObjConsumer):  # type: ignore[misc]
             super()._deserialize(data)
         self._on_change()
 
-    @replicated  # type: ignore[misc]
+    @replicated  # type: ignore[untyped-decorator]
     def apply(self, ops: list[Op]) -> dict[str, Any]:
         with self._lock:
             try:
@@ -315,7 +315,7 @@ def _settle(fut: asyncio.Future[tuple[Any, Any]], value: tuple[Any, Any]) -> Non
 
 def _fail_reason(code: Any) -> str:
     names = {v: k for k, v in vars(FAIL_REASON).items() if k.isupper()}
-    return names.get(code, str(code)).lower().replace("_", " ")
+    return str(names.get(code, code)).lower().replace("_", " ")
 
 
 class Watcher:
