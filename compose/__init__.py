@@ -6,6 +6,12 @@ whose ``services`` are :class:`pyswarm.models.ServiceSpec` objects ready for
 the store. It is pure: it reads the files and the environment you give it,
 nothing else, so the CLI can run it before talking to any manager and refuse
 a broken file with every problem listed (file, line, column, key path).
+``render_config`` prints the merged, interpolated, normalised stack (what
+``pyswarm stack config`` shows); its output loads back to the same.
+
+Inside: source (YAML with marks, YAML 1.2 scalars) -> interpolate (${VAR},
+.env) -> merge (several files) -> service/container/deployspec/toplevel
+(checks, normalisation to long syntax) -> loader (ServiceSpec) -> render.
 
 Errors (all are ``UsageError``: bad input, printed as one line a problem)::
 
@@ -26,7 +32,10 @@ from .errors import (
     StackNameError,
     ValidationError,
 )
+from .interpolate import parse_env_file, substitute
 from .loader import Stack, check_stack_name, load_stack
+from .render import render_config
+from .units import format_duration, parse_bytes, parse_duration
 
 __all__ = [
     "ComposeError",
@@ -38,5 +47,11 @@ __all__ = [
     "StackNameError",
     "ValidationError",
     "check_stack_name",
+    "format_duration",
     "load_stack",
+    "parse_bytes",
+    "parse_duration",
+    "parse_env_file",
+    "render_config",
+    "substitute",
 ]

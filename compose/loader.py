@@ -16,12 +16,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyswarm.models import ContainerSpec, ServiceSpec
+from pyswarm.models import ContainerSpec, Resources, ServiceSpec
 
+from . import container as _container  # noqa: F401  (registers its key handlers)
 from .checker import _Invalid, suggest
-from .errors import Mark, Problem, StackNameError, ValidationError, raise_if
+from .deployspec import deploy_consistency
+from .errors import (
+    InterpolationError,
+    Mark,
+    Problem,
+    StackFileError,
+    StackNameError,
+    ValidationError,
+    raise_if,
+)
+from .interpolate import build_environment, interpolate
+from .keys import SERVICE_KEYS
+from .merge import merge_documents
 from .service import MAX_NAME, ServiceChecker, check_service
 from .source import Document, read_file
+from .toplevel import check_top_level
 
 STACK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 """Docker's rule for stack (project) names."""
@@ -56,35 +70,58 @@ def load_stack(
     stack: str,
     environ: Mapping[str, str] | None = None,
     *,
+    env_files: Sequence[str | Path] = (),
     strict: bool = False,
 ) -> Stack:
     """Load, check and convert stack files into a :class:`Stack`.
 
-    ``environ`` defaults to the process environment; it supplies bare
-    ``KEY`` environment entries. With ``strict``, unknown keys are errors
-    rather than warnings. Raises :class:`~pyswarm.compose.ComposeError`
-    (a ``UsageError``) naming file, line, column and key path of every problem.
+    ``environ`` (default: the process environment) wins over the ``.env``
+    beside the first file and over ``env_files``; together they feed
+    ``${VAR}`` substitution and bare ``KEY`` environment entries. Later files
+    merge over earlier ones. With ``strict``, unknown keys are errors rather
+    than warnings. Raises :class:`~pyswarm.compose.ComposeError` (a
+    ``UsageError``) naming file, line, column and key path of every problem.
     """
     check_stack_name(stack)
+    return _load(files, stack, environ, env_files, strict)
+
+
+def _load(
+    files: Sequence[str | Path],
+    stack: str,
+    environ: Mapping[str, str] | None,
+    env_files: Sequence[str | Path],
+    strict: bool,
+) -> Stack:
     if not files:
         raise ValidationError(Problem(None, "", "no stack file given"))
-    env = dict(os.environ if environ is None else environ)
-    docs = [read_file(f) for f in files]
-    doc = docs[0] if len(docs) == 1 else _merge_later(docs)
-    checker = ServiceChecker(doc, env, strict=strict)
+    env = build_environment(files[0], env_files, dict(os.environ if environ is None else environ))
+    docs: list[Document] = []
+    problems: list[Problem] = []
+    for f in files:
+        try:
+            docs.append(read_file(f))
+        except StackFileError as exc:
+            problems.extend(exc.problems)
+    raise_if(problems, StackFileError)
+    warnings: list[Problem] = []
+    for doc in docs:
+        found, warned = interpolate(doc, env)
+        problems.extend(found)
+        warnings.extend(warned)
+    raise_if(problems, InterpolationError)
+    doc = merge_documents(docs) if len(docs) > 1 else docs[0]
+    checker = ServiceChecker(doc, env, strict=strict, project_dir=Path(files[0]).resolve().parent)
+    checker.warnings.extend(warnings)
     config = check_document(checker, doc)
     raise_if(checker.problems, ValidationError)
     services = [_to_spec(stack, name, svc) for name, svc in config["services"].items()]
     for spec in services:
-        if len(spec.name) > MAX_NAME:
+        if stack and len(spec.name) > MAX_NAME:
             checker.error(("services", spec.name[len(stack) + 1:]),
                           f"{spec.name!r} is longer than {MAX_NAME} characters", key=True)
     raise_if(checker.problems, ValidationError)
     return Stack(stack, services, [str(w) for w in checker.warnings], config)
-
-
-def _merge_later(docs: list[Document]) -> Document:  # replaced by merge.py in phase 2
-    return docs[0]
 
 
 def check_document(c: ServiceChecker, doc: Document) -> dict[str, Any]:
@@ -96,44 +133,108 @@ def check_document(c: ServiceChecker, doc: Document) -> dict[str, Any]:
     if not isinstance(data, dict):
         c.error((), "expected a mapping with `services` at the top level")
         return {"services": {}}
-    out: dict[str, Any] = {}
     for key in data:
-        if key in ("version", "name") or key.startswith("x-"):
+        if key in TOP_LEVEL_KEYS or key.startswith("x-"):
             continue
-        if key in TOP_LEVEL_KEYS[3:]:
-            c.warn((key,), "not supported by pyswarm yet; ignored")
-        elif key != "services":
+        if c.strict:
+            c.error((key,), f"unknown top-level key{suggest(key, TOP_LEVEL_KEYS)}", key=True)
+        else:
             c.warn((key,), f"unknown top-level key, ignored{suggest(key, TOP_LEVEL_KEYS)}")
+    out: dict[str, Any] = {"services": {}}
+    for kind in TOP_LEVEL_KEYS[3:]:
+        if kind in data:
+            section = check_top_level(c, kind, data[kind])
+            if section:
+                out[kind] = section
     services = data.get("services")
     if not services:
         what = "is empty" if "services" in data else "is missing"
         c.error(("services",), f"`services` {what}: a stack needs at least one service",
                 key="services" in data)
-        return {"services": {}}
+        return out
     if not isinstance(services, dict):
         c.error(("services",), "expected a mapping of service names to services")
-        return {"services": {}}
-    out["services"] = {}
+        return out
+    checked: dict[str, Any] = {}
     for name, value in services.items():
         result = check_service(c, name, value)
         if not isinstance(result, _Invalid):
-            out["services"][name] = result
+            checked[name] = _ordered(result)
+            if "deploy" in result:
+                deploy_consistency(c, ("services", name, "deploy"), result["deploy"])
+    out["services"] = {name: checked[name] for name in _deploy_order(c, checked, services)}
     return out
 
 
+def _ordered(svc: dict[str, Any]) -> dict[str, Any]:
+    """Keys in the canonical order (the order ``stack config`` prints)."""
+    rank = {k: i for i, k in enumerate(SERVICE_KEYS)}
+    return {k: svc[k] for k in sorted(svc, key=lambda k: rank.get(k, len(rank)))}
+
+
+def _deploy_order(c: ServiceChecker, checked: dict[str, Any], written: dict[str, Any]) -> list[str]:
+    """Services after what they depend on (file order otherwise); cycles are errors."""
+    for name, svc in checked.items():
+        for dep, opts in list(svc.get("depends_on", {}).items()):
+            if dep in written:
+                continue
+            path = ("services", name, "depends_on", dep)
+            if opts.get("required", True):
+                c.error(path, f"depends on undefined service {dep!r}{suggest(dep, written)}")
+            else:
+                c.warn(path, f"optional dependency {dep!r} is not in the stack; ignored")
+                del svc["depends_on"][dep]
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1: visiting, 2: done
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == 2 or name not in checked:
+            return
+        if state.get(name) == 1:
+            cycle = " -> ".join(trail[trail.index(name):] + [name])
+            c.error(("services", name, "depends_on"), f"dependency cycle: {cycle}")
+            return
+        state[name] = 1
+        for dep in checked[name].get("depends_on", {}):
+            visit(dep, trail + [name])
+        state[name] = 2
+        order.append(name)
+
+    for name in checked:
+        visit(name, [])
+    return order
+
+
+_CONTAINER_TYPED = ("image", "command", "entrypoint", "environment", "labels", "deploy", "depends_on")
+
+
 def _to_spec(stack: str, name: str, svc: dict[str, Any]) -> ServiceSpec:
-    deploy = svc.get("deploy", {})
+    deploy: dict[str, Any] = svc.get("deploy", {})
     container = ContainerSpec(
         image=svc["image"],
         command=svc.get("command"),
         entrypoint=svc.get("entrypoint"),
         env=dict(svc.get("environment", {})),
+        labels=dict(svc.get("labels", {})),
+        options={k: v for k, v in svc.items() if k not in _CONTAINER_TYPED},
     )
+    placement = deploy.get("placement", {})
+    reserve = deploy.get("resources", {}).get("reservations", {})
+    mode = deploy.get("mode", "replicated")
     return ServiceSpec(
         name=f"{stack}_{name}",
         container=container,
         stack=stack,
+        mode=mode,
         replicas=deploy.get("replicas", 1),
+        labels=dict(deploy.get("labels", {})),
+        restart_condition=deploy.get("restart_policy", {}).get("condition", "any"),
+        constraints=list(placement.get("constraints", [])),
+        max_replicas_per_node=placement.get("max_replicas_per_node", 0),
+        reservations=Resources(nano_cpus=int(round(reserve.get("cpus", 0) * 1e9)),
+                               memory_bytes=reserve.get("memory", 0)),
+        deploy=deploy,
+        depends_on=dict(svc.get("depends_on", {})),
     )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from .checker import INVALID, Checker, _Invalid, describe, stringify, suggest
@@ -34,10 +35,16 @@ MAX_NAME = 63
 class ServiceChecker(Checker):
     """A checker that also knows the environment (for bare ``KEY`` entries)."""
 
-    def __init__(self, doc: Any, environ: Mapping[str, str], strict: bool = False) -> None:
+    def __init__(self, doc: Any, environ: Mapping[str, str], strict: bool = False,
+                 project_dir: Path | None = None) -> None:
         super().__init__(doc)
         self.environ = environ
         self.strict = strict
+        self.project_dir = project_dir or Path.cwd()
+        # names declared at the top level, which services may refer to
+        self.declared: dict[str, set[str]] = {
+            "networks": set(), "volumes": set(), "secrets": set(), "configs": set(),
+        }
 
 
 def command(c: ServiceChecker, path: KeyPath, value: Any) -> list[str] | None | _Invalid:
@@ -176,6 +183,8 @@ def check_service(c: ServiceChecker, name: str, value: Any) -> dict[str, Any] | 
             c.error(kpath, f"not supported by Swarm: {SWARM_REJECTED[key]}", key=True)
         else:
             _unsupported(c, kpath, key, SERVICE_KEYS)
+    if "env_file" in out:
+        out["environment"] = {**out.pop("env_file"), **out.get("environment", {})}
     if "image" not in m:
         c.error(path, "no `image`: Swarm runs images, it does not build them", key=True)
     return out if out.get("image") else INVALID

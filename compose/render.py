@@ -1,0 +1,53 @@
+"""``pyswarm stack config``: the merged, interpolated, normalised stack as YAML.
+
+The output is a stack file in its own right: every value is final (variables
+substituted, env files folded in, paths absolute, short syntax expanded), and
+every ``$`` is written ``$$`` so that loading the output substitutes nothing.
+Loading it again and rendering gives the same text, which is what makes it
+useful for review and diffing before a deploy.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .loader import Stack, _load
+
+
+class _Dumper(yaml.SafeDumper):
+    """Quotes any string that YAML 1.1 *or* 1.2 would read as something else."""
+
+
+for _tag, _regexp, _first in [
+    ("tag:yaml.org,2002:int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", list("-+0123456789")),
+    ("tag:yaml.org,2002:float", r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?)$",
+     list("-+0123456789.")),
+]:
+    _Dumper.add_implicit_resolver(_tag, re.compile(_regexp), _first)
+
+
+def _escape(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("$", "$$")
+    if isinstance(value, dict):
+        return {k: _escape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escape(v) for v in value]
+    return value
+
+
+def render_config(
+    source: Stack | Sequence[str | Path],
+    environ: Mapping[str, str] | None = None,
+    *,
+    env_files: Sequence[str | Path] = (),
+) -> str:
+    """The normalised stack as YAML, from a loaded :class:`Stack` or from files."""
+    stack = source if isinstance(source, Stack) else _load(source, "", environ, env_files, False)
+    return yaml.dump(_escape(stack.config), Dumper=_Dumper, sort_keys=False,
+                     default_flow_style=False, allow_unicode=True, width=1000)
