@@ -108,7 +108,7 @@ def _platform() -> dict[str, str]:
 
 def init(advertise_addr: str | None, foreground: bool, api_port: int = cfg.DEFAULT_API_PORT,
          raft_port: int = cfg.DEFAULT_RAFT_PORT, dns_port: int = cfg.DEFAULT_DNS_PORT,
-         addr_pool: str = "10.240.0.0/16") -> str:
+         addr_pool: str = "10.240.0.0/16", dns_upstreams: list[str] | None = None) -> str:
     """Create the cluster on this host; return the node id once the manager answers."""
     if cfg.load_node_config() is not None:
         raise AlreadyInSwarmError("this node is already part of a swarm: run `pyswarm leave` first")
@@ -140,7 +140,7 @@ def init(advertise_addr: str | None, foreground: bool, api_port: int = cfg.DEFAU
         manager = cfg.ManagerConfig(
             node_id=node.id, cluster_id=cluster.id, advertise_addr=addr, api_port=api_port,
             raft_port=raft_port, dns_port=dns_port, raft_secret=new_secret() + new_secret(),
-            raft_peers=[f"{addr}:{raft_port}"],
+            raft_peers=[f"{addr}:{raft_port}"], dns_upstreams=dns_upstreams,
             bootstrap={"objects": [
                 ["cluster", cluster.id, cluster.to_dict()],
                 ["node", node.id, node.to_dict()],

@@ -18,6 +18,7 @@ import asyncssh
 
 from pyswarm import config as cfg
 from pyswarm.dns.cache import TableCache
+from pyswarm.dns import upstreams_from_resolv_conf
 from pyswarm.dns.server import DnsServer
 
 from .api import Api, Self
@@ -89,7 +90,11 @@ class Manager:
         unix = UnixApiServer(self.api, cfg.socket_path())
         ssh = SSHApiServer(self.api, self.config.advertise_addr, self.config.api_port,
                            self.state_dir / "api_host_key", self._join_secrets)
-        dns = DnsServer(self._dns_cache.get, [self.config.advertise_addr], self.config.dns_port)
+        upstreams = self.config.dns_upstreams
+        if upstreams is None:
+            upstreams = [f"{h}:{p}" for h, p in upstreams_from_resolv_conf(exclude=[self.config.advertise_addr])]
+        dns = DnsServer(self._dns_cache.get, [self.config.advertise_addr], self.config.dns_port,
+                        upstreams=upstreams)
         await unix.start()
         await ssh.start()
         await dns.start()

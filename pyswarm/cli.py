@@ -37,7 +37,8 @@ def _init(args: argparse.Namespace) -> int:
     from pyswarm.manager import bootstrap
 
     node_id = bootstrap.init(args.advertise_addr, args.foreground, api_port=args.listen_port,
-                             dns_port=args.dns_port, addr_pool=args.default_addr_pool)
+                             dns_port=args.dns_port, addr_pool=args.default_addr_pool,
+                             dns_upstreams=_upstreams(args.dns_upstream))
     if args.foreground:
         from pyswarm.manager import daemon
 
@@ -50,6 +51,12 @@ def _init(args: argparse.Namespace) -> int:
     print(f"    pyswarm join --token {token['token']} {token['addr']}\n")
     print("To add a manager to this swarm, run 'pyswarm join-token manager' and follow the instructions.")
     return 0
+
+
+def _upstreams(given: list[str] | None) -> list[str] | None:
+    if not given:
+        return None
+    return [] if given == ["none"] else given
 
 
 def _join(args: argparse.Namespace) -> int:
@@ -197,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen-port", type=int, default=cfg.DEFAULT_API_PORT, help="API (SSH) port, default 2377")
     p.add_argument("--dns-port", type=int, default=cfg.DEFAULT_DNS_PORT, help="DNS port, default 53")
     p.add_argument("--default-addr-pool", default="10.240.0.0/16", help="container address pool, a /24 per node")
+    p.add_argument("--dns-upstream", action="append", metavar="IP[:PORT]",
+                   help="where DNS forwards names outside the cluster (repeatable; default: this host's "
+                        "/etc/resolv.conf; 'none' answers REFUSED instead)")
     p.set_defaults(func=_init)
 
     p = sub.add_parser("join", help="join a cluster as a worker")

@@ -77,6 +77,9 @@ class ManagerConfig(Model):
     dns_port: int = DEFAULT_DNS_PORT
     raft_secret: str = ""
     raft_peers: list[str] = field(default_factory=list)
+    # where DNS forwards names outside the cluster: None = this host's
+    # /etc/resolv.conf, [] = nowhere (answer REFUSED)
+    dns_upstreams: list[str] | None = None
     bootstrap: dict[str, Any] = field(default_factory=dict)  # first start only
 
 
