@@ -9,6 +9,7 @@ useful for review and diffing before a deploy.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import yaml
 
 from .loader import Stack, _load
+from .units import format_bytes
 
 
 class _Dumper(yaml.SafeDumper):
@@ -41,6 +43,16 @@ def _escape(value: Any) -> Any:
     return value
 
 
+def _for_schema(config: dict[str, Any]) -> dict[str, Any]:
+    """Where the spec wants a string (``deploy.resources.*.memory``), write one."""
+    out = copy.deepcopy(config)
+    for svc in out.get("services", {}).values():
+        for part in svc.get("deploy", {}).get("resources", {}).values():
+            if isinstance(part.get("memory"), int):
+                part["memory"] = format_bytes(part["memory"])
+    return out
+
+
 def render_config(
     source: Stack | Sequence[str | Path],
     environ: Mapping[str, str] | None = None,
@@ -49,5 +61,5 @@ def render_config(
 ) -> str:
     """The normalised stack as YAML, from a loaded :class:`Stack` or from files."""
     stack = source if isinstance(source, Stack) else _load(source, "", environ, env_files, False)
-    return yaml.dump(_escape(stack.config), Dumper=_Dumper, sort_keys=False,
+    return yaml.dump(_escape(_for_schema(stack.config)), Dumper=_Dumper, sort_keys=False,
                      default_flow_style=False, allow_unicode=True, width=1000)

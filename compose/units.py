@@ -87,3 +87,11 @@ def parse_bytes(value: str | int | float) -> int:
         raise ValueError(f"expected a size like 512m, 1g or 100k, got {value!r}")
     amount = float(match.group(1)) * 1024 ** _SIZE_POWER[match.group(2).lower()]
     return int(amount)
+
+
+def format_bytes(size: int) -> str:
+    """The canonical spelling: the largest unit that divides exactly (``1g``, ``512m``)."""
+    for unit, power in (("g", 3), ("m", 2), ("k", 1)):
+        if size and size % 1024**power == 0:
+            return f"{size // 1024**power}{unit}"
+    return f"{size}b"

@@ -97,4 +97,4 @@ def test_rendered_examples_validate_against_compose_spec(path: Path) -> None:
 
     schema = json.loads(SCHEMA.read_text())
     data = yaml.safe_load(render_config([path], {}).replace("$$", "$"))
-    jsonschema.validate(data, schema)
+    jsonschema.Draft7Validator(schema).validate(data)  # the file says draft-07
