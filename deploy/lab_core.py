@@ -386,11 +386,38 @@ class Lab:
             self.pyswarm(host, *argv, timeout=120)
             progress(f"{host}: joined")
 
-        with ThreadPoolExecutor(max_workers=max(1, min(8, len(others)))) as pool:
-            futures = [pool.submit(join, h) for h in others]
-            errors = [str(f.exception()) for f in futures if f.exception() is not None]
-        if errors:
-            raise LabError("joining the cluster failed:\n" + "\n".join(errors))
+        # One at a time: the order of joins then fixes node order (and subnets),
+        # which makes e2e failures reproducible. (Concurrent joins also hit a
+        # subnet-allocation race in the manager: "subnet … exists".)
+        for host in others:
+            join(host)
+        self.wait_nodes_ready(timeout=60)
+        progress(f"all {len(self._hosts)} nodes ready")
+
+    def wait_nodes_ready(self, timeout: float = 60) -> list[dict[str, Any]]:
+        """Wait until ``pyswarm node ls`` on the first manager shows every host ready."""
+        first = self.managers[0]
+        deadline = time.monotonic() + timeout
+        seen: object = None
+        while True:
+            res = self.pyswarm(first, "node", "ls", "--format", "json", check=False, timeout=20)
+            if res.returncode == 0:
+                try:
+                    rows = json.loads(res.stdout)
+                except ValueError:
+                    rows = None
+                if isinstance(rows, list):
+                    ready = {r.get("hostname") for r in rows if str(r.get("status", "")).lower() == "ready"}
+                    if set(self._hosts) <= ready:
+                        return rows
+                    seen = [(r.get("hostname"), r.get("status")) for r in rows]
+                else:
+                    seen = res.stdout.strip()
+            else:
+                seen = res.stderr.strip() or res.stdout.strip()
+            if time.monotonic() > deadline:
+                raise LabError(f"not every lab host became a ready node within {timeout:g}s; `pyswarm node ls` on {first} last showed: {seen}")
+            time.sleep(0.3)
 
     def _join_argv(self, host: str, worker_argv: list[str]) -> list[str]:
         """The join arguments for ``host``.
