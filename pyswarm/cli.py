@@ -115,13 +115,20 @@ def _node_ls(args: argparse.Namespace) -> int:
 def _stack_deploy(args: argparse.Namespace) -> int:
     from pyswarm.compose import load_stack
 
-    stack = load_stack(args.compose_file, args.stack)
+    stack = load_stack(args.compose_file, args.stack, env_files=args.env_file or ())
     for warning in stack.warnings:
         print(f"Warning: {warning}", file=sys.stderr)
     result = _call("stack.deploy", {"stack": args.stack, "services": [s.to_dict() for s in stack.services]})
     for item in result:
         verb = {"created": "Creating", "updated": "Updating", "unchanged": "Unchanged"}[item["action"]]
         print(f"{verb} service {item['service']}")
+    return 0
+
+
+def _stack_config(args: argparse.Namespace) -> int:
+    from pyswarm.compose import render_config
+
+    sys.stdout.write(render_config(args.compose_file, env_files=args.env_file or ()))
     return 0
 
 
@@ -234,8 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     stack = sub.add_parser("stack", help="manage stacks").add_subparsers(dest="stack_command", metavar="COMMAND", required=True)
     p = stack.add_parser("deploy", help="deploy or update a stack from compose files")
     p.add_argument("-c", "--compose-file", action="append", required=True, metavar="FILE")
+    p.add_argument("--env-file", action="append", metavar="FILE", help="read variables from FILE (beside .env)")
     p.add_argument("stack", metavar="STACK")
     p.set_defaults(func=_stack_deploy)
+    p = stack.add_parser("config", help="print the merged, interpolated, normalised stack as YAML")
+    p.add_argument("-c", "--compose-file", action="append", required=True, metavar="FILE")
+    p.add_argument("--env-file", action="append", metavar="FILE", help="read variables from FILE (beside .env)")
+    p.set_defaults(func=_stack_config)
     p = stack.add_parser("ls", help="list stacks")
     _format_arg(p)
     p.set_defaults(func=_stack_ls)
