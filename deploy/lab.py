@@ -59,6 +59,7 @@ def _progress(msg: str) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
+    check_root_and_tools()
     lab = Lab(default_dir())
     t0 = time.monotonic()
     lab.up(args.managers, args.workers, cluster=args.cluster, progress=_progress)
@@ -80,6 +81,7 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    check_root_and_tools()
     lab = Lab.current()
     rows = lab.status()
     if args.format == "json":
