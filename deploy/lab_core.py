@@ -438,8 +438,9 @@ class Lab:
         check: bool = True,
         timeout: float = 60,
         env: dict[str, str] | None = None,
+        cwd: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``argv`` inside ``host`` and return what it printed.
+        """Run ``argv`` inside ``host`` (in ``cwd``, default ours) and return what it printed.
 
         Output goes through temporary files, not pipes: a command that starts
         a daemon which keeps our pipe open (``pyswarm init``) must not make us
@@ -451,7 +452,7 @@ class Lab:
             if input is not None:
                 inp.write(input.encode())
                 inp.seek(0)
-            proc = subprocess.Popen(h.nsenter() + argv, stdin=inp, stdout=out, stderr=err, env=h.env(env), start_new_session=True)
+            proc = subprocess.Popen(h.nsenter(cwd or _cwd()) + argv, stdin=inp, stdout=out, stderr=err, env=h.env(env), start_new_session=True)
             try:
                 rc = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -485,7 +486,7 @@ class Lab:
     def exec_argv(self, host: str) -> tuple[list[str], dict[str, str]]:
         """The argv prefix and environment that enter ``host`` (for the CLI's exec)."""
         h = self.host(host)
-        return h.nsenter(), h.env()
+        return h.nsenter(_cwd()), h.env()
 
     def status(self) -> list[dict[str, Any]]:
         return [h.status() for h in self._hosts.values()]
@@ -631,6 +632,13 @@ class _Keeper:
     pid: int
     stdin: TextIO
     stdout: TextIO
+
+
+def _cwd() -> str:
+    try:
+        return os.getcwd()
+    except OSError:
+        return "/"
 
 
 def _text(data: bytes) -> str:

@@ -107,9 +107,15 @@ class LabHost:
     def log(self, daemon: str) -> Path:
         return self.dir / "log" / f"{daemon}.log"
 
-    def nsenter(self) -> list[str]:
-        """The argv prefix that runs a command inside this host."""
-        return ["nsenter", f"--net={self.netns_file}", f"--mount={self.mnt_file}", f"--uts={self.uts_file}", "--"]
+    def nsenter(self, cwd: str = "/") -> list[str]:
+        """The argv prefix that runs a command inside this host, in directory ``cwd``.
+
+        Entering a mount namespace moves nsenter to "/" unless told otherwise;
+        the hosts share the filesystem, so the caller's directory (a compose
+        file given by relative path) means the same inside.
+        """
+        ns = [f"--net={self.netns_file}", f"--mount={self.mnt_file}", f"--uts={self.uts_file}"]
+        return ["nsenter", *ns, f"--wd={cwd}", "--"]
 
     # ------------------------------------------------------------ bring-up
 

@@ -270,12 +270,15 @@ def netns_names() -> list[str]:
 
 
 def root_forward_filters() -> bool:
-    """True when the root namespace's FORWARD chain could drop bridged lab traffic.
+    """True when the root namespace's FORWARD chain sees bridged lab traffic.
 
     Frames between two ports of a bridge only meet iptables when br_netfilter
     is loaded and enabled; then a FORWARD policy of DROP (what a dockerd in the
-    root namespace sets) would cut the hosts off from each other. We look with
-    iptables-save, which does not create the filter table as a side effect.
+    root namespace sets, perhaps after the lab is up) would cut the hosts off
+    from each other, so the lab adds an ACCEPT rule for its bridge. Only when
+    the filter table already exists, though: adding a rule would create it,
+    and removing the rule would not remove it again. We look with
+    iptables-save, which does not create the table as a side effect.
     """
     try:
         if Path("/proc/sys/net/bridge/bridge-nf-call-iptables").read_text().strip() != "1":
@@ -284,15 +287,7 @@ def root_forward_filters() -> bool:
         return False
     if not which("iptables-save"):
         return False
-    text = run(["iptables-save", "-t", "filter"], check=False).stdout
-    if "*filter" not in text:
-        return False
-    for line in text.splitlines():
-        if line.startswith(":FORWARD") and "ACCEPT" not in line:
-            return True
-        if line.startswith("-A FORWARD"):
-            return True
-    return False
+    return "*filter" in run(["iptables-save", "-t", "filter"], check=False).stdout
 
 
 def iptables_rules_tagged(tag: str) -> list[list[str]]:

@@ -2,18 +2,27 @@
 
 ``lab`` is one cluster for the whole session: 1 manager and 3 workers,
 ``pyswarm init``/``join`` done and every node ready. It is shared, so a test
-must leave it as it found it (remove its stacks). It uses its own lab name,
-directory and subnet, so it does not disturb a lab brought up by hand with
-``pyswarm lab up``. Set PYSWARM_LAB_KEEP=1 to leave it up after the session
-(then look at it with ``PYSWARM_LAB_DIR=/var/lib/pyswarm-lab-e2e pyswarm lab status``).
+must leave it as it found it (remove its stacks).
 
-``lab_factory`` brings up extra, independent labs (own name and subnet) and
-takes them down at the end of the test module that asked for them.
+Several pytest sessions may run on one machine at once (engineers share
+it), so each session claims a *slot* 0-9 — held as an abstract unix socket,
+which the kernel frees when the session dies, leaving no file behind — and
+its labs take their names, directories and subnets from the slot: the
+session lab is ``pswe2e<slot>`` in ``/var/lib/pyswarm-lab-e2e<slot>`` on
+``10.250.<20+slot>.0/24``. None of them touches a lab brought up by hand with
+``pyswarm lab up``. Set PYSWARM_LAB_KEEP=1 to leave the session lab up
+(then ``PYSWARM_LAB_DIR=/var/lib/pyswarm-lab-e2e0 pyswarm lab status``).
+
+``lab_factory`` brings up extra, independent labs and takes them down at the
+end of the test module that asked for them; ``new_lab_spec()`` gives a free
+(name, subnet) pair for a test that drives ``Lab`` itself.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,9 +38,8 @@ from support import wait_for  # noqa: E402,F401  (re-exported for convenience)
 from pyswarm.deploy.lab import Lab, LabError  # noqa: E402
 from pyswarm.deploy.lab_sys import REQUIRED_TOOLS, which  # noqa: E402
 
-E2E_LAB_DIR = os.environ.get("PYSWARM_E2E_LAB_DIR", "/var/lib/pyswarm-lab-e2e")
-E2E_LAB_NAME = "pswe2e"
-E2E_LAB_SUBNET = "10.250.2.0/24"
+E2E_LAB_DIR = "/var/lib/pyswarm-lab-e2e{slot}"
+SLOTS = 10
 
 
 def lab_unavailable() -> str | None:
@@ -51,12 +59,47 @@ def _progress(msg: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def lab() -> Iterator[Lab]:
-    """A lab cluster (1 manager, 3 workers, all ready) for the whole session."""
+def lab_slot() -> Iterator[int]:
+    """This session's slot (0-9), so that concurrent sessions' labs do not collide."""
     reason = lab_unavailable()
     if reason:
         pytest.skip(reason)
-    the_lab = Lab(E2E_LAB_DIR, name=E2E_LAB_NAME, subnet=E2E_LAB_SUBNET)
+    for slot in range(SLOTS):
+        claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            claim.bind(f"\0pyswarm-e2e-lab-slot-{slot}")
+        except OSError:
+            claim.close()
+            continue
+        try:
+            yield slot
+        finally:
+            claim.close()
+        return
+    pytest.skip(f"all {SLOTS} lab slots are taken by other pytest sessions on this machine")
+
+
+LabSpec = Callable[[], "tuple[str, str]"]
+
+
+@pytest.fixture(scope="session")
+def new_lab_spec(lab_slot: int) -> LabSpec:
+    """A fresh (name, subnet) for an extra lab, unique on this machine for this session."""
+    counter = itertools.count(0)
+
+    def spec() -> tuple[str, str]:
+        k = next(counter)
+        if k >= 10:
+            raise RuntimeError("new_lab_spec: at most 10 extra labs per session")
+        return f"psl{lab_slot}x{k}", f"10.250.{40 + lab_slot * 10 + k}.0/24"
+
+    return spec
+
+
+@pytest.fixture(scope="session")
+def lab(lab_slot: int) -> Iterator[Lab]:
+    """A lab cluster (1 manager, 3 workers, all ready) for the whole session."""
+    the_lab = Lab(E2E_LAB_DIR.format(slot=lab_slot), name=f"pswe2e{lab_slot}", subnet=f"10.250.{20 + lab_slot}.0/24")
     try:
         the_lab.up(managers=1, workers=3, cluster=True, progress=_progress)
     except LabError as exc:
@@ -72,18 +115,17 @@ LabFactory = Callable[..., Lab]
 
 
 @pytest.fixture(scope="module")
-def lab_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabFactory]:
-    """Bring up extra labs: ``lab_factory(name, subnet, managers=1, workers=1, cluster=False)``.
+def lab_factory(tmp_path_factory: pytest.TempPathFactory, new_lab_spec: LabSpec) -> Iterator[LabFactory]:
+    """Bring up extra labs: ``lab_factory(managers=1, workers=1, cluster=False)``.
 
-    Each gets its own directory under pytest's temporary directory; all are
-    taken down when the module ends (a test may take one down itself).
+    Each gets its own name, subnet and directory (under pytest's temporary
+    directory); all are taken down when the module ends (a test may take one
+    down itself).
     """
-    reason = lab_unavailable()
-    if reason:
-        pytest.skip(reason)
     made: list[Lab] = []
 
-    def make(name: str, subnet: str, managers: int = 1, workers: int = 1, cluster: bool = False) -> Lab:
+    def make(managers: int = 1, workers: int = 1, cluster: bool = False) -> Lab:
+        name, subnet = new_lab_spec()
         new = Lab(tmp_path_factory.mktemp(f"lab-{name}"), name=name, subnet=subnet)
         made.append(new)
         new.up(managers=managers, workers=workers, cluster=cluster, progress=_progress)

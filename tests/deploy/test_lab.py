@@ -23,13 +23,10 @@ from pyswarm.deploy.lab_sys import pid_alive, processes_in
 
 pytestmark = pytest.mark.e2e
 
-BARE_NAME, BARE_SUBNET = "pswbare", "10.250.3.0/24"
-
-
 @pytest.fixture(scope="module")
 def bare(lab_factory: Any) -> Lab:
     """1 manager + 2 workers, no cluster."""
-    made: Lab = lab_factory(BARE_NAME, BARE_SUBNET, managers=1, workers=2)
+    made: Lab = lab_factory(managers=1, workers=2)
     return made
 
 
@@ -162,9 +159,10 @@ def _namespaces(lab: Lab) -> dict[str, set[int]]:
     return found
 
 
-def test_down_leaves_nothing_and_is_idempotent(tmp_path: Path) -> None:
+def test_down_leaves_nothing_and_is_idempotent(tmp_path: Path, new_lab_spec: Any) -> None:
     before = _snapshot()
-    lab = Lab(tmp_path / "lab", name="pswdown", subnet="10.250.4.0/24")
+    name, subnet = new_lab_spec()
+    lab = Lab(tmp_path / "lab", name=name, subnet=subnet)
     lab.up(managers=1, workers=1, cluster=False)
     try:
         # things down must find on its own: a container, a stray process, a key
@@ -182,14 +180,15 @@ def test_down_leaves_nothing_and_is_idempotent(tmp_path: Path) -> None:
     Lab(tmp_path / "lab").down()  # and with no state at all
 
 
-def test_down_cleans_up_a_failed_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_down_cleans_up_a_failed_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, new_lab_spec: Any) -> None:
     before = _snapshot()
+    name, subnet = new_lab_spec()
 
     def broken(self: lab_host.LabHost, spawn: Any) -> None:
         raise LabError(f"{self.name}: simulated failure while starting daemons")
 
     monkeypatch.setattr(lab_host.LabHost, "start_daemons", broken)
-    lab = Lab(tmp_path / "lab", name="pswfail", subnet="10.250.5.0/24")
+    lab = Lab(tmp_path / "lab", name=name, subnet=subnet)
     with pytest.raises(LabError, match="simulated failure"):
         lab.up(managers=1, workers=1, cluster=False)
     assert lab.state_file.exists(), "a failed up must leave its state for down"
@@ -199,9 +198,9 @@ def test_down_cleans_up_a_failed_up(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_up_twice_replaces_the_lab(lab_factory: Any) -> None:
-    first: Lab = lab_factory("pswtwice", "10.250.6.0/24", managers=1, workers=0)
+    first: Lab = lab_factory(managers=1, workers=0)
     old_pid = first.host("manager1").pids["dockerd"]
-    again = Lab(first.dir, name="pswtwice", subnet="10.250.6.0/24")
+    again = Lab(first.dir, name=first.name, subnet=str(first.subnet))
     again.up(managers=1, workers=0, cluster=False)
     assert not pid_alive(old_pid), "the first lab's dockerd survived the second up"
     assert _out(again, "manager1", "hostname") == "manager1"
