@@ -31,7 +31,7 @@ def bare(lab_factory: Any) -> Lab:
 
 
 def _out(lab: Lab, host: str, *argv: str) -> str:
-    return lab.exec(host, list(argv), timeout=30).stdout.strip()
+    return str(lab.exec(host, list(argv), timeout=30).stdout).strip()
 
 
 def test_hosts_are_named_and_addressed_like_separate_machines(bare: Lab) -> None:
