@@ -370,7 +370,8 @@ class Lab:
     def _form_cluster(self, progress: Progress) -> None:
         first = self.managers[0]
         addr = self.hosts[first]
-        res = self.pyswarm(first, "init", "--advertise-addr", addr, timeout=120)
+        # --dns-upstream none: the lab's DNS never forwards off the machine
+        res = self.pyswarm(first, "init", "--advertise-addr", addr, "--dns-upstream", "none", timeout=120)
         line = next((ln.strip() for ln in res.stdout.splitlines() if "pyswarm join" in ln and "--token" in ln), None)
         if line is None:
             raise LabError(f"{first}: `pyswarm init` printed no `pyswarm join --token …` line; it printed:\n{res.stdout}{res.stderr}")

@@ -30,7 +30,7 @@ from pyswarm.models import (
 )
 from pyswarm.tokens import Token
 
-from .store import Op, Snapshot, Store
+from .store import Op, Snapshot, Store, TransactionAborted
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,18 @@ class Api:
 
     async def join(self, params: dict[str, Any]) -> Any:
         """Admit a host. A host that joins again under the same hostname and
-        address keeps its node id and its container subnet."""
+        address keeps its node id and its container subnet. Hosts joining at
+        the same moment may pick the same free subnet; the claim's
+        precondition lets one win and the other tries the next."""
+        for attempt in range(10):
+            try:
+                return await self._join_once(params)
+            except TransactionAborted:
+                if attempt == 9:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _join_once(self, params: dict[str, Any]) -> Any:
         snap = self._snap()
         cluster = _cluster(snap)
         hostname, addr = str(params["hostname"]), str(params["addr"])
