@@ -57,6 +57,7 @@ from pyswarm.worker.tasks import (
     Observed,
     container_config,
     observe,
+    observe_exit,
     plan_reconcile,
 )
 
@@ -107,6 +108,7 @@ class Agent:
         self._events_ready = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
         self._hello_sent = False
+        self._oom: set[str] = set()  # tasks whose container had an oom event
         self.last_die: dict[str, float] = {}  # task id → monotonic time of its die event
 
     # -- session -----------------------------------------------------------
@@ -422,6 +424,10 @@ class Agent:
             t.reported = seen.state
         if seen.container_id:
             t.container_id = seen.container_id
+        died = self.last_die.pop(task_id, None) if seen.state.terminal else None
+        if died is not None:
+            log.debug("task %s: %s reported %.1f ms after its die event",
+                      task_id, seen.state.value, (time.monotonic() - died) * 1000)
         self.send({
             "op": "status",
             "task_id": task_id,
@@ -445,11 +451,37 @@ class Agent:
             task_id = attrs.get(protocol.LABEL_TASK_ID)
             if not task_id:
                 continue
-            if action == "die":
+            task_id = str(task_id)
+            if action == "oom":
+                self._oom.add(task_id)
+            elif action == "die":
                 self.last_die[task_id] = time.monotonic()
                 if len(self.last_die) > 10_000:
                     self.last_die.pop(next(iter(self.last_die)))
-            self.kick(str(task_id))
+                self._report_die(task_id, event, attrs)
+            self.kick(task_id)
+
+    def _report_die(self, task_id: str, event: dict[str, Any], attrs: dict[str, Any]) -> None:
+        """Report a death straight from the event (it carries the exit code):
+        an inspect right after ``die`` waits for the engine to finish tearing
+        the container down, tens of milliseconds. Only for the container we
+        run for a desired task; the converge that follows confirms it from
+        inspect, and anything unusual is left to that converge."""
+        t = self._tracked.get(task_id)
+        desired = self._desired
+        if t is None or desired is None or task_id not in desired:
+            return
+        if t.reported is None or t.reported.terminal:
+            return
+        cid = str((event.get("Actor") or {}).get("ID") or event.get("id") or "")
+        if not cid or cid != t.container_id:
+            return
+        try:
+            code = int(attrs.get("exitCode", ""))
+        except (TypeError, ValueError):
+            return
+        self._report(t, task_id, observe_exit(cid, code, oom=task_id in self._oom))
+        self._oom.discard(task_id)
 
     async def _on_events_connect(self, reconnected: bool) -> None:
         if not reconnected:

@@ -206,12 +206,18 @@ def observe(inspect: Mapping[str, Any]) -> Observed | None:
     if status in LIVE_STATES:
         return Observed(TaskState.RUNNING, cid, container_ip(inspect), message="started")
     if status in DONE_STATES:
-        code = int(st.get("ExitCode") or 0)
-        err = str(st.get("Error") or "")
-        if st.get("OOMKilled"):
-            err = err or "container killed: out of memory"
-        if code == 0 and status == "exited" and not err:
-            return Observed(TaskState.COMPLETE, cid, exit_code=0, message="finished")
-        return Observed(TaskState.FAILED, cid, exit_code=code, message="exited",
-                        error=err or f"task: non-zero exit ({code})")
+        return observe_exit(cid, int(st.get("ExitCode") or 0), oom=bool(st.get("OOMKilled")),
+                            error=str(st.get("Error") or ""), dead=status == "dead")
     return None
+
+
+def observe_exit(container_id: str, code: int, *, oom: bool = False, error: str = "",
+                 dead: bool = False) -> Observed:
+    """A finished container: exit 0 is ``complete``, anything else (or an
+    engine error, an OOM kill) is ``failed`` with the reason."""
+    if oom:
+        error = error or "container killed: out of memory"
+    if code == 0 and not dead and not error:
+        return Observed(TaskState.COMPLETE, container_id, exit_code=0, message="finished")
+    return Observed(TaskState.FAILED, container_id, exit_code=code, message="exited",
+                    error=error or f"task: non-zero exit ({code})")
