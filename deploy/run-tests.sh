@@ -5,7 +5,10 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 # run from outside the tree: the top-level dns/ folder must not shadow dnspython
 cd /tmp
-if [ "$#" -eq 0 ]; then set -- "$root/tests"; fi
+# the whole suite unless a test path was given
+paths=0
+for arg in "$@"; do [ -e "$arg" ] && paths=1; done
+if [ "$paths" -eq 0 ]; then set -- "$@" "$root/tests"; fi
 "$root/.venv/bin/pytest" -c "$root/pyproject.toml" --rootdir "$root" "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
