@@ -2,7 +2,8 @@
 hosts, driven over its stdin/stdout exactly as the dispatcher drives it.
 
 This module brings up its own small lab *without* a cluster (1 manager host,
-unused, + 2 workers), named apart from the session's: on a cluster lab the
+unused, + 2 workers), named apart from the session's (``pswaPID``,
+10.251.x.0/24): on a cluster lab the
 leader's dispatcher already runs an agent on every host, and two agents on one
 engine would each remove the other's containers.
 """
@@ -169,7 +170,10 @@ def agent_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     _skip_unless_root()
     from pyswarm.deploy.lab_core import Lab
 
-    lab = Lab(tmp_path_factory.mktemp("agentlab"), name="pswagent", subnet="10.251.0.0/24")
+    # named and addressed per run, so that two runs of the suite side by side
+    # (two checkouts, or CI next to a developer) do not collide
+    pid = os.getpid()
+    lab = Lab(tmp_path_factory.mktemp("agentlab"), name=f"pswa{pid % 100000}", subnet=f"10.251.{pid % 250}.0/24")
     try:
         lab.up(managers=1, workers=2, cluster=False)
         yield lab
