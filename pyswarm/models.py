@@ -282,9 +282,40 @@ class Task(Model):
         return f"{self.service_name}.{self.slot or self.node_id}"
 
 
+@dataclass
+class Secret(Model):
+    """A named blob (``pyswarm secret create``, or a stack file's top-level
+    ``secrets:``). ``data`` is base64 and immutable: a change is a new secret
+    with a new name, as in Swarm, so a running task never sees its file
+    change under it. Only the dispatcher reads ``data``, to hand it to the
+    agents of nodes that run a task using it; the API never returns it."""
+
+    id: str
+    name: str
+    data: str = ""  # base64
+    labels: dict[str, str] = field(default_factory=dict)
+    created_at: float = field(default_factory=now)
+    updated_at: float = field(default_factory=now)
+
+
+@dataclass
+class Config(Model):
+    """Like :class:`Secret`, for non-sensitive files (``pyswarm config``);
+    ``config inspect`` may show its data."""
+
+    id: str
+    name: str
+    data: str = ""  # base64
+    labels: dict[str, str] = field(default_factory=dict)
+    created_at: float = field(default_factory=now)
+    updated_at: float = field(default_factory=now)
+
+
 KINDS: dict[str, type[Model]] = {
     "cluster": Cluster,
     "node": Node,
     "service": Service,
     "task": Task,
+    "secret": Secret,
+    "config": Config,
 }
