@@ -198,6 +198,7 @@ class Node(Model):
     raft_port: int = 2378  # managers only
     created_at: float = field(default_factory=now)
     updated_at: float = field(default_factory=now)
+    engine_labels: dict[str, str] = field(default_factory=dict)  # the engine's own labels (docker info)
 
 
 @dataclass
@@ -276,6 +277,11 @@ class Task(Model):
     ip: str = ""
     created_at: float = field(default_factory=now)
     state_since: float = field(default_factory=now)
+    # restart_policy.delay: the scheduler leaves the task pending until then
+    not_before: float = 0.0
+    # times of the restarts of this slot (this spec version) that led to this
+    # task, newest last, at most restart_policy.max_attempts of them
+    restarts: list[float] = field(default_factory=list)
 
     @property
     def name(self) -> str:
