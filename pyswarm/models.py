@@ -170,6 +170,11 @@ class Cluster(Model):
     api_host_key_fingerprint: str = ""
     task_history_limit: int = 5
     created_at: float = field(default_factory=now)
+    # handed to joining managers over the authenticated join, so every
+    # manager presents the one API host key that join tokens pin, and
+    # speaks Raft with the one secret
+    api_host_private_key: str = ""
+    raft_secret: str = ""
 
 
 @dataclass
