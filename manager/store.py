@@ -36,7 +36,7 @@ from typing import Any
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 
 from pyswarm.errors import NoQuorumError
-from pyswarm.models import Cluster, Node, Service, Task, TaskState
+from pyswarm.models import KINDS, Cluster, Node, Service, Task, TaskState
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,7 @@ class _State(SyncObjConsumer):  # type: ignore[misc]
         self._lock = threading.Lock()
         self._on_change = on_change
         super().__init__()
-        self.objects: dict[str, dict[str, dict[str, Any]]] = {
-            "cluster": {}, "node": {}, "service": {}, "task": {},
-        }
+        self.objects: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in [*KINDS, "subnet"]}
         self.index = 0
 
     def _deserialize(self, data: dict[str, Any]) -> None:
@@ -79,7 +77,9 @@ class _State(SyncObjConsumer):  # type: ignore[misc]
 
     def copy(self) -> tuple[int, dict[str, dict[str, dict[str, Any]]]]:
         with self._lock:
-            return self.index, {kind: dict(objs) for kind, objs in self.objects.items()}
+            raw = {kind: {} for kind in [*KINDS, "subnet"]}
+            raw.update({kind: dict(objs) for kind, objs in self.objects.items()})
+            return self.index, raw
 
 
 def _apply_ops(objects: dict[str, dict[str, dict[str, Any]]], ops: list[Op]) -> int:
@@ -207,6 +207,10 @@ class Store:
             autoTickPeriod=0.005,  # a commit waits for up to two ticks of the Raft thread
             connectionTimeout=2.0,
             connectionRetryTime=0.5,
+            # a leader that hears from no majority for this long steps down,
+            # so a partitioned leader stops its loops (and its dispatcher)
+            # about when the others elect a new one
+            leaderFallbackTimeout=1.0,
         )
         self._syncobj: SyncObj | None = None
         self._conf = conf
@@ -264,6 +268,47 @@ class Store:
         return so is not None and bool(so.hasQuorum)
 
     @property
+    def term(self) -> int:
+        """The Raft term: a fencing token for what this leader tells agents."""
+        return int(self.status().get("raft_term", 0))
+
+    @property
+    def members(self) -> list[str]:
+        """The Raft addresses of the other managers in the current membership."""
+        status = self.status()
+        return [k[len("partner_node_status_server_"):] for k in status if k.startswith("partner_node_status_server_")]
+
+    async def change_membership(self, action: str, addr: str, wait: float | None = None) -> None:
+        """Add (``"add"``) or remove (``"remove"``) a manager's Raft address.
+
+        Adding a manager that is not running yet cannot commit until it
+        runs (the new membership counts it), so callers pass ``wait=None``
+        there and let the joiner start; removal waits for the commit."""
+        so = self._syncobj
+        if so is None:
+            raise NoQuorumError("the store is not running")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[Any, Any]] = loop.create_future()
+
+        def done(result: Any, error: Any) -> None:
+            loop.call_soon_threadsafe(_settle, fut, (result, error))
+
+        if action == "add":
+            so.addNodeToCluster(addr, callback=done)
+        elif action == "remove":
+            so.removeNodeFromCluster(addr, callback=done)
+        else:
+            raise ValueError(action)
+        if wait is None:
+            return
+        try:
+            _, error = await asyncio.wait_for(fut, wait)
+        except asyncio.TimeoutError:
+            raise NoQuorumError(self._no_quorum_message(f"the membership change ({action} {addr}) did not commit")) from None
+        if error != FAIL_REASON.SUCCESS:
+            raise NoQuorumError(self._no_quorum_message(f"membership change failed ({_fail_reason(error)})"))
+
+    @property
     def self_addr(self) -> str:
         return self._config.self_addr
 
@@ -285,6 +330,13 @@ class Store:
         if self._syncobj is None:
             raise NoQuorumError("the store is not running")
         loop = asyncio.get_running_loop()
+        # without a leader, fail within a few seconds rather than queue the
+        # write for whenever one appears (the caller is a person waiting)
+        deadline = loop.time() + min(timeout, 3.0)
+        while self.leader is None:
+            if loop.time() > deadline:
+                raise NoQuorumError(self._no_quorum_message("no leader"))
+            await asyncio.sleep(0.05)
         fut: asyncio.Future[tuple[Any, Any]] = loop.create_future()
 
         def done(result: Any, error: Any) -> None:
@@ -305,7 +357,7 @@ class Store:
         status = self.status()
         total = int(status.get("partner_nodes_count", 0)) + 1
         reachable = 1 + sum(1 for k, v in status.items() if k.startswith("partner_node_status_server_") and v == 2)
-        return f"no quorum: {reachable} of {total} managers reachable; {what}"
+        return f"no quorum: {reachable} of {total} managers reachable ({what}); reads still work"
 
 
 def _settle(fut: asyncio.Future[tuple[Any, Any]], value: tuple[Any, Any]) -> None:
