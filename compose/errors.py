@@ -64,6 +64,8 @@ class Problem:
 class ComposeError(UsageError):
     """A stack file could not be loaded; ``problems`` lists every reason."""
 
+    exit_code = 2  # issue 4: "no traceback, exit 2, nothing deployed"
+
     def __init__(self, problems: Sequence[Problem] | Problem | str) -> None:
         if isinstance(problems, str):
             problems = [Problem(None, "", problems)]

@@ -33,6 +33,7 @@ from .errors import (
 from .interpolate import build_environment, interpolate
 from .keys import SERVICE_KEYS
 from .merge import merge_documents
+from .objects import StackObject, read_objects, resolve_references
 from .service import MAX_NAME, ServiceChecker, check_service
 from .source import Document, read_file
 from .toplevel import check_top_level
@@ -52,6 +53,9 @@ class Stack:
     warnings: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     """The normalised stack file (what ``stack config`` prints)."""
+    secrets: list[StackObject] = field(default_factory=list)
+    """Top-level ``secrets`` with their data (never printed), for deploy."""
+    configs: list[StackObject] = field(default_factory=list)
 
 
 def check_stack_name(stack: str) -> None:
@@ -121,7 +125,9 @@ def _load(
             checker.error(("services", spec.name[len(stack) + 1:]),
                           f"{spec.name!r} is longer than {MAX_NAME} characters", key=True)
     raise_if(checker.problems, ValidationError)
-    return Stack(stack, services, [str(w) for w in checker.warnings], config)
+    resolve_references(stack, services, config)
+    return Stack(stack, services, [str(w) for w in checker.warnings], config,
+                 read_objects(stack, config, env, "secrets"), read_objects(stack, config, env, "configs"))
 
 
 def check_document(c: ServiceChecker, doc: Document) -> dict[str, Any]:

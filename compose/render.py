@@ -58,8 +58,9 @@ def render_config(
     environ: Mapping[str, str] | None = None,
     *,
     env_files: Sequence[str | Path] = (),
+    strict: bool = False,
 ) -> str:
     """The normalised stack as YAML, from a loaded :class:`Stack` or from files."""
-    stack = source if isinstance(source, Stack) else _load(source, "", environ, env_files, False)
+    stack = source if isinstance(source, Stack) else _load(source, "", environ, env_files, strict)
     return yaml.dump(_escape(_for_schema(stack.config)), Dumper=_Dumper, sort_keys=False,
                      default_flow_style=False, allow_unicode=True, width=1000)

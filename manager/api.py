@@ -30,6 +30,7 @@ from pyswarm.models import (
 )
 from pyswarm.tokens import Token
 
+from . import objects as stack_objects
 from .store import Op, Snapshot, Store, TransactionAborted
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,11 @@ class Api:
             "service.scale": self.service_scale,
             "service.inspect": self.service_inspect,
         }
+        for kind in stack_objects.KINDS:  # secret.* and config.*
+            self._methods.update({
+                f"{kind}.create": self._object_create(kind), f"{kind}.ls": self._object_ls(kind),
+                f"{kind}.inspect": self._object_inspect(kind), f"{kind}.rm": self._object_rm(kind),
+            })
 
     async def call(self, method: str, params: dict[str, Any]) -> Any:
         handler = self._methods.get(method)
@@ -164,6 +170,7 @@ class Api:
             node.ssh_host_key = str(params["ssh_host_key"])
             node.ssh_port = int(params.get("ssh_port", 22))
             node.status = NodeStatus.UNKNOWN
+            node.role = role
             node.updated_at = now
         else:
             clash = next((n for n in snap.nodes() if n.addr == addr and n.status != NodeStatus.DOWN), None)
@@ -175,11 +182,26 @@ class Api:
                 ssh_host_key=str(params["ssh_host_key"]), ssh_port=int(params.get("ssh_port", 22)),
                 subnet=subnet, created_at=now, updated_at=now,
             )
+            if "platform" in params:
+                node.platform = dict(params["platform"])
             ops.append(["expect", "subnet", subnet, None, None])
             ops.append(["put", "subnet", subnet, {"node_id": node.id}])
+        if role == NodeRole.MANAGER:
+            node.api_port = int(params.get("api_port", node.api_port))
+            node.raft_port = int(params.get("raft_port", node.raft_port))
         ops.append(["put", "node", node.id, node.to_dict()])
         await self._store.commit(ops)
-        return {"node_id": node.id, "cluster_id": cluster.id, "subnet": node.subnet}
+        answer: dict[str, Any] = {"node_id": node.id, "cluster_id": cluster.id, "subnet": node.subnet}
+        if role == NodeRole.MANAGER:
+            raft_addr = f"{addr}:{node.raft_port}"
+            # the new membership counts the joiner, so this commits once it runs
+            await self._store.change_membership("add", raft_addr)
+            answer["manager"] = {
+                "raft_secret": cluster.raft_secret,
+                "api_host_private_key": cluster.api_host_private_key,
+                "raft_peers": sorted({raft_addr, *_manager_raft_addrs(snap)}),
+            }
+        return answer
 
     # -- stacks and services ---------------------------------------------------------
 
@@ -188,8 +210,8 @@ class Api:
         specs = [ServiceSpec.from_dict(s) for s in params["services"]]
         snap = self._snap()
         existing = {s.name: s for s in snap.services()}
-        ops: list[Op] = []
-        report = []
+        # the stack's secrets and configs first, in the same transaction
+        ops, report = stack_objects.stack_ops(snap, stack, params, specs)
         now = time.time()
         for spec in specs:
             spec.stack = stack
@@ -236,7 +258,8 @@ class Api:
     async def stack_rm(self, params: dict[str, Any]) -> Any:
         snap = self._snap()
         services = self._stack_services(snap, str(params["stack"]))
-        await self._store.commit([["delete", "service", s.id] for s in services])
+        await self._store.commit([["delete", "service", s.id] for s in services]
+                                 + stack_objects.stack_rm_ops(snap, str(params["stack"])))
         return [s.name for s in services]
 
     async def service_ls(self, params: dict[str, Any]) -> Any:
@@ -300,6 +323,51 @@ class Api:
             done.append({"service": service.name, "replicas": replicas})
         await self._store.commit(ops)
         return done
+
+    # -- secrets and configs (see .objects) ----------------------------------------------
+
+    def _object_create(self, kind: str) -> Handler:
+        async def create(params: dict[str, Any]) -> Any:
+            name = str(params["name"])
+            data = stack_objects.decode_data(kind, name, params.get("data", ""))
+            labels = {str(k): str(v) for k, v in dict(params.get("labels") or {}).items()}
+            ops, oid = stack_objects.create_ops(self._snap(), kind, name, data, labels)
+            try:
+                await self._store.commit(ops)
+            except TransactionAborted:
+                raise UsageError(f"{kind} {name} already exists") from None
+            return {"id": oid, "name": name}
+        return create
+
+    def _object_ls(self, kind: str) -> Handler:
+        async def ls(params: dict[str, Any]) -> Any:
+            return [stack_objects.row(o) for o in stack_objects.objects(self._snap(), kind)]
+        return ls
+
+    def _object_inspect(self, kind: str) -> Handler:
+        async def inspect(params: dict[str, Any]) -> Any:
+            obj = stack_objects.find(self._snap(), kind, str(params["name"]))
+            return stack_objects.row(obj, with_data=kind == "config")
+        return inspect
+
+    def _object_rm(self, kind: str) -> Handler:
+        async def rm(params: dict[str, Any]) -> Any:
+            snap = self._snap()
+            found = [stack_objects.find(snap, kind, str(n)) for n in params["names"]]
+            ops: list[Op] = []
+            for obj in found:
+                using = stack_objects.users(snap.services(), kind, obj.name)
+                if using:
+                    raise UsageError(f"{kind} {obj.name} is in use by the following services: "
+                                     f"{', '.join(using)}")
+                ops.extend(stack_objects.delete_ops(obj, kind))
+            await self._store.commit(ops)
+            return [o.name for o in found]
+        return rm
+
+
+def _manager_raft_addrs(snap: Snapshot) -> list[str]:
+    return [f"{n.addr}:{n.raft_port}" for n in snap.nodes() if n.role == NodeRole.MANAGER]
 
 
 def _without_replicas(spec: ServiceSpec) -> dict[str, Any]:

@@ -8,6 +8,7 @@ exit status 1, never a traceback.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -62,8 +63,9 @@ def _upstreams(given: list[str] | None) -> list[str] | None:
 def _join(args: argparse.Namespace) -> int:
     from pyswarm.manager import bootstrap
 
-    result = bootstrap.join(args.token, args.manager, args.advertise_addr)
-    print(f"This node joined a swarm as a worker (node {result['node_id']}).")
+    result = bootstrap.join(args.token, args.manager, args.advertise_addr, api_port=args.listen_port,
+                            dns_port=args.dns_port, dns_upstreams=_upstreams(args.dns_upstream))
+    print(f"This node joined a swarm as a {result['role']} (node {result['node_id']}).")
     return 0
 
 
@@ -115,20 +117,25 @@ def _node_ls(args: argparse.Namespace) -> int:
 def _stack_deploy(args: argparse.Namespace) -> int:
     from pyswarm.compose import load_stack
 
-    stack = load_stack(args.compose_file, args.stack, env_files=args.env_file or ())
+    stack = load_stack(args.compose_file, args.stack, env_files=args.env_file or (), strict=args.strict)
     for warning in stack.warnings:
         print(f"Warning: {warning}", file=sys.stderr)
-    result = _call("stack.deploy", {"stack": args.stack, "services": [s.to_dict() for s in stack.services]})
+    objects = {kind: [{"name": o.name, "external": o.external, "labels": o.labels,
+                       "data": base64.b64encode(o.data).decode()} for o in getattr(stack, kind)]
+               for kind in ("secrets", "configs")}
+    result = _call("stack.deploy", {"stack": args.stack, "services": [s.to_dict() for s in stack.services],
+                                    **objects})
     for item in result:
         verb = {"created": "Creating", "updated": "Updating", "unchanged": "Unchanged"}[item["action"]]
-        print(f"{verb} service {item['service']}")
+        kind = next((k for k in ("service", "secret", "config") if k in item), "service")
+        print(f"{verb} {kind} {item[kind]}")
     return 0
 
 
 def _stack_config(args: argparse.Namespace) -> int:
     from pyswarm.compose import render_config
 
-    sys.stdout.write(render_config(args.compose_file, env_files=args.env_file or ()))
+    sys.stdout.write(render_config(args.compose_file, env_files=args.env_file or (), strict=args.strict))
     return 0
 
 
@@ -196,6 +203,64 @@ def _service_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _object_create(args: argparse.Namespace) -> int:
+    if args.file == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        try:
+            with open(args.file, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise UsageError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    labels = dict(item.partition("=")[::2] for item in args.label or [])
+    created = _call(f"{args.kind}.create", {"name": args.name, "data": base64.b64encode(data).decode(),
+                                            "labels": labels})
+    print(created["id"])
+    return 0
+
+
+def _object_ls(args: argparse.Namespace) -> int:
+    rows = _call(f"{args.kind}.ls")
+    for row in rows:
+        row["id_display"] = row["id"][:12]
+        row["created_display"] = since(row["created_at"])
+    print_rows(rows, args.format, [("ID", "id_display"), ("NAME", "name"), ("CREATED", "created_display")],
+               drop=("id_display", "created_display"))
+    return 0
+
+
+def _object_inspect(args: argparse.Namespace) -> int:
+    print(json.dumps([_call(f"{args.kind}.inspect", {"name": n}) for n in args.names], indent=2))
+    return 0
+
+
+def _object_rm(args: argparse.Namespace) -> int:
+    for name in _call(f"{args.kind}.rm", {"names": args.names}):
+        print(name)
+    return 0
+
+
+def _object_parsers(sub: Any) -> None:
+    """``secret`` and ``config``: the same four commands each."""
+    for kind in ("secret", "config"):
+        cmds = sub.add_parser(kind, help=f"manage {kind}s").add_subparsers(
+            dest=f"{kind}_command", metavar="COMMAND", required=True)
+        p = cmds.add_parser("create", help=f"create a {kind} from a file or stdin")
+        p.add_argument("name", metavar="NAME")
+        p.add_argument("file", metavar="FILE|-", help="the file to read, or - for stdin")
+        p.add_argument("-l", "--label", action="append", metavar="KEY=VALUE")
+        p.set_defaults(func=_object_create, kind=kind)
+        p = cmds.add_parser("ls", help=f"list {kind}s")
+        _format_arg(p)
+        p.set_defaults(func=_object_ls, kind=kind)
+        p = cmds.add_parser("inspect", help=f"show {kind}s as JSON" + (" (never the data)" if kind == "secret" else ""))
+        p.add_argument("names", nargs="+", metavar=kind.upper())
+        p.set_defaults(func=_object_inspect, kind=kind)
+        p = cmds.add_parser("rm", help=f"remove {kind}s (not while a service uses one)")
+        p.add_argument("names", nargs="+", metavar=kind.upper())
+        p.set_defaults(func=_object_rm, kind=kind)
+
+
 def _node_inspect(args: argparse.Namespace) -> int:
     print(json.dumps([_call("node.inspect", {"node": n}) for n in args.nodes], indent=2))
     return 0
@@ -219,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("join", help="join a cluster as a worker")
     p.add_argument("--token", required=True, help="the token printed by `pyswarm init` or `pyswarm join-token`")
     p.add_argument("--advertise-addr", help="this host's address (default: the one that routes to the manager)")
+    p.add_argument("--listen-port", type=int, default=cfg.DEFAULT_API_PORT, help="API (SSH) port if joining as a manager")
+    p.add_argument("--dns-port", type=int, default=cfg.DEFAULT_DNS_PORT, help="DNS port if joining as a manager")
+    p.add_argument("--dns-upstream", action="append", metavar="IP[:PORT]",
+                   help="as for init, if joining as a manager")
     p.add_argument("manager", metavar="MANAGER[:PORT]")
     p.set_defaults(func=_join)
 
@@ -242,11 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = stack.add_parser("deploy", help="deploy or update a stack from compose files")
     p.add_argument("-c", "--compose-file", action="append", required=True, metavar="FILE")
     p.add_argument("--env-file", action="append", metavar="FILE", help="read variables from FILE (beside .env)")
+    p.add_argument("--strict", action="store_true", help="unknown keys are errors, not warnings")
     p.add_argument("stack", metavar="STACK")
     p.set_defaults(func=_stack_deploy)
     p = stack.add_parser("config", help="print the merged, interpolated, normalised stack as YAML")
     p.add_argument("-c", "--compose-file", action="append", required=True, metavar="FILE")
     p.add_argument("--env-file", action="append", metavar="FILE", help="read variables from FILE (beside .env)")
+    p.add_argument("--strict", action="store_true", help="unknown keys are errors, not warnings")
     p.set_defaults(func=_stack_config)
     p = stack.add_parser("ls", help="list stacks")
     _format_arg(p)
@@ -274,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("services", nargs="+", metavar="SERVICE")
     p.set_defaults(func=_service_inspect)
 
+    _object_parsers(sub)
+
     manager = sub.add_parser("manager", help=argparse.SUPPRESS).add_subparsers(dest="manager_command", required=True)
     p = manager.add_parser("run", help="run the manager daemon in the foreground")
     p.set_defaults(func=_manager_run)
@@ -296,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args)
     except PyswarmError as exc:
         print(f"Error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
 

@@ -21,6 +21,9 @@ from __future__ import annotations
 class PyswarmError(Exception):
     """Anything pyswarm reports to a person."""
 
+    exit_code: int = 1
+    """The CLI's exit status for this error (a bad stack file: 2, as Docker)."""
+
 
 class UsageError(PyswarmError):
     pass
