@@ -175,6 +175,9 @@ class Cluster(Model):
     # speaks Raft with the one secret
     api_host_private_key: str = ""
     raft_secret: str = ""
+    # how container traffic crosses hosts: "" (host routes; the hosts share a
+    # link) or "vxlan" (an overlay between the hosts' addresses), set at init
+    overlay: str = ""
 
 
 @dataclass
@@ -239,6 +242,10 @@ class ServiceSpec(Model):
     deploy: dict[str, Any] = field(default_factory=dict)
     # short service name -> {"condition": service_started|service_healthy|..., "required": bool}
     depends_on: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the cluster networks the service is attached to, resolved by the API at
+    # deploy time: [{"target": NETWORK_NAME, "aliases": [name, ...]}]; empty
+    # means "deployed before networks existed": it shares everything
+    networks: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -322,6 +329,23 @@ class Config(Model):
     updated_at: float = field(default_factory=now)
 
 
+@dataclass
+class Network(Model):
+    """A cluster network. Services attached to a common network resolve and
+    reach each other; traffic between containers that share none is dropped
+    on the hosts (docs/networking.md). Addresses come from each node's
+    subnet, so a network costs no addresses of its own."""
+
+    id: str
+    name: str
+    stack: str = ""  # the stack whose deploy made it (stack rm removes it); "" when made by hand
+    driver: str = "overlay"
+    labels: dict[str, str] = field(default_factory=dict)
+    internal: bool = False
+    attachable: bool = False
+    created_at: float = field(default_factory=now)
+
+
 KINDS: dict[str, type[Model]] = {
     "cluster": Cluster,
     "node": Node,
@@ -329,4 +353,5 @@ KINDS: dict[str, type[Model]] = {
     "task": Task,
     "secret": Secret,
     "config": Config,
+    "network": Network,
 }
