@@ -421,13 +421,16 @@ class Lab:
             time.sleep(0.3)
 
     def _join_argv(self, host: str, worker_argv: list[str]) -> list[str]:
-        """The join arguments for ``host``.
-
-        TODO(multi-manager): extra managers should join with the manager token
-        from ``pyswarm join-token manager`` (run in manager1) once that
-        command exists; until then they join with the printed (worker) token.
-        """
-        return worker_argv
+        """The join arguments for ``host``: extra managers join with the
+        manager token (from ``pyswarm join-token manager`` on the first
+        manager), and like it, never forward DNS off the machine."""
+        if host not in self.managers:
+            return worker_argv
+        first = self.managers[0]
+        token = self.pyswarm(first, "join-token", "manager", "-q", timeout=30).stdout.strip()
+        argv = list(worker_argv)
+        argv[argv.index("--token") + 1] = token
+        return [*argv[:-1], "--dns-upstream", "none", argv[-1]]
 
     # ------------------------------------------------------------ running things
 

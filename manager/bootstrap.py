@@ -128,6 +128,8 @@ def init(advertise_addr: str | None, foreground: bool, api_port: int = cfg.DEFAU
             ssh_private_key=cluster_key.export_private_key().decode(),
             worker_token_secret=new_secret(), manager_token_secret=new_secret(),
             api_host_key_fingerprint=fingerprint(api_key.public_data),
+            api_host_private_key=api_key.export_private_key().decode(),
+            raft_secret=new_secret() + new_secret(),
         )
         import ipaddress
 
@@ -139,7 +141,7 @@ def init(advertise_addr: str | None, foreground: bool, api_port: int = cfg.DEFAU
         )
         manager = cfg.ManagerConfig(
             node_id=node.id, cluster_id=cluster.id, advertise_addr=addr, api_port=api_port,
-            raft_port=raft_port, dns_port=dns_port, raft_secret=new_secret() + new_secret(),
+            raft_port=raft_port, dns_port=dns_port, raft_secret=cluster.raft_secret,
             raft_peers=[f"{addr}:{raft_port}"], dns_upstreams=dns_upstreams,
             bootstrap={"objects": [
                 ["cluster", cluster.id, cluster.to_dict()],
@@ -254,7 +256,11 @@ async def _rpc(process: Any, method: str, params: dict[str, Any]) -> Any:
     return rpc.decode_response(line)
 
 
-def join(token: str, manager: str, advertise_addr: str | None) -> dict[str, Any]:
+def join(token: str, manager: str, advertise_addr: str | None, api_port: int = cfg.DEFAULT_API_PORT,
+         raft_port: int = cfg.DEFAULT_RAFT_PORT, dns_port: int = cfg.DEFAULT_DNS_PORT,
+         dns_upstreams: list[str] | None = None) -> dict[str, Any]:
+    """Join with a token; a manager token also starts a manager here, which
+    catches up from the others before this returns."""
     if cfg.load_node_config() is not None:
         raise AlreadyInSwarmError("this node is already part of a swarm: run `pyswarm leave` first")
     host, port = _split_addr(manager)
@@ -267,15 +273,43 @@ def join(token: str, manager: str, advertise_addr: str | None) -> dict[str, Any]
         try:
             return await _rpc(process, "join", {
                 "hostname": socket.gethostname(), "addr": addr, "ssh_host_key": host_key, "ssh_port": 22,
+                "api_port": api_port, "raft_port": raft_port, "platform": _platform(),
             })
         except BaseException:
             remove_cluster_key()
             raise
 
     result = asyncio.run(_join_calls(host, port, token, calls))
+    granted = result.get("manager")
+    role = "manager" if granted else "worker"
+    if granted:
+        write_manager_files(result["node_id"], result["cluster_id"], addr, granted, api_port=api_port,
+                            raft_port=raft_port, dns_port=dns_port, dns_upstreams=dns_upstreams)
     cfg.save_node_config(cfg.NodeConfig(node_id=result["node_id"], cluster_id=result["cluster_id"],
-                                        role="worker", addr=addr, managers=[f"{host}:{port}"]))
+                                        role=role, addr=addr, managers=[f"{host}:{port}"]))
+    if granted:
+        start_manager_service()
+        wait_for_manager(timeout=60)
+    result["role"] = role
     return dict(result)
+
+
+def write_manager_files(node_id: str, cluster_id: str, addr: str, manager: dict[str, Any], *,
+                        api_port: int, raft_port: int, dns_port: int, dns_upstreams: list[str] | None) -> None:
+    """What a host needs to run a manager of an existing cluster (join as
+    manager, or promotion through the agent)."""
+    state = cfg.state_dir()
+    state.mkdir(parents=True, exist_ok=True)
+    key_path = state / "api_host_key"
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(manager["api_host_private_key"])
+    shutil.rmtree(state / "raft", ignore_errors=True)  # a fresh replica catches up from the others
+    cfg.save_manager_config(cfg.ManagerConfig(
+        node_id=node_id, cluster_id=cluster_id, advertise_addr=addr, api_port=api_port,
+        raft_port=raft_port, dns_port=dns_port, raft_secret=manager["raft_secret"],
+        raft_peers=list(manager["raft_peers"]), dns_upstreams=dns_upstreams,
+    ))
 
 
 def leave() -> None:

@@ -77,7 +77,7 @@ class _State(SyncObjConsumer):  # type: ignore[misc]
 
     def copy(self) -> tuple[int, dict[str, dict[str, dict[str, Any]]]]:
         with self._lock:
-            raw = {kind: {} for kind in [*KINDS, "subnet"]}
+            raw: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in [*KINDS, "subnet"]}
             raw.update({kind: dict(objs) for kind, objs in self.objects.items()})
             return self.index, raw
 
