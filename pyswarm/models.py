@@ -67,6 +67,9 @@ _ORDER = list(TaskState)
 DESIRED_RUNNING = "running"
 DESIRED_SHUTDOWN = "shutdown"
 DESIRED_REMOVE = "remove"
+# created but held back (not scheduled, not started): a stop-first update's
+# replacement waits in this state until the task it replaces has stopped
+DESIRED_READY = "ready"
 
 
 class NodeRole(str, Enum):
@@ -256,6 +259,10 @@ class Service(Model):
     previous_spec: ServiceSpec | None = None
     created_at: float = field(default_factory=now)
     updated_at: float = field(default_factory=now)
+    # the rolling update (manager/updater.py): state updating|paused|completed|
+    # rollback_started|rollback_paused|rollback_completed, message, started_at,
+    # completed_at, and the updater's own keys (version it is for, dirty slots, force)
+    update_status: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
