@@ -223,6 +223,7 @@ def _to_spec(stack: str, name: str, svc: dict[str, Any]) -> ServiceSpec:
         env=dict(svc.get("environment", {})),
         labels=dict(svc.get("labels", {})),
         options={k: v for k, v in svc.items() if k not in _CONTAINER_TYPED},
+        resources=dict(deploy.get("resources", {})),
     )
     placement = deploy.get("placement", {})
     reserve = deploy.get("resources", {}).get("reservations", {})

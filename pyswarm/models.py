@@ -225,6 +225,9 @@ class ContainerSpec(Model):
     # compose long syntax pyswarm.compose normalises to (ports, volumes,
     # healthcheck, user, working_dir, secrets, configs, networks, logging, ...)
     options: dict[str, Any] = field(default_factory=dict)
+    # the service's normalised `deploy.resources` ({"limits": {cpus, memory, pids},
+    # "reservations": {...}}): limits the agent sets on the container
+    resources: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
