@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from pyswarm.models import (
     DESIRED_RUNNING,
@@ -32,6 +32,7 @@ from pyswarm.models import (
     new_id,
 )
 
+from . import healing
 from .store import Op, Snapshot, Store, TransactionAborted
 
 log = logging.getLogger(__name__)
@@ -39,15 +40,6 @@ log = logging.getLogger(__name__)
 
 def _live(task: Task) -> bool:
     return task.desired_state == DESIRED_RUNNING and not task.state.terminal
-
-
-def _should_restart(service: Service, ended: Task) -> bool:
-    condition = service.spec.restart_condition
-    if condition == "none":
-        return False
-    if condition == "on-failure":
-        return ended.state in (TaskState.FAILED, TaskState.REJECTED)
-    return True
 
 
 def new_task(service: Service, slot: int, now: float, node_id: str = "") -> Task:
@@ -77,28 +69,46 @@ def _shutdown(task: Task, now: float) -> list[Op]:
     return ops
 
 
-def _reconcile_slot(service: Service, slot: int, tasks: list[Task], now: float, node_id: str = "") -> list[Op]:
+def _reconcile_slot(service: Service, slot: int, tasks: list[Task], now: float, node_id: str = "",
+                    nodes: Mapping[str, Node] | None = None) -> list[Op]:
+    """One replica slot (or one node of a global service): at most one live
+    task, refilled per :mod:`.healing` (lost nodes, restart policy, drain)."""
     ops: list[Op] = []
-    live = [t for t in tasks if _live(t)]
+    nodes = nodes or {}
     # an ended task that is still desired running becomes history
     for t in tasks:
         if t.desired_state == DESIRED_RUNNING and t.state.terminal:
             ops.append(["patch", "task", t.id, {"desired_state": DESIRED_SHUTDOWN}])
+    live = [t for t in tasks if _live(t)]
     current = [t for t in live if t.spec_version == service.version]
     outdated = [t for t in live if t.spec_version != service.version]
     for t in outdated:
         ops += _shutdown(t, now)
-    # never two live tasks for one slot: keep the newest
-    current.sort(key=lambda t: t.created_at, reverse=True)
-    for t in current[1:]:
+    # a replicated task on a drained node moves; start-first keeps it until
+    # its replacement runs
+    leaving = [t for t in current if not node_id and healing.draining(t, nodes)]
+    staying = sorted((t for t in current if t not in leaving), key=healing.keep_order)
+    # never two live tasks for one slot: keep the one furthest along
+    for t in staying[1:]:
         ops += _shutdown(t, now)
-    if current:
+    keep_leaving = healing.start_first(service) and not (staying and staying[0].state == TaskState.RUNNING)
+    if not keep_leaving:
+        for t in leaving:
+            ops += _shutdown(t, now)
+    if staying:
         return ops
-    if not outdated:
-        ended = sorted((t for t in tasks if t.state.terminal), key=lambda t: t.created_at)
-        if ended and not _should_restart(service, ended[-1]):
-            return ops
+    if leaving:
+        terms: healing.Replacement | None = healing.Replacement(restarts=tuple(leaving[0].restarts))
+    elif outdated:
+        terms = healing.Replacement()
+    else:
+        terms = healing.replacement(service, [t for t in tasks if not _live(t)], now)
+    if terms is None:
+        return ops
     task = new_task(service, slot, now, node_id)
+    task.not_before = terms.not_before
+    task.restarts = list(terms.restarts)
+    task.message = terms.message
     ops.append(["put", "task", task.id, task.to_dict()])
     return ops
 
@@ -129,6 +139,12 @@ def reconcile(snapshot: Snapshot, now: float) -> list[Op]:
         else:
             by_service[task.service_id].append(task)
     nodes = snapshot.nodes()
+    by_id = {n.id: n for n in nodes}
+    for tasks in by_service.values():
+        for t in tasks:
+            reason = healing.lost_reason(t, by_id)
+            if reason is not None:
+                ops += healing.orphan(t, reason, now)  # the task object now reads as history
     for service in services.values():
         ops += _reconcile_service(service, by_service.get(service.id, []), nodes, now, history)
     return ops
@@ -141,14 +157,15 @@ def _reconcile_service(service: Service, tasks: Iterable[Task], nodes: list[Node
     global_mode = service.spec.mode == "global"
     for t in tasks:
         groups[t.node_id if global_mode else t.slot].append(t)
+    by_id = {n.id: n for n in nodes}
     if global_mode:
         wanted: dict[int | str, str] = {n.id: n.id for n in nodes if _eligible_for_global(n)}
         for key in wanted:
-            ops += _reconcile_slot(service, 0, groups.get(key, []), now, node_id=str(key))
+            ops += _reconcile_slot(service, 0, groups.get(key, []), now, node_id=str(key), nodes=by_id)
     else:
         wanted = {slot: "" for slot in range(1, service.spec.replicas + 1)}
         for slot in wanted:
-            ops += _reconcile_slot(service, int(slot), groups.get(slot, []), now)
+            ops += _reconcile_slot(service, int(slot), groups.get(slot, []), now, nodes=by_id)
     for key, group in groups.items():
         if key not in wanted:
             for t in group:

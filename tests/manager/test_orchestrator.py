@@ -14,12 +14,16 @@ from factories import make_node, make_service, make_snapshot, make_task  # noqa:
 
 from pyswarm.manager.orchestrator import reconcile  # noqa: E402
 from pyswarm.manager.store import _apply_ops  # noqa: E402
-from pyswarm.models import DESIRED_RUNNING, DESIRED_SHUTDOWN, Task, TaskState  # noqa: E402
+from pyswarm.models import DESIRED_RUNNING, DESIRED_SHUTDOWN, Node, Task, TaskState  # noqa: E402
 
 
 def converge(*objects: Any, rounds: int = 3) -> dict[str, Any]:
-    """Apply reconcile's operations until nothing is left to do; return raw tasks."""
-    snap = make_snapshot(*objects)
+    """Apply reconcile's operations until nothing is left to do; return raw tasks.
+
+    A node a task names exists and is ready unless the test passes it."""
+    given = {o.id for o in objects if isinstance(o, Node)}
+    named = sorted({o.node_id for o in objects if isinstance(o, Task) and o.node_id} - given)
+    snap = make_snapshot(*objects, *(make_node(id=n) for n in named))
     raw = {k: dict(v) for k, v in snap.raw.items()}
     for _ in range(rounds):
         from pyswarm.manager.store import Snapshot
