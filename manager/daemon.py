@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,9 @@ class Manager:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        pidfile = cfg.run_dir() / "manager.pid"
+        pidfile.parent.mkdir(parents=True, exist_ok=True)
+        pidfile.write_text(f"{os.getpid()}\n")
         self.store.start()
         unix = UnixApiServer(self.api, cfg.socket_path())
         ssh = SSHApiServer(self.api, self.config.advertise_addr, self.config.api_port,
@@ -112,6 +116,7 @@ class Manager:
             await ssh.stop()
             await unix.stop()
             self.store.stop()
+            pidfile.unlink(missing_ok=True)
 
     async def _watch_dns(self) -> None:
         watcher = self.store.watcher()
