@@ -24,6 +24,7 @@ import asyncssh
 from pyswarm import protocol
 from pyswarm.models import DESIRED_RUNNING, Node, NodeRole, NodeStatus, Task, TaskState
 
+from .objects import task_files
 from .store import Op, Snapshot, Store
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,8 @@ def node_assignments(snap: Snapshot, node_id: str, zone: str) -> list[dict[str, 
             continue
         if task.state.rank < TaskState.ASSIGNED.rank:
             continue
-        out.append(_assignment(task, zone))
+        # secret/config data only to the node of a task that uses it
+        out.append({**_assignment(task, zone), **task_files(snap, task.spec)})
     out.sort(key=lambda a: str(a["task_id"]))
     return out
 

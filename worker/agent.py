@@ -48,6 +48,7 @@ from pyswarm.worker import (
     RuntimeError_,
 )
 from pyswarm.worker.docker import DockerClient, EngineInfo
+from pyswarm.worker.files import DEFAULT_ROOT, make_bind_sources, remove_task_files, write_task_files
 from pyswarm.worker.network import HostNetwork, NetworkConfig
 from pyswarm.worker.tasks import (
     DONE_STATES,
@@ -91,12 +92,14 @@ class Agent:
         hostname: str | None = None,
         network: HostNetwork | None = None,
         stop_grace: int = STOP_GRACE,
+        files_root: str = DEFAULT_ROOT,
     ) -> None:
         self.docker = docker
         self._send = send
         self.hostname = hostname or socket.gethostname()
         self.network = network
         self.stop_grace = stop_grace
+        self.files_root = files_root  # secrets/configs of tasks (pyswarm.worker.files)
         self.info: EngineInfo | None = None
         self._dns: tuple[str, ...] = ()
         self._configured = False
@@ -338,12 +341,15 @@ class Agent:
     async def _remove(self, c: ExistingContainer) -> None:
         if c.state in LIVE_STATES:
             try:
-                await self.docker.stop_container(c.id, self.stop_grace)
+                # the service's stop_grace_period, else Swarm's default
+                await self.docker.stop_container(c.id, self.stop_grace if c.stop_grace is None else c.stop_grace)
             except EngineNotFoundError:
+                remove_task_files(self.files_root, c.task_id)
                 return
             except RuntimeError_ as exc:
                 log.info("stop %s: %s; removing by force", c.id[:12], exc)
         await self.docker.remove_container(c.id, force=True)
+        remove_task_files(self.files_root, c.task_id)
 
     async def _create(self, t: _Tracked, a: Assignment) -> None:
         if t.reported is not None and t.reported.rank >= TaskState.STARTING.rank:
@@ -363,7 +369,14 @@ class Agent:
                                                 error=str(exc)))
             return
         try:
-            cid = await self.docker.create_container(a.container_name, container_config(a, self._dns))
+            make_bind_sources(a.spec)
+            files = write_task_files(self.files_root, a.task_id, {"secrets": a.secrets, "configs": a.configs})
+        except RuntimeError_ as exc:
+            self._report(t, a.task_id, Observed(TaskState.REJECTED, "", message="preparing failed",
+                                                error=f"{exc} (on node {self.hostname})"))
+            return
+        try:
+            cid = await self.docker.create_container(a.container_name, container_config(a, self._dns, files))
         except EngineConflictError as exc:
             if await self._adopt_by_name(t, a):
                 return

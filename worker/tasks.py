@@ -16,6 +16,8 @@ from typing import Any
 from pyswarm import protocol
 from pyswarm.models import ContainerSpec, Model, TaskState
 
+from .options import LABEL_STOP_GRACE, apply_options
+
 # engine states, grouped by what they mean for a task
 LIVE_STATES = frozenset({"running", "restarting", "paused"})
 DONE_STATES = frozenset({"exited", "dead"})
@@ -35,6 +37,12 @@ class Assignment(Model):
     node_id: str = ""
     spec: ContainerSpec = field(default_factory=lambda: ContainerSpec(image=""))
     dns_search: list[str] = field(default_factory=list)
+    # files with their data (see pyswarm.worker.files): [{name, target, uid, gid, mode, data}]
+    secrets: list[dict[str, Any]] = field(default_factory=list)
+    configs: list[dict[str, Any]] = field(default_factory=list)
+
+    def __repr__(self) -> str:  # never log secret data
+        return f"Assignment(task_id={self.task_id!r}, service_name={self.service_name!r})"
 
     @classmethod
     def parse(cls, data: Any) -> Assignment:
@@ -42,7 +50,8 @@ class Assignment(Model):
         if not isinstance(data, dict):
             raise ValueError(f"assignment is not an object: {data!r:.100}")
         if not data.get("task_id") or not isinstance(data.get("task_id"), str):
-            raise ValueError(f"assignment without task_id: {data!r:.200}")
+            # keys only: the message may be logged, and values may be secrets
+            raise ValueError(f"assignment without task_id (keys: {', '.join(sorted(map(str, data)))})")
         spec = data.get("spec")
         if not isinstance(spec, dict) or not spec.get("image"):
             raise ValueError(f"assignment {data['task_id']}: spec.image missing")
@@ -70,6 +79,7 @@ class ExistingContainer:
     name: str = ""
     state: str = ""
     created: int = 0
+    stop_grace: int | None = None  # the service's stop_grace_period, from our label
 
     @classmethod
     def from_api(cls, c: Mapping[str, Any]) -> ExistingContainer:
@@ -82,6 +92,7 @@ class ExistingContainer:
             name=str(names[0]).lstrip("/") if names else "",
             state=str(c.get("State", "")),
             created=int(c.get("Created") or 0),
+            stop_grace=_int_or_none(labels.get(LABEL_STOP_GRACE)),
         )
 
 
@@ -145,7 +156,15 @@ def container_labels(a: Assignment) -> dict[str, str]:
     return labels
 
 
-def container_config(a: Assignment, dns: Sequence[str]) -> dict[str, Any]:
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def container_config(a: Assignment, dns: Sequence[str],
+                     files: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """The body of ``POST /containers/create`` for one task.
 
     No restart policy: the orchestrator replaces dead tasks with new ones, as
@@ -169,6 +188,9 @@ def container_config(a: Assignment, dns: Sequence[str]) -> dict[str, Any]:
         config["Cmd"] = list(a.spec.command)
     if a.spec.entrypoint is not None:
         config["Entrypoint"] = list(a.spec.entrypoint)
+    # the stack file's other keys (volumes, user, limits, ...); `files` are
+    # the secret/config mounts made by pyswarm.worker.files
+    apply_options(config, a.spec, files)
     return config
 
 
