@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dnslib import CLASS, QTYPE, RCODE, RR, SOA, A, AAAA, DNSError, DNSHeader, DNSLabel, DNSRecord, EDNS0
+from dnslib import CLASS, PTR, QTYPE, RCODE, RR, SOA, SRV, A, AAAA, DNSError, DNSHeader, DNSLabel, DNSRecord, EDNS0
 
 from .records import Classification, Kind, NameTable, Rotator
 
@@ -102,14 +102,15 @@ class Responder:
         self.rotator = Rotator()
         # packed replies without their 2-byte id, keyed by the query without
         # its id: the rotation key and one slot per rotation offset
-        self._cache: dict[tuple[bytes, bool], tuple[str, list[bytes | None]]] = {}
+        self._cache: dict[tuple[frozenset[str] | None, bytes, bool], tuple[str, list[bytes | None]]] = {}
         self._cache_table: NameTable | None = None
         self._cache_bytes = 0
 
-    def respond(self, data: bytes, *, tcp: bool = False) -> Reply:
-        """The reply to one query packet; never raises."""
+    def respond(self, data: bytes, *, tcp: bool = False, client: str | None = None) -> Reply:
+        """The reply to one query packet from ``client`` (its address: a
+        task's container gets its networks' view); never raises."""
         try:
-            return self._respond(data, tcp)
+            return self._respond(data, tcp, client)
         except Exception:
             log.exception("DNS: internal error answering a query")
             try:
@@ -117,23 +118,25 @@ class Responder:
             except Exception:
                 return DROP
 
-    def _respond(self, data: bytes, tcp: bool) -> Reply:
+    def _respond(self, data: bytes, tcp: bool, client: str | None = None) -> Reply:
         """Answer from the reply cache when this exact query was seen since
         the table last changed; otherwise build the reply with dnslib.
 
         dnslib costs some 200 µs a query; the cache makes a repeated query a
         few dict reads. A reply depends only on the query's bytes (less its
-        id), the transport, the table and the rotation offset, so those are
-        the key; the cache is emptied whenever the table changes.
+        id), the transport, the client's view, the table and the rotation
+        offset, so those are the key; the cache is emptied whenever the
+        table changes.
         """
         if len(data) < 12:
             return DROP
-        table = self.table_source()
-        if table is not self._cache_table:
+        base = self.table_source()
+        if base is not self._cache_table:
             self._clear_cache()
-            self._cache_table = table
-            self.rotator.prune(table)
-        key = (data[2:], tcp)
+            self._cache_table = base
+            self.rotator.prune(base)
+        table = base.for_client(client)
+        key = (table.view_key, data[2:], tcp)
         hit = self._cache.get(key)
         offset: int | None = None
         if hit is not None:
@@ -215,7 +218,17 @@ class Responder:
         ttl = self.settings.ttl
         name = str(qname)
         rotation = (name, 1, 0)
-        if found.kind is Kind.ADDRESSES and found.entry is not None:
+        if found.kind is Kind.ADDRESSES and found.entry is not None and qtype == int(QTYPE.SRV) \
+                and found.entry.srv:
+            for port, target in found.entry.srv:
+                reply.add_answer(RR(qname, QTYPE.SRV, ttl=ttl, rdata=SRV(0, 10, port, target)))
+                for ip in found.entry.extra:
+                    reply.add_ar(RR(target, QTYPE.A, ttl=ttl, rdata=A(ip)))
+        elif found.kind is Kind.ADDRESSES and found.entry is not None and qtype == int(QTYPE.PTR) \
+                and found.entry.ptr:
+            for target in found.entry.ptr:
+                reply.add_answer(RR(qname, QTYPE.PTR, ttl=ttl, rdata=PTR(target)))
+        elif found.kind is Kind.ADDRESSES and found.entry is not None:
             want = {int(QTYPE.A): 4, int(QTYPE.AAAA): 6, int(QTYPE.ANY): 4}.get(qtype)
             if want is not None:
                 ips = found.entry.v4 if want == 4 else found.entry.v6
@@ -253,6 +266,14 @@ class Responder:
         packed = bytes(reply.pack())
         if len(packed) <= limit:
             return packed
+        extra = [rr for rr in reply.ar if rr.rtype != OPT]
+        if extra:
+            # additional data (an SRV target's addresses) goes first, without
+            # TC: the client can still ask for the target's addresses itself
+            reply.ar = [rr for rr in reply.ar if rr.rtype == OPT]
+            packed = bytes(reply.pack())
+            if len(packed) <= limit:
+                return packed
         answers = list(reply.rr)
         reply.auth = []
         reply.header.tc = 1

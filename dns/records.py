@@ -26,6 +26,7 @@ not ours (the server forwards or refuses it).
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -65,6 +66,9 @@ class NameEntry:
 
     ips: tuple[str, ...]
     service_ids: tuple[str, ...]
+    srv: tuple[tuple[int, str], ...] = ()  # SRV names: (port, target name)
+    ptr: tuple[str, ...] = ()  # reverse names: the service name a task address belongs to
+    extra: tuple[str, ...] = ()  # SRV names: the target's addresses, for the additional section
 
     @property
     def v4(self) -> tuple[str, ...]:
@@ -96,6 +100,35 @@ class NameTable:
     stacks: frozenset[str] = frozenset()
     parents: frozenset[str] = frozenset()  # empty non-terminals
     serial: int = 1
+    # per-network views (issue 6): which networks each name's parts are
+    # visible on, and which networks each task address (a client) is on
+    scoped: Mapping[str, tuple[Scoped, ...]] = field(default_factory=dict)
+    clients: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    hidden: frozenset[str] = frozenset()  # names of the cluster this view may not see
+    pool: str = ""  # the address pool: its reverse names are ours
+    view_key: frozenset[str] | None = None  # None: the whole table (clients outside the pool)
+    _views: dict[frozenset[str], NameTable] = field(default_factory=dict, compare=False, repr=False)
+
+    def for_client(self, ip: str | None) -> NameTable:
+        """The table as client ``ip`` may see it: a task's container sees
+        only the services that share a network with it; anyone else (an
+        operator's dig, a node) sees everything."""
+        nets = self.clients.get(ip) if ip else None
+        if nets is None:
+            return self
+        view = self._views.get(nets)
+        if view is None:
+            view = self._views[nets] = self._view(nets)
+        return view
+
+    def _view(self, nets: frozenset[str]) -> NameTable:
+        names: dict[str, NameEntry] = {}
+        for name, parts in self.scoped.items():
+            seen = [p for p in parts if p.networks & nets]
+            if seen:
+                names[name] = _merge(seen)
+        hidden = frozenset(n for n in self.names if n not in names)
+        return dataclasses.replace(self, names=names, hidden=hidden, view_key=nets, _views={})
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and normalize(name) in self.names
@@ -123,8 +156,12 @@ class NameTable:
             return Classification(Kind.ADDRESSES, entry, authority)
         if key in self.parents:
             return Classification(Kind.EMPTY, None, authority)
-        if in_zone:
+        if in_zone or key in self.hidden:
             return Classification(Kind.NXDOMAIN, None, zone)
+        if key.endswith(".in-addr.arpa"):
+            rzone = reverse_zone(self.pool)
+            if rzone and (key == rzone or key.endswith("." + rzone)):
+                return Classification(Kind.NXDOMAIN, None, rzone)
         last = key.rsplit(".", 1)[-1]
         if "." in key and last in self.stacks:
             return Classification(Kind.NXDOMAIN, None, last)
@@ -133,6 +170,56 @@ class NameTable:
         if "." not in key and "_" in key and key.split("_", 1)[0] in self.stacks:
             return Classification(Kind.NXDOMAIN, None, key)
         return Classification(Kind.OUTSIDE)
+
+
+@dataclass(frozen=True)
+class Scoped:
+    """One service's part of a name, visible on ``networks`` only."""
+
+    networks: frozenset[str]
+    entry: NameEntry
+
+
+def _merge(parts: Iterable[Scoped]) -> NameEntry:
+    ips: set[str] = set()
+    ids: list[str] = []
+    srv: list[tuple[int, str]] = []
+    ptr: list[str] = []
+    extra: set[str] = set()
+    for p in parts:
+        ips.update(p.entry.ips)
+        extra.update(p.entry.extra)
+        ids += [i for i in p.entry.service_ids if i not in ids]
+        srv += [r for r in p.entry.srv if r not in srv]
+        ptr += [r for r in p.entry.ptr if r not in ptr]
+    return NameEntry(tuple(sorted(ips, key=_ip_key)), tuple(ids), tuple(srv), tuple(ptr),
+                     tuple(sorted(extra, key=_ip_key)))
+
+
+def reverse_name(ip: str) -> str:
+    return ipaddress.ip_address(ip).reverse_pointer
+
+
+def reverse_zone(pool: str) -> str:
+    """The in-addr.arpa zone covering ``pool`` (its whole octets):
+    ``240.10.in-addr.arpa`` for 10.240.0.0/16."""
+    if not pool:
+        return ""
+    try:
+        net = ipaddress.ip_network(pool, strict=False)
+    except ValueError:
+        return ""
+    if net.version != 4:
+        return ""
+    octets = str(net.network_address).split(".")[: max(1, net.prefixlen // 8)]
+    return ".".join(reversed(octets)) + ".in-addr.arpa"
+
+
+def networks_of(service: Service) -> frozenset[str]:
+    """The networks a service is attached to; a service deployed before
+    networks existed is on the one unnamed network ("")."""
+    nets = frozenset(str(a.get("target", "")) for a in service.spec.networks if a.get("target"))
+    return nets or frozenset({""})
 
 
 def serves(task: Task) -> bool:
@@ -168,6 +255,36 @@ def service_names(service: Service, zone: str) -> list[str]:
     return base + [f"tasks.{n}" for n in base] + extra
 
 
+def alias_names(service: Service, alias: str, zone: str) -> list[str]:
+    """An alias answers bare (any stack, through the search list's last
+    step) and under the service's stack (the first step, so it costs no
+    NXDOMAIN round trip inside the stack)."""
+    a = normalize(alias)
+    stack = normalize(service.spec.stack)
+    out = [a, f"{a}.{zone}"]
+    if stack:
+        out += [f"{a}.{stack}", f"{a}.{stack}.{zone}"]
+    return out
+
+
+def srv_names(service: Service, zone: str) -> list[tuple[str, int]]:
+    """``_PUBLISHED._PROTO.NAME`` (and ``_PORTNAME._PROTO.NAME`` for a named
+    port) for every published port, with the container port they lead to."""
+    short = normalize(service.short_name)
+    stack = normalize(service.spec.stack)
+    bases = [f"{short}.{stack}", f"{short}.{stack}.{zone}"] if stack else [short, f"{short}.{zone}"]
+    out = []
+    for p in service.spec.container.options.get("ports") or []:
+        if not isinstance(p, dict) or p.get("published") in (None, "") or "target" not in p:
+            continue
+        proto = str(p.get("protocol", "tcp"))
+        labels = [str(p["published"])] + ([normalize(str(p["name"]))] if p.get("name") else [])
+        for label in labels:
+            for base in bases:
+                out.append((f"_{label}._{proto}.{base}", int(p["target"])))
+    return out
+
+
 def build_table(cluster: Cluster, services: Iterable[Service], tasks: Iterable[Task]) -> NameTable:
     """Build the name table for one snapshot of the store.
 
@@ -177,32 +294,54 @@ def build_table(cluster: Cluster, services: Iterable[Service], tasks: Iterable[T
     services claim the same name (a stackless ``web`` and stack ``pyswarm``'s
     ``web`` both answer ``web.pyswarm``) their addresses are merged rather
     than one silently winning.
+
+    Every part of a name remembers the networks it is visible on (a
+    service's names: all its networks; an alias: the network it is set on),
+    so :meth:`NameTable.for_client` can cut the view of a client.
     """
     zone = normalize(cluster.zone or DEFAULT_ZONE)
+    services = list(services)
+    by_id = {s.id: s for s in services}
     ips_by_service: dict[str, set[str]] = {}
+    clients: dict[str, frozenset[str]] = {}
     for task in tasks:
         if serves(task):
             ips_by_service.setdefault(task.service_id, set()).add(task.ip)
+        service = by_id.get(task.service_id)
+        if task.ip and service is not None and not task.state.terminal:
+            clients[task.ip] = networks_of(service)
 
-    ips_by_name: dict[str, set[str]] = {}
-    ids_by_name: dict[str, list[str]] = {}
+    scoped: dict[str, list[Scoped]] = {}
+
+    def add(name: str, nets: frozenset[str], entry: NameEntry) -> None:
+        scoped.setdefault(name, []).append(Scoped(nets, entry))
+
     stacks: set[str] = set()
     for service in services:
         if service.spec.stack:
             stacks.add(normalize(service.spec.stack))
-        ips = ips_by_service.get(service.id, set())
-        for name in service_names(service, zone):
-            ips_by_name.setdefault(name, set()).update(ips)
-            ids = ids_by_name.setdefault(name, [])
-            if service.id not in ids:
-                ids.append(service.id)
+        nets = networks_of(service)
+        ips = tuple(sorted(ips_by_service.get(service.id, set()), key=_ip_key))
+        entry = NameEntry(ips, (service.id,))
+        names = service_names(service, zone)
+        for name in names:
+            add(name, nets, entry)
+        for attachment in service.spec.networks:
+            for alias in attachment.get("aliases") or []:
+                for name in alias_names(service, str(alias), zone):
+                    add(name, frozenset({str(attachment.get("target", ""))}), entry)
+        primary = names[1] if service.spec.stack else names[0]  # N.S.Z, or N for a stackless one
+        target = primary if primary.endswith("." + zone) or primary == zone else f"{primary}.{zone}"
+        for name, port in srv_names(service, zone):
+            add(name, nets, NameEntry((), (service.id,), srv=((port, target + "."),), extra=ips))
+        for ip in ips:
+            add(reverse_name(ip), nets, NameEntry((), (service.id,), ptr=(target + ".",)))
 
-    names = {
-        name: NameEntry(tuple(sorted(ips, key=_ip_key)), tuple(ids_by_name[name]))
-        for name, ips in ips_by_name.items()
-    }
+    names = {name: _merge(parts) for name, parts in scoped.items()}
     parents: set[str] = {zone}
     for name in names:
+        if name.endswith(".in-addr.arpa"):
+            continue
         labels = name.split(".")
         for i in range(1, len(labels)):
             parent = ".".join(labels[i:])
@@ -211,7 +350,9 @@ def build_table(cluster: Cluster, services: Iterable[Service], tasks: Iterable[T
     # a bare top label such as "demo" (parent of "web.demo") is a parent, but
     # a bare unrelated TLD must not become one: only keep ours
     parents = {p for p in parents if p == zone or p.endswith("." + zone) or p.rsplit(".", 1)[-1] in stacks}
-    return NameTable(zone=zone, names=names, stacks=frozenset(stacks), parents=frozenset(parents))
+    return NameTable(zone=zone, names=names, stacks=frozenset(stacks), parents=frozenset(parents),
+                     scoped={k: tuple(v) for k, v in scoped.items()}, clients=clients,
+                     pool=cluster.addr_pool)
 
 
 class Rotator:

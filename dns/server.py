@@ -44,7 +44,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        reply = self.server.responder.respond(data)
+        reply = self.server.responder.respond(data, client=str(addr[0]))
         if reply.forward:
             self.server._spawn_forward(data, addr, self)
         elif reply.data is not None and self.transport is not None:
@@ -192,12 +192,14 @@ class DnsServer:
             return
         self._connections += 1
         self._tasks.add(task)
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) and peer else None
         try:
             while True:
                 head = await asyncio.wait_for(reader.readexactly(2), self.tcp_idle_timeout)
                 (size,) = struct.unpack("!H", head)
                 data = await asyncio.wait_for(reader.readexactly(size), self.tcp_idle_timeout)
-                reply = self.responder.respond(data, tcp=True)
+                reply = self.responder.respond(data, tcp=True, client=client)
                 out = reply.data
                 if reply.forward:
                     out = await self.forwarder.forward(data, tcp=True) or servfail(data)
