@@ -77,6 +77,10 @@ def node_configuration(snap: Snapshot, node: Node) -> dict[str, Any]:
     }
 
 
+class HeartbeatLost(Exception):
+    """The agent went silent: the node is presumed down."""
+
+
 class _Session:
     """One node's SSH session, reconnecting until stopped."""
 
@@ -99,7 +103,7 @@ class _Session:
                 await self._session()
             except asyncio.CancelledError:
                 raise
-            except (OSError, asyncssh.Error, asyncio.TimeoutError, ValueError) as exc:
+            except (OSError, asyncssh.Error, asyncio.TimeoutError, ValueError, HeartbeatLost) as exc:
                 reason = _describe(exc)
                 log.info("session to %s (%s) ended: %s", self.node.hostname, self.node.addr, reason)
                 self._d.mark_down(self.node, reason)
@@ -125,36 +129,44 @@ class _Session:
         self._sent_config = None
         self._sent_tasks = None
         self.push()
+        reader = asyncio.create_task(self._read())
         pinger = asyncio.create_task(self._ping())
         try:
-            while True:
-                line = await self._process.stdout.readline()
-                if not line:
-                    stderr = b""
-                    try:
-                        stderr = await asyncio.wait_for(self._process.stderr.read(2000), 0.5)
-                    except (asyncio.TimeoutError, asyncssh.Error):
-                        pass
-                    raise ValueError("agent exited" + (f": {stderr.decode(errors='replace').strip()}" if stderr else ""))
-                self._last_heard = time.monotonic()
-                try:
-                    message = protocol.decode(line)
-                except ValueError:
-                    log.warning("%s: not a protocol line: %r", node.hostname, line[:200])
-                    continue
-                self._d.handle(self, message)
+            done, _ = await asyncio.wait({reader, pinger}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            reader.cancel()
             pinger.cancel()
+        for finished in done:
+            finished.result()  # raises why the session ended
+
+    async def _read(self) -> None:
+        while True:
+            line = await self._process.stdout.readline()
+            if not line:
+                stderr = b""
+                try:
+                    stderr = await asyncio.wait_for(self._process.stderr.read(2000), 0.5)
+                except (asyncio.TimeoutError, asyncssh.Error):
+                    pass
+                raise ValueError("agent exited" + (f": {stderr.decode(errors='replace').strip()}" if stderr else ""))
+            self._last_heard = time.monotonic()
+            try:
+                message = protocol.decode(line)
+            except ValueError:
+                log.warning("%s: not a protocol line: %r", self.node.hostname, line[:200])
+                continue
+            self._d.handle(self, message)
 
     async def _ping(self) -> None:
+        """Heartbeats: silence for ``dead_after`` ends the session. Until the
+        agent's hello, it gets ``hello_timeout`` (a cold Python start on a
+        loaded host takes seconds)."""
         seq = 0
         while True:
             await asyncio.sleep(self._d.ping_every)
-            if time.monotonic() - self._last_heard > self._d.dead_after:
-                log.info("%s: no heartbeat for %.1fs", self.node.hostname, self._d.dead_after)
-                self._d.mark_down(self.node, f"no heartbeat for {self._d.dead_after:.0f}s")
-                self._close()
-                return
+            limit = self._d.dead_after if self._ready else self._d.hello_timeout
+            if time.monotonic() - self._last_heard > limit:
+                raise HeartbeatLost(f"no heartbeat for {limit:.0f}s")
             seq += 1
             self._send({"op": "ping", "seq": seq})
 
@@ -203,11 +215,13 @@ class _Session:
 
 
 class Dispatcher:
-    def __init__(self, store: Store, client_key: Any, ping_every: float = 0.5, dead_after: float = 2.0) -> None:
+    def __init__(self, store: Store, client_key: Any, ping_every: float = 0.5, dead_after: float = 2.0,
+                 hello_timeout: float = 15.0) -> None:
         self._store = store
         self.client_key = client_key
         self.ping_every = ping_every
         self.dead_after = dead_after
+        self.hello_timeout = hello_timeout
         self.snapshot: Snapshot | None = None
         self._sessions: dict[str, tuple[_Session, asyncio.Task[None]]] = {}
         self._pending: list[Op] = []
