@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from pyswarm.errors import UsageError
-from pyswarm.models import NodeAvailability, NodeStatus, Node, ServiceSpec
+from pyswarm.models import ContainerSpec, NodeAvailability, NodeStatus, Node, ServiceSpec
 
 
 class ConstraintError(UsageError):
@@ -99,9 +99,7 @@ def _node_value(node: Node, key: str) -> str:
     if key.startswith("node.labels."):
         return node.labels.get(key[len("node.labels."):], "")
     if key.startswith("engine.labels."):
-        # Node has no engine labels yet; read them if a later model adds them.
-        engine_labels: dict[str, str] = getattr(node, "engine_labels", None) or {}
-        return engine_labels.get(key[len("engine.labels."):], "")
+        return node.engine_labels.get(key[len("engine.labels."):], "")
     raise ConstraintError(f"constraint key {key!r} is not supported")
 
 
@@ -143,6 +141,7 @@ class NodeInfo:
     per_service: Counter[str] = field(default_factory=Counter)
     reserved_nano_cpus: int = 0
     reserved_memory_bytes: int = 0
+    host_ports: set[tuple[str, int]] = field(default_factory=set)  # (protocol, port) taken
 
     def add(self, service_id: str, spec: ServiceSpec | None) -> None:
         """Account for one more active task of ``service_id`` on this node."""
@@ -151,6 +150,30 @@ class NodeInfo:
         if spec is not None:
             self.reserved_nano_cpus += spec.reservations.nano_cpus
             self.reserved_memory_bytes += spec.reservations.memory_bytes
+            self.host_ports.update(host_ports(spec.container))
+
+
+def host_ports(container: ContainerSpec) -> frozenset[tuple[str, int]]:
+    """The ``(protocol, port)`` pairs a task of ``spec`` binds on its node's
+    own address: ``ports`` entries with ``mode: host`` and a published port
+    (in the long syntax compose normalises to; a published range counts
+    whole). Ingress ports are the routing mesh's, not one node's."""
+    out: set[tuple[str, int]] = set()
+    for entry in container.options.get("ports") or ():
+        if not isinstance(entry, dict) or entry.get("mode") != "host":
+            continue
+        published = entry.get("published")
+        proto = str(entry.get("protocol") or "tcp")
+        if isinstance(published, int) and not isinstance(published, bool):
+            out.add((proto, published))
+        elif isinstance(published, str):
+            lo, _, hi = published.partition("-")
+            try:
+                first, last = int(lo), int(hi or lo)
+            except ValueError:
+                continue
+            out.update((proto, p) for p in range(first, min(last, 65535) + 1))
+    return frozenset(out)
 
 
 @dataclass(slots=True)
@@ -161,6 +184,32 @@ class Job:
     service_id: str
     spec: ServiceSpec
     constraints: list[Constraint]
+    host_ports: frozenset[tuple[str, int]] = frozenset()
+    spread: tuple[str, ...] = ()  # placement.preferences, outermost first
+
+    def __post_init__(self) -> None:
+        if not self.host_ports:
+            self.host_ports = host_ports(self.spec.container)
+
+
+def parse_spread(deploy: dict[str, object]) -> tuple[str, ...]:
+    """``placement.preferences`` as the keys to spread over, outermost
+    first; raises :class:`ConstraintError` for a key no node can have."""
+    placement = deploy.get("placement")
+    prefs = placement.get("preferences") if isinstance(placement, dict) else None
+    out = []
+    for pref in prefs or ():
+        key = str(pref.get("spread", "")).strip() if isinstance(pref, dict) else ""
+        if not (key in _FIXED_KEYS or any(key.startswith(p) and len(key) > len(p) for p in _LABEL_PREFIXES)):
+            raise ConstraintError(f"invalid placement preference spread={key!r}: use node.labels.KEY, "
+                                  "engine.labels.KEY or one of " + ", ".join(_FIXED_KEYS))
+        out.append(key)
+    return tuple(out)
+
+
+def spread_value(node: Node, key: str) -> str:
+    """The node's value for a spread key (``""`` when it has none)."""
+    return _node_value(node, key)
 
 
 class Filter(ABC):
@@ -253,11 +302,27 @@ class MaxReplicasFilter(Filter):
         return None
 
 
+class HostPortFilter(Filter):
+    """Host-mode published ports: one task a node per port and protocol
+    (across services), as the node's own address has only one of each."""
+
+    static = False
+
+    def applies(self, job: Job) -> bool:
+        return bool(job.host_ports)
+
+    def check(self, job: Job, info: NodeInfo) -> str | None:
+        taken = job.host_ports & info.host_ports
+        if taken:
+            proto, port = min(taken)
+            return f"host port {port}/{proto} in use on {{nodes}}"
+        return None
+
+
 # Order matters only for the explanation: a node is counted under the first
 # filter that rejects it. Cheap, likely-to-reject tests come first.
 STATIC_FILTERS: tuple[Filter, ...] = (ReadyFilter(), AvailabilityFilter(), ConstraintFilter())
-# Host-mode published ports slot in here once ServiceSpec carries ports.
-DYNAMIC_FILTERS: tuple[Filter, ...] = (ResourceFilter(), MaxReplicasFilter())
+DYNAMIC_FILTERS: tuple[Filter, ...] = (ResourceFilter(), MaxReplicasFilter(), HostPortFilter())
 
 
 def first_rejection(filters: tuple[Filter, ...], job: Job, info: NodeInfo) -> str | None:

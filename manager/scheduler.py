@@ -62,7 +62,10 @@ from .filters import (
     NodeInfo,
     explain,
     first_rejection,
+    host_ports,
     parse_constraints,
+    parse_spread,
+    spread_value,
 )
 
 __all__ = ["Assignment", "Plan", "schedule", "is_waiting"]
@@ -129,6 +132,7 @@ class _Planner:
         if info is not None:
             service = self.services.get(task.service_id)
             info.add(task.service_id, service.spec if service is not None else None)
+            info.host_ports.update(host_ports(task.spec))  # what the task runs with binds
 
     def job(self, service_id: str) -> Job | str:
         """The service's placement context, built once; or why there is none."""
@@ -139,10 +143,11 @@ class _Planner:
             else:
                 try:
                     constraints = parse_constraints(service.spec.constraints)
+                    spread = parse_spread(service.spec.deploy)
                 except ConstraintError as exc:
                     self.jobs[service_id] = f"no suitable node ({exc})"
                 else:
-                    self.jobs[service_id] = Job(service_id, service.spec, constraints)
+                    self.jobs[service_id] = Job(service_id, service.spec, constraints, spread=spread)
         return self.jobs[service_id]
 
     @staticmethod
@@ -198,6 +203,9 @@ class _Planner:
         per_service = [f for f in STATIC_FILTERS if not f.node_only and f.applies(job)]
         candidates = self._run_static(per_service, job, self.base_candidates, rejections)
         dynamic = tuple(f for f in DYNAMIC_FILTERS if f.applies(job))
+        if job.spread:
+            self.place_spread(job, tasks, candidates, dynamic, rejections)
+            return
 
         heap = [(i.per_service[service_id], i.total, i.node.id) for i in candidates]
         heapq.heapify(heap)
@@ -219,26 +227,86 @@ class _Planner:
             heapq.heapreplace(heap, (mine + 1, total + 1, node_id))
 
 
+    def place_spread(self, job: Job, tasks: list[Task], candidates: list[NodeInfo],
+                     dynamic: tuple[Filter, ...], rejections: Counter[str]) -> None:
+        """``placement.preferences``: Swarm's spread tree. Candidates are
+        grouped by their values of the spread keys (a node without the label
+        is its own group, value ``""``); each task goes to the group with the
+        fewest of the service's tasks, level by level, and within it to the
+        node the usual ranking picks. Costs O(tasks x groups)."""
+        sid = job.service_id
+        leaves: dict[tuple[str, ...], list[tuple[int, int, str]]] = defaultdict(list)
+        for info in candidates:
+            key = tuple(spread_value(info.node, k) for k in job.spread)
+            leaves[key].append((info.per_service[sid], info.total, info.node.id))
+        counts: Counter[tuple[str, ...]] = Counter()
+        for key, entries in leaves.items():
+            heapq.heapify(entries)
+            mine = sum(e[0] for e in entries)
+            for depth in range(1, len(key) + 1):
+                counts[key[:depth]] += mine
+        why: str | None = None
+        for task in tasks:
+            best: tuple[tuple[tuple[int, ...], tuple[int, int, str]], tuple[str, ...]] | None = None
+            for key in list(leaves):
+                heap = leaves[key]
+                while heap:
+                    reason = first_rejection(dynamic, job, self.infos[heap[0][2]]) if dynamic else None
+                    if reason is None:
+                        break
+                    heapq.heappop(heap)
+                    rejections[reason] += 1
+                if not heap:
+                    del leaves[key]
+                    continue
+                rank = (tuple(counts[key[:d]] for d in range(1, len(key) + 1)), heap[0])
+                if best is None or rank < best[0]:
+                    best = (rank, key)
+            if best is None:
+                why = why or explain(rejections)
+                self.plan.unplaced[task.id] = why
+                continue
+            key = best[1]
+            mine, total, node_id = leaves[key][0]
+            self.assign(task, self.infos[node_id], job)
+            heapq.heapreplace(leaves[key], (mine + 1, total + 1, node_id))
+            for depth in range(1, len(key) + 1):
+                counts[key[:depth]] += 1
+
+    def count_ports(self, task: Task) -> None:
+        """A task being stopped still holds its host ports until it is gone."""
+        info = self.infos.get(task.node_id)
+        if info is not None:
+            info.host_ports.update(host_ports(task.spec))
+
+
 # Node-only filters never look at the job; they get this placeholder.
 _NO_JOB = Job("", ServiceSpec(name="", container=ContainerSpec(image="")), [])
 
 
-def schedule(nodes: Iterable[Node], services: Mapping[str, Service], tasks: Iterable[Task]) -> Plan:
+def schedule(nodes: Iterable[Node], services: Mapping[str, Service], tasks: Iterable[Task],
+             now: float | None = None) -> Plan:
     """Plan where every waiting task goes.
 
     ``nodes``: every node in the store; ``services``: by service id;
     ``tasks``: every task in the store (the active ones count toward spread
-    and reservations, the waiting ones get placed). Returns a :class:`Plan`;
-    never raises for bad data in the store, it explains it per task instead.
+    and reservations, the waiting ones get placed). ``now``: a waiting task
+    whose ``not_before`` (restart_policy.delay) is later is left alone,
+    neither placed nor explained. Returns a :class:`Plan`; never raises for
+    bad data in the store, it explains it per task instead.
     """
     planner = _Planner(nodes, services)
     pinned: list[Task] = []
     free: dict[str, list[Task]] = defaultdict(list)
     for task in tasks:
         if is_waiting(task):
+            if now is not None and task.not_before > now:
+                continue  # restart delay not over
             (pinned if task.node_id else free[task.service_id]).append(task)
         elif _is_active(task):
             planner.count_existing(task)
+        elif task.node_id and not task.state.terminal:
+            planner.count_ports(task)
 
     # Pinned tasks first: they cannot move, so the spread must work around them.
     pinned.sort(key=lambda t: (t.service_id, t.node_id, t.id))

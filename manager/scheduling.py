@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 def plan_ops(snap: Snapshot, now: float) -> list[Op]:
     tasks = snap.tasks()
     services = {s.id: s for s in snap.services()}
-    plan = schedule(snap.nodes(), services, tasks)
+    plan = schedule(snap.nodes(), services, tasks, now=now)
     by_id = {t.id: t for t in tasks}
     ops: list[Op] = []
     for a in plan.assignments:
@@ -38,6 +38,14 @@ def plan_ops(snap: Snapshot, now: float) -> list[Op]:
     return ops
 
 
+def next_wakeup(snap: Snapshot, now: float, most: float = 1.0) -> float:
+    """Seconds until the scheduler must look again without a store change:
+    when the first delayed restart (``Task.not_before``) comes due."""
+    due = [float(t["not_before"]) - now for t in snap.raw["task"].values()
+           if t.get("not_before", 0) > now and not t.get("node_id")]
+    return max(0.01, min([most, *due]))
+
+
 class Scheduler:
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -46,11 +54,13 @@ class Scheduler:
     async def run(self) -> None:
         watcher = self._store.watcher()
         try:
+            snap = self._store.snapshot()
             while not self._stopped.is_set():
-                await watcher.wait(timeout=1.0)
+                await watcher.wait(timeout=next_wakeup(snap, time.time()))
                 if self._stopped.is_set():
                     break
-                ops = plan_ops(self._store.snapshot(), time.time())
+                snap = self._store.snapshot()
+                ops = plan_ops(snap, time.time())
                 if not ops:
                     continue
                 try:
