@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
 from pyswarm.models import (
+    DESIRED_READY,
     DESIRED_RUNNING,
     DESIRED_SHUTDOWN,
     Node,
@@ -39,7 +40,9 @@ log = logging.getLogger(__name__)
 
 
 def _live(task: Task) -> bool:
-    return task.desired_state == DESIRED_RUNNING and not task.state.terminal
+    # a held task (desired ready: a stop-first update's replacement waiting
+    # for the old task to stop) occupies its slot too
+    return task.desired_state in (DESIRED_RUNNING, DESIRED_READY) and not task.state.terminal
 
 
 def new_task(service: Service, slot: int, now: float, node_id: str = "") -> Task:
@@ -81,12 +84,15 @@ def _reconcile_slot(service: Service, slot: int, tasks: list[Task], now: float, 
             ops.append(["patch", "task", t.id, {"desired_state": DESIRED_SHUTDOWN}])
     live = [t for t in tasks if _live(t)]
     current = [t for t in live if t.spec_version == service.version]
-    outdated = [t for t in live if t.spec_version != service.version]
-    for t in outdated:
+    # outdated tasks are the updater's to replace (manager/updater.py), at the
+    # pace update_config sets: a slot keeps one, beside a start-first replacement
+    outdated = sorted((t for t in live if t.spec_version != service.version), key=healing.keep_order)
+    for t in outdated[1:]:
         ops += _shutdown(t, now)
     # a replicated task on a drained node moves; start-first keeps it until
     # its replacement runs
-    leaving = [t for t in current if not node_id and healing.draining(t, nodes)]
+    leaving = [t for t in current + outdated[:1] if not node_id and healing.draining(t, nodes)]
+    outdated = [t for t in outdated[:1] if t not in leaving]
     staying = sorted((t for t in current if t not in leaving), key=healing.keep_order)
     # never two live tasks for one slot: keep the one furthest along
     for t in staying[1:]:
@@ -95,12 +101,10 @@ def _reconcile_slot(service: Service, slot: int, tasks: list[Task], now: float, 
     if not keep_leaving:
         for t in leaving:
             ops += _shutdown(t, now)
-    if staying:
+    if staying or outdated:
         return ops
     if leaving:
         terms: healing.Replacement | None = healing.Replacement(restarts=tuple(leaving[0].restarts))
-    elif outdated:
-        terms = healing.Replacement()
     else:
         terms = healing.replacement(service, [t for t in tasks if not _live(t)], now)
     if terms is None:

@@ -10,7 +10,7 @@ _TESTS = str(Path(__file__).resolve().parents[1])
 if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
 
-from factories import make_node, make_service, make_snapshot, make_task  # noqa: E402
+from factories import make_container_spec, make_node, make_service, make_snapshot, make_task  # noqa: E402
 
 from pyswarm.manager.orchestrator import reconcile  # noqa: E402
 from pyswarm.manager.store import _apply_ops  # noqa: E402
@@ -110,8 +110,38 @@ def test_global_service_one_task_per_eligible_node() -> None:
 
 
 def test_new_spec_version_replaces_tasks() -> None:
+    """The orchestrator leaves an outdated task in place; the updater
+    (manager/updater.py) replaces it: stop-first by default, the replacement
+    held (desired ready) until the old task has stopped."""
+    from pyswarm.manager.store import Snapshot
+    from pyswarm.manager.updater import plan
+    from pyswarm.models import DESIRED_READY
+
     svc = make_service("web", replicas=1)
     old = make_task(svc, slot=1, state=TaskState.RUNNING, node_id="n1", spec_version=1)
     svc.version = 2
-    tasks = live(converge(svc, old))
-    assert len(tasks) == 1 and tasks[0].spec_version == 2
+    svc.spec.container = make_container_spec(image="pyswarm/busybox:v2")
+    raw = {"task": converge(svc, old)}
+    assert [t.id for t in live(raw["task"])] == [old.id], "the orchestrator replaced an outdated task itself"
+    snap = make_snapshot(svc, Task.from_dict(raw["task"][old.id]), make_node(id="n1"))
+    raw = {k: dict(v) for k, v in snap.raw.items()}
+    for ops in plan(Snapshot(1, raw), now=1000.0).commits:
+        _apply_ops(raw, ops)
+    assert reconcile(Snapshot(1, raw), now=1000.0) == [], "the orchestrator fought the updater"
+    new = [Task.from_dict(t) for t in raw["task"].values() if t["id"] != old.id]
+    assert [(t.spec_version, t.desired_state) for t in new] == [(2, DESIRED_READY)]
+    assert raw["task"][old.id]["desired_state"] == DESIRED_SHUTDOWN
+    _apply_ops(raw, [["advance", old.id, "shutdown", {}]])
+    for ops in plan(Snapshot(1, raw), now=1001.0).commits:
+        _apply_ops(raw, ops)
+    assert [(t.id, t.spec_version) for t in live(raw["task"])] == [(new[0].id, 2)]
+
+
+def test_start_first_pair_is_kept() -> None:
+    """An outdated task and its start-first replacement share a slot until
+    the updater stops the old one; the orchestrator touches neither."""
+    svc = make_service("web", replicas=1)
+    old = make_task(svc, slot=1, state=TaskState.RUNNING, node_id="n1", spec_version=1, created_at=1.0)
+    svc.version = 2
+    new = make_task(svc, slot=1, state=TaskState.STARTING, node_id="n2", created_at=2.0)
+    assert sorted(t.id for t in live(converge(svc, old, new))) == sorted([old.id, new.id])
