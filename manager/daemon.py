@@ -28,6 +28,7 @@ from .orchestrator import Orchestrator
 from .scheduling import Scheduler
 from .servers import SSHApiServer, UnixApiServer
 from .store import RaftConfig, Store
+from .updater import Updater
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,8 @@ class _Leading:
     """The loops that run only on the leader."""
 
     def __init__(self, store: Store, client_key: Any) -> None:
-        self.components: list[Any] = [Orchestrator(store), Scheduler(store), Dispatcher(store, client_key)]
+        self.components: list[Any] = [Orchestrator(store), Updater(store), Scheduler(store),
+                                      Dispatcher(store, client_key)]
         self.tasks = [asyncio.create_task(c.run(), name=type(c).__name__) for c in self.components]
 
     async def stop(self) -> None:
@@ -131,10 +133,10 @@ class Manager:
                 cluster = self.store.snapshot().cluster
                 if cluster is not None:
                     key = asyncssh.import_private_key(cluster.ssh_private_key)
-                    log.info("became leader: starting orchestrator, scheduler, dispatcher")
+                    log.info("became leader: starting orchestrator, updater, scheduler, dispatcher")
                     self._leading = _Leading(self.store, key)
             elif not self.store.is_leader and self._leading is not None:
-                log.info("no longer leader: stopping orchestrator, scheduler, dispatcher")
+                log.info("no longer leader: stopping orchestrator, updater, scheduler, dispatcher")
                 await self._leading.stop()
                 self._leading = None
             try:
