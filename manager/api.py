@@ -20,6 +20,7 @@ from pyswarm.errors import NotFoundError, UsageError
 from pyswarm.models import (
     DESIRED_RUNNING,
     Node,
+    NodeAvailability,
     NodeRole,
     NodeStatus,
     Service,
@@ -59,6 +60,7 @@ class Api:
             "ping": self.ping,
             "node.ls": self.node_ls,
             "node.inspect": self.node_inspect,
+            "node.update": self.node_update,
             "join.info": self.join_info,
             "join": self.join,
             "join_token": self.join_token,
@@ -130,6 +132,41 @@ class Api:
     async def node_inspect(self, params: dict[str, Any]) -> Any:
         node = _find_node(self._snap(), params["node"])
         return node.to_dict()
+
+    async def node_update(self, params: dict[str, Any]) -> Any:
+        """Availability and labels of one node (by id, id prefix or hostname).
+        Labels are written whole, guarded by what was read, so two updates at
+        once cannot lose each other's labels (the loser retries)."""
+        availability = params.get("availability")
+        if availability is not None and availability not in {a.value for a in NodeAvailability}:
+            raise UsageError(f"invalid availability {availability!r}: use active, pause or drain")
+        add = {str(k): str(v) for k, v in dict(params.get("label_add") or {}).items()}
+        remove = [str(k) for k in params.get("label_rm") or []]
+        for key in [*add, *remove]:
+            if not key or "=" in key:
+                raise UsageError(f"invalid label key {key!r}")
+        for attempt in range(10):
+            node = _find_node(self._snap(), str(params["node"]))
+            missing = [k for k in remove if k not in node.labels and k not in add]
+            if missing:
+                raise NotFoundError(f"node {node.hostname} has no label {missing[0]!r}")
+            labels = {k: v for k, v in node.labels.items() if k not in remove}
+            labels.update(add)
+            fields: dict[str, Any] = {"labels": labels, "updated_at": time.time()}
+            if availability is not None:
+                fields["availability"] = availability
+            try:
+                await self._store.commit([
+                    ["expect", "node", node.id, "labels", node.labels],
+                    ["patch", "node", node.id, fields],
+                ])
+            except TransactionAborted:
+                if attempt == 9:
+                    raise
+                continue
+            return {"id": node.id, "hostname": node.hostname,
+                    "availability": availability or node.availability.value, "labels": labels}
+        raise AssertionError("unreachable")
 
     # -- joining -------------------------------------------------------------------
 

@@ -266,6 +266,21 @@ def _node_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _node_update(args: argparse.Namespace) -> int:
+    add: dict[str, str] = {}
+    for item in args.label_add or []:
+        key, sep, value = item.partition("=")
+        if not key:
+            raise UsageError(f"invalid label {item!r}: expected KEY=VALUE")
+        add[key] = value
+    if args.availability is None and not add and not args.label_rm:
+        raise UsageError("node update: nothing to change (give --availability, --label-add or --label-rm)")
+    result = _call("node.update", {"node": args.node, "availability": args.availability,
+                                   "label_add": add, "label_rm": args.label_rm or []})
+    print(result["id"])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyswarm", description="A Docker-Swarm-style orchestrator.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -306,6 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = node.add_parser("inspect", help="show a node as JSON")
     p.add_argument("nodes", nargs="+", metavar="NODE")
     p.set_defaults(func=_node_inspect)
+    p = node.add_parser("update", help="change a node's availability or labels")
+    p.add_argument("--availability", choices=["active", "pause", "drain"],
+                   help="active: takes tasks; pause: keeps its tasks, takes no new ones; drain: its tasks move away")
+    p.add_argument("--label-add", action="append", metavar="KEY=VALUE", help="add or change a label (repeatable)")
+    p.add_argument("--label-rm", action="append", metavar="KEY", help="remove a label (repeatable)")
+    p.add_argument("node", metavar="NODE", help="node id, id prefix or hostname")
+    p.set_defaults(func=_node_update)
 
     stack = sub.add_parser("stack", help="manage stacks").add_subparsers(dest="stack_command", metavar="COMMAND", required=True)
     p = stack.add_parser("deploy", help="deploy or update a stack from compose files")
