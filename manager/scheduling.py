@@ -14,7 +14,8 @@ import asyncio
 import logging
 import time
 
-from .scheduler import schedule
+from .dependencies import blocked_services
+from .scheduler import is_waiting, schedule
 from .store import Op, Snapshot, Store, TransactionAborted
 
 log = logging.getLogger(__name__)
@@ -23,9 +24,15 @@ log = logging.getLogger(__name__)
 def plan_ops(snap: Snapshot, now: float) -> list[Op]:
     tasks = snap.tasks()
     services = {s.id: s for s in snap.services()}
-    plan = schedule(snap.nodes(), services, tasks, now=now)
+    # depends_on: waiting tasks of services whose dependencies are not up stay out
+    held = blocked_services(services, tasks)
+    gated = {t.id: held[t.service_id] for t in tasks if t.service_id in held and is_waiting(t)}
+    plan = schedule(snap.nodes(), services, [t for t in tasks if t.id not in gated], now=now)
     by_id = {t.id: t for t in tasks}
     ops: list[Op] = []
+    for task_id, reason in gated.items():
+        if by_id[task_id].message != reason:
+            ops.append(["patch", "task", task_id, {"message": reason}])
     for a in plan.assignments:
         ops.append(["expect", "task", a.task_id, "node_id", by_id[a.task_id].node_id])
         ops.append(["expect", "task", a.task_id, "state", by_id[a.task_id].state.value])

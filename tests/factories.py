@@ -125,7 +125,9 @@ def make_snapshot(*objects: Any, index: int = 1) -> Any:
     from pyswarm.models import Cluster
 
     raw: dict[str, dict[str, dict[str, Any]]] = {"cluster": {}, "node": {}, "service": {}, "task": {}}
-    kinds = {Cluster: "cluster", Node: "node", Service: "service", Task: "task"}
+    from pyswarm.models import Config, Secret
+
+    kinds = {Cluster: "cluster", Node: "node", Service: "service", Task: "task", Secret: "secret", Config: "config"}
     for obj in objects:
-        raw[kinds[type(obj)]][obj.id] = obj.to_dict()
+        raw.setdefault(kinds[type(obj)], {})[obj.id] = obj.to_dict()
     return Snapshot(index, raw)
