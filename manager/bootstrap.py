@@ -108,8 +108,11 @@ def _platform() -> dict[str, str]:
 
 def init(advertise_addr: str | None, foreground: bool, api_port: int = cfg.DEFAULT_API_PORT,
          raft_port: int = cfg.DEFAULT_RAFT_PORT, dns_port: int = cfg.DEFAULT_DNS_PORT,
-         addr_pool: str = "10.240.0.0/16", dns_upstreams: list[str] | None = None) -> str:
-    """Create the cluster on this host; return the node id once the manager answers."""
+         addr_pool: str = "10.240.0.0/16", dns_upstreams: list[str] | None = None,
+         overlay: str = "") -> str:
+    """Create the cluster on this host; return the node id once the manager answers.
+    ``overlay`` "vxlan" carries container traffic between hosts in VXLAN
+    (hosts not on one link); "" routes it (hosts on one link)."""
     if cfg.load_node_config() is not None:
         raise AlreadyInSwarmError("this node is already part of a swarm: run `pyswarm leave` first")
     addr = advertise_addr or default_advertise_addr()
@@ -123,13 +126,13 @@ def init(advertise_addr: str | None, foreground: bool, api_port: int = cfg.DEFAU
         api_key.write_private_key(str(api_key_path))
         os.chmod(api_key_path, 0o600)
         cluster = Cluster(
-            id=new_id(), addr_pool=addr_pool,
+            id=new_id(), addr_pool=addr_pool, overlay=overlay,
             ssh_public_key=cluster_key.export_public_key().decode().strip(),
             ssh_private_key=cluster_key.export_private_key().decode(),
             worker_token_secret=new_secret(), manager_token_secret=new_secret(),
             api_host_key_fingerprint=fingerprint(api_key.public_data),
             api_host_private_key=api_key.export_private_key().decode(),
-            raft_secret=new_secret() + new_secret(),
+            raft_secret=new_secret() + new_secret(), dns_upstreams=dns_upstreams,
         )
         import ipaddress
 

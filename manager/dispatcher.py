@@ -59,10 +59,12 @@ def _assignment(task: Task, zone: str) -> dict[str, Any]:
     }
 
 
-def node_configuration(snap: Snapshot, node: Node) -> dict[str, Any]:
+def node_configuration(snap: Snapshot, node: Node, term: int = 0) -> dict[str, Any]:
+    """The ``configure`` message for ``node``; ``term`` fences deposed leaders.
+    A manager node also gets what it needs to run (or start) its manager."""
     cluster = snap.cluster
     nodes = snap.nodes()
-    return {
+    message: dict[str, Any] = {
         "op": "configure",
         "node_id": node.id,
         "cluster_id": cluster.id if cluster else "",
@@ -74,7 +76,16 @@ def node_configuration(snap: Snapshot, node: Node) -> dict[str, Any]:
         ),
         "dns": sorted(n.addr for n in nodes if n.role == NodeRole.MANAGER),
         "zone": cluster.zone if cluster else "pyswarm",
+        "term": term,
     }
+    if node.role == NodeRole.MANAGER and cluster is not None:
+        message["manager"] = {
+            "addr": node.addr, "api_port": node.api_port, "raft_port": node.raft_port,
+            "raft_secret": cluster.raft_secret, "api_host_private_key": cluster.api_host_private_key,
+            "raft_peers": sorted(f"{n.addr}:{n.raft_port}" for n in nodes if n.role == NodeRole.MANAGER),
+            "dns_upstreams": cluster.dns_upstreams,
+        }
+    return message
 
 
 class HeartbeatLost(Exception):
@@ -188,7 +199,7 @@ class _Session:
         if node is None or snap is None:
             return
         self.node = node
-        config = node_configuration(snap, node)
+        config = node_configuration(snap, node, self._d.term)
         if config != self._sent_config:
             self._send(config)
             self._sent_config = config
@@ -223,6 +234,7 @@ class Dispatcher:
         self.dead_after = dead_after
         self.hello_timeout = hello_timeout
         self.snapshot: Snapshot | None = None
+        self.term = 0
         self._sessions: dict[str, tuple[_Session, asyncio.Task[None]]] = {}
         self._pending: list[Op] = []
         self._wake = asyncio.Event()
@@ -237,6 +249,7 @@ class Dispatcher:
                 if self._stopped.is_set():
                     break
                 self.snapshot = self._store.snapshot()
+                self.term = self._store.term
                 self._sync_sessions(self.snapshot)
                 for session, _ in self._sessions.values():
                     session.push()
@@ -280,6 +293,8 @@ class Dispatcher:
                 fields["platform"] = message["platform"]
             if message.get("engine_version"):
                 fields["engine_version"] = str(message["engine_version"])
+            if isinstance(message.get("engine_labels"), dict):
+                fields["engine_labels"] = {str(k): str(v) for k, v in message["engine_labels"].items()}
             self._queue(["patch", "node", node.id, fields])
         elif op == "status":
             state = str(message.get("state", ""))

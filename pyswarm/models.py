@@ -178,6 +178,9 @@ class Cluster(Model):
     # speaks Raft with the one secret
     api_host_private_key: str = ""
     raft_secret: str = ""
+    # where managers' DNS forwards outside names, when set at init
+    # (None: each manager's own resolv.conf)
+    dns_upstreams: list[str] | None = None
     # how container traffic crosses hosts: "" (host routes; the hosts share a
     # link) or "vxlan" (an overlay between the hosts' addresses), set at init
     overlay: str = ""

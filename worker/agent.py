@@ -47,8 +47,11 @@ from pyswarm.worker import (
     ImageNotFoundError,
     RuntimeError_,
 )
+from pyswarm.worker import promotion
 from pyswarm.worker.docker import DockerClient, EngineInfo
+from pyswarm.worker.health import is_health_event
 from pyswarm.worker.files import DEFAULT_ROOT, make_bind_sources, remove_task_files, write_task_files
+from pyswarm.worker.ingress import Mesh, MeshFirewall
 from pyswarm.worker.network import HostNetwork, NetworkConfig
 from pyswarm.worker.tasks import (
     DONE_STATES,
@@ -67,6 +70,7 @@ log = logging.getLogger("pyswarm.worker")
 Send = Callable[[dict[str, Any]], None]
 
 STOP_GRACE = 10  # seconds between SIGTERM and SIGKILL, Swarm's default
+MANAGER_TIMEOUT = 5.0  # seconds without a ping before a session counts as stale
 EVENT_FILTERS = {"type": ["container"], "label": [protocol.LABEL_TASK_ID]}
 
 
@@ -102,7 +106,12 @@ class Agent:
         self.files_root = files_root  # secrets/configs of tasks (pyswarm.worker.files)
         self.info: EngineInfo | None = None
         self._dns: tuple[str, ...] = ()
+        self._net_cfg: NetworkConfig | None = None
+        self._mesh: Mesh | None = None  # latest `mesh` received (isolation, ingress)
+        self._mesh_queued = False
+        self.firewall = MeshFirewall(network.run) if network is not None else None
         self._configured = False
+        self._fenced = False  # a deposed leader's session: ignore what it says
         self._config_lock = asyncio.Lock()
         self._pending: dict[str, Assignment] | None = None  # latest assign received
         self._desired: dict[str, Assignment] | None = None  # latest assign applied
@@ -113,6 +122,11 @@ class Agent:
         self._hello_sent = False
         self._oom: set[str] = set()  # tasks whose container had an oom event
         self.last_die: dict[str, float] = {}  # task id → monotonic time of its die event
+        # once the manager pings, this much silence means our session is a
+        # stale one (its link was cut and a new session may run beside us)
+        self.manager_timeout = MANAGER_TIMEOUT
+        self._heard = time.monotonic()
+        self._watchdog: asyncio.Task[Any] | None = None
 
     # -- session -----------------------------------------------------------
 
@@ -133,6 +147,7 @@ class Agent:
                 "resources": {"nano_cpus": info.ncpu * 1_000_000_000, "memory_bytes": info.mem_total},
                 "platform": {"os": info.os_type, "arch": info.architecture},
                 "engine_version": info.server_version,
+                "engine_labels": dict(info.labels),
             })
             self._hello_sent = True
             self._spawn(self._watch_events())
@@ -176,6 +191,7 @@ class Agent:
                     eof: asyncio.Event) -> None:
         try:
             async for line in lines:
+                self._heard = time.monotonic()
                 if not line.strip():
                     continue
                 if self._hello_sent and b'"ping"' in line:
@@ -187,11 +203,28 @@ class Agent:
                         msg = {}
                     if msg.get("op") == "ping":
                         self.send({"op": "pong", "seq": msg.get("seq")})
+                        if self._watchdog is None:
+                            self._watchdog = self._spawn(self._watch_manager(queue))
                         continue
                 queue.put_nowait(line)
         finally:
             eof.set()
             queue.put_nowait(None)
+
+    async def _watch_manager(self, queue: asyncio.Queue[bytes | None]) -> None:
+        """End the session when the manager has gone silent. The dispatcher
+        pings every 0.5 s and gives up on us after 2 s; an agent whose link
+        was cut would otherwise live on beside the next session's agent and
+        could act on its old assignment (say, when the engine's event
+        stream reconnects). Containers are left as they are: the next
+        session adopts or removes them."""
+        while True:
+            await asyncio.sleep(self.manager_timeout / 5)
+            silent = time.monotonic() - self._heard
+            if silent > self.manager_timeout:
+                log.warning("no word from the manager for %.1fs: ending this session", silent)
+                queue.put_nowait(None)
+                return
 
     async def _wait_for_engine(self, eof: asyncio.Event) -> EngineInfo | None:
         """Engine info for ``hello``; while the engine is unreachable, tell
@@ -227,10 +260,18 @@ class Agent:
             self._on_configure(msg)
         elif op == "assign":
             self._on_assign(msg)
+        elif op == "mesh":
+            self._on_mesh(msg)
         else:
             self.send({"op": "error", "message": f"unknown op {op!r}"})
 
     def _on_configure(self, msg: dict[str, Any]) -> None:
+        if self._fenced or not promotion.accept_term(msg.get("term")):
+            self._fenced = True
+            self.send({"op": "error", "message": f"{self.hostname}: ignoring a deposed leader (term {msg.get('term')})"})
+            return
+        if isinstance(msg.get("manager"), dict):
+            self._spawn(self._become_manager(msg))
         try:
             cfg = NetworkConfig.from_message(msg)
         except ValueError as exc:
@@ -245,13 +286,52 @@ class Agent:
                     log.warning("configure: %s", problem)
                     self.send({"op": "error", "message": f"configure on {self.hostname}: {problem}"})
             self._dns = cfg.dns
+            self._net_cfg = cfg
+            await self._apply_mesh_locked()  # our chains' contents, for this pool
             # configured even after a problem: tasks then fail with their own
             # clear reason instead of waiting silently for a configure that
             # will not come again
             self._configured = True
             self._reconcile_wanted.set()
 
+    async def _become_manager(self, msg: dict[str, Any]) -> None:
+        try:
+            done = await asyncio.to_thread(promotion.become_manager, msg)
+        except Exception as exc:  # report it; the leader shows it in the log
+            self.send({"op": "error", "message": f"{self.hostname}: could not start a manager: {exc}"})
+            return
+        log.info("promotion: %s", done)
+
+    def _on_mesh(self, msg: dict[str, Any]) -> None:
+        """Isolation sets and ingress rules (worker/ingress.py); a burst of
+        meshes costs one apply of the latest."""
+        try:
+            self._mesh = Mesh.from_message(msg)
+        except ValueError as exc:
+            self.send({"op": "error", "message": str(exc)})
+            return
+        if not self._mesh_queued:
+            self._mesh_queued = True
+            self._spawn(self._apply_mesh())
+
+    async def _apply_mesh(self) -> None:
+        async with self._config_lock:
+            await self._apply_mesh_locked()
+
+    async def _apply_mesh_locked(self) -> None:
+        self._mesh_queued = False
+        cfg = self._net_cfg
+        if self.firewall is None or cfg is None:
+            return  # applied by the configure that comes first
+        try:
+            await self.firewall.apply(self._mesh, cfg.pool)
+        except RuntimeError_ as exc:
+            log.warning("mesh: %s", exc)
+            self.send({"op": "error", "message": f"mesh on {self.hostname}: {exc}"})
+
     def _on_assign(self, msg: dict[str, Any]) -> None:
+        if self._fenced:
+            return
         tasks = msg.get("tasks")
         if not isinstance(tasks, list):
             self.send({"op": "error", "message": "assign without a tasks list"})
@@ -458,7 +538,7 @@ class Agent:
     async def _watch_events(self) -> None:
         async for event in self.docker.events(EVENT_FILTERS, on_connect=self._on_events_connect):
             action = str(event.get("Action") or event.get("status") or "")
-            if action not in ("die", "destroy", "oom"):
+            if action not in ("die", "destroy", "oom") and not is_health_event(action):
                 continue
             attrs = (event.get("Actor") or {}).get("Attributes") or {}
             task_id = attrs.get(protocol.LABEL_TASK_ID)

@@ -1,0 +1,70 @@
+"""What the agent does for the cluster beyond containers: fencing stale
+leaders, and turning its host into a manager when promoted.
+
+Fencing: every ``configure`` carries the sender's Raft term. The agent keeps
+the highest term it has seen on this host (in the run directory, shared by
+every agent process of the host), and a session from a lower term is a
+deposed leader still talking: its assignments are ignored, so two leaders
+can never both drive one node.
+
+Promotion: a ``configure`` for a node whose role is manager carries what a
+manager needs (the Raft secret and peers, the API host key). If this host
+runs no manager yet, the agent writes the manager's files and starts it,
+the same way ``pyswarm join`` does for a manager token.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from pyswarm import config as cfg
+
+log = logging.getLogger(__name__)
+
+
+def _term_path() -> Any:
+    return cfg.run_dir() / "agent-term"
+
+
+def accept_term(term: Any) -> bool:
+    """Record ``term`` if it is the newest seen; False if it is older."""
+    if not isinstance(term, int):
+        return True  # a manager that does not send terms: nothing to fence with
+    path = _term_path()
+    try:
+        seen = int(path.read_text().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        seen = 0
+    if term < seen:
+        return False
+    if term > seen:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"agent-term.{os.getpid()}")
+        tmp.write_text(f"{term}\n")
+        os.replace(tmp, path)
+    return True
+
+
+def become_manager(msg: dict[str, Any]) -> str:
+    """Start a manager on this host if it has none; return what was done."""
+    from pyswarm.manager import bootstrap
+
+    manager = msg["manager"]
+    if cfg.load_manager_config() is not None:
+        return "already a manager"
+    node = cfg.load_node_config()
+    addr = str(manager.get("addr") or (node.addr if node else ""))
+    bootstrap.write_manager_files(
+        str(msg["node_id"]), str(msg["cluster_id"]), addr, manager,
+        api_port=int(manager.get("api_port", cfg.DEFAULT_API_PORT)),
+        raft_port=int(manager.get("raft_port", cfg.DEFAULT_RAFT_PORT)),
+        dns_port=int(manager.get("dns_port", cfg.DEFAULT_DNS_PORT)),
+        dns_upstreams=manager.get("dns_upstreams"),
+    )
+    if node is not None:
+        node.role = "manager"
+        cfg.save_node_config(node)
+    bootstrap.start_manager_service()
+    return "manager started"
