@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -87,9 +87,11 @@ class EngineInfo:
     os_type: str
     architecture: str
     server_version: str
+    labels: Mapping[str, str] = field(default_factory=dict)  # the engine's --label k=v (engine.labels.*)
 
     @classmethod
     def from_api(cls, info: Mapping[str, Any]) -> EngineInfo:
+        labels = dict(str(item).partition("=")[::2] for item in info.get("Labels") or ())
         return cls(
             hostname=str(info.get("Name") or ""),
             ncpu=int(info.get("NCPU") or 0),
@@ -97,6 +99,7 @@ class EngineInfo:
             os_type=str(info.get("OSType") or "linux"),
             architecture=str(info.get("Architecture") or ""),
             server_version=str(info.get("ServerVersion") or ""),
+            labels=labels,
         )
 
 

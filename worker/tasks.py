@@ -16,6 +16,7 @@ from typing import Any
 from pyswarm import protocol
 from pyswarm.models import ContainerSpec, Model, TaskState
 
+from .health import engine_healthcheck, health_status, unhealthy_reason
 from .options import LABEL_STOP_GRACE, apply_options
 
 # engine states, grouped by what they mean for a task
@@ -191,6 +192,9 @@ def container_config(a: Assignment, dns: Sequence[str],
     # the stack file's other keys (volumes, user, limits, ...); `files` are
     # the secret/config mounts made by pyswarm.worker.files
     apply_options(config, a.spec, files)
+    healthcheck = engine_healthcheck(a.spec.options)
+    if healthcheck is not None:
+        config["Healthcheck"] = healthcheck
     return config
 
 
@@ -226,6 +230,12 @@ def observe(inspect: Mapping[str, Any]) -> Observed | None:
     status = str(st.get("Status", ""))
     cid = str(inspect.get("Id", ""))
     if status in LIVE_STATES:
+        # with a healthcheck, running means healthy (worker/health.py)
+        health = health_status(inspect)
+        if health == "starting":
+            return Observed(TaskState.STARTING, cid, container_ip(inspect), message="waiting to be healthy")
+        if health == "unhealthy":
+            return Observed(TaskState.FAILED, cid, message="unhealthy", error=unhealthy_reason(inspect))
         return Observed(TaskState.RUNNING, cid, container_ip(inspect), message="started")
     if status in DONE_STATES:
         return observe_exit(cid, int(st.get("ExitCode") or 0), oom=bool(st.get("OOMKilled")),
