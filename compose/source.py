@@ -190,6 +190,12 @@ def _int(value: str, node: yaml.Node, path: KeyPath, b: _Builder) -> Any:
             return int(v[2:], 8)
         if v.startswith("0x"):
             return int(v[2:], 16)
+        digits = v.lstrip("+-")
+        if len(digits) > 1 and digits.startswith("0") and digits.isdigit() and "8" not in digits \
+                and "9" not in digits:
+            # a leading 0 is octal, as Docker's YAML reader (Go yaml.v3) has it:
+            # `mode: 0440` in every Docker example means 0o440, not 440
+            return (-1 if v.startswith("-") else 1) * int(digits, 8)
         return int(v, 10)
     except ValueError:
         b.problem(node, path, f"not an integer: {value!r}")
