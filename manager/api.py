@@ -18,6 +18,7 @@ from typing import Any
 
 from pyswarm.errors import NotFoundError, UsageError
 from pyswarm.models import (
+    Network,
     DESIRED_RUNNING,
     Node,
     NodeAvailability,
@@ -31,6 +32,7 @@ from pyswarm.models import (
 )
 from pyswarm.tokens import Token
 
+from . import networks as cluster_networks
 from . import objects as stack_objects
 from .store import Op, Snapshot, Store, TransactionAborted
 
@@ -60,6 +62,9 @@ class Api:
             "ping": self.ping,
             "node.ls": self.node_ls,
             "node.inspect": self.node_inspect,
+            "node.promote": self.node_promote,
+            "node.demote": self.node_demote,
+            "node.rm": self.node_rm,
             "node.update": self.node_update,
             "join.info": self.join_info,
             "join": self.join,
@@ -72,6 +77,12 @@ class Api:
             "service.ps": self.service_ps,
             "service.scale": self.service_scale,
             "service.inspect": self.service_inspect,
+            "service.update": self.service_update,
+            "service.rollback": self.service_rollback,
+            "network.create": self.network_create,
+            "network.ls": self.network_ls,
+            "network.inspect": self.network_inspect,
+            "network.rm": self.network_rm,
         }
         for kind in stack_objects.KINDS:  # secret.* and config.*
             self._methods.update({
@@ -131,7 +142,84 @@ class Api:
 
     async def node_inspect(self, params: dict[str, Any]) -> Any:
         node = _find_node(self._snap(), params["node"])
-        return node.to_dict()
+        data = node.to_dict()
+        data["manager_status"] = self._manager_status(node)
+        return data
+
+    # -- membership: promote, demote, remove ----------------------------------------
+
+    def _reachable_managers(self, snap: Snapshot) -> list[Node]:
+        return [n for n in snap.nodes() if self._manager_status(n) in ("leader", "reachable")]
+
+    async def node_promote(self, params: dict[str, Any]) -> Any:
+        """Make a worker a manager: the leader's dispatcher tells its agent to
+        start one, and the Raft membership grows by it."""
+        snap = self._snap()
+        done = []
+        for ref in params["nodes"]:
+            node = _find_node(snap, str(ref))
+            if node.role == NodeRole.MANAGER:
+                done.append(f"Node {node.hostname} is already a manager.")
+                continue
+            if node.status != NodeStatus.READY:
+                raise UsageError(f"node {node.hostname} is {node.status.value}: only a ready node can be promoted "
+                                 "(its agent starts the manager)")
+            await self._store.commit([["patch", "node", node.id, {"role": NodeRole.MANAGER.value, "updated_at": time.time()}]])
+            await self._store.change_membership("add", f"{node.addr}:{node.raft_port}")
+            done.append(f"Node {node.hostname} promoted to a manager in the swarm.")
+        return done
+
+    async def node_demote(self, params: dict[str, Any]) -> Any:
+        snap = self._snap()
+        done = []
+        for ref in params["nodes"]:
+            node = _find_node(snap, str(ref))
+            if node.role != NodeRole.MANAGER:
+                done.append(f"Node {node.hostname} is already a worker.")
+                continue
+            await self._demote(snap, node)
+            snap = self._snap()
+            done.append(f"Manager {node.hostname} demoted in the swarm.")
+        return done
+
+    async def _demote(self, snap: Snapshot, node: Node) -> None:
+        """Refuse a demotion that would leave the remaining managers without
+        a majority of them reachable; otherwise change the role first (so the
+        demoted manager still hears of it and stops itself), then Raft."""
+        managers = [n for n in snap.nodes() if n.role == NodeRole.MANAGER]
+        if len(managers) == 1:
+            raise UsageError(f"{node.hostname} is the last manager: a cluster needs one "
+                             "(promote another node first)")
+        reachable = [n for n in self._reachable_managers(snap) if n.id != node.id]
+        remaining = len(managers) - 1
+        if len(reachable) < remaining // 2 + 1:
+            raise UsageError(
+                f"demoting {node.hostname} would lose quorum: {len(reachable)} of the {remaining} remaining "
+                f"managers are reachable and {remaining // 2 + 1} are needed; bring the others back first")
+        await self._store.commit([["patch", "node", node.id, {"role": NodeRole.WORKER.value, "updated_at": time.time()}]])
+        await self._store.change_membership("remove", f"{node.addr}:{node.raft_port}", wait=10)
+
+    async def node_rm(self, params: dict[str, Any]) -> Any:
+        snap = self._snap()
+        force = bool(params.get("force"))
+        removed = []
+        for ref in params["nodes"]:
+            node = _find_node(snap, str(ref))
+            if node.role == NodeRole.MANAGER:
+                if not force:
+                    raise UsageError(f"node {node.hostname} is a manager: demote it first "
+                                     f"(`pyswarm node demote {node.hostname}`) or use --force")
+                await self._demote(snap, node)
+            elif node.status == NodeStatus.READY and not force:
+                raise UsageError(f"node {node.hostname} is ready and running tasks: drain it and stop it first, "
+                                 "or use --force")
+            ops: list[Op] = [["delete", "node", node.id]]
+            if node.subnet:
+                ops.append(["delete", "subnet", node.subnet])
+            await self._store.commit(ops)
+            snap = self._snap()
+            removed.append(node.hostname)
+        return removed
 
     async def node_update(self, params: dict[str, Any]) -> Any:
         """Availability and labels of one node (by id, id prefix or hostname).
@@ -250,6 +338,12 @@ class Api:
         # the stack's secrets and configs first, in the same transaction
         ops, report = stack_objects.stack_ops(snap, stack, params, specs)
         now = time.time()
+        # and its networks (issue 6): STACK_x created, external ones checked
+        known = {n.name: n for n in cluster_networks.all_networks(snap)}
+        for net in cluster_networks.stack_networks(stack, dict(params.get("networks") or {}), specs, known, now):
+            ops += [["expect", "network", net.id, None, None], ["put", "network", net.id, net.to_dict()]]
+            report.append({"network": net.name, "action": "created", "id": net.id})
+        cluster_networks.check_published(snap, specs)
         for spec in specs:
             spec.stack = stack
             old = existing.get(spec.name)
@@ -296,7 +390,8 @@ class Api:
         snap = self._snap()
         services = self._stack_services(snap, str(params["stack"]))
         await self._store.commit([["delete", "service", s.id] for s in services]
-                                 + stack_objects.stack_rm_ops(snap, str(params["stack"])))
+                                 + stack_objects.stack_rm_ops(snap, str(params["stack"]))
+                                 + _stack_network_rm_ops(snap, str(params["stack"]), services))
         return [s.name for s in services]
 
     async def service_ls(self, params: dict[str, Any]) -> Any:
@@ -315,6 +410,8 @@ class Api:
                 "id": s.id, "name": s.name, "mode": s.spec.mode, "running": running.get(s.id, 0),
                 "desired": desired, "replicas": f"{running.get(s.id, 0)}/{desired}",
                 "image": s.spec.container.image, "stack": s.spec.stack,
+                "update_state": s.update_status.get("state", ""),
+                "update_message": s.update_status.get("message", ""),
             })
         return rows
 
@@ -342,6 +439,64 @@ class Api:
                 "exit_code": t.exit_code, "ip": t.ip, "container_id": t.container_id,
             })
         return rows
+
+    async def service_update(self, params: dict[str, Any]) -> Any:
+        """Change a service; the updater rolls the change out. A change of
+        replicas alone is a scale. ``force`` replaces every task even if
+        nothing changed; an update with no change resumes a paused one."""
+        snap = self._snap()
+        service = _find_service(snap, str(params["service"]))
+        spec = _updated_spec(service, params)
+        now = time.time()
+        changed: dict[str, Any] = {"updated_at": now}
+        action = "unchanged"
+        if spec.to_dict() != service.spec.to_dict():
+            changed["spec"] = spec.to_dict()
+            action = "scaled"
+        new_version = _without_replicas(service.spec) != _without_replicas(spec) or bool(params.get("force"))
+        status = service.update_status
+        if new_version:
+            changed.update(version=service.version + 1, previous_spec=service.spec.to_dict())
+            action = "updated"
+            if params.get("force"):
+                changed["update_status"] = {
+                    "state": "updating", "message": "update in progress (forced)", "started_at": now,
+                    "completed_at": None, "version": service.version + 1, "force": True,
+                }
+        elif status.get("state") in ("paused", "rollback_paused") and status.get("version") == service.version:
+            changed["update_status"] = {
+                **status, "state": "updating" if status["state"] == "paused" else "rollback_started",
+                "message": "update resumed", "started_at": now, "completed_at": None,
+            }
+            changed["update_status"].pop("dirty", None)
+            action = "resumed"
+        await self._store.commit([
+            ["expect", "service", service.id, "version", service.version],
+            ["patch", "service", service.id, changed],
+        ])
+        return {"service": service.name, "action": action, "version": changed.get("version", service.version)}
+
+    async def service_rollback(self, params: dict[str, Any]) -> Any:
+        """Back to the previous spec, as a new version rolled out with
+        ``rollback_config`` (the spec being left becomes the previous one)."""
+        snap = self._snap()
+        service = _find_service(snap, str(params["service"]))
+        if service.previous_spec is None:
+            raise UsageError(f"service {service.name} has no previous spec to roll back to")
+        now = time.time()
+        version = service.version + 1
+        await self._store.commit([
+            ["expect", "service", service.id, "version", service.version],
+            ["patch", "service", service.id, {
+                "spec": service.previous_spec.to_dict(), "previous_spec": service.spec.to_dict(),
+                "version": version, "updated_at": now,
+                "update_status": {
+                    "state": "rollback_started", "message": "manually requested rollback",
+                    "started_at": now, "completed_at": None, "version": version,
+                },
+            }],
+        ])
+        return {"service": service.name, "version": version}
 
     async def service_scale(self, params: dict[str, Any]) -> Any:
         scales: dict[str, int] = {str(k): int(v) for k, v in dict(params["scales"]).items()}
@@ -402,9 +557,86 @@ class Api:
             return [o.name for o in found]
         return rm
 
+    # -- cluster networks (see .networks) ---------------------------------------------------
+
+    async def network_create(self, params: dict[str, Any]) -> Any:
+        name = str(params["name"])
+        cluster_networks.check_name(name)
+        snap = self._snap()
+        if cluster_networks.network_by_name(snap, name) is not None:
+            raise UsageError(f"network {name} already exists")
+        labels = {str(k): str(v) for k, v in dict(params.get("labels") or {}).items()}
+        net = Network(id=new_id(), name=name, labels=labels, internal=bool(params.get("internal")),
+                      attachable=bool(params.get("attachable")), created_at=time.time())
+        await self._store.commit([["expect", "network", net.id, None, None],
+                                  ["put", "network", net.id, net.to_dict()]])
+        return {"id": net.id, "name": name}
+
+    async def network_ls(self, params: dict[str, Any]) -> Any:
+        snap = self._snap()
+        nets = sorted(cluster_networks.all_networks(snap), key=lambda n: n.name)
+        return [cluster_networks.network_row(n, snap) for n in nets]
+
+    async def network_inspect(self, params: dict[str, Any]) -> Any:
+        snap = self._snap()
+        net = cluster_networks.network_by_name(snap, str(params["name"]))
+        if net is None:
+            raise NotFoundError(f"network {params['name']} not found")
+        return cluster_networks.network_row(net, snap)
+
+    async def network_rm(self, params: dict[str, Any]) -> Any:
+        """Refuses a network still attached to a service, like Docker."""
+        snap = self._snap()
+        ops: list[Op] = []
+        removed = []
+        for ref in params["names"]:
+            net = cluster_networks.network_by_name(snap, str(ref))
+            if net is None:
+                raise NotFoundError(f"network {ref} not found")
+            using = cluster_networks.users(snap, net.name)
+            if using:
+                raise UsageError(f"network {net.name} is in use by the following services: {', '.join(using)}")
+            ops.append(["delete", "network", net.id])
+            removed.append(net.name)
+        await self._store.commit(ops)
+        return removed
+
+
+def _stack_network_rm_ops(snap: Snapshot, stack: str, removing: list[Service]) -> list[Op]:
+    """The stack's own networks that no service outside the stack still uses."""
+    gone = {s.id for s in removing}
+    still = {name for s in snap.services() if s.id not in gone for name in cluster_networks.attached(s.spec)}
+    return [["delete", "network", n.id] for n in cluster_networks.all_networks(snap)
+            if n.stack == stack and n.name not in still]
+
 
 def _manager_raft_addrs(snap: Snapshot) -> list[str]:
     return [f"{n.addr}:{n.raft_port}" for n in snap.nodes() if n.role == NodeRole.MANAGER]
+
+
+def _updated_spec(service: Service, params: dict[str, Any]) -> ServiceSpec:
+    """The spec ``service update`` asks for: image, environment, replicas."""
+    spec = service.spec.to_dict()
+    container = spec["container"]
+    if params.get("image"):
+        container["image"] = str(params["image"])
+    env = dict(container.get("env") or {})
+    for key in params.get("env_rm") or []:
+        env.pop(str(key).partition("=")[0], None)
+    for item in params.get("env_add") or []:
+        key, sep, value = str(item).partition("=")
+        if not key or not sep:
+            raise UsageError(f"invalid --env-add {item!r}: expected KEY=VALUE")
+        env[key] = value
+    container["env"] = env
+    if params.get("replicas") is not None:
+        replicas = int(params["replicas"])
+        if service.spec.mode == "global":
+            raise UsageError(f"{service.name}: --replicas can only be used with replicated mode")
+        if replicas < 0:
+            raise UsageError(f"{service.name}: invalid replicas value {replicas}: must be a non-negative integer")
+        spec["replicas"] = replicas
+    return ServiceSpec.from_dict(spec)
 
 
 def _without_replicas(spec: ServiceSpec) -> dict[str, Any]:

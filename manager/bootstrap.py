@@ -315,11 +315,23 @@ def write_manager_files(node_id: str, cluster_id: str, addr: str, manager: dict[
     ))
 
 
-def leave() -> None:
-    """Forget the cluster on this host (a worker's side of leaving)."""
-    if cfg.load_node_config() is None:
+def leave(force: bool = False) -> None:
+    """Forget the cluster on this host. A manager first demotes itself (with
+    ``force``: leaving can cost the cluster its quorum), which stops its
+    manager process; then the host forgets the cluster key and its identity."""
+    node = cfg.load_node_config()
+    if node is None:
         raise UsageError("this node is not part of a swarm")
-    if cfg.load_manager_config() is not None:
-        raise UsageError("this node is a manager: removing managers is not supported yet")
+    manager = cfg.load_manager_config()
+    if manager is not None:
+        if not force:
+            raise UsageError("this node is a manager: leaving removes it from the Raft quorum; "
+                             "demote it first (`pyswarm node demote`) or use `pyswarm leave --force`")
+        rpc.call_unix(cfg.socket_path(), "node.demote", {"nodes": [node.node_id]})
+        deadline = time.monotonic() + 15
+        while cfg.load_manager_config() is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if cfg.load_manager_config() is not None:
+            raise ConnectionError_("demoted, but the manager did not stop within 15s; see its log")
     remove_cluster_key()
     (cfg.state_dir() / "node.json").unlink(missing_ok=True)

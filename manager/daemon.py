@@ -22,6 +22,8 @@ from pyswarm.dns.cache import TableCache
 from pyswarm.dns import upstreams_from_resolv_conf
 from pyswarm.dns.server import DnsServer
 
+from pyswarm.models import NodeRole
+
 from .api import Api, Self
 from .dispatcher import Dispatcher
 from .orchestrator import Orchestrator
@@ -67,6 +69,7 @@ class Manager:
             fingerprint = fp(asyncssh.read_private_key(str(key_path)).public_data)
         self.api = Api(self.store, Self(config.node_id, config.advertise_addr, config.api_port, fingerprint))
         self._stop = asyncio.Event()
+        self.retired = False
         self._leading: _Leading | None = None
         self._dns_cache = TableCache(loader=self._dns_snapshot)
 
@@ -119,6 +122,8 @@ class Manager:
             await unix.stop()
             self.store.stop()
             pidfile.unlink(missing_ok=True)
+            if self.retired:
+                retire_local_manager(self.state_dir)
 
     async def _watch_dns(self) -> None:
         watcher = self.store.watcher()
@@ -126,8 +131,21 @@ class Manager:
             if await watcher.wait(timeout=5.0):
                 self._dns_cache.invalidate()
 
+    def _demoted(self) -> bool:
+        """True once the store says this host is no longer a manager (demoted,
+        or removed after having been one): the manager then stops for good."""
+        snap = self.store.snapshot()
+        if snap.cluster is None:
+            return False  # still catching up
+        node = snap.node(self.config.node_id)
+        return node is None or node.role != NodeRole.MANAGER
+
     async def _lead_while_leader(self) -> None:
         while not self._stop.is_set():
+            if self._demoted():
+                log.info("this node is no longer a manager: stopping the manager for good")
+                self.retired = True
+                return
             if self.store.is_leader and self._leading is None:
                 await self._bootstrap()
                 cluster = self.store.snapshot().cluster
@@ -154,6 +172,23 @@ class Manager:
         self.config.bootstrap = {}
         cfg.save_manager_config(self.config)
         log.info("bootstrapped cluster %s", self.config.cluster_id)
+
+
+def retire_local_manager(state_dir: Path) -> None:
+    """Forget this host's manager state; the host stays a node of the cluster."""
+    import shutil
+
+    (state_dir / "manager.json").unlink(missing_ok=True)
+    (state_dir / "api_host_key").unlink(missing_ok=True)
+    shutil.rmtree(state_dir / "raft", ignore_errors=True)
+    node = cfg.load_node_config()
+    if node is not None:
+        node.role = "worker"
+        cfg.save_node_config(node)
+    if Path("/run/systemd/system").is_dir():
+        import subprocess
+
+        subprocess.run(["systemctl", "disable", "pyswarm-manager.service"], capture_output=True)
 
 
 def main() -> int:

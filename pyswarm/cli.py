@@ -39,6 +39,7 @@ def _init(args: argparse.Namespace) -> int:
 
     node_id = bootstrap.init(args.advertise_addr, args.foreground, api_port=args.listen_port,
                              dns_port=args.dns_port, addr_pool=args.default_addr_pool,
+                             overlay="" if args.overlay == "routes" else args.overlay,
                              dns_upstreams=_upstreams(args.dns_upstream))
     if args.foreground:
         from pyswarm.manager import daemon
@@ -82,7 +83,7 @@ def _join_token(args: argparse.Namespace) -> int:
 def _leave(args: argparse.Namespace) -> int:
     from pyswarm.manager import bootstrap
 
-    bootstrap.leave()
+    bootstrap.leave(force=args.force)
     print("Node left the swarm.")
     return 0
 
@@ -124,10 +125,10 @@ def _stack_deploy(args: argparse.Namespace) -> int:
                        "data": base64.b64encode(o.data).decode()} for o in getattr(stack, kind)]
                for kind in ("secrets", "configs")}
     result = _call("stack.deploy", {"stack": args.stack, "services": [s.to_dict() for s in stack.services],
-                                    **objects})
+                                    "networks": stack.config.get("networks") or {}, **objects})
     for item in result:
         verb = {"created": "Creating", "updated": "Updating", "unchanged": "Unchanged"}[item["action"]]
-        kind = next((k for k in ("service", "secret", "config") if k in item), "service")
+        kind = next((k for k in ("service", "secret", "config", "network") if k in item), "service")
         print(f"{verb} {kind} {item[kind]}")
     return 0
 
@@ -240,6 +241,56 @@ def _object_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _network_create(args: argparse.Namespace) -> int:
+    labels = dict(item.partition("=")[::2] for item in args.label or [])
+    print(_call("network.create", {"name": args.name, "labels": labels, "internal": args.internal,
+                                   "attachable": args.attachable})["id"])
+    return 0
+
+
+def _network_ls(args: argparse.Namespace) -> int:
+    rows = _call("network.ls")
+    for row in rows:
+        row["id_display"] = row["id"][:12]
+        row["services_display"] = len(row["services"])
+    print_rows(rows, args.format, [("NETWORK ID", "id_display"), ("NAME", "name"), ("DRIVER", "driver"),
+                                   ("SCOPE", "scope"), ("STACK", "stack"), ("SERVICES", "services_display")],
+               drop=("id_display", "services_display"))
+    return 0
+
+
+def _network_inspect(args: argparse.Namespace) -> int:
+    print(json.dumps([_call("network.inspect", {"name": n}) for n in args.names], indent=2))
+    return 0
+
+
+def _network_rm(args: argparse.Namespace) -> int:
+    for name in _call("network.rm", {"names": args.names}):
+        print(name)
+    return 0
+
+
+def _network_parsers(sub: Any) -> None:
+    """``network create/ls/inspect/rm``: cluster networks (docs/networking.md)."""
+    cmds = sub.add_parser("network", help="manage cluster networks").add_subparsers(
+        dest="network_command", metavar="COMMAND", required=True)
+    p = cmds.add_parser("create", help="create a cluster network (stacks use it with `external: true`)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("-l", "--label", action="append", metavar="KEY=VALUE")
+    p.add_argument("--internal", action="store_true", help="recorded only: not enforced yet")
+    p.add_argument("--attachable", action="store_true", help="recorded, for Docker compatibility")
+    p.set_defaults(func=_network_create)
+    p = cmds.add_parser("ls", help="list cluster networks")
+    _format_arg(p)
+    p.set_defaults(func=_network_ls)
+    p = cmds.add_parser("inspect", help="show networks as JSON, with the services attached")
+    p.add_argument("names", nargs="+", metavar="NETWORK")
+    p.set_defaults(func=_network_inspect)
+    p = cmds.add_parser("rm", help="remove networks (refused while a service uses one)")
+    p.add_argument("names", nargs="+", metavar="NETWORK")
+    p.set_defaults(func=_network_rm)
+
+
 def _object_parsers(sub: Any) -> None:
     """``secret`` and ``config``: the same four commands each."""
     for kind in ("secret", "config"):
@@ -259,6 +310,24 @@ def _object_parsers(sub: Any) -> None:
         p = cmds.add_parser("rm", help=f"remove {kind}s (not while a service uses one)")
         p.add_argument("names", nargs="+", metavar=kind.upper())
         p.set_defaults(func=_object_rm, kind=kind)
+
+
+def _node_promote(args: argparse.Namespace) -> int:
+    for line in _call("node.promote", {"nodes": args.nodes}):
+        print(line)
+    return 0
+
+
+def _node_demote(args: argparse.Namespace) -> int:
+    for line in _call("node.demote", {"nodes": args.nodes}):
+        print(line)
+    return 0
+
+
+def _node_rm(args: argparse.Namespace) -> int:
+    for name in _call("node.rm", {"nodes": args.nodes, "force": args.force}):
+        print(name)
+    return 0
 
 
 def _node_inspect(args: argparse.Namespace) -> int:
@@ -291,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen-port", type=int, default=cfg.DEFAULT_API_PORT, help="API (SSH) port, default 2377")
     p.add_argument("--dns-port", type=int, default=cfg.DEFAULT_DNS_PORT, help="DNS port, default 53")
     p.add_argument("--default-addr-pool", default="10.240.0.0/16", help="container address pool, a /24 per node")
+    p.add_argument("--overlay", choices=["routes", "vxlan"], default="routes",
+                   help="how container traffic crosses hosts: host routes (default; the hosts share a link) "
+                        "or a VXLAN overlay between the hosts' addresses")
     p.add_argument("--dns-upstream", action="append", metavar="IP[:PORT]",
                    help="where DNS forwards names outside the cluster (repeatable; default: this host's "
                         "/etc/resolv.conf; 'none' answers REFUSED instead)")
@@ -311,13 +383,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="print the token only")
     p.set_defaults(func=_join_token)
 
-    p = sub.add_parser("leave", help="make this worker leave the cluster")
+    p = sub.add_parser("leave", help="make this node leave the cluster")
+    p.add_argument("-f", "--force", action="store_true", help="leave even as a manager (demotes it first)")
     p.set_defaults(func=_leave)
 
     node = sub.add_parser("node", help="manage nodes").add_subparsers(dest="node_command", metavar="COMMAND", required=True)
     p = node.add_parser("ls", help="list nodes")
     _format_arg(p)
     p.set_defaults(func=_node_ls)
+    for name, func, text in (("promote", _node_promote, "make nodes managers"),
+                             ("demote", _node_demote, "make managers workers")):
+        p = node.add_parser(name, help=text)
+        p.add_argument("nodes", nargs="+", metavar="NODE")
+        p.set_defaults(func=func)
+    p = node.add_parser("rm", help="remove nodes from the cluster")
+    p.add_argument("nodes", nargs="+", metavar="NODE")
+    p.add_argument("-f", "--force", action="store_true", help="remove a ready node, or a manager (demoting it)")
+    p.set_defaults(func=_node_rm)
     p = node.add_parser("inspect", help="show a node as JSON")
     p.add_argument("nodes", nargs="+", metavar="NODE")
     p.set_defaults(func=_node_inspect)
@@ -368,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_service_inspect)
 
     _object_parsers(sub)
+    _network_parsers(sub)
 
     manager = sub.add_parser("manager", help=argparse.SUPPRESS).add_subparsers(dest="manager_command", required=True)
     p = manager.add_parser("run", help="run the manager daemon in the foreground")
