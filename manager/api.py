@@ -79,8 +79,6 @@ class Api:
             "service.inspect": self.service_inspect,
             "service.update": self.service_update,
             "service.rollback": self.service_rollback,
-            "service.update": self.service_update,
-            "service.rollback": self.service_rollback,
             "network.create": self.network_create,
             "network.ls": self.network_ls,
             "network.inspect": self.network_inspect,
@@ -414,8 +412,6 @@ class Api:
                 "image": s.spec.container.image, "stack": s.spec.stack,
                 "update_state": s.update_status.get("state", ""),
                 "update_message": s.update_status.get("message", ""),
-                "update_state": s.update_status.get("state", ""),
-                "update_message": s.update_status.get("message", ""),
             })
         return rows
 
@@ -443,64 +439,6 @@ class Api:
                 "exit_code": t.exit_code, "ip": t.ip, "container_id": t.container_id,
             })
         return rows
-
-    async def service_update(self, params: dict[str, Any]) -> Any:
-        """Change a service; the updater rolls the change out. A change of
-        replicas alone is a scale. ``force`` replaces every task even if
-        nothing changed; an update with no change resumes a paused one."""
-        snap = self._snap()
-        service = _find_service(snap, str(params["service"]))
-        spec = _updated_spec(service, params)
-        now = time.time()
-        changed: dict[str, Any] = {"updated_at": now}
-        action = "unchanged"
-        if spec.to_dict() != service.spec.to_dict():
-            changed["spec"] = spec.to_dict()
-            action = "scaled"
-        new_version = _without_replicas(service.spec) != _without_replicas(spec) or bool(params.get("force"))
-        status = service.update_status
-        if new_version:
-            changed.update(version=service.version + 1, previous_spec=service.spec.to_dict())
-            action = "updated"
-            if params.get("force"):
-                changed["update_status"] = {
-                    "state": "updating", "message": "update in progress (forced)", "started_at": now,
-                    "completed_at": None, "version": service.version + 1, "force": True,
-                }
-        elif status.get("state") in ("paused", "rollback_paused") and status.get("version") == service.version:
-            changed["update_status"] = {
-                **status, "state": "updating" if status["state"] == "paused" else "rollback_started",
-                "message": "update resumed", "started_at": now, "completed_at": None,
-            }
-            changed["update_status"].pop("dirty", None)
-            action = "resumed"
-        await self._store.commit([
-            ["expect", "service", service.id, "version", service.version],
-            ["patch", "service", service.id, changed],
-        ])
-        return {"service": service.name, "action": action, "version": changed.get("version", service.version)}
-
-    async def service_rollback(self, params: dict[str, Any]) -> Any:
-        """Back to the previous spec, as a new version rolled out with
-        ``rollback_config`` (the spec being left becomes the previous one)."""
-        snap = self._snap()
-        service = _find_service(snap, str(params["service"]))
-        if service.previous_spec is None:
-            raise UsageError(f"service {service.name} has no previous spec to roll back to")
-        now = time.time()
-        version = service.version + 1
-        await self._store.commit([
-            ["expect", "service", service.id, "version", service.version],
-            ["patch", "service", service.id, {
-                "spec": service.previous_spec.to_dict(), "previous_spec": service.spec.to_dict(),
-                "version": version, "updated_at": now,
-                "update_status": {
-                    "state": "rollback_started", "message": "manually requested rollback",
-                    "started_at": now, "completed_at": None, "version": version,
-                },
-            }],
-        ])
-        return {"service": service.name, "version": version}
 
     async def service_update(self, params: dict[str, Any]) -> Any:
         """Change a service; the updater rolls the change out. A change of
@@ -674,31 +612,6 @@ def _stack_network_rm_ops(snap: Snapshot, stack: str, removing: list[Service]) -
 
 def _manager_raft_addrs(snap: Snapshot) -> list[str]:
     return [f"{n.addr}:{n.raft_port}" for n in snap.nodes() if n.role == NodeRole.MANAGER]
-
-
-def _updated_spec(service: Service, params: dict[str, Any]) -> ServiceSpec:
-    """The spec ``service update`` asks for: image, environment, replicas."""
-    spec = service.spec.to_dict()
-    container = spec["container"]
-    if params.get("image"):
-        container["image"] = str(params["image"])
-    env = dict(container.get("env") or {})
-    for key in params.get("env_rm") or []:
-        env.pop(str(key).partition("=")[0], None)
-    for item in params.get("env_add") or []:
-        key, sep, value = str(item).partition("=")
-        if not key or not sep:
-            raise UsageError(f"invalid --env-add {item!r}: expected KEY=VALUE")
-        env[key] = value
-    container["env"] = env
-    if params.get("replicas") is not None:
-        replicas = int(params["replicas"])
-        if service.spec.mode == "global":
-            raise UsageError(f"{service.name}: --replicas can only be used with replicated mode")
-        if replicas < 0:
-            raise UsageError(f"{service.name}: invalid replicas value {replicas}: must be a non-negative integer")
-        spec["replicas"] = replicas
-    return ServiceSpec.from_dict(spec)
 
 
 def _updated_spec(service: Service, params: dict[str, Any]) -> ServiceSpec:
