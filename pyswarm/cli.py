@@ -199,6 +199,21 @@ def _service_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _service_update(args: argparse.Namespace) -> int:
+    result = _call("service.update", {
+        "service": args.service, "image": args.image, "env_add": args.env_add or [],
+        "env_rm": args.env_rm or [], "replicas": args.replicas, "force": args.force,
+    })
+    print(result["service"])
+    return 0
+
+
+def _service_rollback(args: argparse.Namespace) -> int:
+    result = _call("service.rollback", {"service": args.service})
+    print(result["service"])
+    return 0
+
+
 def _service_inspect(args: argparse.Namespace) -> int:
     print(json.dumps([_call("service.inspect", {"service": s}) for s in args.services], indent=2))
     return 0
@@ -448,6 +463,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = service.add_parser("inspect", help="show services as JSON")
     p.add_argument("services", nargs="+", metavar="SERVICE")
     p.set_defaults(func=_service_inspect)
+    p = service.add_parser("update", help="change a service; the change rolls out per its update_config")
+    p.add_argument("--image", help="the new image")
+    p.add_argument("--env-add", action="append", metavar="KEY=VALUE", help="add or change a variable (repeatable)")
+    p.add_argument("--env-rm", action="append", metavar="KEY", help="remove a variable (repeatable)")
+    p.add_argument("--replicas", type=int, help="number of replicas")
+    p.add_argument("--force", action="store_true", help="replace every task even if nothing changed")
+    p.add_argument("service", metavar="SERVICE")
+    p.set_defaults(func=_service_update)
+    p = service.add_parser("rollback", help="go back to the service's previous spec (per its rollback_config)")
+    p.add_argument("service", metavar="SERVICE")
+    p.set_defaults(func=_service_rollback)
 
     _object_parsers(sub)
     _network_parsers(sub)
