@@ -323,14 +323,14 @@ def build_table(cluster: Cluster, services: Iterable[Service], tasks: Iterable[T
         nets = networks_of(service)
         ips = tuple(sorted(ips_by_service.get(service.id, set()), key=_ip_key))
         entry = NameEntry(ips, (service.id,))
-        names = service_names(service, zone)
-        for name in names:
+        own = service_names(service, zone)
+        for name in own:
             add(name, nets, entry)
         for attachment in service.spec.networks:
             for alias in attachment.get("aliases") or []:
                 for name in alias_names(service, str(alias), zone):
                     add(name, frozenset({str(attachment.get("target", ""))}), entry)
-        primary = names[1] if service.spec.stack else names[0]  # N.S.Z, or N for a stackless one
+        primary = own[1] if service.spec.stack else own[0]  # N.S.Z, or N for a stackless one
         target = primary if primary.endswith("." + zone) or primary == zone else f"{primary}.{zone}"
         for name, port in srv_names(service, zone):
             add(name, nets, NameEntry((), (service.id,), srv=((port, target + "."),), extra=ips))

@@ -20,9 +20,11 @@ ones (after a subnet or pool change) are found and removed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import json
 import logging
+import os
 import shlex
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +37,13 @@ from pyswarm.worker.docker import DockerClient
 log = logging.getLogger(__name__)
 
 RULE_COMMENT = "pyswarm"
+FORWARD_CHAIN = "PYSWARM-FORWARD"  # filled by worker/ingress.py
+INGRESS_CHAIN = "PYSWARM-INGRESS"  # filled by worker/ingress.py
+INGRESS_MARK = "0x8000/0x8000"
+VXLAN_DEV = "pswvx0"
+VXLAN_VNI = 4242
+VXLAN_PORT = 4789
+VXLAN_MTU = 1450  # 1500 less the 50 bytes of VXLAN, UDP, IP and Ethernet headers
 MASQ_OPTION = "com.docker.network.bridge.enable_ip_masquerade"
 BRIDGE_OPTION = "com.docker.network.bridge.name"
 
@@ -55,6 +64,8 @@ class NetworkConfig:
     pool: str
     routes: tuple[Route, ...] = ()
     dns: tuple[str, ...] = ()
+    overlay: str = ""  # "" (host routes) or "vxlan"
+    addr: str = ""  # this node's own address (the VXLAN tunnel's local end)
 
     @classmethod
     def from_message(cls, msg: Mapping[str, Any]) -> NetworkConfig:
@@ -72,13 +83,36 @@ class NetworkConfig:
             except (KeyError, TypeError, ValueError) as exc:
                 raise ValueError(f"configure: bad route {r!r}: {exc}") from exc
         dns = tuple(str(ipaddress.ip_address(str(d))) for d in msg.get("dns") or [])
-        return cls(subnet=subnet, pool=pool, routes=tuple(routes), dns=dns)
+        overlay = str(msg.get("overlay") or "")
+        if overlay not in ("", "vxlan"):
+            raise ValueError(f"configure: unknown overlay {overlay!r} (want vxlan or nothing)")
+        addr = str(ipaddress.ip_address(str(msg["addr"]))) if msg.get("addr") else ""
+        return cls(subnet=subnet, pool=pool, routes=tuple(routes), dns=dns, overlay=overlay, addr=addr)
 
 
 def gateway_of(subnet: str) -> str:
     """The bridge's address: the subnet's first host (``.1`` for a /24)."""
     net = ipaddress.ip_network(subnet, strict=False)
     return str(net.network_address + 1)
+
+
+def vtep_addr(subnet: str) -> str:
+    """A node's end of the overlay: its subnet's network address (never a
+    container's), as a /32 on the VXLAN device."""
+    return str(ipaddress.ip_network(subnet, strict=False).network_address)
+
+
+def vtep_mac(subnet: str) -> str:
+    """A node's VXLAN device address, derived from its subnet so that every
+    node can compute every peer's without asking (02: locally administered)."""
+    octets = ipaddress.ip_network(subnet, strict=False).network_address.packed
+    return ":".join(f"{b:02x}" for b in (0x02, 0x70, *octets[-4:]))
+
+
+def overlay_config(cfg: NetworkConfig) -> NetworkConfig:
+    """With VXLAN, a peer's subnet is reached via its VTEP address on the
+    VXLAN device instead of via its host address."""
+    return dataclasses.replace(cfg, routes=tuple(Route(r.subnet, vtep_addr(r.subnet)) for r in cfg.routes))
 
 
 def _in_pool(dst: str, pool: str) -> bool:
@@ -136,10 +170,25 @@ def desired_rules(cfg: NetworkConfig, forward_chain: str) -> list[Rule]:
     the pool from our subnet. Args are in ``iptables -S`` order so that
     listed rules compare equal."""
     comment = ("-m", "comment", "--comment", RULE_COMMENT)
-    return [
-        Rule("filter", forward_chain, ("-s", cfg.pool, "-d", cfg.pool, *comment, "-j", "ACCEPT"), insert=True),
-        Rule("nat", "POSTROUTING", ("-s", cfg.subnet, "!", "-d", cfg.pool, *comment, "-j", "MASQUERADE")),
+    local = ("-m", "addrtype", "--dst-type", "LOCAL")
+    # what passes between containers is decided in PYSWARM-FORWARD
+    # (worker/ingress.py: isolation by network, ingress); published ports
+    # on this node's addresses go to PYSWARM-INGRESS; ingress packets are
+    # SNATed to our bridge address so replies come back through us
+    rules = [
+        Rule("filter", forward_chain, (*comment, "-j", FORWARD_CHAIN), insert=True),
+        Rule("nat", "PREROUTING", (*local, *comment, "-j", INGRESS_CHAIN), insert=True),
+        Rule("nat", "OUTPUT", ("!", "-d", "127.0.0.0/8", *local, *comment, "-j", INGRESS_CHAIN), insert=True),
+        Rule("nat", "POSTROUTING", ("-m", "mark", "--mark", INGRESS_MARK, *comment, "-j", "SNAT",
+                                    "--to-source", gateway_of(cfg.subnet)), insert=True),
     ]
+    # queries to the managers' DNS keep the container's address (the
+    # managers route to every subnet), so DNS can answer by network
+    for manager in cfg.dns:
+        rules.append(Rule("nat", "POSTROUTING", ("-s", cfg.subnet, "-d", f"{manager}/32", *comment, "-j", "RETURN"),
+                          insert=True))
+    rules.append(Rule("nat", "POSTROUTING", ("-s", cfg.subnet, "!", "-d", cfg.pool, *comment, "-j", "MASQUERADE")))
+    return rules
 
 
 def parse_our_rules(table: str, chain: str, listing: str) -> list[Rule]:
@@ -211,8 +260,17 @@ class HostNetwork:
         is attempted, so one bad route does not leave iptables unset)."""
         problems: list[str] = []
         routes: RoutePlan | None = None
+        via_dev: list[str] = []
         try:
-            routes = plan_routes(await self._routes(), cfg)
+            if cfg.overlay == "vxlan":
+                await self.ensure_vxlan(cfg)
+                via_dev = ["dev", VXLAN_DEV, "onlink"]
+            else:
+                await self.run(["ip", "link", "del", VXLAN_DEV], False)  # no overlay (any more)
+        except NetworkSetupError as exc:
+            problems.append(str(exc))
+        try:
+            routes = plan_routes(await self._routes(), overlay_config(cfg) if via_dev else cfg)
             for dst in routes.delete:
                 await self.run(["ip", "route", "del", dst], False)
         except NetworkSetupError as exc:
@@ -223,7 +281,7 @@ class HostNetwork:
             problems.append(str(exc))
         for route in routes.replace if routes else []:
             try:
-                await self.run(["ip", "route", "replace", route.subnet, "via", route.via], True)
+                await self.run(["ip", "route", "replace", route.subnet, "via", route.via, *via_dev], True)
             except NetworkSetupError as exc:
                 problems.append(str(exc))
         try:
@@ -232,6 +290,27 @@ class HostNetwork:
         except NetworkSetupError as exc:
             problems.append(str(exc))
         return problems
+
+    async def ensure_vxlan(self, cfg: NetworkConfig) -> None:
+        """The overlay device and, for every peer node, the static entries
+        that make it a point-to-point mesh with no learning and no
+        multicast: a neighbour (peer VTEP → peer MAC) and a forwarding
+        entry (peer MAC → peer host address)."""
+        rc, _, _ = await self.run(["ip", "link", "show", VXLAN_DEV], False)
+        if rc != 0:
+            local = ["local", cfg.addr] if cfg.addr else []
+            await self.run(["ip", "link", "add", VXLAN_DEV, "type", "vxlan", "id", str(VXLAN_VNI),
+                            "dstport", str(VXLAN_PORT), *local, "nolearning"], True)
+        await self.run(["ip", "link", "set", VXLAN_DEV, "address", vtep_mac(cfg.subnet),
+                        "mtu", str(VXLAN_MTU), "up"], True)
+        await self.run(["ip", "addr", "replace", f"{vtep_addr(cfg.subnet)}/32", "dev", VXLAN_DEV], True)
+        for r in cfg.routes:
+            if r.subnet == cfg.subnet:
+                continue
+            await self.run(["ip", "neigh", "replace", vtep_addr(r.subnet), "lladdr", vtep_mac(r.subnet),
+                            "dev", VXLAN_DEV, "nud", "permanent"], True)
+            await self.run(["bridge", "fdb", "replace", vtep_mac(r.subnet), "dev", VXLAN_DEV,
+                            "dst", r.via, "self", "permanent"], True)
 
     async def _routes(self) -> list[dict[str, Any]]:
         _, out, _ = await self.run(["ip", "-j", "route", "show"], True)
@@ -266,15 +345,20 @@ class HostNetwork:
             raise NetworkSetupError(f"network {name} ({subnet}) on {self.node}: {exc.message}") from exc
 
     async def ensure_forwarding(self) -> None:
-        path = "/proc/sys/net/ipv4/ip_forward"
-        try:
-            with open(path) as f:
-                if f.read().strip() == "1":
-                    return
-            with open(path, "w") as f:
-                f.write("1\n")
-        except OSError as exc:
-            raise NetworkSetupError(f"cannot enable IP forwarding: {exc}") from exc
+        """IP forwarding on, and bridged frames through iptables (so that
+        isolation also holds between two containers of this node)."""
+        for path, required in (("/proc/sys/net/ipv4/ip_forward", True),
+                               ("/proc/sys/net/bridge/bridge-nf-call-iptables", False)):
+            try:
+                with open(path) as f:
+                    if f.read().strip() == "1":
+                        continue
+                with open(path, "w") as f:
+                    f.write("1\n")
+            except OSError as exc:
+                if required or os.path.exists(path):
+                    raise NetworkSetupError(f"cannot set {path} to 1: {exc}") from exc
+                log.warning("%s missing (no br_netfilter): containers of one node are not isolated", path)
 
     async def forward_chain(self) -> str:
         """DOCKER-USER when the engine made it (dockerd does; Podman does
@@ -282,8 +366,22 @@ class HostNetwork:
         rc, _, _ = await self.run(["iptables", "-w", "-t", "filter", "-S", "DOCKER-USER"], False)
         return "DOCKER-USER" if rc == 0 else "FORWARD"
 
+    async def ensure_chains(self, cfg: NetworkConfig) -> None:
+        """Our own chains must exist before a rule can jump to them. A new
+        forward chain starts out accepting pool→pool traffic (what the
+        cluster did before networks), until the agent's first mesh says
+        which networks there are."""
+        for table, chain in (("filter", FORWARD_CHAIN), ("nat", INGRESS_CHAIN)):
+            rc, _, _ = await self.run(["iptables", "-w", "-t", table, "-S", chain], False)
+            if rc != 0:
+                await self.run(["iptables", "-w", "-t", table, "-N", chain], True)
+                if chain == FORWARD_CHAIN:
+                    await self.run(["iptables", "-w", "-A", chain, "-s", cfg.pool, "-d", cfg.pool,
+                                    "-j", "ACCEPT"], True)
+
     async def ensure_iptables(self, cfg: NetworkConfig) -> None:
         chain = await self.forward_chain()
+        await self.ensure_chains(cfg)
         want = desired_rules(cfg, chain)
         # stale rules first: a subnet or pool change leaves old ones behind
         for table, ch in {(r.table, r.chain) for r in want}:

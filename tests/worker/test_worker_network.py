@@ -70,9 +70,11 @@ def test_rules_round_trip_through_listing() -> None:
                         + ["-A DOCKER-USER -j RETURN"])
     parsed = parse_our_rules("filter", "DOCKER-USER", listing)
     assert [p.args for p in parsed] == [r.args for r in rules if r.table == "filter"]
-    nat = [r for r in rules if r.table == "nat"][0]
-    assert nat.args[:4] == ("-s", "10.240.1.0/24", "!", "-d")
-    assert nat.args[-1] == "MASQUERADE"
+    assert [r.args[-1] for r in rules if r.table == "filter"] == ["PYSWARM-FORWARD"]
+    masq = [r for r in rules if r.table == "nat" and r.args[-1] == "MASQUERADE"]
+    assert len(masq) == 1 and masq[0].args[:4] == ("-s", "10.240.1.0/24", "!", "-d") and not masq[0].insert
+    # everything else in POSTROUTING must come before the MASQUERADE: inserted
+    assert all(r.insert for r in rules if r not in masq)
 
 
 def test_network_matches() -> None:

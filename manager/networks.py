@@ -1,0 +1,211 @@
+"""Cluster networks, the manager's side: which networks a stack needs, which
+services are attached to which, and the *mesh* every node enforces.
+
+Pure functions over a store snapshot, so the decisions are unit tested
+without a cluster; :mod:`.api` commits what they return and
+:mod:`.dispatcher` pushes :func:`mesh_message` to every agent.
+
+The design (docs/networking.md): a cluster network has no addresses of its
+own. Every node keeps its one bridge on its own /24 of the pool; a network
+is the set of its member tasks' addresses, pushed to every node, where the
+agent turns it into an ipset and lets pool→pool traffic through only when
+source and destination are members of one common set. DNS answers each
+container only the names of services that share a network with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pyswarm.dns.records import serves
+from pyswarm.errors import UsageError
+from pyswarm.models import Network, ServiceSpec, Task, new_id
+
+from .store import Snapshot
+
+NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+DEFAULT = "default"
+LEGACY = ""  # the one network of services deployed before networks existed
+
+
+def all_networks(snap: Snapshot) -> list[Network]:
+    return [Network.from_dict(d) for d in snap.raw.get("network", {}).values()]
+
+
+def network_by_name(snap: Snapshot, name: str) -> Network | None:
+    for data in snap.raw.get("network", {}).values():
+        if data.get("name") == name or data.get("id") == name:
+            return Network.from_dict(data)
+    return None
+
+
+def check_name(name: str) -> None:
+    if not NAME_RE.match(name):
+        raise UsageError(f"invalid network name {name!r}: use letters, digits, '_', '.' and '-', "
+                         "starting with a letter or digit, at most 63 characters")
+
+
+def attached(spec: ServiceSpec) -> list[str]:
+    """The names of the networks ``spec`` is attached to (``[LEGACY]`` for a
+    service deployed before networks existed, so it keeps sharing with its
+    peers of that time)."""
+    names = [str(a.get("target", "")) for a in spec.networks if a.get("target")]
+    return names or [LEGACY]
+
+
+def stack_networks(stack: str, declared: Mapping[str, Any], specs: Iterable[ServiceSpec],
+                   existing: Mapping[str, Network], now: float) -> list[Network]:
+    """Attach every spec of ``stack`` to its cluster networks and return the
+    networks that must be created.
+
+    ``declared`` is the stack file's top-level ``networks`` (normalised by
+    pyswarm.compose). A declared network ``N`` becomes ``STACK_N`` (or its
+    ``name:``); ``external: true`` refers to an existing one by ``name`` or
+    ``N`` and is never created; a service with no ``networks`` key is on
+    ``STACK_default``. Raises :class:`UsageError` naming the service and
+    network when an external network does not exist.
+    """
+    creating: dict[str, Network] = {}
+
+    def resolve(key: str, service: str) -> str:
+        opts = declared.get(key) or {}
+        if opts.get("external"):
+            name = str(opts.get("name") or key)
+            if name not in existing:
+                raise UsageError(f"stack {stack}: service {service}: network {key!r} is external but "
+                                 f"network {name!r} does not exist (create it with "
+                                 f"`pyswarm network create {name}`)")
+            return name
+        name = str(opts.get("name") or f"{stack}_{key}")
+        check_name(name)
+        if name in existing:
+            net = existing[name]
+            if net.stack and net.stack != stack:
+                raise UsageError(f"stack {stack}: network {name!r} belongs to stack {net.stack}")
+            return name
+        if name not in creating:
+            labels = {str(k): str(v) for k, v in (opts.get("labels") or {}).items()}
+            labels["com.docker.stack.namespace"] = stack
+            creating[name] = Network(id=new_id(), name=name, stack=stack, labels=labels,
+                                     internal=bool(opts.get("internal")),
+                                     attachable=bool(opts.get("attachable")), created_at=now)
+        return name
+
+    for spec in specs:
+        short = spec.name[len(stack) + 1:] if spec.name.startswith(stack + "_") else spec.name
+        wanted = spec.container.options.get("networks") or {DEFAULT: None}
+        out = []
+        for key, opts in wanted.items():
+            aliases = [str(a) for a in ((opts or {}).get("aliases") or [])]
+            out.append({"target": resolve(str(key), short), "aliases": aliases})
+        spec.networks = out
+    return list(creating.values())
+
+
+def users(snap: Snapshot, name: str) -> list[str]:
+    """Services attached to network ``name``."""
+    return sorted(s.name for s in snap.services() if name in attached(s.spec))
+
+
+def ipset_name(network: str) -> str:
+    """A stable ipset name for a network (ipset names are at most 31 bytes)."""
+    return "psw-" + hashlib.sha1(network.encode()).hexdigest()[:12]
+
+
+def gateway_of(subnet: str) -> str:
+    net = ipaddress.ip_network(subnet, strict=False)
+    return str(net.network_address + 1)
+
+
+def _live(task: Task) -> bool:
+    """A task whose address may carry traffic now: it has one and is not over."""
+    return bool(task.ip) and not task.state.terminal
+
+
+def ingress_ports(spec: ServiceSpec) -> list[dict[str, Any]]:
+    """The service's ports published in ingress mode (the default)."""
+    out = []
+    for p in spec.container.options.get("ports") or []:
+        if not isinstance(p, dict) or p.get("published") in (None, ""):
+            continue
+        if p.get("mode", "ingress") != "ingress" or p.get("protocol", "tcp") not in ("tcp", "udp"):
+            continue
+        out.append(p)
+    return out
+
+
+def mesh_message(snap: Snapshot) -> dict[str, Any]:
+    """The ``mesh`` message: the same for every node (see pyswarm.protocol).
+
+    ``networks`` maps each network's ipset name to its members' addresses
+    (every live task attached to it, on any node); ``ingress`` lists each
+    published port with the addresses of the replicas that serve it
+    (:func:`pyswarm.dns.records.serves`: running, desired running, and
+    healthy once health exists), so a task leaves the mesh exactly when it
+    leaves DNS.
+    """
+    services = {s.id: s for s in snap.services()}
+    members: dict[str, set[str]] = {}
+    backends: dict[str, list[str]] = {}
+    for task in snap.tasks():
+        service = services.get(task.service_id)
+        if service is None or not _live(task):
+            continue
+        for name in attached(service.spec):
+            members.setdefault(name, set()).add(task.ip)
+        if serves(task):
+            backends.setdefault(task.service_id, []).append(task.ip)
+    for service in services.values():
+        for name in attached(service.spec):
+            members.setdefault(name, set())
+    ingress = []
+    for service in sorted(services.values(), key=lambda s: s.name):
+        for p in ingress_ports(service.spec):
+            ips = sorted(backends.get(service.id, []), key=_ip_key)
+            ingress.append({
+                "service": service.name, "port": str(p["published"]), "protocol": p.get("protocol", "tcp"),
+                "backends": [f"{ip}:{p['target']}" for ip in ips],
+            })
+    ingress.sort(key=lambda e: (e["protocol"], e["port"]))
+    return {
+        "op": "mesh",
+        "gateways": sorted({gateway_of(n.subnet) for n in snap.nodes() if n.subnet}, key=_ip_key),
+        "networks": {ipset_name(name): sorted(ips, key=_ip_key) for name, ips in sorted(members.items())},
+        "ingress": ingress,
+    }
+
+
+def _ip_key(ip: str) -> tuple[int, int]:
+    try:
+        a = ipaddress.ip_address(ip)
+        return (a.version, int(a))
+    except ValueError:
+        return (9, 0)
+
+
+def check_published(snap: Snapshot, specs: Iterable[ServiceSpec]) -> None:
+    """Refuse an ingress port that another service already publishes: on
+    every node one published port leads to one service."""
+    replacing = {s.name for s in specs}
+    taken: dict[tuple[str, str], str] = {}
+    for service in snap.services():
+        if service.name not in replacing:
+            for p in ingress_ports(service.spec):
+                taken[(str(p["published"]), p.get("protocol", "tcp"))] = service.name
+    for spec in specs:
+        for p in ingress_ports(spec):
+            key = (str(p["published"]), p.get("protocol", "tcp"))
+            if key in taken and taken[key] != spec.name:
+                raise UsageError(f"service {spec.name}: port {key[0]}/{key[1]} is already published "
+                                 f"by service {taken[key]}")
+            taken[key] = spec.name
+
+
+def network_row(net: Network, snap: Snapshot) -> dict[str, Any]:
+    return {"id": net.id, "name": net.name, "driver": net.driver, "scope": "swarm", "stack": net.stack,
+            "labels": net.labels, "internal": net.internal, "attachable": net.attachable,
+            "created_at": net.created_at, "services": users(snap, net.name)}
