@@ -70,6 +70,12 @@ log = logging.getLogger("pyswarm.worker")
 Send = Callable[[dict[str, Any]], None]
 
 STOP_GRACE = 10  # seconds between SIGTERM and SIGKILL, Swarm's default
+# seconds between a running task leaving the node's assignment and its stop.
+# The managers' DNS drops a task in the same commit that takes it off the
+# node, so a client that resolved it just before still reaches it and an
+# in-flight request finishes: rolling updates lose no request. Swarm waits
+# 2 s here for its gossip to converge (defaultGossipConvergeDelay).
+DNS_DRAIN = 1.0
 MANAGER_TIMEOUT = 5.0  # seconds without a ping before a session counts as stale
 EVENT_FILTERS = {"type": ["container"], "label": [protocol.LABEL_TASK_ID]}
 
@@ -96,6 +102,7 @@ class Agent:
         hostname: str | None = None,
         network: HostNetwork | None = None,
         stop_grace: int = STOP_GRACE,
+        dns_drain: float = DNS_DRAIN,
         files_root: str = DEFAULT_ROOT,
     ) -> None:
         self.docker = docker
@@ -103,6 +110,7 @@ class Agent:
         self.hostname = hostname or socket.gethostname()
         self.network = network
         self.stop_grace = stop_grace
+        self.dns_drain = dns_drain
         self.files_root = files_root  # secrets/configs of tasks (pyswarm.worker.files)
         self.info: EngineInfo | None = None
         self._dns: tuple[str, ...] = ()
@@ -398,6 +406,9 @@ class Agent:
                 raw = await self.docker.list_containers({protocol.LABEL_TASK_ID: task_id})
                 containers = [ExistingContainer.from_api(c) for c in raw]
                 plan = plan_reconcile([a] if a else [], containers)
+                if a is None and t.reported == TaskState.RUNNING and self.dns_drain > 0 \
+                        and any(c.state in LIVE_STATES for c in plan.remove):
+                    await asyncio.sleep(self.dns_drain)  # DNS has dropped it: let clients move on
                 for c in plan.remove:
                     await self._remove(c)
                 if a is None:

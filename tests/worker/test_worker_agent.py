@@ -34,7 +34,7 @@ class Session:
         self.inbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.out: list[dict[str, Any]] = []
         self._changed = asyncio.Event()
-        self.agent = Agent(cast(Any, docker), self._record, hostname="node1", stop_grace=0)
+        self.agent = Agent(cast(Any, docker), self._record, hostname="node1", stop_grace=0, dns_drain=0)
         self.task: asyncio.Task[int] | None = None
 
     def _record(self, message: dict[str, Any]) -> None:
