@@ -25,6 +25,7 @@ from pyswarm import protocol
 from pyswarm.models import DESIRED_RUNNING, Node, NodeRole, NodeStatus, Task, TaskState
 
 from .objects import task_files
+from .networks import mesh_message
 from .store import Op, Snapshot, Store
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ def node_configuration(snap: Snapshot, node: Node, term: int = 0) -> dict[str, A
         "dns": sorted(n.addr for n in nodes if n.role == NodeRole.MANAGER),
         "zone": cluster.zone if cluster else "pyswarm",
         "term": term,
+        "overlay": cluster.overlay if cluster else "",
+        "addr": node.addr,
     }
     if node.role == NodeRole.MANAGER and cluster is not None:
         message["manager"] = {
@@ -102,6 +105,7 @@ class _Session:
         self._conn: Any = None
         self._sent_config: dict[str, Any] | None = None
         self._sent_tasks: list[dict[str, Any]] | None = None
+        self._sent_mesh: dict[str, Any] | None = None
         self._stopped = False
         self._last_heard = 0.0
         self._ready = False
@@ -139,6 +143,7 @@ class _Session:
         self._last_heard = time.monotonic()
         self._sent_config = None
         self._sent_tasks = None
+        self._sent_mesh = None
         self.push()
         reader = asyncio.create_task(self._read())
         pinger = asyncio.create_task(self._ping())
@@ -207,6 +212,10 @@ class _Session:
         if tasks != self._sent_tasks:
             self._send({"op": "assign", "tasks": tasks})
             self._sent_tasks = tasks
+        mesh = self._d.mesh
+        if mesh is not None and mesh != self._sent_mesh:  # networks and ingress (manager/networks.py)
+            self._send(mesh)
+            self._sent_mesh = mesh
 
     def _close(self) -> None:
         self._ready = False
@@ -234,6 +243,7 @@ class Dispatcher:
         self.dead_after = dead_after
         self.hello_timeout = hello_timeout
         self.snapshot: Snapshot | None = None
+        self.mesh: dict[str, Any] | None = None  # the same for every node
         self.term = 0
         self._sessions: dict[str, tuple[_Session, asyncio.Task[None]]] = {}
         self._pending: list[Op] = []
@@ -249,6 +259,7 @@ class Dispatcher:
                 if self._stopped.is_set():
                     break
                 self.snapshot = self._store.snapshot()
+                self.mesh = mesh_message(self.snapshot)
                 self.term = self._store.term
                 self._sync_sessions(self.snapshot)
                 for session, _ in self._sessions.values():

@@ -10,7 +10,24 @@ manager -> agent
   {"op": "configure", "node_id", "cluster_id", "subnet", "pool",
    "routes": [{"subnet", "via"}], "dns": [ip, ...], "zone"}
   {"op": "assign", "tasks": [Assignment, ...]}         full desired set
+  {"op": "mesh", "gateways": [ip, ...], "networks": {ipset_name: [ip, ...]},
+   "ingress": [{"service", "port", "protocol", "backends": ["ip:port", ...]}]}
+                                                        the same for every node
   {"op": "ping", "seq": int}
+
+configure also carries "overlay" ("" for host routes, "vxlan") and "addr"
+(the node's own address, the VXLAN tunnel's local end).
+
+mesh (issue 6, docs/networking.md) is sent after configure and again
+whenever it changes (a task comes, goes, changes address or stops serving):
+"networks" maps each cluster network's ipset name (``psw-`` + 12 hex
+digits, manager/networks.py ``ipset_name``) to the addresses of every live
+task attached to it, on any node; pool→pool traffic is accepted only
+between members of one set. "gateways" are every node's bridge address
+(ingress traffic arrives SNATed to one). "ingress" lists each published
+port (``"8080"`` or a range ``"8000-8010"``) with the replicas that serve
+it (those DNS answers); every node DNATs its own addresses' port to them.
+An agent that never got a mesh (an older leader) isolates nothing.
 
 agent -> manager
   {"op": "hello", "hostname", "resources": {"nano_cpus", "memory_bytes"},
