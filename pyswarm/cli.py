@@ -94,6 +94,17 @@ def _manager_run(args: argparse.Namespace) -> int:
     return daemon.main()
 
 
+def _manager_start(args: argparse.Namespace) -> int:
+    from pyswarm.manager import bootstrap
+
+    if cfg.load_manager_config() is None:
+        raise UsageError("this host is not a manager (no manager state); see `pyswarm init` and `pyswarm join`")
+    bootstrap.start_manager_service()
+    bootstrap.wait_for_manager(timeout=60)
+    print("manager started")
+    return 0
+
+
 def _worker(args: argparse.Namespace) -> int:
     from pyswarm.worker.agent import main_stdio
 
@@ -481,6 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     manager = sub.add_parser("manager", help=argparse.SUPPRESS).add_subparsers(dest="manager_command", required=True)
     p = manager.add_parser("run", help="run the manager daemon in the foreground")
     p.set_defaults(func=_manager_run)
+    p = manager.add_parser("start", help="start this host's manager as a background service")
+    p.set_defaults(func=_manager_start)
 
     worker = sub.add_parser("worker", help="run the node agent (started by the manager over SSH)")
     worker.add_argument("--stdio", action="store_true", required=True, help="speak the agent protocol on stdin/stdout")
