@@ -188,3 +188,22 @@ class MeshFirewall:
         _, err = await proc.communicate(text.encode())
         if proc.returncode != 0:
             raise NetworkSetupError(f"{' '.join(argv)}: {err.decode(errors='replace').strip()}")
+
+
+def host_port_bindings(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``mode: host`` ports as the engine's own port bindings: published
+    only on the node that runs the task, straight to its container (the
+    engine DNATs them; no mesh involved). Returns the ``ExposedPorts`` and
+    ``PortBindings`` to merge into the create body, or {} when none."""
+    exposed: dict[str, Any] = {}
+    bindings: dict[str, list[dict[str, str]]] = {}
+    for p in options.get("ports") or []:
+        if not isinstance(p, dict) or p.get("mode") != "host" or "target" not in p:
+            continue
+        key = f"{p['target']}/{p.get('protocol', 'tcp')}"
+        exposed[key] = {}
+        binding = {"HostPort": str(p.get("published") or "")}
+        if p.get("host_ip"):
+            binding["HostIp"] = str(p["host_ip"])
+        bindings.setdefault(key, []).append(binding)
+    return {"ExposedPorts": exposed, "PortBindings": bindings} if exposed else {}

@@ -16,6 +16,7 @@ from typing import Any
 from pyswarm import protocol
 from pyswarm.models import ContainerSpec, Model, TaskState
 
+from .ingress import host_port_bindings
 from .health import engine_healthcheck, health_status, unhealthy_reason
 from .options import LABEL_STOP_GRACE, apply_options
 
@@ -192,6 +193,10 @@ def container_config(a: Assignment, dns: Sequence[str],
     # the stack file's other keys (volumes, user, limits, ...); `files` are
     # the secret/config mounts made by pyswarm.worker.files
     apply_options(config, a.spec, files)
+    published = host_port_bindings(a.spec.options)  # mode: host ports (issue 6)
+    if published:
+        config["ExposedPorts"] = published["ExposedPorts"]
+        config["HostConfig"]["PortBindings"] = published["PortBindings"]
     healthcheck = engine_healthcheck(a.spec.options)
     if healthcheck is not None:
         config["Healthcheck"] = healthcheck

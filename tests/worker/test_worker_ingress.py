@@ -138,3 +138,15 @@ def test_configure_with_vxlan_builds_the_device_and_static_peer_entries(monkeypa
     assert "ip neigh replace 10.240.2.0 lladdr 02:70:0a:f0:02:00 dev pswvx0 nud permanent" in calls
     assert "bridge fdb replace 02:70:0a:f0:02:00 dev pswvx0 dst 10.99.0.2 self permanent" in calls
     assert "ip route replace 10.240.2.0/24 via 10.240.2.0 dev pswvx0 onlink" in calls
+
+
+def test_host_mode_ports_become_engine_port_bindings() -> None:
+    from pyswarm.worker.ingress import host_port_bindings
+
+    ports = [{"target": 80, "published": 8080, "protocol": "tcp", "mode": "ingress"},
+             {"target": 53, "published": 5353, "protocol": "udp", "mode": "host", "host_ip": "0.0.0.0"}]
+    assert host_port_bindings({"ports": ports}) == {
+        "ExposedPorts": {"53/udp": {}},
+        "PortBindings": {"53/udp": [{"HostPort": "5353", "HostIp": "0.0.0.0"}]},
+    }
+    assert host_port_bindings({"ports": ports[:1]}) == {}
