@@ -62,6 +62,7 @@ class Api:
             "ping": self.ping,
             "node.ls": self.node_ls,
             "node.inspect": self.node_inspect,
+            "store.export": self.store_export,
             "node.promote": self.node_promote,
             "node.demote": self.node_demote,
             "node.rm": self.node_rm,
@@ -145,6 +146,12 @@ class Api:
         data = node.to_dict()
         data["manager_status"] = self._manager_status(node)
         return data
+
+    async def store_export(self, params: dict[str, Any]) -> Any:
+        """This manager's replica, as is (works without quorum: it is what
+        ``init --force-new-cluster`` rebuilds a cluster from)."""
+        snap = self._snap()
+        return {"index": snap.index, "objects": snap.raw}
 
     # -- membership: promote, demote, remove ----------------------------------------
 

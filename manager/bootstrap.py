@@ -166,6 +166,73 @@ def init(advertise_addr: str | None, foreground: bool, api_port: int = cfg.DEFAU
     return node.id
 
 
+def force_new_cluster() -> str:
+    """Make this manager the only one of a cluster that lost its quorum,
+    keeping every service, node and task it knows of.
+
+    The new cluster gets a new Raft secret and a new cluster SSH key (the
+    dispatcher hands the new key to every agent, which replaces the old one
+    in authorized_keys), so managers of the old membership, should they come
+    back, can neither rejoin this quorum nor keep driving the nodes; they
+    also find themselves demoted in this cluster's store and retire."""
+    manager = cfg.load_manager_config()
+    if manager is None:
+        raise UsageError("--force-new-cluster needs a manager host: this host has no manager state")
+    try:
+        exported = rpc.call_unix(cfg.socket_path(), "store.export", timeout=10)
+    except PyswarmError as exc:
+        raise UsageError(f"--force-new-cluster reads this manager's replica, but: {exc}; "
+                         "start it first with `pyswarm manager start` (it serves reads without quorum)") from None
+    objects: dict[str, dict[str, dict[str, Any]]] = exported["objects"]
+    if not objects.get("cluster"):
+        raise UsageError("this manager's replica holds no cluster yet: nothing to rebuild from")
+    stop_manager_process(timeout=15)
+    cluster = Cluster.from_dict(next(iter(objects["cluster"].values())))
+    key = asyncssh.generate_private_key("ssh-ed25519", comment=KEY_COMMENT)
+    cluster.ssh_public_key = key.export_public_key().decode().strip()
+    cluster.ssh_private_key = key.export_private_key().decode()
+    cluster.raft_secret = new_secret() + new_secret()
+    objects["cluster"] = {cluster.id: cluster.to_dict()}
+    for node_id, data in objects.get("node", {}).items():
+        if node_id != manager.node_id and data.get("role") == NodeRole.MANAGER.value:
+            objects["node"][node_id] = {**data, "role": NodeRole.WORKER.value, "status": NodeStatus.DOWN.value,
+                                        "status_message": "left behind by --force-new-cluster"}
+    manager.raft_secret = cluster.raft_secret
+    manager.raft_peers = [f"{manager.advertise_addr}:{manager.raft_port}"]
+    manager.bootstrap = {"objects": [[kind, oid, data] for kind, objs in objects.items() for oid, data in objs.items()]}
+    shutil.rmtree(cfg.state_dir() / "raft", ignore_errors=True)
+    cfg.save_manager_config(manager)
+    install_cluster_key(cluster.ssh_public_key, cluster.id)
+    start_manager_service()
+    wait_for_manager(timeout=30)
+    return manager.node_id
+
+
+def stop_manager_process(timeout: float) -> None:
+    """SIGTERM this host's manager (from its pid file) and wait for it to exit."""
+    import signal
+
+    pidfile = cfg.run_dir() / "manager.pid"
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        if Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+            return  # exited; its parent has not reaped it
+        time.sleep(0.05)
+    raise ConnectionError_(f"the manager (pid {pid}) did not stop within {timeout:.0f}s")
+
+
 def _forget_local_state() -> None:
     state = cfg.state_dir()
     for name in ("node.json", "manager.json", "api_host_key"):

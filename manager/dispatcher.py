@@ -78,6 +78,7 @@ def node_configuration(snap: Snapshot, node: Node, term: int = 0) -> dict[str, A
         "dns": sorted(n.addr for n in nodes if n.role == NodeRole.MANAGER),
         "zone": cluster.zone if cluster else "pyswarm",
         "term": term,
+        "authorized_key": cluster.ssh_public_key if cluster else "",
         "overlay": cluster.overlay if cluster else "",
         "addr": node.addr,
     }

@@ -37,6 +37,12 @@ def _format_arg(parser: argparse.ArgumentParser) -> None:
 def _init(args: argparse.Namespace) -> int:
     from pyswarm.manager import bootstrap
 
+    if args.force_new_cluster:
+        node_id = bootstrap.force_new_cluster()
+        print(f"Swarm re-initialised from this manager's state: {node_id} is now its only manager.")
+        print("Other managers were demoted; add managers with 'pyswarm join-token manager'.")
+        return 0
+
     node_id = bootstrap.init(args.advertise_addr, args.foreground, api_port=args.listen_port,
                              dns_port=args.dns_port, addr_pool=args.default_addr_pool,
                              overlay="" if args.overlay == "routes" else args.overlay,
@@ -383,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="create a cluster with this host as its first manager")
     p.add_argument("--advertise-addr", help="address other hosts reach this manager on (default: the default route's)")
     p.add_argument("--foreground", action="store_true", help="run the manager in this process instead of as a service")
+    p.add_argument("--force-new-cluster", action="store_true",
+                   help="after losing quorum: make this manager the only one, keeping all services, nodes and tasks")
     p.add_argument("--listen-port", type=int, default=cfg.DEFAULT_API_PORT, help="API (SSH) port, default 2377")
     p.add_argument("--dns-port", type=int, default=cfg.DEFAULT_DNS_PORT, help="DNS port, default 53")
     p.add_argument("--default-addr-pool", default="10.240.0.0/16", help="container address pool, a /24 per node")

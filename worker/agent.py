@@ -280,6 +280,12 @@ class Agent:
             return
         if isinstance(msg.get("manager"), dict):
             self._spawn(self._become_manager(msg))
+        if msg.get("authorized_key"):
+            try:
+                if promotion.ensure_cluster_key(str(msg["authorized_key"]), str(msg.get("cluster_id", ""))):
+                    log.info("installed the cluster's new SSH key")
+            except OSError as exc:
+                self.send({"op": "error", "message": f"{self.hostname}: could not update authorized_keys: {exc}"})
         try:
             cfg = NetworkConfig.from_message(msg)
         except ValueError as exc:

@@ -68,3 +68,21 @@ def become_manager(msg: dict[str, Any]) -> str:
         cfg.save_node_config(node)
     bootstrap.start_manager_service()
     return "manager started"
+
+
+def ensure_cluster_key(public_key: str, cluster_id: str) -> bool:
+    """Keep root's authorized_keys on the cluster's current key (it changes
+    when a cluster is rebuilt with --force-new-cluster). True if changed."""
+    from pyswarm.manager import bootstrap
+
+    if not public_key:
+        return False
+    path = cfg.ssh_dir() / "authorized_keys"
+    wanted = " ".join(public_key.split()[:2])
+    try:
+        if any(wanted in line and bootstrap.KEY_COMMENT in line for line in path.read_text().splitlines()):
+            return False
+    except FileNotFoundError:
+        pass
+    bootstrap.install_cluster_key(public_key, cluster_id)
+    return True
