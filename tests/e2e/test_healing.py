@@ -1,0 +1,269 @@
+"""Issue 5 on real parts (the session lab: 1 manager + 3 workers): placement
+by labels, drain, restart policy limits, healthchecks, and a worker host
+whose link is cut — marked down, its tasks replaced, no duplicates once it
+returns. Every test removes its stack and undoes its node changes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import pytest
+from support import wait_for
+
+pytestmark = pytest.mark.e2e
+
+IMAGE = "pyswarm-lab/busybox:latest"
+# httpd as PID 1 ignores SIGTERM (a 10 s stop); this shell exits on it at once
+SERVE = '["sh", "-c", "trap \'exit 0\' TERM; httpd -f -p 80 & wait"]'
+
+
+def cli(lab: Any, *args: str) -> str:
+    return str(lab.pyswarm(lab.managers[0], *args, timeout=60).stdout)
+
+
+def cli_json(lab: Any, *args: str) -> Any:
+    return json.loads(cli(lab, *args, "--format", "json"))
+
+
+def tasks(lab: Any, service: str) -> list[dict[str, Any]]:
+    return list(cli_json(lab, "service", "ps", service))
+
+
+def live(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [t for t in rows if t["desired_state"] == "running"]
+
+
+def running(lab: Any, service: str) -> list[dict[str, Any]]:
+    return [t for t in live(tasks(lab, service)) if t["current_state"] == "running"]
+
+
+def brief(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return [(t["name"], t["node"], t["desired_state"], t["current_state"], t["error"] or t["message"]) for t in rows]
+
+
+def containers(lab: Any, host: str, service: str) -> list[tuple[str, str]]:
+    """(container id, task id) of the service's live containers on ``host``'s own engine."""
+    out = lab.docker(host, "ps", "--filter", f"label=pyswarm.service.name={service}",
+                     "--format", '{{.ID}} {{.Label "pyswarm.task.id"}}', timeout=30).stdout
+    return [tuple(line.split()) for line in out.splitlines() if line.strip()]  # type: ignore[misc]
+
+
+def node(lab: Any, ref: str) -> dict[str, Any]:
+    return dict(json.loads(cli(lab, "node", "inspect", ref))[0])
+
+
+@pytest.fixture
+def deploy(lab: Any, tmp_path: Path) -> Iterator[Any]:
+    """``deploy(stack, yaml)``; every stack deployed is removed at the end,
+    and the test waits until its containers are gone from every host."""
+    stacks: list[str] = []
+
+    def go(stack: str, text: str) -> None:
+        path = tmp_path / f"{stack}.yml"
+        path.write_text(text)
+        cli(lab, "stack", "deploy", "-c", str(path), stack)
+        stacks.append(stack)
+
+    yield go
+    for stack in stacks:
+        lab.pyswarm(lab.managers[0], "stack", "rm", stack, check=False)
+    for stack in stacks:
+        def gone() -> bool:
+            return all(not lab.docker(h, "ps", "-aq", "--filter", f"label=com.docker.stack.namespace={stack}",
+                                      timeout=30).stdout.strip() for h in lab.hosts)
+        wait_for(gone, 30, f"stack {stack}'s containers removed from every host")
+
+
+def test_constraint_waits_with_its_reason_until_a_node_gets_the_label(lab: Any, deploy: Any) -> None:
+    deploy("place", f"""
+services:
+  db:
+    image: {IMAGE}
+    command: {SERVE}
+    deploy:
+      placement:
+        constraints: ["node.labels.disk==ssd"]
+""")
+    want = f"no suitable node (constraint node.labels.disk==ssd not met on {len(lab.hosts)} nodes)"
+    wait_for(lambda: [t["message"] for t in live(tasks(lab, "place_db"))] == [want], 20,
+             f"the task pending with {want!r}", observe=lambda: brief(tasks(lab, "place_db")))
+    try:
+        cli(lab, "node", "update", "--label-add", "disk=ssd", "worker2")
+        wait_for(lambda: [t["node"] for t in running(lab, "place_db")] == ["worker2"], 30,
+                 "place_db running on worker2 once it has the label", observe=lambda: brief(tasks(lab, "place_db")))
+        assert len(containers(lab, "worker2", "place_db")) == 1
+    finally:
+        cli(lab, "node", "update", "--label-rm", "disk", "worker2")
+    assert node(lab, "worker2")["labels"] == {}
+
+
+def test_drain_empties_a_node_and_pause_keeps_its_tasks(lab: Any, deploy: Any) -> None:
+    deploy("drain", f"""
+services:
+  web:
+    image: {IMAGE}
+    command: {SERVE}
+    deploy:
+      replicas: 4
+      update_config: {{order: start-first}}
+""")
+    wait_for(lambda: len(running(lab, "drain_web")) == 4, 60, "4 running replicas",
+             observe=lambda: brief(tasks(lab, "drain_web")))
+    try:
+        cli(lab, "node", "update", "--availability", "pause", "worker1")
+        before = {t["id"] for t in running(lab, "drain_web") if t["node"] == "worker1"}
+        cli(lab, "service", "scale", "drain_web=6")
+        wait_for(lambda: len(running(lab, "drain_web")) == 6, 60, "6 running replicas")
+        now_on_1 = {t["id"] for t in running(lab, "drain_web") if t["node"] == "worker1"}
+        assert now_on_1 == before, f"pause: worker1 kept {before}, has {now_on_1}"
+
+        cli(lab, "node", "update", "--availability", "drain", "worker1")
+        wait_for(lambda: not containers(lab, "worker1", "drain_web") and len(running(lab, "drain_web")) == 6,
+                 60, "worker1 empty and 6 replicas running elsewhere",
+                 observe=lambda: (brief(live(tasks(lab, "drain_web"))), containers(lab, "worker1", "drain_web")))
+        assert all(t["node"] != "worker1" for t in live(tasks(lab, "drain_web")))
+    finally:
+        cli(lab, "node", "update", "--availability", "active", "worker1")
+
+
+def test_restart_policy_attempts_and_delay(lab: Any, deploy: Any) -> None:
+    deploy("rp", f"""
+services:
+  job:
+    image: {IMAGE}
+    command: ["sh", "-c", "exit 3"]
+    deploy:
+      restart_policy: {{condition: on-failure, max_attempts: 2, delay: 1s}}
+""")
+
+    def three_failed() -> list[dict[str, Any]]:
+        rows = tasks(lab, "rp_job")
+        failed = [t for t in rows if t["current_state"] == "failed"]
+        return failed if len(failed) == 3 and not live(rows) else []
+
+    failed = wait_for(three_failed, 60, "the first run and 2 restarts, all failed, then nothing",
+                      observe=lambda: brief(tasks(lab, "rp_job")))
+    assert {(t["exit_code"], t["error"]) for t in failed} == {(3, "task: non-zero exit (3)")}, brief(failed)
+    ends = sorted(t["since"] for t in failed)
+    gaps = [b - a for a, b in zip(ends, ends[1:])]
+    assert all(g >= 1.0 for g in gaps), f"restarts came sooner than the 1s delay: {gaps}"
+    table = cli(lab, "service", "ps", "rp_job")
+    assert "task: non-zero exit (3)" in table, table
+    time.sleep(1.5)  # a fourth attempt would be due by now (1 s delay)
+    assert len(tasks(lab, "rp_job")) == 3, brief(tasks(lab, "rp_job"))
+
+
+def _dns(lab: Any, name: str) -> list[str]:
+    q = dns.message.make_query(name, dns.rdatatype.A)
+    answer = dns.query.udp(q, lab.hosts[lab.managers[0]], timeout=3)
+    return sorted(item.address for rrset in answer.answer for item in rrset)
+
+
+def test_healthcheck_gates_running_and_dns_and_unhealthy_is_replaced(lab: Any, deploy: Any) -> None:
+    deploy("hc", f"""
+services:
+  api:
+    image: {IMAGE}
+    command: ["sh", "-c", "trap 'exit 0' TERM; sleep 2; touch /tmp/ok; httpd -f -p 80 & wait"]
+    healthcheck:
+      test: ["CMD-SHELL", "test -f /tmp/ok"]
+      interval: 300ms
+      retries: 1
+      start_period: 10s
+""")
+    starting = wait_for(lambda: [t for t in live(tasks(lab, "hc_api")) if t["current_state"] == "starting"], 30,
+                        "the task starting (not yet healthy)", interval=0.1, observe=lambda: brief(tasks(lab, "hc_api")))
+    assert _dns(lab, "api.hc") == [], "an unhealthy replica is in DNS"
+    first = wait_for(lambda: running(lab, "hc_api"), 30, "the task running once healthy",
+                     observe=lambda: brief(tasks(lab, "hc_api")))[0]
+    assert first["id"] == starting[0]["id"]
+    assert _dns(lab, "api.hc") == [first["ip"]]
+
+    host = first["node"]
+    lab.docker(host, "exec", first["container_id"], "rm", "/tmp/ok")
+    def replaced() -> bool:
+        rows = tasks(lab, "hc_api")
+        old = next(t for t in rows if t["id"] == first["id"])
+        new = running(lab, "hc_api")
+        return old["current_state"] == "failed" and len(new) == 1 and new[0]["id"] != first["id"]
+    wait_for(replaced, 30, "the unhealthy task failed and a healthy replacement running",
+             observe=lambda: brief(tasks(lab, "hc_api")))
+    old = next(t for t in tasks(lab, "hc_api") if t["id"] == first["id"])
+    assert old["error"].startswith("container unhealthy"), old
+    assert _dns(lab, "api.hc") == [running(lab, "hc_api")[0]["ip"]]
+
+
+def _link(lab: Any, host: str, state: str) -> None:
+    subprocess.run(["ip", "link", "set", lab.host(host).veth, state], check=True, timeout=10)
+
+
+def test_worker_host_cut_off_is_replaced_and_returns_without_duplicates(lab: Any, deploy: Any) -> None:
+    deploy("hf", f"""
+services:
+  web:
+    image: {IMAGE}
+    command: {SERVE}
+    deploy:
+      replicas: 6
+  agent:
+    image: {IMAGE}
+    command: {SERVE}
+    deploy:
+      mode: global
+""")
+    n = len(lab.hosts)
+    wait_for(lambda: len(running(lab, "hf_web")) == 6 and len(running(lab, "hf_agent")) == n, 90,
+             "6 web replicas and one agent per node running",
+             observe=lambda: brief(tasks(lab, "hf_web") + tasks(lab, "hf_agent")))
+    victim = "worker3"
+    lost = {t["id"] for t in running(lab, "hf_web") if t["node"] == victim}
+    assert lost, "the spread put nothing on worker3"
+
+    cut_at = time.time()
+    _link(lab, victim, "down")
+    try:
+        wait_for(lambda: node(lab, victim)["status"] == "down", 15, f"{victim} marked down")
+        down_after = node(lab, victim)["updated_at"] - cut_at
+        assert down_after <= 3.0, f"{victim} marked down {down_after:.2f}s after its link was cut"
+
+        def healed() -> list[dict[str, Any]]:
+            web = running(lab, "hf_web")
+            ok = len(web) == 6 and all(t["node"] != victim for t in web)
+            return web if ok and len(running(lab, "hf_agent")) == n - 1 else []
+        web = wait_for(healed, 30, "6 web replicas running without worker3, agents on the others",
+                       observe=lambda: brief(live(tasks(lab, "hf_web"))))
+        healed_after = max(t["since"] for t in web) - cut_at
+        rows = tasks(lab, "hf_web")
+        assert {t["current_state"] for t in rows if t["id"] in lost} == {"orphaned"}, brief(rows)
+        print(f"\n{victim} cut off: marked down after {down_after:.2f}s, "
+              f"its {len(lost)} replicas running elsewhere after {healed_after:.2f}s")
+    finally:
+        _link(lab, victim, "up")
+
+    back_at = time.time()
+    wait_for(lambda: node(lab, victim)["status"] == "ready", 60, f"{victim} ready again")
+
+    def converged() -> bool:
+        on_victim = {task for _, task in containers(lab, victim, "hf_web")}
+        return not on_victim & lost and len(running(lab, "hf_agent")) == n
+    wait_for(converged, 30, f"{victim}'s stale web containers removed and its agent task back",
+             observe=lambda: (containers(lab, victim, "hf_web"), brief(live(tasks(lab, "hf_agent")))))
+    print(f"{victim} back: stale containers gone {time.time() - back_at:.2f}s after the link came up")
+
+    # never two containers for one slot, and exactly the desired count, on the engines themselves
+    per_task: Counter[str] = Counter()
+    for h in lab.hosts:
+        per_task.update(task for _, task in containers(lab, h, "hf_web"))
+    assert sum(per_task.values()) == 6 and max(per_task.values()) == 1, per_task
+    slots = Counter(t["slot"] for t in running(lab, "hf_web"))
+    assert sorted(slots) == [1, 2, 3, 4, 5, 6] and set(slots.values()) == {1}, slots
