@@ -189,6 +189,7 @@ def force_new_cluster() -> str:
     stop_manager_process(timeout=15)
     cluster = Cluster.from_dict(next(iter(objects["cluster"].values())))
     key = asyncssh.generate_private_key("ssh-ed25519", comment=KEY_COMMENT)
+    cluster.previous_ssh_private_key = cluster.ssh_private_key
     cluster.ssh_public_key = key.export_public_key().decode().strip()
     cluster.ssh_private_key = key.export_private_key().decode()
     cluster.raft_secret = new_secret() + new_secret()

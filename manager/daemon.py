@@ -38,9 +38,9 @@ log = logging.getLogger(__name__)
 class _Leading:
     """The loops that run only on the leader."""
 
-    def __init__(self, store: Store, client_key: Any) -> None:
+    def __init__(self, store: Store, client_keys: list[Any]) -> None:
         self.components: list[Any] = [Orchestrator(store), Updater(store), Scheduler(store),
-                                      Dispatcher(store, client_key)]
+                                      Dispatcher(store, client_keys)]
         self.tasks = [asyncio.create_task(c.run(), name=type(c).__name__) for c in self.components]
 
     async def stop(self) -> None:
@@ -150,9 +150,10 @@ class Manager:
                 await self._bootstrap()
                 cluster = self.store.snapshot().cluster
                 if cluster is not None:
-                    key = asyncssh.import_private_key(cluster.ssh_private_key)
+                    keys = [asyncssh.import_private_key(k) for k in
+                            (cluster.ssh_private_key, cluster.previous_ssh_private_key) if k]
                     log.info("became leader: starting orchestrator, updater, scheduler, dispatcher")
-                    self._leading = _Leading(self.store, key)
+                    self._leading = _Leading(self.store, keys)
             elif not self.store.is_leader and self._leading is not None:
                 log.info("no longer leader: stopping orchestrator, updater, scheduler, dispatcher")
                 await self._leading.stop()

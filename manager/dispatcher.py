@@ -137,7 +137,7 @@ class _Session:
         host_key = asyncssh.import_public_key(node.ssh_host_key)
         self._conn = await asyncio.wait_for(asyncssh.connect(
             node.addr, port=node.ssh_port, username="root",
-            client_keys=[self._d.client_key], known_hosts=([host_key], [], []),
+            client_keys=self._d.client_keys, known_hosts=([host_key], [], []),
             agent_path=None, config=[], keepalive_interval=1, keepalive_count_max=3,
         ), timeout=5)
         self._process = await self._conn.create_process("pyswarm worker --stdio", encoding=None)
@@ -236,10 +236,10 @@ class _Session:
 
 
 class Dispatcher:
-    def __init__(self, store: Store, client_key: Any, ping_every: float = 0.5, dead_after: float = 2.0,
+    def __init__(self, store: Store, client_keys: list[Any], ping_every: float = 0.5, dead_after: float = 2.0,
                  hello_timeout: float = 15.0) -> None:
         self._store = store
-        self.client_key = client_key
+        self.client_keys = client_keys  # the cluster key, then the one it replaced (if any)
         self.ping_every = ping_every
         self.dead_after = dead_after
         self.hello_timeout = hello_timeout

@@ -332,7 +332,7 @@ class Store:
         loop = asyncio.get_running_loop()
         # without a leader, fail within a few seconds rather than queue the
         # write for whenever one appears (the caller is a person waiting)
-        deadline = loop.time() + min(timeout, 3.0)
+        deadline = loop.time() + min(timeout, 2.0)
         while self.leader is None:
             if loop.time() > deadline:
                 raise NoQuorumError(self._no_quorum_message("no leader"))

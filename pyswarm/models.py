@@ -181,6 +181,9 @@ class Cluster(Model):
     # where managers' DNS forwards outside names, when set at init
     # (None: each manager's own resolv.conf)
     dns_upstreams: list[str] | None = None
+    # the key agents had before it was rotated (--force-new-cluster): the
+    # dispatcher offers both until every agent has installed the new one
+    previous_ssh_private_key: str = ""
     # how container traffic crosses hosts: "" (host routes; the hosts share a
     # link) or "vxlan" (an overlay between the hosts' addresses), set at init
     overlay: str = ""
