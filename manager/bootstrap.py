@@ -193,11 +193,13 @@ def force_new_cluster() -> str:
     cluster.ssh_public_key = key.export_public_key().decode().strip()
     cluster.ssh_private_key = key.export_private_key().decode()
     cluster.raft_secret = new_secret() + new_secret()
+    cluster.epoch += 1
     objects["cluster"] = {cluster.id: cluster.to_dict()}
     for node_id, data in objects.get("node", {}).items():
         if node_id != manager.node_id and data.get("role") == NodeRole.MANAGER.value:
-            objects["node"][node_id] = {**data, "role": NodeRole.WORKER.value, "status": NodeStatus.DOWN.value,
-                                        "status_message": "left behind by --force-new-cluster"}
+            # its host stays a node (its agent answers as before); its manager,
+            # if it ever comes back, finds itself demoted and retires
+            objects["node"][node_id] = {**data, "role": NodeRole.WORKER.value}
     manager.raft_secret = cluster.raft_secret
     manager.raft_peers = [f"{manager.advertise_addr}:{manager.raft_port}"]
     manager.bootstrap = {"objects": [[kind, oid, data] for kind, objs in objects.items() for oid, data in objs.items()]}

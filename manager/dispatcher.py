@@ -261,7 +261,9 @@ class Dispatcher:
                     break
                 self.snapshot = self._store.snapshot()
                 self.mesh = mesh_message(self.snapshot)
-                self.term = self._store.term
+                cluster = self.snapshot.cluster
+                # fencing token: Raft terms restart after --force-new-cluster
+                self.term = (cluster.epoch if cluster else 0) * 1_000_000_000 + self._store.term
                 self._sync_sessions(self.snapshot)
                 for session, _ in self._sessions.values():
                     session.push()

@@ -184,6 +184,9 @@ class Cluster(Model):
     # the key agents had before it was rotated (--force-new-cluster): the
     # dispatcher offers both until every agent has installed the new one
     previous_ssh_private_key: str = ""
+    # bumped by --force-new-cluster, whose Raft terms start again from 1:
+    # agents fence leaders by (epoch, term)
+    epoch: int = 0
     # how container traffic crosses hosts: "" (host routes; the hosts share a
     # link) or "vxlan" (an overlay between the hosts' addresses), set at init
     overlay: str = ""
