@@ -78,6 +78,7 @@ class Api:
             "service.ps": self.service_ps,
             "service.scale": self.service_scale,
             "service.inspect": self.service_inspect,
+            "cluster.update": self.cluster_update,
             "service.update": self.service_update,
             "service.rollback": self.service_rollback,
             "network.create": self.network_create,
@@ -227,6 +228,9 @@ class Api:
             snap = self._snap()
             removed.append(node.hostname)
         return removed
+
+    async def cluster_update(self, params: dict[str, Any]) -> Any:
+        return await _cluster_update(self, params)
 
     async def node_update(self, params: dict[str, Any]) -> Any:
         """Availability and labels of one node (by id, id prefix or hostname).
@@ -644,6 +648,21 @@ def _updated_spec(service: Service, params: dict[str, Any]) -> ServiceSpec:
             raise UsageError(f"{service.name}: invalid replicas value {replicas}: must be a non-negative integer")
         spec["replicas"] = replicas
     return ServiceSpec.from_dict(spec)
+
+
+async def _cluster_update(api: Api, params: dict[str, Any]) -> Any:
+    """``swarm update``: cluster settings (so far the task history limit)."""
+    cluster = _cluster(api._snap())
+    fields: dict[str, Any] = {}
+    if params.get("task_history_limit") is not None:
+        limit = int(params["task_history_limit"])
+        if limit < 0:
+            raise UsageError(f"invalid task history limit {limit}: must be 0 or more")
+        fields["task_history_limit"] = limit
+    if not fields:
+        raise UsageError("swarm update: nothing to change (give --task-history-limit)")
+    await api._store.commit([["patch", "cluster", cluster.id, fields]])
+    return {"id": cluster.id, **fields}
 
 
 def _without_replicas(spec: ServiceSpec) -> dict[str, Any]:

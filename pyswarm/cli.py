@@ -367,6 +367,14 @@ def _node_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _swarm_update(args: argparse.Namespace) -> int:
+    if args.task_history_limit is None:
+        raise UsageError("swarm update: nothing to change (give --task-history-limit)")
+    _call("cluster.update", {"task_history_limit": args.task_history_limit})
+    print("Swarm updated.")
+    return 0
+
+
 def _node_update(args: argparse.Namespace) -> int:
     add: dict[str, str] = {}
     for item in args.label_add or []:
@@ -437,6 +445,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = node.add_parser("inspect", help="show a node as JSON")
     p.add_argument("nodes", nargs="+", metavar="NODE")
     p.set_defaults(func=_node_inspect)
+    swarm = sub.add_parser("swarm", help="cluster settings").add_subparsers(dest="swarm_command", metavar="COMMAND", required=True)
+    p = swarm.add_parser("update", help="change cluster settings")
+    p.add_argument("--task-history-limit", type=int, metavar="N", help="ended tasks kept per slot (default 5)")
+    p.set_defaults(func=_swarm_update)
+
     p = node.add_parser("update", help="change a node's availability or labels")
     p.add_argument("--availability", choices=["active", "pause", "drain"],
                    help="active: takes tasks; pause: keeps its tasks, takes no new ones; drain: its tasks move away")

@@ -43,3 +43,13 @@ def test_cli_refuses_an_update_with_nothing_to_change(capsys: pytest.CaptureFixt
     assert main(["node", "update", "w1"]) == 1
     err = capsys.readouterr().err
     assert err.strip() == "Error: node update: nothing to change (give --availability, --label-add or --label-rm)"
+
+
+def test_swarm_update_sets_the_task_history_limit(tmp_path: Path) -> None:
+    async def body(api: Api) -> None:
+        assert await api.call("cluster.update", {"task_history_limit": 2}) == {"id": "c1", "task_history_limit": 2}
+        cluster = api._snap().cluster
+        assert cluster is not None and cluster.task_history_limit == 2
+        with pytest.raises(UsageError, match="invalid task history limit -1"):
+            await api.call("cluster.update", {"task_history_limit": -1})
+    with_api(tmp_path, body)
