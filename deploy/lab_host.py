@@ -156,7 +156,8 @@ class LabHost:
         script = (
             "set -e\n"
             f"hostname {self.name}\n"
-            "grep -E ' - nsfs ' /proc/self/mountinfo | cut -d' ' -f5 | sort -r | xargs -r -n1 umount -l\n"
+            # another lab going down at this moment may unmount some first: fine
+            "grep -E ' - nsfs ' /proc/self/mountinfo | cut -d' ' -f5 | sort -r | xargs -r -n1 umount -l 2>/dev/null || true\n"
             f"if mountpoint -q {NETNS_DIR}; then umount -l {NETNS_DIR}; fi\n"
             f"if mountpoint -q {self.ns_dir}; then umount -l {self.ns_dir}; fi\n"
             f"{binds}\n"
@@ -181,9 +182,12 @@ class LabHost:
             "--bip", self.bip,
             "--cgroup-parent", self.cgroup,
         ]  # fmt: skip
+        # The lab has no registry: Swarm mode (benchmarks run Docker Swarm on
+        # the lab too) would otherwise try to pull every service image first.
+        offline = {"DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1"}
         for daemon, argv in (("sshd", sshd), ("dockerd", dockerd)):
             # nsenter execs the daemon, so the pid is the daemon's
-            self.pids[daemon] = spawn(self.nsenter() + argv, self.log(daemon), self.env())
+            self.pids[daemon] = spawn(self.nsenter() + argv, self.log(daemon), self.env(offline if daemon == "dockerd" else None))
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         """A clean environment like a root login on a real host, engine socket included."""
