@@ -61,16 +61,20 @@ def call_unix(path: Path, method: str, params: dict[str, Any] | None = None, tim
                 f"no pyswarm manager is running on this host ({path}: {exc.strerror}); "
                 "run this on a manager, or start one with `pyswarm init`"
             ) from None
-        sock.sendall(encode_request(method, params or {}))
         buf = bytearray()
-        while not buf.endswith(b"\n"):
-            try:
+        try:
+            sock.sendall(encode_request(method, params or {}))
+            while not buf.endswith(b"\n"):
                 chunk = sock.recv(65536)
-            except socket.timeout:
-                raise errors.ConnectionError_(f"the manager did not answer {method} within {timeout:.0f}s") from None
-            if not chunk:
-                break
-            buf += chunk
+                if not chunk:
+                    break
+                buf += chunk
+        except socket.timeout:
+            raise errors.ConnectionError_(f"the manager did not answer {method} within {timeout:.0f}s") from None
+        except OSError as exc:
+            raise errors.ConnectionError_(f"lost the connection to the manager during {method}: {exc.strerror or exc}") from None
+        if buf and not buf.endswith(b"\n"):
+            raise errors.ConnectionError_(f"the manager's answer to {method} was cut short (did it stop?)")
         return decode_response(bytes(buf))
     finally:
         sock.close()
