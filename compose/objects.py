@@ -64,7 +64,11 @@ def resolve_references(stack: str, services: list[ServiceSpec], config: Mapping[
     """Rewrite each service's ``options`` (a private copy) to cluster names."""
     volumes: Mapping[str, Any] = config.get("volumes", {})
     for spec in services:
-        options = copy.deepcopy(spec.container.options)
+        # copy what is rewritten (the rest is shared with Stack.config, read-only)
+        options = dict(spec.container.options)
+        for key in ("volumes", "secrets", "configs"):
+            if key in options:
+                options[key] = [copy.deepcopy(entry) for entry in options[key]]
         for entry in options.get("volumes", []):
             source = entry.get("source")
             if entry.get("type") != "volume" or not source or source not in volumes:
