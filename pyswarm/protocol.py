@@ -38,7 +38,11 @@ agent -> manager
   {"op": "error", "message"}                              agent-level trouble
 
 Assignment: {"task_id", "service_id", "service_name", "stack", "slot",
-  "node_id", "spec": ContainerSpec.to_dict(), "dns_search": [domain, ...]}
+  "node_id", "spec": ContainerSpec.to_dict(), "dns_search": [domain, ...],
+  "secrets": [File, ...], "configs": [File, ...]}    (both only when used)
+File: {"name", "target" (absolute path in the container), "uid", "gid",
+  "mode", "data" (base64)}: sent only to the node that runs the task; the
+  agent never logs it (pyswarm.worker.files).
 
 Containers carry these labels, so that any leader can adopt them later.
 """
