@@ -8,7 +8,7 @@ PYSWARM := $(VENV)/bin/pyswarm
 PYTEST  := $(VENV)/bin/pytest
 APT_PACKAGES := docker.io openssh-server busybox-static iproute2 iptables procps psmisc
 
-.PHONY: demo test deps venv lab-down lint clean
+.PHONY: demo test deps venv lab-down lint clean bench
 
 ## demo: a lab of 1 manager + 3 workers, the example stack, scaled, DNS shown
 demo: deps venv
@@ -17,6 +17,15 @@ demo: deps venv
 ## test: the whole suite (unit and end-to-end on the lab); fails when no test ran
 test: deps venv
 	bash deploy/run-tests.sh
+
+## bench: pyswarm against Docker Swarm on a lab of its own (root; all scenarios take ~30 min;
+##        ONLY=deploy,scale,failure,failover,update,dns,footprint for some, ROUNDS=N, default 3)
+bench: deps venv $(VENV)/.bench-installed
+	$(PY) bench/swarm_vs_pyswarm.py $(if $(ONLY),--only $(ONLY)) $(if $(ROUNDS),--rounds $(ROUNDS))
+
+$(VENV)/.bench-installed: pyproject.toml
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $@
 
 ## deps: the system packages (apt) that the lab and the agent need
 deps:
