@@ -1,0 +1,138 @@
+"""A node simulator for the footprint benchmark: many fake nodes, no containers.
+
+Run inside a lab host (the manager's), it (1) joins N nodes through the
+manager's real join API (SSH, token secret), each with an address of its
+own on loopback (127.1.x.y; the manager dials node.addr:PORT) and one shared
+SSH host key, then (2) serves all of them from one asyncssh server on
+0.0.0.0:PORT. The dispatcher opens one session per node as with a real
+host; for each, the server plays ``pyswarm worker --stdio`` as a *fake
+agent* speaking pyswarm.protocol: it says hello, answers pings, and reports
+every task it is assigned as running at once (container id and address
+made up). Nothing is created in any engine, so the figures measure the
+manager alone (store, orchestrator, scheduler, dispatcher, SSH), which is
+what the footprint scenario wants.
+
+    python -m swarmbench.nodesim --token TOKEN --manager ADDR:2377 --nodes 1000 --port 2222
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from typing import Any
+
+import asyncssh
+
+from pyswarm import protocol
+from pyswarm.manager import bootstrap
+
+
+def sim_addr(i: int) -> str:
+    return f"127.1.{i // 250}.{i % 250 + 1}"
+
+
+class FakeAgent:
+    """One simulated node's agent on one SSH channel."""
+
+    def __init__(self, process: asyncssh.SSHServerProcess[bytes], index: int) -> None:
+        self.process = process
+        self.index = index
+        self.reported: set[str] = set()
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.process.stdout.write(protocol.encode(message))
+
+    async def run(self) -> None:
+        self.send({"op": "hello", "hostname": f"sim{self.index}", "engine_version": "simulated",
+                   "resources": {"nano_cpus": 4_000_000_000, "memory_bytes": 8 << 30},
+                   "platform": {"os": "linux", "arch": "x86_64"}})
+        try:
+            while True:
+                line = await self.process.stdin.readline()
+                if not line:
+                    break
+                msg = protocol.decode(line)
+                op = msg.get("op")
+                if op == "ping":
+                    self.send({"op": "pong", "seq": msg.get("seq")})
+                elif op == "assign":
+                    now = time.time()
+                    for a in msg.get("tasks", []):
+                        tid = str(a.get("task_id"))
+                        if tid in self.reported:
+                            continue
+                        self.reported.add(tid)
+                        n = len(self.reported)
+                        self.send({"op": "status", "task_id": tid, "state": "running", "container_id": "sim" + tid,
+                                   "ip": f"10.{128 + self.index // 256}.{self.index % 256}.{n % 250 + 2}", "ts": now})
+        except (asyncssh.Error, OSError, ValueError):
+            pass
+        finally:
+            self.process.exit(0)
+
+
+class Server(asyncssh.SSHServer):
+    def begin_auth(self, username: str) -> bool:
+        return False  # loopback inside one lab host: no authentication needed
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+
+
+def node_index(process: asyncssh.SSHServerProcess[bytes]) -> int:
+    addr = process.get_extra_info("sockname")[0]
+    _, _, b, c = (int(x) for x in addr.split("."))
+    return b * 250 + c - 1
+
+
+async def handle(process: asyncssh.SSHServerProcess[bytes]) -> None:
+    await FakeAgent(process, node_index(process)).run()
+
+
+async def join_all(token: str, manager: str, nodes: int, host_key: str, port: int, concurrency: int = 16) -> None:
+    host, api_port = bootstrap._split_addr(manager)
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async def calls(process: Any) -> Any:
+            return await bootstrap._rpc(process, "join", {
+                "hostname": f"sim{i}", "addr": sim_addr(i), "ssh_host_key": host_key, "ssh_port": port,
+            })
+
+        async with sem:
+            await bootstrap._join_calls(host, api_port, token, calls)
+
+    started = time.monotonic()
+    await asyncio.gather(*(one(i) for i in range(nodes)))
+    print(f"joined {nodes} simulated nodes in {time.monotonic() - started:.1f}s", flush=True)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    public = key.export_public_key().decode().strip()
+    await join_all(args.token, args.manager, args.nodes, public, args.port)
+    server = await asyncssh.create_server(Server, "", args.port, server_host_keys=[key], process_factory=handle,
+                                          encoding=None, line_editor=False, keepalive_interval=0)
+    print(f"serving {args.nodes} simulated nodes on port {args.port}", flush=True)
+    async with server:
+        await server.wait_closed()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--token", required=True)
+    p.add_argument("--manager", required=True)
+    p.add_argument("--nodes", type=int, required=True)
+    p.add_argument("--port", type=int, default=2222)
+    args = p.parse_args()
+    try:
+        asyncio.run(main_async(args))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
