@@ -1,0 +1,280 @@
+"""Managers as a Raft quorum, on a lab of 3 managers and 2 workers (real
+manager processes in separate namespaces, real pysyncobj over TCP, real SSH
+to the agents): failover by kill and by partition, writes under failover,
+restarts, quorum loss and --force-new-cluster, promote/demote.
+
+The tests run in order on one lab; each leaves it with 3 managers running.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dns.message
+import dns.query
+import dns.rdatatype
+import pytest
+
+from pyswarm import rpc
+from pyswarm.errors import PyswarmError
+
+pytestmark = pytest.mark.e2e
+
+STACK = "q"
+IMAGE = "pyswarm-lab/busybox:latest"
+# exits on TERM, so removals do not wait out the 10 s stop grace
+COMMAND = ["sh", "-c", "trap 'exit 0' TERM; httpd -f -p 80 & wait"]
+
+
+def web_spec(name: str, replicas: int = 1) -> dict[str, Any]:
+    return {"name": name, "stack": STACK, "replicas": replicas,
+            "container": {"image": IMAGE, "command": COMMAND}}
+
+
+class Cluster:
+    """The lab, seen through each manager's own API socket."""
+
+    def __init__(self, lab: Any) -> None:
+        self.lab = lab
+        self.managers: list[str] = list(lab.managers)
+
+    def sock(self, host: str) -> Path:
+        return Path(self.lab.host(host).private("/run/pyswarm/manager.sock"))
+
+    def call(self, host: str, method: str, params: dict[str, Any] | None = None, timeout: float = 10) -> Any:
+        return rpc.call_unix(self.sock(host), method, params or {}, timeout=timeout)
+
+    def try_call(self, host: str, method: str, params: dict[str, Any] | None = None, timeout: float = 10) -> Any:
+        try:
+            return self.call(host, method, params, timeout)
+        except PyswarmError as exc:
+            return exc
+
+    def leader(self, among: list[str] | None = None) -> str | None:
+        for host in among or self.managers:
+            answer = self.try_call(host, "ping", timeout=2)
+            if isinstance(answer, dict) and answer.get("leader"):
+                return host
+        return None
+
+    def wait_leader(self, among: list[str], timeout: float = 15) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.leader(among)
+            if found:
+                return found
+            time.sleep(0.05)
+        pytest.fail(f"no leader among {among} after {timeout:.0f}s")
+
+    def kill(self, host: str, signal: str = "KILL") -> None:
+        self.lab.exec(host, ["sh", "-c", f"kill -{signal} $(cat /run/pyswarm/manager.pid)"])
+        if signal != "KILL":
+            wait_until(lambda: (not self.lab.exec(host, ["test", "-e", "/run/pyswarm/manager.pid"], check=False).returncode, None),
+                       15, f"{host}'s manager to exit on SIG{signal}")
+
+    def start(self, host: str) -> None:
+        self.lab.pyswarm(host, "manager", "start", timeout=90)
+
+    def containers(self) -> dict[str, set[str]]:
+        return {h: set(self.lab.docker(h, "ps", "-q", "--filter", f"label=com.docker.stack.namespace={STACK}").stdout.split())
+                for h in self.lab.hosts}
+
+    def node_rows(self, host: str) -> dict[str, dict[str, Any]]:
+        return {n["hostname"]: n for n in self.call(host, "node.ls")}
+
+    def service_names(self, host: str) -> set[str]:
+        return {s["name"] for s in self.call(host, "service.ls")}
+
+
+def wait_until(check: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        ok, last = check()
+        if ok:
+            return last
+        time.sleep(interval)
+    pytest.fail(f"{what}: not true after {timeout:.0f}s; last seen: {last}")
+
+
+def write_ok(cluster: Cluster, host: str, params: dict[str, Any]) -> bool:
+    return not isinstance(cluster.try_call(host, "stack.deploy", params, timeout=10), PyswarmError)
+
+
+@pytest.fixture(scope="module")
+def cluster(lab_factory: Any) -> Iterator[Cluster]:
+    c = Cluster(lab_factory(managers=3, workers=2, cluster=True))
+    leader = c.wait_leader(c.managers)
+    c.call(leader, "stack.deploy", {"stack": STACK, "services": [web_spec("q_web", 5)]})
+    wait_until(lambda: (sum(map(len, c.containers().values())) == 5, c.containers()), 60, "5 q_web containers")
+    yield c
+
+
+def all_ready(c: Cluster, via: str) -> tuple[bool, Any]:
+    rows = c.node_rows(via)
+    return all(r["status"] == "ready" for r in rows.values()), {h: (r["status"], r["manager_status"]) for h, r in rows.items()}
+
+
+def test_three_managers_one_leader_reads_everywhere_writes_through_followers(cluster: Cluster) -> None:
+    leader = cluster.wait_leader(cluster.managers)
+    rows = cluster.node_rows(leader)
+    statuses = sorted(r["manager_status"] for r in rows.values() if r["role"] == "manager")
+    assert statuses == ["leader", "reachable", "reachable"], rows
+    follower = next(h for h in cluster.managers if h != leader)
+    cluster.call(follower, "stack.deploy", {"stack": STACK, "services": [web_spec("q_via_follower", 0)]})
+    for host in cluster.managers:
+        wait_until(lambda: ("q_via_follower" in cluster.service_names(host), cluster.service_names(host)), 5,
+                   f"the follower's write visible on {host}")
+
+
+def test_leader_killed_new_leader_no_container_restarted(cluster: Cluster) -> None:
+    before = cluster.containers()
+    old = cluster.wait_leader(cluster.managers)
+    others = [h for h in cluster.managers if h != old]
+    cluster.kill(old)
+    killed = time.monotonic()
+    wait_until(lambda: (write_ok(cluster, others[0], {"stack": STACK, "services": [web_spec("q_after_kill", 0)]}), None),
+               20, "a successful write after killing the leader", interval=0.02)
+    print(f"leader SIGKILL -> first successful write: {time.monotonic() - killed:.2f}s")
+    new = cluster.wait_leader(others)
+    assert new != old
+    wait_until(lambda: all_ready(cluster, new), 20, "the new leader's dispatcher reaching every node")
+    assert cluster.containers() == before, "failover restarted or duplicated containers"
+    cluster.start(old)
+    wait_until(lambda: ("q_after_kill" in cluster.service_names(old), cluster.service_names(old)), 20,
+               f"{old} caught up after restart")
+    assert cluster.node_rows(new)[old]["manager_status"] in ("reachable", "leader")
+
+
+def test_partitioned_leader_steps_down_and_catches_up(cluster: Cluster) -> None:
+    old = cluster.wait_leader(cluster.managers)
+    others = [h for h in cluster.managers if h != old]
+    veth = cluster.lab.host(old).veth
+    subprocess.run(["ip", "link", "set", veth, "down"], check=True)
+    try:
+        cut = time.monotonic()
+        wait_until(lambda: (write_ok(cluster, others[0], {"stack": STACK, "services": [web_spec("q_in_partition", 0)]}), None),
+                   20, "a successful write on the majority side", interval=0.02)
+        print(f"leader partitioned -> first successful write: {time.monotonic() - cut:.2f}s")
+        wait_until(lambda: (cluster.leader([old]) is None, None), 5, f"{old} to stop being leader without a majority")
+    finally:
+        subprocess.run(["ip", "link", "set", veth, "up"], check=True)
+    wait_until(lambda: ("q_in_partition" in cluster.service_names(old), cluster.service_names(old)), 20,
+               f"{old} catching up after the partition heals")
+    new = cluster.wait_leader(cluster.managers)
+    wait_until(lambda: (cluster.node_rows(new)[old]["manager_status"] == "reachable", cluster.node_rows(new)[old]), 20,
+               f"{old} back as a reachable follower")
+
+
+def test_acknowledged_writes_survive_repeated_leader_kills(cluster: Cluster) -> None:
+    acked: list[int] = []
+    failed: list[int] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            params = {"stack": STACK, "services": [web_spec(f"q_w{i}_a", 0), web_spec(f"q_w{i}_b", 0)]}
+            # a client that retries on another manager, as the CLI's user would
+            (acked if any(write_ok(cluster, h, params) for h in cluster.managers) else failed).append(i)
+            i += 1
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for _ in range(2):
+            leader = cluster.wait_leader(cluster.managers)
+            cluster.kill(leader)
+            cluster.wait_leader([h for h in cluster.managers if h != leader])
+            time.sleep(0.5)  # let writes flow under the new leader
+            cluster.start(leader)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert acked, "no write was acknowledged at all"
+    for host in cluster.managers:
+        def has_all() -> tuple[bool, Any]:
+            names = cluster.service_names(host)
+            missing = [i for i in acked if f"q_w{i}_a" not in names or f"q_w{i}_b" not in names]
+            return not missing, missing[:10]
+        wait_until(has_all, 20, f"every acknowledged write on {host}")
+        names = cluster.service_names(host)
+        half = [i for i in failed if (f"q_w{i}_a" in names) != (f"q_w{i}_b" in names)]
+        assert not half, f"failed writes half-applied on {host}: {half}"
+    print(f"{len(acked)} writes acknowledged, {len(failed)} failed, none lost or half-applied")
+
+
+def test_all_managers_restart_with_state_and_adopt_containers(cluster: Cluster) -> None:
+    before = cluster.containers()
+    services = cluster.service_names(cluster.wait_leader(cluster.managers))
+    for host in cluster.managers:
+        cluster.kill(host, "TERM")
+    threads = [threading.Thread(target=cluster.start, args=(h,)) for h in cluster.managers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    leader = cluster.wait_leader(cluster.managers, timeout=30)
+    assert cluster.service_names(leader) == services
+    wait_until(lambda: all_ready(cluster, leader), 30, "every node ready again")
+    def web_running() -> tuple[bool, Any]:
+        row = next(s for s in cluster.call(leader, "service.ls") if s["name"] == "q_web")
+        return row["running"] == 5, row["replicas"]
+    wait_until(web_running, 30, "q_web 5/5 again")
+    assert cluster.containers() == before, "restarting every manager restarted containers"
+
+
+def test_quorum_loss_then_force_new_cluster(cluster: Cluster) -> None:
+    survivor, *lost = cluster.managers
+    before = cluster.containers()
+    for host in lost:
+        cluster.kill(host)
+    time.sleep(1)
+    started = time.monotonic()
+    answer = cluster.try_call(survivor, "service.scale", {"scales": {"q_web": 4}}, timeout=30)
+    took = time.monotonic() - started
+    assert isinstance(answer, PyswarmError) and "no quorum: 1 of 3 managers reachable" in str(answer), answer
+    assert took < 6, f"a write without quorum took {took:.1f}s to fail"
+    assert "q_web" in cluster.service_names(survivor), "reads must still work without quorum"
+    addr = cluster.lab.hosts[survivor]
+    reply = dns.query.udp(dns.message.make_query(f"web.{STACK}", dns.rdatatype.A), addr, timeout=3)
+    assert len([a for rr in reply.answer for a in rr]) == 5, reply
+    assert cluster.containers() == before, "containers changed while the cluster had no quorum"
+
+    out = cluster.lab.pyswarm(survivor, "init", "--force-new-cluster", timeout=60).stdout
+    assert "only manager" in out, out
+    cluster.call(survivor, "service.scale", {"scales": {"q_web": 5}})
+    rows = wait_until(lambda: all_ready(cluster, survivor), 30, "every node ready in the rebuilt cluster")
+    assert [h for h, (_, ms) in rows.items() if ms] == [survivor], rows
+    assert cluster.containers() == before, "rebuilding the cluster restarted containers"
+
+    # the old managers' hosts are workers now; make them managers again
+    cluster.lab.pyswarm(survivor, "node", "promote", *lost, timeout=60)
+    wait_until(lambda: (sorted(r["manager_status"] for r in cluster.node_rows(survivor).values() if r["manager_status"])
+                        == ["leader", "reachable", "reachable"], cluster.node_rows(survivor)), 60,
+               "three managers again after promoting the lost ones")
+
+
+def test_demote_refuses_to_lose_quorum(cluster: Cluster) -> None:
+    leader = cluster.wait_leader(cluster.managers)
+    a, b = [h for h in cluster.managers if h != leader]
+    cluster.kill(a)
+    try:
+        wait_until(lambda: (cluster.node_rows(leader)[a]["manager_status"] == "unreachable", None), 10, f"{a} unreachable")
+        result = cluster.lab.pyswarm(leader, "node", "demote", b, check=False)
+        assert result.returncode == 1 and "would lose quorum" in result.stderr, result
+    finally:
+        cluster.start(a)
+    result = cluster.lab.pyswarm(leader, "node", "demote", b)
+    wait_until(lambda: (cluster.lab.exec(b, ["test", "-e", "/var/lib/pyswarm/manager.json"], check=False).returncode == 1, None),
+               20, f"{b}'s manager to retire after demotion")
+    rows = cluster.node_rows(leader)
+    assert rows[b]["role"] == "worker" and rows[b]["status"] == "ready", rows[b]
+    cluster.lab.pyswarm(leader, "node", "promote", b, timeout=60)
+    wait_until(lambda: (cluster.node_rows(leader)[b]["manager_status"] == "reachable", None), 60, f"{b} a manager again")

@@ -1,0 +1,47 @@
+"""A store replica in its own process, driven line by line on stdin (for
+test_raft.py: real Raft between separate processes, on loopback).
+
+    python raft_node.py SELF_ADDR DATA_DIR SECRET [PEER ...]
+
+Commands: ``put ID`` (commit a service named ID; prints ``ok`` or
+``error: …``), ``names`` (prints the JSON list of service names in this
+replica), ``leader`` (prints ``yes`` or ``no``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from pyswarm.manager.store import RaftConfig, Store
+from pyswarm.models import ContainerSpec, Service, ServiceSpec
+
+
+async def main() -> None:
+    self_addr, data_dir, secret, *peers = sys.argv[1:]
+    store = Store(RaftConfig(self_addr, peers, Path(data_dir), secret))
+    store.start()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    print("started", flush=True)
+    while line := (await reader.readline()).decode().strip():
+        cmd, _, arg = line.partition(" ")
+        if cmd == "put":
+            svc = Service(id=arg, spec=ServiceSpec(name=arg, container=ContainerSpec(image="x")))
+            try:
+                await store.commit([["put", "service", arg, svc.to_dict()]], timeout=5)
+                print("ok", flush=True)
+            except Exception as exc:
+                print(f"error: {exc}", flush=True)
+        elif cmd == "names":
+            print(json.dumps(sorted(s.name for s in store.snapshot().services())), flush=True)
+        elif cmd == "leader":
+            print("yes" if store.is_leader else "no", flush=True)
+    store.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
