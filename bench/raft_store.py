@@ -1,0 +1,162 @@
+"""The Raft store on 3 managers: commit latency, batched throughput, log
+compaction; against one manager (no replication) measured in the same run.
+
+Each manager is a separate process on loopback (real pysyncobj over TCP,
+encrypted with the Raft secret), driven over a pipe:
+
+    .venv/bin/python bench/raft_store.py [--latency 500] [--writes 100000]
+
+It prints p50/p99 of one write committed (sequential), writes/s with many
+writes in flight, and the size of each manager's data directory after
+``--writes`` writes (log compaction must keep it small). Results are
+recorded in bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CHILD = "child"
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [int(s.getsockname()[1]) for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+async def _child(self_addr: str, data_dir: str, peers: list[str]) -> None:
+    """One manager's store, answering bench commands on stdin."""
+    from pyswarm.manager.store import RaftConfig, Store
+
+    store = Store(RaftConfig(self_addr, peers, Path(data_dir), "bench-secret"))
+    store.start()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    def op(i: int) -> list[object]:
+        return ["put", "node", f"n{i % 1000}", {"id": f"n{i % 1000}", "hostname": "h", "addr": "10.0.0.1", "seq": i}]
+
+    print("started", flush=True)
+    while line := (await reader.readline()).decode().strip():
+        cmd, *args = line.split()
+        if cmd == "leader":
+            print("yes" if store.is_leader else "no", flush=True)
+        elif cmd == "latency":
+            times = []
+            for i in range(int(args[0])):
+                t = time.perf_counter()
+                await store.commit([op(i)])
+                times.append(time.perf_counter() - t)
+            print(json.dumps(times), flush=True)
+        elif cmd == "throughput":
+            total, inflight = int(args[0]), int(args[1])
+            sem = asyncio.Semaphore(inflight)
+
+            async def one(i: int) -> None:
+                async with sem:
+                    await store.commit([op(i)], timeout=30)
+
+            t = time.perf_counter()
+            await asyncio.gather(*(one(i) for i in range(total)))
+            print(json.dumps(time.perf_counter() - t), flush=True)
+        elif cmd == "index":
+            print(json.dumps(store.snapshot().index), flush=True)
+    store.stop()
+
+
+class Manager:
+    def __init__(self, addr: str, data: Path, peers: list[str]) -> None:
+        self.data = data
+        self.proc = subprocess.Popen([sys.executable, __file__, CHILD, addr, str(data), *peers],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/tmp")
+        assert self.read() == "started"
+
+    def read(self) -> str:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline().strip()
+
+    def ask(self, line: str) -> str:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def cluster(n: int, root: Path) -> list[Manager]:
+    addrs = [f"127.0.0.1:{p}" for p in _free_ports(n)]
+    managers = [Manager(a, root / f"m{i}", [p for p in addrs if p != a]) for i, a in enumerate(addrs)]
+    deadline = time.monotonic() + 20
+    while not any(m.ask("leader") == "yes" for m in managers):
+        if time.monotonic() > deadline:
+            raise SystemExit("bench: no leader after 20 s")
+        time.sleep(0.05)
+    return managers
+
+
+def measure(n: int, args: argparse.Namespace) -> dict[str, float]:
+    root = Path(tempfile.mkdtemp(prefix=f"pyswarm-raft-{n}-"))
+    managers = cluster(n, root)
+    leader = next(m for m in managers if m.ask("leader") == "yes")
+    try:
+        lat = sorted(json.loads(leader.ask(f"latency {args.latency}")))
+        elapsed = json.loads(leader.ask(f"throughput {args.writes} {args.inflight}"))
+        time.sleep(args.settle)  # let the compaction that the writes triggered finish
+        sizes = [_size(m.data) for m in managers]
+        return {
+            "p50_ms": statistics.median(lat) * 1000,
+            "p99_ms": lat[int(len(lat) * 0.99) - 1] * 1000,
+            "writes_per_s": args.writes / elapsed,
+            "max_data_dir_mib": max(sizes) / 2**20,
+        }
+    finally:
+        for m in managers:
+            m.stop()
+        subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == CHILD:
+        asyncio.run(_child(sys.argv[2], sys.argv[3], sys.argv[4:]))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--latency", type=int, default=500, help="sequential writes timed one by one")
+    parser.add_argument("--writes", type=int, default=100_000, help="writes for throughput and compaction")
+    parser.add_argument("--inflight", type=int, default=500, help="writes in flight at once")
+    parser.add_argument("--settle", type=float, default=15.0, help="seconds to let compaction run")
+    args = parser.parse_args()
+    print(f"cpus: {os.cpu_count()}; {args.writes} writes with {args.inflight} in flight", flush=True)
+    results = {n: measure(n, args) for n in (3, 1)}
+    print(f"{'':28s}{'3 managers':>14s}{'1 manager':>14s}{'ratio 3/1':>12s}")
+    for key, label in (("p50_ms", "commit p50 (ms)"), ("p99_ms", "commit p99 (ms)"),
+                       ("writes_per_s", "writes/s, in flight"), ("max_data_dir_mib", "data dir after writes (MiB)")):
+        a, b = results[3][key], results[1][key]
+        print(f"{label:28s}{a:14.1f}{b:14.1f}{a / b:12.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
