@@ -33,11 +33,15 @@ HOST_BINDS: tuple[tuple[str, str], ...] = (
     ("/etc/docker", "etc-docker"),
     ("/etc/hosts", "etc-hosts"),
     ("/root/.ssh", "root-ssh"),
+    # bash sources ~/.bashrc for commands run by sshd (the agent's forced
+    # command too); the machine's may be slow or take locks (pyenv's), which
+    # would stall every agent start in every lab: hosts get a quiet one
+    ("/root/.bashrc", "root-bashrc"),
     ("/var/lib/pyswarm", "var-lib-pyswarm"),
     ("/var/log/pyswarm", "var-log-pyswarm"),
     ("/run", "run"),
 )
-FILE_BINDS = {"/etc/hosts"}
+FILE_BINDS = {"/etc/hosts", "/root/.bashrc"}
 
 STD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -142,6 +146,7 @@ class LabHost:
         hosts += [f"{h.address}\t{h.name}" for h in all_hosts if h is not self]
         hosts.append(f"{bridge_addr}\tlab-gateway")
         self.private("/etc/hosts").write_text("\n".join(hosts) + "\n")
+        self.private("/root/.bashrc").write_text("# a lab host: the machine's ~/.bashrc is not run here\n")
 
     def make_mount_uts_ns(self) -> None:
         """Create the persistent mount and UTS namespaces and set up the host's view.
