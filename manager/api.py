@@ -173,7 +173,10 @@ class Api:
                 raise UsageError(f"node {node.hostname} is {node.status.value}: only a ready node can be promoted "
                                  "(its agent starts the manager)")
             await self._store.commit([["patch", "node", node.id, {"role": NodeRole.MANAGER.value, "updated_at": time.time()}]])
-            await self._store.change_membership("add", f"{node.addr}:{node.raft_port}")
+            # the new membership counts the new manager, so it commits once that
+            # manager runs and has caught up; wait for it before the next one,
+            # or two new members at once could hold the quorum hostage
+            await self._store.change_membership("add", f"{node.addr}:{node.raft_port}", wait=45)
             done.append(f"Node {node.hostname} promoted to a manager in the swarm.")
         return done
 
