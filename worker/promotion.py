@@ -47,13 +47,32 @@ def accept_term(term: Any) -> bool:
     return True
 
 
+def _manager_alive() -> bool:
+    try:
+        pid = int((cfg.run_dir() / "manager.pid").read_text().strip())
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return False
+    return True
+
+
 def become_manager(msg: dict[str, Any]) -> str:
-    """Start a manager on this host if it has none; return what was done."""
+    """See that this host runs a manager of the current cluster; return what was done.
+
+    Nothing, when one runs with the current Raft secret. A manager state of
+    an older cluster (rebuilt with --force-new-cluster since) is replaced,
+    and a manager that is not running is started."""
     from pyswarm.manager import bootstrap
 
     manager = msg["manager"]
-    if cfg.load_manager_config() is not None:
-        return "already a manager"
+    current = cfg.load_manager_config()
+    if current is not None and current.raft_secret == manager.get("raft_secret"):
+        if _manager_alive():
+            return "already a manager"
+        bootstrap.start_manager_service()
+        return "manager restarted"
+    if current is not None:
+        bootstrap.stop_manager_process(timeout=15)
     node = cfg.load_node_config()
     addr = str(manager.get("addr") or (node.addr if node else ""))
     bootstrap.write_manager_files(
@@ -68,7 +87,6 @@ def become_manager(msg: dict[str, Any]) -> str:
         cfg.save_node_config(node)
     bootstrap.start_manager_service()
     return "manager started"
-
 
 def ensure_cluster_key(public_key: str, cluster_id: str) -> bool:
     """Keep root's authorized_keys on the cluster's current key (it changes
