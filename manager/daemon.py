@@ -93,6 +93,11 @@ class Manager:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         pidfile = cfg.run_dir() / "manager.pid"
+        running = running_manager_pid()
+        if running is not None and running != os.getpid():
+            from pyswarm.errors import ClusterError
+
+            raise ClusterError(f"a manager is already running on this host (pid {running})")
         pidfile.parent.mkdir(parents=True, exist_ok=True)
         pidfile.write_text(f"{os.getpid()}\n")
         self.store.start()
@@ -173,6 +178,16 @@ class Manager:
         self.config.bootstrap = {}
         cfg.save_manager_config(self.config)
         log.info("bootstrapped cluster %s", self.config.cluster_id)
+
+
+def running_manager_pid() -> int | None:
+    """The pid of this host's running manager, from its pid file, if alive."""
+    try:
+        pid = int((cfg.run_dir() / "manager.pid").read_text().strip())
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ValueError):
+        return None
+    return None if stat.rsplit(")", 1)[-1].split()[0] == "Z" else pid
 
 
 def retire_local_manager(state_dir: Path) -> None:

@@ -105,6 +105,13 @@ def _manager_start(args: argparse.Namespace) -> int:
 
     if cfg.load_manager_config() is None:
         raise UsageError("this host is not a manager (no manager state); see `pyswarm init` and `pyswarm join`")
+    from pyswarm.manager.daemon import running_manager_pid
+
+    pid = running_manager_pid()
+    if pid is not None:
+        bootstrap.wait_for_manager(timeout=60)
+        print(f"manager already running (pid {pid})")
+        return 0
     bootstrap.start_manager_service()
     bootstrap.wait_for_manager(timeout=60)
     print("manager started")

@@ -48,12 +48,9 @@ def accept_term(term: Any) -> bool:
 
 
 def _manager_alive() -> bool:
-    try:
-        pid = int((cfg.run_dir() / "manager.pid").read_text().strip())
-        os.kill(pid, 0)
-    except (FileNotFoundError, ValueError, ProcessLookupError):
-        return False
-    return True
+    from pyswarm.manager.daemon import running_manager_pid
+
+    return running_manager_pid() is not None
 
 
 def become_manager(msg: dict[str, Any]) -> str:
