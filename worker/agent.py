@@ -280,6 +280,8 @@ class Agent:
             return
         if isinstance(msg.get("manager"), dict):
             self._spawn(self._become_manager(msg))
+        else:
+            self._spawn(self._retire_stray_manager())
         if msg.get("authorized_key"):
             try:
                 if promotion.ensure_cluster_key(str(msg["authorized_key"]), str(msg.get("cluster_id", ""))):
@@ -307,6 +309,13 @@ class Agent:
             # will not come again
             self._configured = True
             self._reconcile_wanted.set()
+
+    async def _retire_stray_manager(self) -> None:
+        try:
+            if await asyncio.to_thread(promotion.retire_stray_manager):
+                log.info("stopped a manager that this cluster does not count as one")
+        except Exception as exc:
+            self.send({"op": "error", "message": f"{self.hostname}: could not stop a stray manager: {exc}"})
 
     async def _become_manager(self, msg: dict[str, Any]) -> None:
         try:

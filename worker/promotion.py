@@ -85,6 +85,20 @@ def become_manager(msg: dict[str, Any]) -> str:
     bootstrap.start_manager_service()
     return "manager started"
 
+def retire_stray_manager() -> bool:
+    """This host is not a manager of the leader's cluster, yet runs one: a
+    manager left behind by --force-new-cluster (or demoted while cut off).
+    Stop it and forget its state, so it cannot go on as a second cluster."""
+    from pyswarm.manager import bootstrap
+    from pyswarm.manager.daemon import retire_local_manager
+
+    if cfg.load_manager_config() is None:
+        return False
+    bootstrap.stop_manager_process(timeout=15)
+    retire_local_manager(cfg.state_dir())
+    return True
+
+
 def ensure_cluster_key(public_key: str, cluster_id: str) -> bool:
     """Keep root's authorized_keys on the cluster's current key (it changes
     when a cluster is rebuilt with --force-new-cluster). True if changed."""

@@ -74,15 +74,18 @@ class Cluster:
     def kill(self, host: str, signal: str = "KILL") -> None:
         self.lab.exec(host, ["sh", "-c", f"kill -{signal} $(cat /run/pyswarm/manager.pid)"])
         if signal != "KILL":
-            wait_until(lambda: (not self.lab.exec(host, ["test", "-e", "/run/pyswarm/manager.pid"], check=False).returncode, None),
-                       15, f"{host}'s manager to exit on SIG{signal}")
+            wait_until(lambda: (self.lab.exec(host, ["test", "-e", "/run/pyswarm/manager.pid"], check=False).returncode == 1,
+                                None), 15, f"{host}'s manager to exit on SIG{signal} (its pid file gone)")
 
     def start(self, host: str) -> None:
         self.lab.pyswarm(host, "manager", "start", timeout=90)
 
     def containers(self) -> dict[str, set[str]]:
+        return self.containers_on(list(self.lab.hosts))
+
+    def containers_on(self, hosts: list[str]) -> dict[str, set[str]]:
         return {h: set(self.lab.docker(h, "ps", "-q", "--filter", f"label=com.docker.stack.namespace={STACK}").stdout.split())
-                for h in self.lab.hosts}
+                for h in hosts}
 
     def node_rows(self, host: str) -> dict[str, dict[str, Any]]:
         return {n["hostname"]: n for n in self.call(host, "node.ls")}
@@ -232,9 +235,28 @@ def test_all_managers_restart_with_state_and_adopt_containers(cluster: Cluster) 
 
 def test_quorum_loss_then_force_new_cluster(cluster: Cluster) -> None:
     survivor, *lost = cluster.managers
-    before = cluster.containers()
+    before = {h: ids for h, ids in cluster.containers().items() if h not in lost}
+    veths = [cluster.lab.host(h).veth for h in lost]
+    for veth in veths:  # two manager hosts gone from the network
+        subprocess.run(["ip", "link", "set", veth, "down"], check=True)
+    try:
+        rebuilt(cluster, survivor, lost, before)
+    finally:
+        for veth in veths:
+            subprocess.run(["ip", "link", "set", veth, "up"], check=True)
+    # the lost managers come back as workers of the rebuilt cluster: their
+    # stray managers are stopped; promote them to make three managers again
     for host in lost:
-        cluster.kill(host)
+        wait_until(lambda: (cluster.lab.exec(host, ["test", "-e", "/var/lib/pyswarm/manager.json"], check=False).returncode == 1,
+                            None), 30, f"{host}'s stray manager retired")
+    wait_until(lambda: all_ready(cluster, survivor), 30, "the returning hosts ready as workers")
+    cluster.lab.pyswarm(survivor, "node", "promote", *lost, timeout=120)
+    wait_until(lambda: (sorted(r["manager_status"] for r in cluster.node_rows(survivor).values() if r["manager_status"])
+                        == ["leader", "reachable", "reachable"], cluster.node_rows(survivor)), 60,
+               "three managers again after promoting the lost ones")
+
+
+def rebuilt(cluster: Cluster, survivor: str, lost: list[str], before: dict[str, set[str]]) -> None:
     time.sleep(1)
     started = time.monotonic()
     answer = cluster.try_call(survivor, "service.scale", {"scales": {"q_web": 4}}, timeout=30)
@@ -245,20 +267,16 @@ def test_quorum_loss_then_force_new_cluster(cluster: Cluster) -> None:
     addr = cluster.lab.hosts[survivor]
     reply = dns.query.udp(dns.message.make_query(f"web.{STACK}", dns.rdatatype.A), addr, timeout=3)
     assert len([a for rr in reply.answer for a in rr]) == 5, reply
-    assert cluster.containers() == before, "containers changed while the cluster had no quorum"
+    reached = {h: ids for h, ids in cluster.containers_on([h for h in cluster.lab.hosts if h not in lost]).items()}
+    assert reached == before, "containers changed while the cluster had no quorum"
 
     out = cluster.lab.pyswarm(survivor, "init", "--force-new-cluster", timeout=60).stdout
     assert "only manager" in out, out
+    rows = cluster.node_rows(survivor)
+    assert [h for h, r in rows.items() if r["manager_status"]] == [survivor], rows
     cluster.call(survivor, "service.scale", {"scales": {"q_web": 5}})
-    rows = wait_until(lambda: all_ready(cluster, survivor), 30, "every node ready in the rebuilt cluster")
-    assert [h for h, (_, ms) in rows.items() if ms] == [survivor], rows
-    assert cluster.containers() == before, "rebuilding the cluster restarted containers"
-
-    # the old managers' hosts are workers now; make them managers again
-    cluster.lab.pyswarm(survivor, "node", "promote", *lost, timeout=60)
-    wait_until(lambda: (sorted(r["manager_status"] for r in cluster.node_rows(survivor).values() if r["manager_status"])
-                        == ["leader", "reachable", "reachable"], cluster.node_rows(survivor)), 60,
-               "three managers again after promoting the lost ones")
+    now = cluster.containers_on(list(before))
+    assert all(before[h] <= now[h] for h in before), f"rebuilding the cluster restarted containers: {before} -> {now}"
 
 
 def test_demote_refuses_to_lose_quorum(cluster: Cluster) -> None:
