@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from pyswarm.compose import load_stack, render_config, substitute
@@ -51,6 +51,8 @@ def test_braced_and_bare_variables(name: str, value: str, before: str, after: st
 @FAST
 @given(names, st.one_of(st.none(), st.just(""), texts.filter(bool)), texts)
 def test_defaults_and_alternatives(name: str, value: str | None, word: str) -> None:
+    # a default cannot contain "}": the first one closes the expression (compose has no escape for it)
+    assume("}" not in word)
     env = {} if value is None else {name: value}
     w = escape(word)
     is_set, non_empty = value is not None, bool(value)
