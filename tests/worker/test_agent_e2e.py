@@ -56,6 +56,21 @@ class AgentProcess:
         self._cond = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        # heartbeats, as the dispatcher sends them: an agent whose manager
+        # falls silent for 5 s ends its session
+        self._write_lock = threading.Lock()
+        self._closing = threading.Event()
+        self._pinger = threading.Thread(target=self._ping, daemon=True)
+        self._pinger.start()
+
+    def _ping(self) -> None:
+        seq = 0
+        while not self._closing.wait(1.0):
+            seq += 1
+            try:
+                self.send({"op": "ping", "seq": -seq})
+            except (OSError, ValueError):
+                return
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -74,8 +89,9 @@ class AgentProcess:
 
     def send(self, message: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(protocol.encode(message))
-        self.proc.stdin.flush()
+        with self._write_lock:
+            self.proc.stdin.write(protocol.encode(message))
+            self.proc.stdin.flush()
 
     def said(self) -> list[dict[str, Any]]:
         with self._cond:
@@ -113,14 +129,18 @@ class AgentProcess:
 
     def close(self, timeout: float = 10) -> int:
         """Close stdin, as a manager that goes away does, and wait for exit."""
+        self._closing.set()
+        self._pinger.join(5)
         if self.proc.stdin is not None and not self.proc.stdin.closed:
-            self.proc.stdin.close()
+            with self._write_lock:
+                self.proc.stdin.close()
         try:
             return self.proc.wait(timeout)
         finally:
             self._release()
 
     def kill(self) -> None:
+        self._closing.set()
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
@@ -202,7 +222,7 @@ def test_hello_configure_assign_running(agent_lab: Any, agents: dict[str, AgentP
         assert hello["resources"]["nano_cpus"] >= 1_000_000_000 and hello["resources"]["memory_bytes"] > 0
         assert hello["platform"]["os"] == "linux" and hello["engine_version"]
         agent.send({"op": "ping", "seq": 41})
-        assert agent.wait_for("pong", agent.first_of("pong"))["seq"] == 41
+        agent.wait_for("pong 41", lambda: next((m for m in agent.said() if m["op"] == "pong" and m.get("seq") == 41), None))
     w1, w2 = agents["worker1"], agents["worker2"]
     # assign before configure: queued until configure arrives
     w1.send({"op": "assign", "tasks": [task("worker1", "w1a", 1), task("worker1", "w1b", 2),
