@@ -35,15 +35,23 @@ _AGENT_STATES = {s.value for s in TaskState}
 
 def node_assignments(snap: Snapshot, node_id: str, zone: str) -> list[dict[str, Any]]:
     """The whole set of tasks ``node_id`` should run, as the agent wants it."""
-    out = []
+    return assignments_by_node(snap, zone).get(node_id, [])
+
+
+def assignments_by_node(snap: Snapshot, zone: str) -> dict[str, list[dict[str, Any]]]:
+    """Every node's task set at once: one pass over the tasks per store
+    change, not one per node (the leader's dispatcher does this on every
+    commit, hundreds of times while a big stack converges)."""
+    out: dict[str, list[dict[str, Any]]] = {}
     for task in snap.tasks():
-        if task.node_id != node_id or task.desired_state != DESIRED_RUNNING or task.state.terminal:
+        if not task.node_id or task.desired_state != DESIRED_RUNNING or task.state.terminal:
             continue
         if task.state.rank < TaskState.ASSIGNED.rank:
             continue
         # secret/config data only to the node of a task that uses it
-        out.append({**_assignment(task, zone), **task_files(snap, task.spec)})
-    out.sort(key=lambda a: str(a["task_id"]))
+        out.setdefault(task.node_id, []).append({**_assignment(task, zone), **task_files(snap, task.spec)})
+    for tasks in out.values():
+        tasks.sort(key=lambda a: str(a["task_id"]))
     return out
 
 
@@ -209,7 +217,7 @@ class _Session:
         if config != self._sent_config:
             self._send(config)
             self._sent_config = config
-        tasks = node_assignments(snap, node.id, config["zone"])
+        tasks = self._d.assignments.get(node.id, [])
         if tasks != self._sent_tasks:
             self._send({"op": "assign", "tasks": tasks})
             self._sent_tasks = tasks
@@ -244,6 +252,7 @@ class Dispatcher:
         self.dead_after = dead_after
         self.hello_timeout = hello_timeout
         self.snapshot: Snapshot | None = None
+        self.assignments: dict[str, list[dict[str, Any]]] = {}
         self.mesh: dict[str, Any] | None = None  # the same for every node
         self.term = 0
         self._sessions: dict[str, tuple[_Session, asyncio.Task[None]]] = {}
@@ -260,6 +269,8 @@ class Dispatcher:
                 if self._stopped.is_set():
                     break
                 self.snapshot = self._store.snapshot()
+                cluster_now = self.snapshot.cluster
+                self.assignments = assignments_by_node(self.snapshot, cluster_now.zone if cluster_now else "pyswarm")
                 self.mesh = mesh_message(self.snapshot)
                 cluster = self.snapshot.cluster
                 # fencing token: Raft terms restart after --force-new-cluster
