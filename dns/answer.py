@@ -56,6 +56,7 @@ class Reply:
 
 DROP = Reply(None)
 FORWARD = Reply(None, forward=True)
+_FORWARDED: tuple[str, list[bytes | None]] = ("", [])  # reply-cache marker: "forward this query"
 
 
 def _header_only(data: bytes, rcode: int) -> bytes | None:
@@ -139,6 +140,8 @@ class Responder:
         key = (table.view_key, data[2:], tcp)
         hit = self._cache.get(key)
         offset: int | None = None
+        if hit is _FORWARDED:
+            return FORWARD
         if hit is not None:
             name, variants = hit
             offset = self.rotator.next_offset(name, len(variants)) if len(variants) > 1 else 0
@@ -146,7 +149,10 @@ class Responder:
             if body is not None:
                 return Reply(data[:2] + body)
         reply, rotation = self._build(data, tcp, table, offset)
-        if rotation is not None and reply.data is not None:
+        if reply.forward and len(self._cache) < CACHE_MAX:
+            # the decision to forward depends on the same key: skip the parse next time
+            self._cache[key] = _FORWARDED
+        elif rotation is not None and reply.data is not None:
             name, count, at = rotation
             if len(self._cache) >= CACHE_MAX or self._cache_bytes >= CACHE_BYTES_MAX:
                 self._clear_cache()  # crude, but bounded; refills at the query rate

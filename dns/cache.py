@@ -44,6 +44,11 @@ class TableCache:
 
     def _install(self, table: NameTable) -> NameTable:
         with self._lock:
+            if dataclasses.replace(table, serial=self._table.serial) == self._table:
+                # most store changes (a node's status, a task moving from
+                # assigned to starting) leave every name as it was: keeping
+                # the same table object keeps the server's reply cache warm
+                return self._table
             self._serial += 1
             self._table = dataclasses.replace(table, serial=self._serial)
             return self._table

@@ -3,10 +3,10 @@
 Every manager runs one, on its advertise address, so that a container whose
 resolv.conf lists all managers keeps resolving when one of them is lost.
 Answers come from the local store replica through ``table_source``; this
-module only moves bytes. Local answers are computed synchronously inside
-the datagram callback (no task per query: a cluster lookup is a dict read
-and a pack), and only forwarded queries, which wait on the network, get a
-task of their own.
+module only moves bytes. UDP queries are read and answered synchronously in
+the selector's callback (no task, no transport per query: a cluster lookup
+is a dict read), several per wake-up; forwarded ones are handed to the
+:class:`~pyswarm.dns.forward.Forwarder`, whose callback sends the answer.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import logging
 import socket
 import struct
 from collections.abc import Callable, Iterable
-from typing import cast
 
 from .answer import DnsSettings, Responder, servfail
 from .errors import DnsBindError
@@ -33,26 +32,53 @@ _BIND_HINTS = {
 }
 
 
-class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, server: DnsServer) -> None:
+class _UdpListener:
+    """One UDP socket read straight from the event loop's selector.
+
+    Not an asyncio DatagramProtocol: its transport wakes the loop once per
+    datagram (a selector pass and a callback each) and wraps every send,
+    which under dnsperf cost more than answering. Here one wake-up drains
+    up to :data:`_BATCH` queued datagrams and answers each with a direct
+    ``sendto``; a cache hit never leaves this function. A reply that does
+    not fit the socket's send buffer is dropped, as the network may drop
+    it: the client asks again (a UDP client always must be ready to).
+    """
+
+    def __init__(self, server: DnsServer, sock: socket.socket) -> None:
         self.server = server
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock = sock
+        self.dropped = 0
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # the selector loop's datagram transport does not subclass
-        # DatagramTransport on every Python version, hence a cast, not a check
-        self.transport = cast(asyncio.DatagramTransport, transport)
+    def read(self) -> None:
+        sock = self.sock
+        respond = self.server.responder.respond
+        for _ in range(_BATCH):
+            try:
+                data, addr = sock.recvfrom(_MAX_QUERY)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # an ICMP error for an earlier reply (client gone): nothing to do
+                log.debug("DNS: UDP error: %r", exc)
+                continue
+            reply = respond(data, client=addr[0])
+            if reply.forward:
+                self.server._forward_udp(data, addr, self)
+            elif reply.data is not None:
+                self.send(reply.data, addr)
 
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        reply = self.server.responder.respond(data, client=str(addr[0]))
-        if reply.forward:
-            self.server._spawn_forward(data, addr, self)
-        elif reply.data is not None and self.transport is not None:
-            self.transport.sendto(reply.data, addr)
+    def send(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        try:
+            self.sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            self.dropped += 1
+        except OSError as exc:
+            log.debug("DNS: UDP send to %s failed: %r", addr[0], exc)
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable from a client that went away: nothing to do
-        log.debug("DNS: UDP error: %r", exc)
+
+_BATCH = 64  # datagrams read per wake-up before other callbacks get a turn
+_MAX_QUERY = 4096  # a query is a few dozen bytes; EDNS options do not get near this
+_RCVBUF = 1 << 20  # asked; the kernel doubles it, within net.core.rmem_max
 
 
 class DnsServer:
@@ -88,10 +114,10 @@ class DnsServer:
         self.max_forwards = max_forwards
         self.responder = Responder(table_source, DnsSettings(ttl=ttl, negative_ttl=negative_ttl,
                                                              forwarding=bool(ups)))
-        self.forwarder = Forwarder(ups, timeout=forward_timeout)
-        self._udp: list[asyncio.DatagramTransport] = []
+        self.forwarder = Forwarder(ups, timeout=forward_timeout, max_pending=max_forwards)
+        self._udp: list[_UdpListener] = []
         self._tcp: list[asyncio.Server] = []
-        self._tasks: set[asyncio.Task[None]] = set()  # forwards and TCP connections
+        self._tasks: set[asyncio.Task[None]] = set()  # TCP connections
         self._connections = 0
         self._stopped: asyncio.Event | None = None
         self._serving = False
@@ -116,15 +142,23 @@ class DnsServer:
     async def _bind_all(self, port: int) -> None:
         loop = asyncio.get_running_loop()
         for address in self.addresses:
+            sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM)
             try:
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda: _UdpProtocol(self), local_addr=(address, port),
-                    family=socket.AF_INET6 if ":" in address else socket.AF_INET)
+                sock.setblocking(False)
+                # room for bursts while the manager's other threads hold the
+                # CPU: the default (~200 kB, a few hundred queries) overflowed
+                # under dnsperf on a busy machine, and a dropped query costs
+                # the client a retry seconds later (glibc: 5 s)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+                sock.bind((address, port))
             except OSError as exc:
+                sock.close()
                 raise _bind_error(address, port, "udp", exc) from exc
-            self._udp.append(transport)
+            listener = _UdpListener(self, sock)
+            loop.add_reader(sock.fileno(), listener.read)
+            self._udp.append(listener)
             if port == 0:
-                port = int(transport.get_extra_info("sockname")[1])
+                port = int(sock.getsockname()[1])
             try:
                 server = await asyncio.start_server(self._serve_tcp, address, port, reuse_address=True)
             except OSError as exc:
@@ -144,6 +178,7 @@ class DnsServer:
         """Close every socket and connection and cancel forwards in flight."""
         self._serving = False
         await self._close_sockets()
+        self.forwarder.close()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -153,8 +188,10 @@ class DnsServer:
             self._stopped.set()
 
     async def _close_sockets(self) -> None:
-        for transport in self._udp:
-            transport.close()
+        loop = asyncio.get_running_loop()
+        for listener in self._udp:
+            loop.remove_reader(listener.sock.fileno())
+            listener.sock.close()
         for server in self._tcp:
             server.close()
         for server in self._tcp:
@@ -169,17 +206,17 @@ class DnsServer:
 
     # -- forwarding -----------------------------------------------------
 
-    def _spawn_forward(self, data: bytes, addr: tuple[str | int, ...], proto: _UdpProtocol) -> None:
-        if len(self._tasks) >= self.max_forwards:
-            return  # overloaded: dropping lets the client retry another manager
-        task = asyncio.get_running_loop().create_task(self._forward_udp(data, addr, proto))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _forward_udp(self, data: bytes, addr: tuple[str | int, ...], listener: _UdpListener) -> None:
+        """Hand ``data`` to the forwarder; its answer (or SERVFAIL) goes back
+        to ``addr`` from the callback. No task: a forward is a dict entry and
+        a timer until the upstream answers. Over ``max_forwards`` in flight
+        the query is dropped, so the client retries another manager."""
+        def done(answer: bytes | None, _upstream: int) -> None:
+            out = answer if answer is not None else servfail(data)
+            if out is not None and self._serving:
+                listener.send(out, addr)
 
-    async def _forward_udp(self, data: bytes, addr: tuple[str | int, ...], proto: _UdpProtocol) -> None:
-        answer = await self.forwarder.forward(data) or servfail(data)
-        if answer is not None and proto.transport is not None and not proto.transport.is_closing():
-            proto.transport.sendto(answer, addr)
+        self.forwarder.submit(data, done)
 
     # -- TCP ------------------------------------------------------------
 

@@ -189,6 +189,66 @@ def test_a_silent_upstream_gives_servfail(cache: TableCache, dns_server: Start) 
         assert udp(st, "example.com").rcode() == dns.rcode.SERVFAIL
 
 
+def test_concurrent_forwards_each_get_their_own_answer_and_id(cluster: Cluster, cache: TableCache,
+                                                              dns_server: Start) -> None:
+    """Forwards share one upstream socket: 200 queries in flight at once,
+    each with its client's id, must each come back with that id and the
+    answer to its own question."""
+    other = make_service("api", stack="shop")
+    names = [f"n{i}.shop.elsewhere" for i in range(200)]
+    upstream_cache = TableCache()
+    upstream_cache.update(Cluster(id="other", zone="elsewhere"), [other], running(other, "192.0.2.7"))
+    upstream = dns_server(upstream_cache)
+    front = dns_server(cache, upstreams=[f"127.0.0.1:{upstream.port}"])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(TIMEOUT)
+        sent = {}
+        for i, name in enumerate(names + ["api.shop.elsewhere"]):
+            q = query(name)
+            q.id = 1000 + i
+            sent[q.id] = name
+            client.sendto(q.to_wire(), ("127.0.0.1", front.port))
+        seen = {}
+        while len(seen) < len(sent):
+            msg = dns.message.from_wire(client.recv(4096))
+            seen[msg.id] = msg
+    assert {i: str(m.question[0].name).rstrip(".") for i, m in seen.items()} == sent
+    assert all(m.rcode() == dns.rcode.NXDOMAIN for i, m in seen.items() if sent[i] != "api.shop.elsewhere")
+    assert addresses(seen[1000 + len(names)]) == ["192.0.2.7"]
+    assert front.server.forwarder.in_flight == 0
+
+
+def test_a_silent_first_upstream_fails_over_to_the_next(cluster: Cluster, cache: TableCache,
+                                                        dns_server: Start) -> None:
+    other = make_service("api", stack="shop")
+    upstream_cache = TableCache()
+    upstream_cache.update(Cluster(id="other", zone="elsewhere"), [other], running(other, "192.0.2.7"))
+    upstream = dns_server(upstream_cache)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as black_hole:
+        black_hole.bind(("127.0.0.1", 0))
+        silent = black_hole.getsockname()[1]
+        front = dns_server(cache, upstreams=[f"127.0.0.1:{silent}", f"127.0.0.1:{upstream.port}"],
+                           forward_timeout=0.2)
+        assert addresses(udp(front, "api.shop.elsewhere")) == ["192.0.2.7"]
+
+
+def test_an_answer_to_another_question_is_not_relayed(cache: TableCache, dns_server: Start) -> None:
+    """An upstream (or a spoofer) that answers the right id with another
+    question is ignored: the client gets SERVFAIL after the timeout, not a
+    wrong address."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as liar:
+        liar.bind(("127.0.0.1", 0))
+        liar.settimeout(TIMEOUT)
+        st = dns_server(cache, upstreams=[f"127.0.0.1:{liar.getsockname()[1]}"], forward_timeout=0.5)
+        with ThreadPoolExecutor(1) as pool:
+            asked = pool.submit(udp, st, "example.com")
+            data, peer = liar.recvfrom(4096)
+            wrong = dns.message.make_response(dns.message.from_wire(data))
+            wrong.question = [dns.message.make_query("evil.example", "A").question[0]]
+            liar.sendto(wrong.to_wire(), peer)
+            assert asked.result(TIMEOUT).rcode() == dns.rcode.SERVFAIL
+
+
 def test_bind_errors_name_the_address_and_port(cache: TableCache, dns_server: Start) -> None:
     st = dns_server(cache)
 
