@@ -82,6 +82,7 @@ class Lab:
         self._created_mountpoints: list[str] = []
         self._iptables: list[list[str]] = []
         self._keeper_pid: int | None = None
+        self._old_keepers: list[int] = []  # keepers of daemons restarted by start_daemons
         self._keeper: _Keeper | None = None
         self._lock = threading.Lock()
         self._spawn_lock = threading.Lock()
@@ -146,6 +147,7 @@ class Lab:
         self._created_mountpoints = data.get("created_mountpoints", [])
         self._iptables = data.get("iptables", [])
         self._keeper_pid = data.get("keeper_pid")
+        self._old_keepers = data.get("old_keeper_pids", [])
         self.cluster = data.get("cluster", False)
         self.join_command = data.get("join_command")
 
@@ -161,6 +163,7 @@ class Lab:
                 "created_mountpoints": self._created_mountpoints,
                 "iptables": self._iptables,
                 "keeper_pid": self._keeper_pid,
+                "old_keeper_pids": self._old_keepers,
                 "hosts": [h.to_dict() for h in self._hosts.values()],
             }
             tmp = self.state_file.with_suffix(".tmp")
@@ -495,6 +498,39 @@ class Lab:
     def status(self) -> list[dict[str, Any]]:
         return [h.status() for h in self._hosts.values()]
 
+    # ------------------------------------------------------------ faults
+
+    def kill_host(self, host: str, timeout: float = 15) -> None:
+        """Kill every process of ``host`` at once, as a power cut would: sshd
+        and the agent's session, dockerd, containerd, the containers.
+
+        Its namespaces, files (the engine's data, /run) and link stay, so
+        ``start_daemons`` then brings it back as a reboot would. Killing only
+        sshd and dockerd is no host death: the agent's session process and
+        the containers would live on.
+        """
+        h = self.host(host)
+        survivors = sysx.kill_until_gone({k: {v} for k, v in h.ns.items()}, [h.cgroup], time.monotonic() + timeout)
+        if survivors:
+            raise LabError(f"{host}: these processes would not die: " + "; ".join(f"{p} {c}" for p, c in survivors.items()))
+
+    def start_daemons(self, host: str, timeout: float = START_TIMEOUT) -> None:
+        """Start ``host``'s sshd and dockerd again (after ``kill_host``) and
+        wait until both answer. A fresh keeper parents them (the one from
+        ``up`` takes no more requests); ``down`` kills it too."""
+        h = self.host(host)
+        if self._keeper_pid is not None:
+            self._old_keepers.append(self._keeper_pid)
+        self._start_keeper()
+        try:
+            h.start_daemons(self._spawn)
+        finally:
+            self._save("up")
+            if self._keeper is not None:
+                self._keeper.stdin.close()  # it goes on reaping on its own
+                self._keeper.stdout.close()
+        h.wait_ready(time.monotonic() + timeout)
+
     # ------------------------------------------------------------ down
 
     def down(self, progress: Progress = _quiet, timeout: float = 30) -> None:
@@ -537,11 +573,13 @@ class Lab:
         progress(f"lab {self.name} down; nothing left in {self.dir}")
 
     def _kill_keeper(self, deadline: float) -> None:
-        """Kill the keeper last, after it has reaped the daemons it parented."""
-        pid = self._keeper_pid
-        if pid is None or "lab_keeper" not in sysx.cmdline(pid):
-            return
-        time.sleep(0.1)  # let it reap the last of the killed daemons
+        """Kill the keepers last, after they have reaped the daemons they parented."""
+        time.sleep(0.1)  # let them reap the last of the killed daemons
+        for pid in [*self._old_keepers, self._keeper_pid]:
+            if pid is not None and "lab_keeper" in sysx.cmdline(pid):
+                self._kill_one_keeper(pid, deadline)
+
+    def _kill_one_keeper(self, pid: int, deadline: float) -> None:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
