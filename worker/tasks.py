@@ -105,9 +105,11 @@ class Plan:
     remove: list[ExistingContainer] = field(default_factory=list)
 
 
-def _preference(c: ExistingContainer) -> tuple[int, int]:
+def _preference(c: ExistingContainer, own_name: str) -> tuple[int, int, int]:
     order = 0 if c.state in LIVE_STATES else 1 if c.state == "created" else 2
-    return (order, -c.created)
+    # the engine allows one container per name: the one with the task's own
+    # name is the one this agent made (and reported); a twin is an intruder
+    return (order, 0 if c.name == own_name else 1, -c.created)
 
 
 def plan_reconcile(assigned: Iterable[Assignment], existing: Iterable[ExistingContainer]) -> Plan:
@@ -115,8 +117,10 @@ def plan_reconcile(assigned: Iterable[Assignment], existing: Iterable[ExistingCo
 
     - a task with no container is created;
     - a task with containers adopts the best one (live before created before
-      finished, newest first) and the others are removed, so a crash between
-      create and report can never leave two replicas of one task;
+      finished, then the one with the task's own container name, then the
+      newest) and the others are removed, so a crash between create and
+      report, or a container started by hand with the task's labels, can
+      never leave two replicas of one task;
     - a container whose task is not assigned is removed.
     Containers without a task label never reach this function: they are not
     ours.
@@ -131,7 +135,8 @@ def plan_reconcile(assigned: Iterable[Assignment], existing: Iterable[ExistingCo
         if a.task_id in wanted:
             continue
         wanted.add(a.task_id)
-        mine = sorted(by_task.get(a.task_id, []), key=_preference)
+        own = a.container_name
+        mine = sorted(by_task.get(a.task_id, []), key=lambda c: _preference(c, own))
         if not mine:
             plan.create.append(a)
             continue

@@ -54,6 +54,16 @@ def test_plan_keeps_the_best_of_duplicate_containers() -> None:
     assert plan.adopt[0][1].id == "y"
 
 
+def test_plan_keeps_the_container_with_the_tasks_own_name_over_a_newer_twin() -> None:
+    own = ExistingContainer(id="own", task_id="a", name="demo_web.1.a", state="running", created=1)
+    twin = ExistingContainer(id="twin", task_id="a", name="hand_made", state="running", created=9)
+    plan = plan_reconcile([assignment("a")], [twin, own])
+    assert [c.id for _, c in plan.adopt] == ["own"] and [c.id for c in plan.remove] == ["twin"]
+    # a live twin still beats an exited own container
+    dead = ExistingContainer(id="own", task_id="a", name="demo_web.1.a", state="exited", created=1)
+    assert [c.id for _, c in plan_reconcile([assignment("a")], [dead, twin]).adopt] == ["twin"]
+
+
 def test_plan_ignores_repeated_assignments_and_unlabelled_containers() -> None:
     plan = plan_reconcile([assignment("a"), assignment("a")], [container("1", "")])
     assert [a.task_id for a in plan.create] == ["a"]
