@@ -50,3 +50,23 @@ def wait_for(
                     seen += f"\nstate: (observe failed: {exc})"
             pytest.fail(f"timed out after {timeout:g}s waiting for {describe}{seen}", pytrace=False)
         time.sleep(interval)
+
+
+def wait_until(
+    check: Callable[[], tuple[object, T]],
+    timeout: float,
+    describe: str,
+    interval: float = 0.1,
+) -> T:
+    """:func:`wait_for` for checks that return ``(verdict, what_was_seen)``:
+    the failure message shows what the last check saw; returns that value
+    once the verdict is true."""
+    seen: list[T] = []
+
+    def predicate() -> bool:
+        ok, last = check()
+        seen[:] = [last]
+        return bool(ok)
+
+    wait_for(predicate, timeout, describe, interval, observe=lambda: seen[0] if seen else None)
+    return seen[0]

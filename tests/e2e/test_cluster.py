@@ -15,6 +15,7 @@ import dns.message
 import dns.query
 import dns.rdatatype
 import pytest
+from support import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -35,18 +36,6 @@ services:
       placement:
         constraints: ["node.hostname==worker3"]
 """
-
-
-def wait_until(check: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll ``check()`` until it returns a truthy value; fail saying what was last seen."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        ok, last = check()
-        if ok:
-            return last
-        time.sleep(interval)
-    pytest.fail(f"{what}: not true after {timeout:.0f}s; last seen: {last}")
 
 
 def manager_json(lab: Any, *args: str) -> Any:

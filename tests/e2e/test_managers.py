@@ -19,6 +19,7 @@ import dns.message
 import dns.query
 import dns.rdatatype
 import pytest
+from support import wait_until
 
 from pyswarm import rpc
 from pyswarm.errors import PyswarmError
@@ -92,17 +93,6 @@ class Cluster:
 
     def service_names(self, host: str) -> set[str]:
         return {s["name"] for s in self.call(host, "service.ls")}
-
-
-def wait_until(check: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        ok, last = check()
-        if ok:
-            return last
-        time.sleep(interval)
-    pytest.fail(f"{what}: not true after {timeout:.0f}s; last seen: {last}")
 
 
 def write_ok(cluster: Cluster, host: str, params: dict[str, Any]) -> bool:
