@@ -45,9 +45,11 @@ for _ in 1 2 3; do
     echo "--"
 done
 echo; echo "== HTTP by name from worker1's container: printf 'GET /' | nc web 80"
-for _ in 1 2 3; do
-    "$P" lab exec worker1 -- docker exec "$cid" sh -c 'printf "GET / HTTP/1.0\r\n\r\n" | nc -w 2 web 80 | tail -n 1'
-done
+echo "(the C library prefers the replica on its own node, as with Docker Swarm's dnsrr)"
+"$P" lab exec worker1 -- docker exec "$cid" sh -c 'printf "GET / HTTP/1.0\r\n\r\n" | nc -w 2 web 80 | tail -n 1'
+echo; echo "== every replica, across the hosts, by the addresses DNS gave for web"
+"$P" lab exec worker1 -- docker exec "$cid" sh -c \
+    'for ip in $(nslookup web | sed -n "/^Name/,\$ s/^Address: //p"); do printf "%-12s answers: " $ip; printf "GET / HTTP/1.0\r\n\r\n" | nc -w 2 $ip 80 | tail -n 1; done'
 echo
 echo "The lab stays up: try '$P lab exec manager1 -- $P stack ps demo'."
 echo "Remove it with '$P lab down'."
