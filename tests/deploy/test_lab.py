@@ -201,9 +201,12 @@ def test_up_twice_replaces_the_lab(lab_factory: Any) -> None:
     first: Lab = lab_factory(managers=1, workers=0)
     old_pid = first.host("manager1").pids["dockerd"]
     again = Lab(first.dir, name=first.name, subnet=str(first.subnet))
-    again.up(managers=1, workers=0, cluster=False)
-    assert not pid_alive(old_pid), "the first lab's dockerd survived the second up"
-    assert _out(again, "manager1", "hostname") == "manager1"
+    try:
+        again.up(managers=1, workers=0, cluster=False)
+        assert not pid_alive(old_pid), "the first lab's dockerd survived the second up"
+        assert _out(again, "manager1", "hostname") == "manager1"
+    finally:
+        again.down()  # lab_factory's down of `first` knows only the first keeper: this one would be left running
 
 
 def test_session_cluster_has_every_node_ready(lab: Lab) -> None:
