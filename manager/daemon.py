@@ -93,11 +93,9 @@ class Manager:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         pidfile = cfg.run_dir() / "manager.pid"
-        running = running_manager_pid()
-        if running is not None and running != os.getpid():
-            from pyswarm.errors import ClusterError
-
-            raise ClusterError(f"a manager is already running on this host (pid {running})")
+        # one manager per host, decided atomically: two started at once (an
+        # operator and the agent, say) must not both get as far as the socket
+        self._lock = _exclusive_lock(self.state_dir / "manager.lock")
         pidfile.parent.mkdir(parents=True, exist_ok=True)
         pidfile.write_text(f"{os.getpid()}\n")
         self.store.start()
@@ -178,6 +176,21 @@ class Manager:
         self.config.bootstrap = {}
         cfg.save_manager_config(self.config)
         log.info("bootstrapped cluster %s", self.config.cluster_id)
+
+
+def _exclusive_lock(path: Path) -> Any:
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        from pyswarm.errors import ClusterError
+
+        raise ClusterError(f"a manager is already running on this host (pid {running_manager_pid()})") from None
+    return fh  # held open, and so locked, for the life of the process
 
 
 def running_manager_pid() -> int | None:
