@@ -405,3 +405,20 @@ def leave(force: bool = False) -> None:
             raise ConnectionError_("demoted, but the manager did not stop within 15s; see its log")
     remove_cluster_key()
     (cfg.state_dir() / "node.json").unlink(missing_ok=True)
+    asyncio.run(_remove_task_containers())
+
+
+async def _remove_task_containers() -> int:
+    """What this node ran for the cluster goes with it, as in Swarm (the
+    managers reschedule it elsewhere once the node is down)."""
+    from pyswarm import protocol
+    from pyswarm.worker.docker import DockerClient
+
+    try:
+        async with DockerClient() as docker:
+            found = await docker.list_containers({protocol.LABEL_TASK_ID: None})
+            for c in found:
+                await docker.remove_container(str(c["Id"]), force=True)
+            return len(found)
+    except (OSError, PyswarmError):
+        return 0  # no engine to clean up here

@@ -186,6 +186,8 @@ services:
     old_task = next(t["id"] for t in running(small, "gl_agent") if t["node"] == host)
 
     small.pyswarm(host, "leave", timeout=30)
+    # as in Swarm, what the node ran for the cluster goes with it
+    assert containers(small, host, "gl_agent", all_states=True) == [], "leave left the node's task containers behind"
     cli(small, "node", "rm", "--force", old_id)
     wait_for(lambda: host not in {r["hostname"] for r in json.loads(cli(small, "node", "ls", "--format", "json"))},
              10, f"{host} gone from node ls")
@@ -205,7 +207,7 @@ services:
                     observe=lambda: brief(tasks(small, "gl_agent")))
     print(f"{host} joined again: its global task running {time.time() - joined_at:.2f}s after `pyswarm join` returned")
     assert node(small, host)["id"] != old_id
-    # the old task's container (left running by `leave`) is gone: one container, the new task's
+    # one container on the rejoined host: the new task's
     wait_for(lambda: [c[1] for c in containers(small, host, "gl_agent", all_states=True)] == [mine[0]["id"]], 30,
              f"only the new task's container on {host}", observe=lambda: containers(small, host, "gl_agent", True))
 
