@@ -599,9 +599,14 @@ class Lab:
 
     def _namespaces(self) -> dict[str, set[int]]:
         found: dict[str, set[int]] = {"mnt": set(), "net": set(), "uts": set()}
-        for h in self._hosts.values():
-            for kind, ino in h.ns.items():
-                found[kind].add(ino)
+        # Inode numbers remembered from `up` find a half-made host's processes,
+        # but only while the lab is still recorded: once it is down (another
+        # Lab object for the same directory took it down), the kernel reuses
+        # those numbers for other labs' namespaces, whose processes must live.
+        if self.state_file.exists():
+            for h in self._hosts.values():
+                for kind, ino in h.ns.items():
+                    found[kind].add(ino)
         mounts = set(sysx.mount_points())
         for f in self.ns_dir.glob("*.mnt") if self.ns_dir.exists() else []:
             if str(f) in mounts:
