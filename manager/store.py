@@ -218,7 +218,8 @@ class Store:
             # throughput up under load; pysyncobj's unbatched mode sends one
             # message per entry and falls over at a few hundred writes/s.
             # Latency comes from waking the Raft thread on every command
-            # (commit() pokes it) and a short append period.
+            # (commit() pokes it) and sending what a tick appended at once
+            # (_SyncObj); the short append period is the heartbeat.
             appendEntriesUseBatch=True,
             logCompactionMinEntries=10000,
             logCompactionMinTime=10,
