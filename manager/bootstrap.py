@@ -403,9 +403,36 @@ def leave(force: bool = False) -> None:
             time.sleep(0.1)
         if cfg.load_manager_config() is not None:
             raise ConnectionError_("demoted, but the manager did not stop within 15s; see its log")
-    remove_cluster_key()
+    remove_cluster_key()  # no new session gets in
+    _end_agent_sessions()  # and the open one stops converging this node
     (cfg.state_dir() / "node.json").unlink(missing_ok=True)
     asyncio.run(_remove_task_containers())
+
+
+def _end_agent_sessions() -> None:
+    """Stop this host's agents (``pyswarm worker --stdio`` under sshd): once
+    the node leaves, a session still open would recreate what leave removes.
+    Only processes in this host's mount namespace count (several lab hosts
+    share one process table)."""
+    import signal
+
+    def mnt_ns(pid: str) -> str:
+        try:
+            return os.readlink(f"/proc/{pid}/ns/mnt")
+        except OSError:
+            return ""
+
+    mine = mnt_ns("self")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"worker" in cmdline and b"--stdio" in cmdline and mnt_ns(pid) == mine and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
 
 async def _remove_task_containers() -> int:
