@@ -7,8 +7,10 @@ tests/conftest.py puts this directory on ``sys.path``).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -70,3 +72,28 @@ def wait_until(
 
     wait_for(predicate, timeout, describe, interval, observe=lambda: seen[0] if seen else None)
     return seen[0]
+
+
+@contextmanager
+def deployed_stacks(lab: Any, tmp_path: Path) -> Iterator[Callable[[str, str], None]]:
+    """``deploy(stack, yaml)`` on ``lab``'s first manager. Every stack deployed
+    is removed on the way out, waiting until its containers are gone from
+    every host, so a shared lab is left as it was found."""
+    stacks: list[str] = []
+
+    def deploy(stack: str, text: str) -> None:
+        path = tmp_path / f"{stack}.yml"
+        path.write_text(text)
+        lab.pyswarm(lab.managers[0], "stack", "deploy", "-c", str(path), stack, timeout=60)
+        stacks.append(stack)
+
+    try:
+        yield deploy
+    finally:
+        for stack in stacks:
+            lab.pyswarm(lab.managers[0], "stack", "rm", stack, check=False)
+        for stack in stacks:
+            def gone(stack: str = stack) -> bool:
+                return all(not lab.docker(h, "ps", "-aq", "--filter", f"label=com.docker.stack.namespace={stack}",
+                                          timeout=30).stdout.strip() for h in lab.hosts)
+            wait_for(gone, 30, f"stack {stack}'s containers removed from every host")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import wait_for
+from support import deployed_stacks, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -36,24 +36,8 @@ def brief(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
 
 @pytest.fixture
 def deploy(lab: Any, tmp_path: Path) -> Iterator[Any]:
-    """``deploy(stack, yaml)``; the stacks are removed at the end and their
-    containers waited out on every host."""
-    stacks: list[str] = []
-
-    def go(stack: str, text: str) -> None:
-        path = tmp_path / f"{stack}.yml"
-        path.write_text(text)
-        cli(lab, "stack", "deploy", "-c", str(path), stack)
-        stacks.append(stack)
-
-    yield go
-    for stack in stacks:
-        lab.pyswarm(lab.managers[0], "stack", "rm", stack, check=False)
-    for stack in stacks:
-        def gone() -> bool:
-            return all(not lab.docker(h, "ps", "-aq", "--filter", f"label=com.docker.stack.namespace={stack}",
-                                      timeout=30).stdout.strip() for h in lab.hosts)
-        wait_for(gone, 30, f"stack {stack}'s containers removed from every host")
+    with deployed_stacks(lab, tmp_path) as go:
+        yield go
 
 
 def test_depends_on_service_healthy_waits_for_a_healthy_dependency(lab: Any, deploy: Any) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import wait_for
+from support import deployed_stacks, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -72,24 +72,8 @@ def engines(lab: Any, service: str, all_states: bool = False) -> dict[str, list[
 
 @pytest.fixture
 def deploy(small: Any, tmp_path: Path) -> Iterator[Any]:
-    """``deploy(stack, yaml)``; the stacks are removed at the end and their
-    containers waited out on every host."""
-    stacks: list[str] = []
-
-    def go(stack: str, text: str) -> None:
-        path = tmp_path / f"{stack}.yml"
-        path.write_text(text)
-        cli(small, "stack", "deploy", "-c", str(path), stack)
-        stacks.append(stack)
-
-    yield go
-    for stack in stacks:
-        small.pyswarm(small.managers[0], "stack", "rm", stack, check=False)
-    for stack in stacks:
-        def gone() -> bool:
-            return all(not small.docker(h, "ps", "-aq", "--filter", f"label=com.docker.stack.namespace={stack}",
-                                        timeout=30).stdout.strip() for h in small.hosts)
-        wait_for(gone, 30, f"stack {stack}'s containers removed from every host")
+    with deployed_stacks(small, tmp_path) as go:
+        yield go
 
 
 WEB_AND_GLOBAL = f"""

@@ -18,7 +18,7 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
-from support import wait_for
+from support import deployed_stacks, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -64,24 +64,8 @@ def node(lab: Any, ref: str) -> dict[str, Any]:
 
 @pytest.fixture
 def deploy(lab: Any, tmp_path: Path) -> Iterator[Any]:
-    """``deploy(stack, yaml)``; every stack deployed is removed at the end,
-    and the test waits until its containers are gone from every host."""
-    stacks: list[str] = []
-
-    def go(stack: str, text: str) -> None:
-        path = tmp_path / f"{stack}.yml"
-        path.write_text(text)
-        cli(lab, "stack", "deploy", "-c", str(path), stack)
-        stacks.append(stack)
-
-    yield go
-    for stack in stacks:
-        lab.pyswarm(lab.managers[0], "stack", "rm", stack, check=False)
-    for stack in stacks:
-        def gone() -> bool:
-            return all(not lab.docker(h, "ps", "-aq", "--filter", f"label=com.docker.stack.namespace={stack}",
-                                      timeout=30).stdout.strip() for h in lab.hosts)
-        wait_for(gone, 30, f"stack {stack}'s containers removed from every host")
+    with deployed_stacks(lab, tmp_path) as go:
+        yield go
 
 
 def test_constraint_waits_with_its_reason_until_a_node_gets_the_label(lab: Any, deploy: Any) -> None:
