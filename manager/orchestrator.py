@@ -14,9 +14,6 @@ newest ``task_history_limit`` of them per slot.
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
@@ -34,9 +31,9 @@ from pyswarm.models import (
 )
 
 from . import healing
-from .store import Op, Snapshot, Store, TransactionAborted
+from .loop import Plan, StoreLoop
+from .store import Op, Snapshot
 
-log = logging.getLogger(__name__)
 
 
 def _live(task: Task) -> bool:
@@ -179,32 +176,11 @@ def _reconcile_service(service: Service, tasks: Iterable[Task], nodes: list[Node
     return ops
 
 
-class Orchestrator:
+class Orchestrator(StoreLoop):
     """The leader's loop around :func:`reconcile`."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._stopped = asyncio.Event()
+    name = "orchestrator"
 
-    async def run(self) -> None:
-        watcher = self._store.watcher()
-        try:
-            while not self._stopped.is_set():
-                await watcher.wait(timeout=1.0)
-                if self._stopped.is_set():
-                    break
-                ops = reconcile(self._store.snapshot(), time.time())
-                if ops:
-                    try:
-                        await self._store.commit(ops)
-                    except TransactionAborted as exc:
-                        log.info("orchestrator: retrying after %s", exc)
-                    except Exception:  # a failed commit is retried on the next change
-                        log.exception("orchestrator commit failed")
-                        await asyncio.sleep(0.2)
-        finally:
-            watcher.close()
-
-    def stop(self) -> None:
-        self._stopped.set()
-
+    def plan(self, snapshot: Snapshot, now: float) -> Plan:
+        ops = reconcile(snapshot, now)
+        return ([ops] if ops else []), 1.0

@@ -10,15 +10,12 @@ message, which ``service ps`` shows.
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
 
 from .dependencies import blocked_services
 from .scheduler import is_waiting, schedule
-from .store import Op, Snapshot, Store, TransactionAborted
+from .loop import Plan, StoreLoop
+from .store import Op, Snapshot
 
-log = logging.getLogger(__name__)
 
 
 def plan_ops(snap: Snapshot, now: float) -> list[Op]:
@@ -53,32 +50,12 @@ def next_wakeup(snap: Snapshot, now: float, most: float = 1.0) -> float:
     return max(0.01, min([most, *due]))
 
 
-class Scheduler:
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._stopped = asyncio.Event()
+class Scheduler(StoreLoop):
+    """The leader's loop around :func:`plan_ops`; it also wakes when the
+    first delayed restart comes due."""
 
-    async def run(self) -> None:
-        watcher = self._store.watcher()
-        try:
-            snap = self._store.snapshot()
-            while not self._stopped.is_set():
-                await watcher.wait(timeout=next_wakeup(snap, time.time()))
-                if self._stopped.is_set():
-                    break
-                snap = self._store.snapshot()
-                ops = plan_ops(snap, time.time())
-                if not ops:
-                    continue
-                try:
-                    await self._store.commit(ops)
-                except TransactionAborted as exc:
-                    log.info("scheduler: plan went stale (%s); planning again", exc)
-                except Exception:
-                    log.exception("scheduler commit failed")
-                    await asyncio.sleep(0.2)
-        finally:
-            watcher.close()
+    name = "scheduler"
 
-    def stop(self) -> None:
-        self._stopped.set()
+    def plan(self, snapshot: Snapshot, now: float) -> Plan:
+        ops = plan_ops(snapshot, now)
+        return ([ops] if ops else []), next_wakeup(snapshot, now)

@@ -44,10 +44,8 @@ progress until ``monitor`` after its last task started).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-import time
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -68,7 +66,9 @@ from pyswarm.models import (
 
 from .filters import ConstraintError, parse_constraints
 from .orchestrator import new_task
-from .store import Op, Snapshot, Store, TransactionAborted
+from .loop import Plan as LoopPlan
+from .loop import StoreLoop
+from .store import Op, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -382,35 +382,11 @@ def plan(snapshot: Snapshot, now: float) -> Plan:
     return out
 
 
-class Updater:
+class Updater(StoreLoop):
     """The leader's loop around :func:`plan`."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._stopped = asyncio.Event()
+    name = "updater"
 
-    async def run(self) -> None:
-        watcher = self._store.watcher()
-        timeout = 1.0
-        try:
-            while not self._stopped.is_set():
-                await watcher.wait(timeout=timeout)
-                if self._stopped.is_set():
-                    break
-                now = time.time()
-                result = plan(self._store.snapshot(), now)
-                timeout = min(max(result.wake_at - now, 0.05), 1.0)
-                for ops in result.commits:
-                    try:
-                        await self._store.commit(ops)
-                    except TransactionAborted as exc:
-                        log.info("updater: plan went stale (%s); planning again", exc)
-                        timeout = 0.05
-                    except Exception:  # retried on the next round
-                        log.exception("updater commit failed")
-                        await asyncio.sleep(0.2)
-        finally:
-            watcher.close()
-
-    def stop(self) -> None:
-        self._stopped.set()
+    def plan(self, snapshot: Snapshot, now: float) -> LoopPlan:
+        result = plan(snapshot, now)
+        return result.commits, min(max(result.wake_at - now, 0.05), 1.0)
