@@ -138,8 +138,8 @@ class Manager:
         """True once the store says this host is no longer a manager (demoted,
         or removed after having been one): the manager then stops for good."""
         snap = self.store.snapshot()
-        if snap.cluster is None:
-            return False  # still catching up
+        if snap.cluster is None or not self.store.in_sync:
+            return False  # still catching up: the snapshot may predate a promotion
         node = snap.node(self.config.node_id)
         return node is None or node.role != NodeRole.MANAGER
 
@@ -149,7 +149,7 @@ class Manager:
                 log.info("this node is no longer a manager: stopping the manager for good")
                 self.retired = True
                 return
-            if self.store.is_leader and self._leading is None:
+            if self.store.is_leader and self._leading is None and self.store.in_sync:
                 await self._bootstrap()
                 cluster = self.store.snapshot().cluster
                 if cluster is not None:

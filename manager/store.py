@@ -285,6 +285,22 @@ class Store:
         return None if leader is None else str(getattr(leader, "id", leader))
 
     @property
+    def in_sync(self) -> bool:
+        """True once this replica has applied everything the cluster had
+        committed when it last (re)joined: as leader, up to the no-op that
+        opened its term; as follower, up to the first commit index the leader
+        sent it. Until then the snapshot may be an old one loaded from disk
+        (a restarted manager replays its dump first), and nothing may act on
+        it: not the leader's loops, not the "have I been demoted?" check."""
+        so = self._syncobj
+        if so is None:
+            return False
+        if so._isLeader():
+            noop = getattr(so, "_SyncObj__noopIDx", None)
+            return noop is not None and int(so.raftLastApplied) >= int(noop)
+        return bool(so.isReady())
+
+    @property
     def has_quorum(self) -> bool:
         so = self._syncobj
         return so is not None and bool(so.hasQuorum)

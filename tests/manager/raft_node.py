@@ -5,7 +5,9 @@ test_raft.py: real Raft between separate processes, on loopback).
 
 Commands: ``put ID`` (commit a service named ID; prints ``ok`` or
 ``error: …``), ``names`` (prints the JSON list of service names in this
-replica), ``leader`` (prints ``yes`` or ``no``).
+replica), ``leader`` (prints ``yes`` or ``no``), ``synced`` (the JSON list
+of service names this replica had at the moment it first reported
+``in_sync``, or ``null`` while it has not).
 """
 
 from __future__ import annotations
@@ -26,6 +28,15 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    synced: list[str] | None = None
+
+    async def record_sync() -> None:
+        nonlocal synced
+        while not store.in_sync:
+            await asyncio.sleep(0.005)
+        synced = sorted(s.name for s in store.snapshot().services())
+
+    recorder = asyncio.create_task(record_sync())
     print("started", flush=True)
     while line := (await reader.readline()).decode().strip():
         cmd, _, arg = line.partition(" ")
@@ -38,8 +49,11 @@ async def main() -> None:
                 print(f"error: {exc}", flush=True)
         elif cmd == "names":
             print(json.dumps(sorted(s.name for s in store.snapshot().services())), flush=True)
+        elif cmd == "synced":
+            print(json.dumps(synced), flush=True)
         elif cmd == "leader":
             print("yes" if store.is_leader else "no", flush=True)
+    recorder.cancel()
     store.stop()
 
 

@@ -97,6 +97,27 @@ def test_replication_and_failover_between_processes(trio: list[Node]) -> None:
         wait_until(lambda: ("after-kill" in n.names(), n.names()), 5, f"the write on {n.addr}")
 
 
+def test_a_restarted_replica_is_in_sync_only_once_it_has_caught_up(trio: list[Node], tmp_path: Path) -> None:
+    """A restarted manager first loads what it had on disk; deciding on that
+    (am I still a manager? whose key do I use?) once retired a freshly
+    promoted manager on restart. ``in_sync`` must wait for what the others
+    committed while it was down."""
+    leader = wait_until(lambda: (len(ls := leaders(trio)) == 1, ls), 15, "one leader of three")[0]  # type: ignore[index]
+    follower = next(n for n in trio if n is not leader)
+    assert leader.ask("put before") == "ok"
+    wait_until(lambda: ("before" in follower.names(), follower.names()), 5, "the first write on the follower")
+    follower.kill()
+    for i in range(20):
+        assert leader.ask(f"put while-down-{i}") == "ok"
+    restarted = Node(follower.addr, tmp_path / f"n{trio.index(follower)}", "the-secret",
+                     [n.addr for n in trio if n is not follower])
+    trio[trio.index(follower)] = restarted
+    seen = wait_until(lambda: ((got := json.loads(restarted.ask("synced"))) is not None, got), 15,
+                      "the restarted replica in sync")
+    assert seen == sorted(["before", *(f"while-down-{i}" for i in range(20))]), \
+        f"in_sync with a snapshot that misses writes made while it was down: {seen}"
+
+
 def test_a_process_without_the_secret_cannot_join_or_inject(trio: list[Node], tmp_path: Path) -> None:
     wait_until(lambda: (len(leaders(trio)) == 1, None), 15, "one leader of three")
     (port,) = free_ports(1)
