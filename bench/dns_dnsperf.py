@@ -30,8 +30,10 @@ rotation, forwarding); dnsmasq is given the same names in a hosts file
   managers run with ``--dns-upstream none``, so the outside names are
   answered REFUSED there instead of forwarded.
 
-For each rate (dnsperf ``-Q``, ``--seconds`` each, 4 sockets, at most 500
-queries in flight) it prints the load average, then per server queries/s
+Every server first gets one warm-up second at 2,000 q/s. Before each rate
+the machine must be 80% idle for 3 s (a lab coming up keeps both cores busy
+for a while). For each rate (dnsperf ``-Q``, ``--seconds`` each, 4 sockets,
+at most 500 queries in flight) it prints the load average, then per server queries/s
 completed, lost queries, average and p99 latency (from dnsperf's per-query
 ``-v`` lines) and the server process's CPU time per completed query (µs,
 user + system from /proc: dockerd for Docker's, the whole manager process
@@ -43,6 +45,7 @@ Docker's. Traffic stays on 127.0.0.1 and the lab's addresses.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import re
@@ -118,6 +121,32 @@ def dnsmasq(port: int, hosts: Path, extra: list[str]) -> subprocess.Popen[bytes]
             f"--addn-hosts={hosts}", "--listen-address=127.0.0.1", "--bind-interfaces", f"--port={port}",
             "--cache-size=10000", "--pid-file=", "--log-facility=/dev/null", *extra]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def cpu_idle_share(seconds: float) -> float:
+    """The machine's idle CPU share over ``seconds`` (from /proc/stat)."""
+    def idle_total() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return fields[3] + fields[4], sum(fields)
+    i0, t0 = idle_total()
+    time.sleep(seconds)
+    i1, t1 = idle_total()
+    return (i1 - i0) / max(1, t1 - t0)
+
+
+def settle(progress: Callable[[str], None], idle: float = 0.8, timeout: float = 90) -> float:
+    """Wait until the machine is at least ``idle`` idle for 3 s running (a
+    lab coming up keeps both cores busy for a while, and latency measured
+    then is the lab's, not the server's); give up after ``timeout`` and say
+    so. Returns the idle share last seen."""
+    deadline = time.monotonic() + timeout
+    seen = 0.0
+    while time.monotonic() < deadline:
+        seen = cpu_idle_share(3.0)
+        if seen >= idle:
+            return seen
+    progress(f"machine still busy after {timeout:.0f}s ({seen:.0%} idle); measuring anyway")
+    return seen
 
 
 def wait_udp(port: int) -> None:
@@ -272,6 +301,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--docker", action="store_true",
                         help="also Docker's embedded DNS and a lab manager's DNS (a private lab; root)")
+    parser.add_argument("--json", metavar="PATH",
+                        help="also write the figures there: {rates: [{rate, load, servers: {NAME: {qps, p99_ms, ...}}}]}")
     args = parser.parse_args()
     for tool in ("dnsperf", "dnsmasq") + (("dig", "nsenter") if args.docker else ()):
         if not shutil.which(tool):
@@ -300,7 +331,17 @@ def main() -> int:
         head = " | ".join(f"{c + ' qps':>11} {'lost':>6} {'avg ms':>7} {'p99 ms':>7} {'cpu µs':>6}" for c in cols)
         ratios = "ps/dnsmasq" + (" ps/docker" if side else "")
         print(f"{'load':>5} {'rate':>7} | {head} | {ratios}")
+        # one warm-up second per server at a low rate (every server, Docker's
+        # too): a cold server's first burst (reply caches, upstream sockets,
+        # first-time code paths) otherwise lands in the first rate's p99
+        run_dnsperf(ps_port, queries, 2000, 1)
+        run_dnsperf(dm_port, queries, 2000, 1)
+        if side is not None:
+            run_dnsperf(53, queries, 2000, 1, "127.0.0.11", tuple(side.docker_prefix()))
+            run_dnsperf(53, side.manager_queries, 2000, 1, side.manager_addr)
+        record: list[dict[str, object]] = []
         for rate in (int(r) for r in args.rates.split(",")):
+            settle(lambda msg: print(msg, flush=True))
             load = os.getloadavg()[0]
             got = [measured(child.pid or 0, lambda: run_dnsperf(ps_port, queries, rate, args.seconds)),
                    measured(masq.pid, lambda: run_dnsperf(dm_port, queries, rate, args.seconds))]
@@ -314,6 +355,9 @@ def main() -> int:
                                f"{g.get('p99_ms', 0):>7.3f} {g.get('cpu_us', 0):>6.1f}" for g in got)
             rs = [got[0].get("qps", 0) / g["qps"] if g.get("qps") else float("nan") for g in got[1:3]]
             print(f"{load:>5.1f} {rate:>7} | {cells} | " + " ".join(f"{r:>9.2f}" for r in rs), flush=True)
+            record.append({"rate": rate, "load": load, "servers": dict(zip(cols, got))})
+        if args.json:
+            Path(args.json).write_text(json.dumps({"seconds": args.seconds, "rates": record}, indent=1) + "\n")
     finally:
         child.kill()
         for p in (masq, upstream):

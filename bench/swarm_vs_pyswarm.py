@@ -119,9 +119,7 @@ def run(args: argparse.Namespace) -> int:
                 progress(f"WARNING: Swarm tried to pull images {pulls} times (see the engines' logs)")
         if "dns" in only:
             progress("\n== dns")
-            results.append(scenarios.dns())
-            for ln in results[-1].notes:
-                progress("  " + ln)
+            results += scenarios.dns(args.rounds, progress)
         record["scenarios"] = [sc.to_dict() for sc in results]
         if "footprint" in only:
             progress("\n== footprint")
@@ -171,7 +169,7 @@ def benchmarks_md() -> str:
             latest[sc["key"]] = (sc, rec)
         if rec.get("footprint"):
             footprint_rec = rec
-    order = ["deploy30", "deploy100", "scale1to100", "scale100to1", "worker_failure", "leader_failover", "rolling_update", "dns"]
+    order = ["deploy30", "deploy100", "scale1to100", "scale100to1", "worker_failure", "leader_failover", "rolling_update", "dns_p99", "dns_qps"]
     keys = sorted(latest, key=lambda k: order.index(k) if k in order else len(order))
     return report.benchmarks_markdown([latest[k] for k in keys], footprint_rec)
 

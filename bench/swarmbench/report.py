@@ -34,6 +34,8 @@ class Summary:
 def _num(x: float | None) -> str:
     if x is None:
         return "?"
+    if x >= 1000:
+        return f"{x:,.0f}"
     return f"{x:.2f}" if x < 10 else f"{x:.1f}"
 
 
@@ -51,8 +53,10 @@ def ratio(a: Summary, b: Summary) -> float | None:
     return a.median / b.median
 
 
-def verdict(goal: str, mine: Summary, peer: Summary) -> str:
-    """Whether pyswarm met the scenario's goal, plainly, and by how much if not."""
+def verdict(goal: str, mine: Summary, peer: Summary, unit: str = "s") -> str:
+    """Whether pyswarm met the scenario's goal, plainly, and by how much if not.
+
+    Times and latencies: less is better. ``ge_swarm`` (throughput): more is."""
     if goal == "half":
         r = ratio(mine, peer)
         if r is None:
@@ -63,22 +67,27 @@ def verdict(goal: str, mine: Summary, peer: Summary) -> str:
         if r is None:
             return "no verdict (a side has no figure)"
         return f"met (ratio {r:.2f} ≤ 1)" if r <= 1 else f"MISSED: ratio {r:.2f}, goal ≤ 1 ({(r - 1) * 100:.0f}% slower than Swarm)"
+    if goal == "ge_swarm":
+        r = ratio(mine, peer)
+        if r is None:
+            return "no verdict (a side has no figure)"
+        return f"met (ratio {r:.2f} ≥ 1)" if r >= 1 else f"MISSED: ratio {r:.2f}, goal ≥ 1 ({(1 - r) * 100:.0f}% below Swarm)"
     if goal.startswith("abs:"):
         limit = float(goal[4:])
         if mine.median is None:
-            return f"MISSED: never reached (goal ≤ {limit:g} s)" if mine.failed else "no verdict (not measured)"
+            return f"MISSED: never reached (goal ≤ {limit:g} {unit})" if mine.failed else "no verdict (not measured)"
         if mine.median <= limit:
-            return f"met ({_num(mine.median)} s ≤ {limit:g} s)"
-        return f"MISSED: {_num(mine.median)} s, goal ≤ {limit:g} s ({mine.median - limit:.1f} s over)"
+            return f"met ({_num(mine.median)} {unit} ≤ {limit:g} {unit})"
+        return f"MISSED: {_num(mine.median)} {unit}, goal ≤ {limit:g} {unit} ({mine.median - limit:.1f} {unit} over)"
     return ""
 
 
-GOAL_TEXT = {"half": "≤ 0.5 × Swarm", "le_swarm": "≤ Swarm", "info": "—"}
+GOAL_TEXT = {"half": "≤ 0.5 × Swarm", "le_swarm": "≤ Swarm", "ge_swarm": "≥ Swarm", "info": "—"}
 
 
-def goal_text(goal: str) -> str:
+def goal_text(goal: str, unit: str = "s") -> str:
     if goal.startswith("abs:"):
-        return f"≤ {goal[4:]} s"
+        return f"≤ {goal[4:]} {unit}"
     return GOAL_TEXT.get(goal, goal)
 
 
@@ -90,15 +99,16 @@ def rows(scenarios: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
             continue
         skipped = sc.get("skipped", {})
         by = {name: summarize([r["seconds"] for r in sc["runs"] if r["orchestrator"] == name]) for name in ("pyswarm", "swarm")}
-        cells = {name: (f"skipped: {skipped[name]}" if name in skipped else by[name].cell()) for name in by}
+        unit = sc.get("unit", "s")
+        cells = {name: (f"skipped: {skipped[name]}" if name in skipped else by[name].cell(unit)) for name in by}
         r = ratio(by["pyswarm"], by["swarm"])
         out.append({
             "scenario": sc["title"],
             "pyswarm": cells["pyswarm"],
             "swarm": cells["swarm"],
             "ratio": f"{r:.2f}" if r is not None else "—",
-            "goal": goal_text(sc["goal"]),
-            "verdict": "skipped" if "pyswarm" in skipped else verdict(sc["goal"], by["pyswarm"], by["swarm"]),
+            "goal": goal_text(sc["goal"], unit),
+            "verdict": "skipped" if "pyswarm" in skipped else verdict(sc["goal"], by["pyswarm"], by["swarm"], unit),
         })
     return out
 

@@ -16,11 +16,12 @@ if BENCH not in sys.path:
 from swarmbench import report  # noqa: E402
 
 
-def _scenario(goal: str, pyswarm: list[float | None], swarm: list[float | None], skipped: dict[str, str] | None = None) -> dict:
+def _scenario(goal: str, pyswarm: list[float | None], swarm: list[float | None], skipped: dict[str, str] | None = None,
+              unit: str = "s") -> dict:
     runs = [{"orchestrator": "pyswarm", "seconds": s, "round": i + 1, "timeline": {}} for i, s in enumerate(pyswarm)]
     runs += [{"orchestrator": "swarm", "seconds": s, "round": i + 1, "timeline": {}} for i, s in enumerate(swarm)]
     return {"key": "k", "title": "stack deploy, 30 replicas → all running", "goal": goal, "runs": runs,
-            "skipped": skipped or {}, "plot": True, "notes": []}
+            "skipped": skipped or {}, "plot": True, "notes": [], "unit": unit}
 
 
 def test_median_spread_ratio_and_missed_goal() -> None:
@@ -50,3 +51,17 @@ def test_skipped_side_and_markdown_escaping() -> None:
     assert table.splitlines()[0].startswith("| scenario | pyswarm median (min–max) | Swarm median (min–max) | ratio")
     assert "no updater \\| yet" in table
     assert len(table.splitlines()) == 3
+
+
+def test_dns_rows_in_their_own_units() -> None:
+    [row] = report.rows([_scenario("abs:2", [0.74, 1.86, 0.9], [8.9, 33.3, 12.0], unit="ms")])
+    assert row["pyswarm"] == "0.90 ms (0.74–1.86)" and row["goal"] == "≤ 2 ms"
+    assert row["verdict"] == "met (0.90 ms ≤ 2 ms)"
+    [row] = report.rows([_scenario("abs:2", [3.5], [8.9], unit="ms")])
+    assert row["verdict"] == "MISSED: 3.50 ms, goal ≤ 2 ms (1.5 ms over)"
+    # throughput: more is better
+    [row] = report.rows([_scenario("ge_swarm", [39221.0], [14239.0], unit="q/s")])
+    assert row["pyswarm"] == "39,221 q/s (39,221–39,221)" and row["ratio"] == "2.75"
+    assert row["verdict"] == "met (ratio 2.75 ≥ 1)" and row["goal"] == "≥ Swarm"
+    [row] = report.rows([_scenario("ge_swarm", [8000.0], [10000.0], unit="q/s")])
+    assert row["verdict"] == "MISSED: ratio 0.80, goal ≥ 1 (20% below Swarm)"
