@@ -188,8 +188,9 @@ class _Session:
         loaded host takes seconds)."""
         seq = 0
         while True:
-            await asyncio.sleep(self._d.ping_every)
-            limit = self._d.dead_after if self._ready else self._d.hello_timeout
+            every, dead_after = self._d.heartbeat()
+            await asyncio.sleep(every)
+            limit = dead_after if self._ready else self._d.hello_timeout
             if time.monotonic() - self._last_heard > limit:
                 raise HeartbeatLost(f"no heartbeat for {limit:.0f}s")
             seq += 1
@@ -243,6 +244,9 @@ class _Session:
         self._close()
 
 
+MAX_PINGS_PER_SECOND = 200
+
+
 class Dispatcher:
     def __init__(self, store: Store, client_keys: list[Any], ping_every: float = 0.5, dead_after: float = 2.0,
                  hello_timeout: float = 15.0) -> None:
@@ -288,6 +292,15 @@ class Dispatcher:
 
     def stop(self) -> None:
         self._stopped.set()
+
+    def heartbeat(self) -> tuple[float, float]:
+        """(ping period, silence that ends a session), stretched past
+        :data:`MAX_PINGS_PER_SECOND` sessions' worth: every ping is an SSH
+        message out and one back through Python, so a fixed 0.5 s period
+        over 1,000 nodes would take the leader's whole core. Small clusters
+        keep the fast failure detection; 1,000 nodes get Swarm's 5 s."""
+        scale = max(1.0, len(self._sessions) / (self.ping_every * MAX_PINGS_PER_SECOND))
+        return self.ping_every * scale, self.dead_after * scale
 
     def _sync_sessions(self, snap: Snapshot) -> None:
         nodes = {n.id: n for n in snap.nodes() if n.ssh_host_key}
