@@ -30,8 +30,9 @@ rotation, forwarding); dnsmasq is given the same names in a hosts file
   managers run with ``--dns-upstream none``, so the outside names are
   answered REFUSED there instead of forwarded.
 
-Every server first gets one warm-up second at 2,000 q/s. Before each rate
-the machine must be 80% idle for 3 s (a lab coming up keeps both cores busy
+Every server first gets one warm-up second at 2,000 q/s. Before each
+server's run the machine must be 80% idle for 3 s (a lab coming up, or a
+server still working off the previous run's backlog, keeps the cores busy
 for a while). For each rate (dnsperf ``-Q``, ``--seconds`` each, 4 sockets,
 at most 500 queries in flight) it prints the load average, then per server queries/s
 completed, lost queries, average and p99 latency (from dnsperf's per-query
@@ -190,7 +191,10 @@ def cpu_seconds(pid: int) -> float:
 
 def measured(pid: int, run: Callable[[], dict[str, float]]) -> dict[str, float]:
     """``run()``'s figures plus the server's CPU time per completed query
-    (µs): unlike latency, it hardly depends on what else the machine runs."""
+    (µs): unlike latency, it hardly depends on what else the machine runs.
+    Starts on an idle machine: a server left with a backlog by the previous
+    run (Docker's, at rates it cannot keep up with) must not tax the next."""
+    settle(lambda msg: print(msg, flush=True))
     before = cpu_seconds(pid)
     got = run()
     done = got.get("completed", 0)
@@ -341,7 +345,6 @@ def main() -> int:
             run_dnsperf(53, side.manager_queries, 2000, 1, side.manager_addr)
         record: list[dict[str, object]] = []
         for rate in (int(r) for r in args.rates.split(",")):
-            settle(lambda msg: print(msg, flush=True))
             load = os.getloadavg()[0]
             got = [measured(child.pid or 0, lambda: run_dnsperf(ps_port, queries, rate, args.seconds)),
                    measured(masq.pid, lambda: run_dnsperf(dm_port, queries, rate, args.seconds))]

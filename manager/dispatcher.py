@@ -68,22 +68,38 @@ def _assignment(task: Task, zone: str) -> dict[str, Any]:
     }
 
 
-def node_configuration(snap: Snapshot, node: Node, term: int = 0) -> dict[str, Any]:
+class ClusterView:
+    """What every node's ``configure`` shares, computed once per store
+    change: with N nodes, building it per node made each change O(N²)."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.cluster = snap.cluster
+        nodes = sorted((n for n in snap.nodes() if n.subnet), key=lambda n: n.subnet)
+        self._routes = [{"subnet": n.subnet, "via": n.addr} for n in nodes]
+        self._at = {n.id: i for i, n in enumerate(nodes)}
+        managers = [n for n in nodes if n.role == NodeRole.MANAGER]
+        self.dns = sorted(n.addr for n in managers)
+        self.raft_peers = sorted(f"{n.addr}:{n.raft_port}" for n in managers)
+
+    def routes(self, node_id: str) -> list[dict[str, str]]:
+        """Every other node's subnet: two slices, the same dicts for every node."""
+        i = self._at.get(node_id)
+        return list(self._routes) if i is None else self._routes[:i] + self._routes[i + 1:]
+
+
+def node_configuration(snap: Snapshot, node: Node, term: int = 0, view: ClusterView | None = None) -> dict[str, Any]:
     """The ``configure`` message for ``node``; ``term`` fences deposed leaders.
     A manager node also gets what it needs to run (or start) its manager."""
-    cluster = snap.cluster
-    nodes = snap.nodes()
+    view = view or ClusterView(snap)
+    cluster = view.cluster
     message: dict[str, Any] = {
         "op": "configure",
         "node_id": node.id,
         "cluster_id": cluster.id if cluster else "",
         "subnet": node.subnet,
         "pool": cluster.addr_pool if cluster else "",
-        "routes": sorted(
-            ({"subnet": n.subnet, "via": n.addr} for n in nodes if n.id != node.id and n.subnet),
-            key=lambda r: r["subnet"],
-        ),
-        "dns": sorted(n.addr for n in nodes if n.role == NodeRole.MANAGER),
+        "routes": view.routes(node.id),
+        "dns": view.dns,
         "zone": cluster.zone if cluster else "pyswarm",
         "term": term,
         "authorized_key": cluster.ssh_public_key if cluster else "",
@@ -94,7 +110,7 @@ def node_configuration(snap: Snapshot, node: Node, term: int = 0) -> dict[str, A
         message["manager"] = {
             "addr": node.addr, "api_port": node.api_port, "raft_port": node.raft_port,
             "raft_secret": cluster.raft_secret, "api_host_private_key": cluster.api_host_private_key,
-            "raft_peers": sorted(f"{n.addr}:{n.raft_port}" for n in nodes if n.role == NodeRole.MANAGER),
+            "raft_peers": view.raft_peers,
             "dns_upstreams": cluster.dns_upstreams,
         }
     return message
@@ -114,7 +130,7 @@ class _Session:
         self._conn: Any = None
         self._sent_config: dict[str, Any] | None = None
         self._sent_tasks: list[dict[str, Any]] | None = None
-        self._sent_mesh: dict[str, Any] | None = None
+        self._sent_mesh = 0  # the dispatcher's mesh_version this session has
         self._stopped = False
         self._last_heard = 0.0
         self._ready = False
@@ -146,13 +162,15 @@ class _Session:
         self._conn = await asyncio.wait_for(asyncssh.connect(
             node.addr, port=node.ssh_port, username="root",
             client_keys=self._d.client_keys, known_hosts=([host_key], [], []),
-            agent_path=None, config=[], keepalive_interval=1, keepalive_count_max=3,
+            # no SSH keepalives: the pings below detect a dead session sooner,
+            # and with 1,000 nodes each keepalive is another 1,000 messages/s
+            agent_path=None, config=[],
         ), timeout=5)
         self._process = await self._conn.create_process("pyswarm worker --stdio", encoding=None)
         self._last_heard = time.monotonic()
         self._sent_config = None
         self._sent_tasks = None
-        self._sent_mesh = None
+        self._sent_mesh = 0
         self.push()
         reader = asyncio.create_task(self._read())
         pinger = asyncio.create_task(self._ping())
@@ -197,11 +215,14 @@ class _Session:
             self._send({"op": "ping", "seq": seq})
 
     def _send(self, message: dict[str, Any]) -> None:
+        self._write(protocol.encode(message))
+
+    def _write(self, line: bytes) -> None:
         process = self._process
         if process is None:
             return
         try:
-            process.stdin.write(protocol.encode(message))
+            process.stdin.write(line)
         except (asyncssh.Error, OSError, BrokenPipeError) as exc:
             log.info("%s: write failed: %s", self.node.hostname, exc)
 
@@ -214,7 +235,7 @@ class _Session:
         if node is None or snap is None:
             return
         self.node = node
-        config = node_configuration(snap, node, self._d.term)
+        config = node_configuration(snap, node, self._d.term, self._d.view)
         if config != self._sent_config:
             self._send(config)
             self._sent_config = config
@@ -222,10 +243,15 @@ class _Session:
         if tasks != self._sent_tasks:
             self._send({"op": "assign", "tasks": tasks})
             self._sent_tasks = tasks
-        mesh = self._d.mesh
-        if mesh is not None and mesh != self._sent_mesh:  # networks and ingress (manager/networks.py)
-            self._send(mesh)
-            self._sent_mesh = mesh
+        self.push_mesh()
+
+    def push_mesh(self) -> None:
+        """Networks and ingress (manager/networks.py): the same line for
+        every node, encoded once by the dispatcher."""
+        d = self._d
+        if self._process is not None and d.mesh_line and self._sent_mesh != d.mesh_version:
+            self._write(d.mesh_line)
+            self._sent_mesh = d.mesh_version
 
     def _close(self) -> None:
         self._ready = False
@@ -245,6 +271,7 @@ class _Session:
 
 
 MAX_PINGS_PER_SECOND = 200
+MESH_BYTES_PER_SECOND = 20_000_000
 
 
 class Dispatcher:
@@ -257,7 +284,14 @@ class Dispatcher:
         self.hello_timeout = hello_timeout
         self.snapshot: Snapshot | None = None
         self.assignments: dict[str, list[dict[str, Any]]] = {}
-        self.mesh: dict[str, Any] | None = None  # the same for every node
+        self.view: ClusterView | None = None
+        # the mesh (manager/networks.py) is the same for every node: encoded
+        # once per change, sent to the sessions that have an older version
+        self.mesh: dict[str, Any] | None = None
+        self.mesh_line = b""
+        self.mesh_version = 0
+        self._mesh_sent_at = 0.0
+        self._mesh_timer: asyncio.TimerHandle | None = None
         self.term = 0
         self._sessions: dict[str, tuple[_Session, asyncio.Task[None]]] = {}
         self._pending: list[Op] = []
@@ -275,14 +309,17 @@ class Dispatcher:
                 self.snapshot = self._store.snapshot()
                 cluster_now = self.snapshot.cluster
                 self.assignments = assignments_by_node(self.snapshot, cluster_now.zone if cluster_now else "pyswarm")
-                self.mesh = mesh_message(self.snapshot)
+                self.view = ClusterView(self.snapshot)
                 cluster = self.snapshot.cluster
                 # fencing token: Raft terms restart after --force-new-cluster
                 self.term = (cluster.epoch if cluster else 0) * 1_000_000_000 + self._store.term
                 self._sync_sessions(self.snapshot)
+                self._update_mesh(mesh_message(self.snapshot))
                 for session, _ in self._sessions.values():
                     session.push()
         finally:
+            if self._mesh_timer is not None:
+                self._mesh_timer.cancel()
             watcher.close()
             writer.cancel()
             for session, task in self._sessions.values():
@@ -292,6 +329,35 @@ class Dispatcher:
 
     def stop(self) -> None:
         self._stopped.set()
+
+    def _update_mesh(self, mesh: dict[str, Any]) -> None:
+        """Publish a changed mesh, at most :data:`MESH_BYTES_PER_SECOND`
+        worth of it to all sessions together: on a lab that is every change
+        at once; 10,000 tasks over 1,000 nodes make each broadcast ~150 MB
+        through SSH, and a big stack converging changes it many times a
+        second. The latest mesh always goes out, after the pause."""
+        if mesh == self.mesh:
+            return
+        self.mesh = mesh
+        if self._mesh_timer is not None:
+            return  # already waiting: the timer publishes the latest
+        line = protocol.encode(mesh)
+        gap = len(line) * len(self._sessions) / MESH_BYTES_PER_SECOND
+        wait = self._mesh_sent_at + gap - time.monotonic()
+        if wait > 0:
+            self._mesh_timer = asyncio.get_running_loop().call_later(wait, self._publish_mesh)
+            return
+        self._publish_mesh(line)
+
+    def _publish_mesh(self, line: bytes | None = None) -> None:
+        self._mesh_timer = None
+        if self.mesh is None:
+            return
+        self.mesh_line = line if line is not None else protocol.encode(self.mesh)
+        self.mesh_version += 1
+        self._mesh_sent_at = time.monotonic()
+        for session, _ in self._sessions.values():
+            session.push_mesh()
 
     def heartbeat(self) -> tuple[float, float]:
         """(ping period, silence that ends a session), stretched past

@@ -221,8 +221,10 @@ class Store:
             # (commit() pokes it) and sending what a tick appended at once
             # (_SyncObj); the short append period is the heartbeat.
             appendEntriesUseBatch=True,
+            # a compaction forks the manager to write its dump; every 10 s
+            # that pause showed in the DNS server's latency tail
             logCompactionMinEntries=10000,
-            logCompactionMinTime=10,
+            logCompactionMinTime=60,
             raftMinTimeout=0.4,
             raftMaxTimeout=1.0,
             appendEntriesPeriod=0.01,

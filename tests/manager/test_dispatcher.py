@@ -1,0 +1,99 @@
+"""What keeps the leader's dispatcher cheap on a big cluster: the heartbeat
+stretches with the number of sessions, every node's ``configure`` shares one
+view of the cluster per store change, and the mesh is encoded once and
+broadcast at a bounded byte rate, the latest always going out. The
+dispatcher's sessions over real SSH are tested on the lab (tests/e2e)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+_TESTS = str(Path(__file__).resolve().parents[1])
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
+
+from factories import make_node, make_snapshot  # noqa: E402
+
+from pyswarm import protocol  # noqa: E402
+from pyswarm.manager import dispatcher as dispatcher_mod  # noqa: E402
+from pyswarm.manager.dispatcher import MAX_PINGS_PER_SECOND, ClusterView, Dispatcher, node_configuration  # noqa: E402
+
+
+class FakeSession:
+    """Records which mesh versions it was handed."""
+
+    def __init__(self, d: Dispatcher) -> None:
+        self.d = d
+        self.got: list[int] = []
+
+    def push_mesh(self) -> None:
+        self.got.append(self.d.mesh_version)
+
+
+def dispatcher_with(sessions: int) -> tuple[Dispatcher, list[FakeSession]]:
+    d = Dispatcher(store=None, client_keys=[])  # type: ignore[arg-type]
+    fakes = [FakeSession(d) for _ in range(sessions)]
+    d._sessions = {f"n{i}": (f, None) for i, f in enumerate(fakes)}  # type: ignore[misc]
+    return d, fakes
+
+
+def test_small_clusters_keep_the_fast_heartbeat() -> None:
+    for n in (0, 8, 100):
+        assert dispatcher_with(n)[0].heartbeat() == (0.5, 2.0), n
+
+
+def test_large_clusters_stay_within_the_ping_budget() -> None:
+    every, dead_after = dispatcher_with(1000)[0].heartbeat()
+    assert (every, dead_after) == (5.0, 20.0)
+    assert 1000 / every <= MAX_PINGS_PER_SECOND
+
+
+def test_each_node_is_routed_to_every_other_subnet() -> None:
+    nodes = [make_node(hostname=f"w{i}", subnet=f"10.240.{i}.0/24", addr=f"10.0.0.{i + 1}") for i in range(4)]
+    snap = make_snapshot(*nodes)
+    view = ClusterView(snap)
+    for node in nodes:
+        routes = node_configuration(snap, node, view=view)["routes"]
+        assert {r["subnet"] for r in routes} == {n.subnet for n in nodes if n is not node}, routes
+        assert node_configuration(snap, node) == node_configuration(snap, node, view=view)
+
+
+def test_mesh_goes_out_at_once_on_a_small_cluster() -> None:
+    async def go() -> None:
+        d, fakes = dispatcher_with(8)
+        d._update_mesh({"op": "mesh", "networks": {"a": ["10.240.0.2"]}})
+        started = asyncio.get_running_loop().time()
+        d._update_mesh({"op": "mesh", "networks": {"a": ["10.240.0.2", "10.240.0.3"]}})
+        while d.mesh_version < 2:  # paced by microseconds at most
+            assert asyncio.get_running_loop().time() - started < 0.05, "a small mesh change waited"
+            await asyncio.sleep(0.001)
+        assert all(f.got == [1, 2] for f in fakes), [f.got for f in fakes]
+        assert protocol.decode(d.mesh_line)["networks"]["a"] == ["10.240.0.2", "10.240.0.3"]
+        d._update_mesh({"op": "mesh", "networks": {"a": ["10.240.0.2", "10.240.0.3"]}})
+        assert d.mesh_version == 2, "an unchanged mesh was broadcast again"
+    asyncio.run(go())
+
+
+def test_a_big_mesh_is_paced_and_the_latest_goes_out(monkeypatch: Any) -> None:
+    monkeypatch.setattr(dispatcher_mod, "MESH_BYTES_PER_SECOND", 1_000_000)
+
+    async def go() -> None:
+        d, fakes = dispatcher_with(100)
+        ips = [f"10.240.{i // 250}.{i % 250 + 2}" for i in range(1000)]  # ~15 kB a line: 1.5 MB to 100 nodes
+        d._update_mesh({"op": "mesh", "networks": {"a": ips[:500]}})
+        assert d.mesh_version == 1
+        started = asyncio.get_running_loop().time()
+        for n in range(501, 1001):
+            d._update_mesh({"op": "mesh", "networks": {"a": ips[:n]}})
+        assert d.mesh_version == 1, "a second big broadcast went out within the byte budget"
+        while d.mesh_version < 2:
+            assert asyncio.get_running_loop().time() - started < 5, "the paced mesh never went out"
+            await asyncio.sleep(0.02)
+        waited = asyncio.get_running_loop().time() - started
+        assert 0.5 < waited < 2.5, f"paced for {waited:.2f}s; ~0.75 s expected for 750 kB at 1 MB/s"
+        assert protocol.decode(d.mesh_line)["networks"]["a"] == ips, "the pause did not publish the latest mesh"
+        assert all(f.got == [1, 2] for f in fakes), fakes[0].got
+    asyncio.run(go())
