@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 # methods a joining host may call with a join token (over the SSH API port)
 JOIN_METHODS = frozenset({"join.info", "join"})
+JOIN_ATTEMPTS = 30  # hosts joining at once each lose a subnet race at most a few times
 
 
 @dataclass(frozen=True)
@@ -288,15 +290,15 @@ class Api:
         address keeps its node id and its container subnet. Hosts joining at
         the same moment may pick the same free subnet; the claim's
         precondition lets one win and the other tries the next."""
-        for attempt in range(10):
+        for attempt in range(JOIN_ATTEMPTS):
             try:
-                return await self._join_once(params)
+                return await self._join_once(params, spread=1 if attempt == 0 else 64)
             except TransactionAborted:
-                if attempt == 9:
+                if attempt == JOIN_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
 
-    async def _join_once(self, params: dict[str, Any]) -> Any:
+    async def _join_once(self, params: dict[str, Any], spread: int = 1) -> Any:
         snap = self._snap()
         cluster = _cluster(snap)
         hostname, addr = str(params["hostname"]), str(params["addr"])
@@ -315,7 +317,7 @@ class Api:
             clash = next((n for n in snap.nodes() if n.addr == addr and n.status != NodeStatus.DOWN), None)
             if clash is not None:
                 raise UsageError(f"address {addr} is already used by node {clash.hostname} ({clash.id[:12]})")
-            subnet = _free_subnet(snap, cluster.addr_pool, cluster.subnet_size)
+            subnet = _free_subnet(snap, cluster.addr_pool, cluster.subnet_size, spread)
             node = Node(
                 id=new_id(), hostname=hostname, addr=addr, role=role,
                 ssh_host_key=str(params["ssh_host_key"]), ssh_port=int(params.get("ssh_port", 22)),
@@ -712,10 +714,18 @@ def _find_node(snap: Snapshot, ref: str) -> Node:
     raise NotFoundError(f"node {ref} not found")
 
 
-def _free_subnet(snap: Snapshot, pool: str, size: int) -> str:
+def _free_subnet(snap: Snapshot, pool: str, size: int, spread: int = 1) -> str:
+    """The first free subnet of the pool, or (``spread`` > 1, after a lost
+    race) one of the first ``spread`` free ones at random, so that hosts
+    joining at the same moment stop all claiming the same one."""
     used = set(snap.raw.get("subnet", {}))
     network = ipaddress.ip_network(pool)
+    free: list[str] = []
     for candidate in network.subnets(new_prefix=size):
         if str(candidate) not in used:
-            return str(candidate)
-    raise UsageError(f"the address pool {pool} has no free /{size} subnet left for a new node")
+            free.append(str(candidate))
+            if len(free) >= spread:
+                break
+    if not free:
+        raise UsageError(f"the address pool {pool} has no free /{size} subnet left for a new node")
+    return random.choice(free)

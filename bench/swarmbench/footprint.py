@@ -101,13 +101,15 @@ def measure(nodes: int, tasks: int, progress: Callable[[str], None], timeout: fl
                                               "--manager", f"{addr}:2377", "--nodes", str(nodes), "--port", str(PORT)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
         assert sim.stdout is not None
+        said: list[str] = []
         for line in sim.stdout:
             if line.startswith("serving"):
                 break
+            said.append(line)
             if line.startswith("joined"):
                 progress(f"  {line.strip()}")
         else:
-            raise BenchError(f"footprint: the node simulator exited ({sim.wait()})")
+            raise BenchError(f"footprint: the node simulator exited ({sim.wait()}): {''.join(said[-15:]).strip()}")
         out["join_s"] = round(time.monotonic() - t_join, 1)
         threading.Thread(target=lambda: [None for _ in sim.stdout], daemon=True).start()  # type: ignore[union-attr]
 

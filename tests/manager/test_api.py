@@ -50,6 +50,20 @@ def test_join_gives_each_node_its_own_subnet_and_keeps_it_on_rejoin(tmp_path: Pa
     with_api(tmp_path, body)
 
 
+def test_forty_hosts_joining_at_once_all_get_in_with_their_own_subnets(tmp_path: Path) -> None:
+    """Joins race for the first free subnet; the losers must retry, not fail
+    (the footprint bench joins 16 at a time and got 'subnet … exists')."""
+    async def body(api: Api) -> None:
+        answers = await asyncio.gather(*(api.call("join", {"hostname": f"w{i}", "addr": f"10.0.1.{i + 2}",
+                                                           "ssh_host_key": f"k{i}"}) for i in range(40)),
+                                       return_exceptions=True)
+        failed = [a for a in answers if isinstance(a, BaseException)]
+        assert not failed, f"{len(failed)} of 40 concurrent joins failed: {failed[:3]}"
+        subnets = [a["subnet"] for a in answers if isinstance(a, dict)]
+        assert len(set(subnets)) == 40, f"subnets handed out twice: {sorted(subnets)}"
+    with_api(tmp_path, body)
+
+
 def test_deploy_update_scale_and_remove_a_stack(tmp_path: Path) -> None:
     async def body(api: Api) -> None:
         first = await api.call("stack.deploy", {"stack": "demo", "services": [spec("demo_web", 3), spec("demo_db")]})
