@@ -149,14 +149,19 @@ def mesh_message(snap: Snapshot) -> dict[str, Any]:
     leaves DNS.
     """
     services = {s.id: s for s in snap.services()}
+    internal_nets = {str(d.get("name")) for d in snap.raw.get("network", {}).values() if d.get("internal")}
     members: dict[str, set[str]] = {}
     backends: dict[str, list[str]] = {}
+    internal: set[str] = set()
     for task in snap.tasks():
         service = services.get(task.service_id)
         if service is None or not _live(task):
             continue
-        for name in attached(service.spec):
+        nets = attached(service.spec)
+        for name in nets:
             members.setdefault(name, set()).add(task.ip)
+        if all(name in internal_nets for name in nets):
+            internal.add(task.ip)  # only on internal networks: no way out of the pool
         if serves(task):
             backends.setdefault(task.service_id, []).append(task.ip)
     for service in services.values():
@@ -175,6 +180,7 @@ def mesh_message(snap: Snapshot) -> dict[str, Any]:
         "op": "mesh",
         "gateways": sorted({gateway_of(n.subnet) for n in snap.nodes() if n.subnet}, key=_ip_key),
         "networks": {ipset_name(name): sorted(ips, key=_ip_key) for name, ips in sorted(members.items())},
+        "internal": sorted(internal, key=_ip_key),
         "ingress": ingress,
     }
 

@@ -27,6 +27,8 @@ between members of one set. "gateways" are every node's bridge address
 (ingress traffic arrives SNATed to one). "ingress" lists each published
 port (``"8080"`` or a range ``"8000-8010"``) with the replicas that serve
 it (those DNS answers); every node DNATs its own addresses' port to them.
+"internal" lists the tasks attached only to ``internal: true`` networks:
+they reach the pool and the managers' DNS, nothing else.
 An agent that never got a mesh (an older leader) isolates nothing.
 
 agent -> manager

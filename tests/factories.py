@@ -125,9 +125,10 @@ def make_snapshot(*objects: Any, index: int = 1) -> Any:
     from pyswarm.models import Cluster
 
     raw: dict[str, dict[str, dict[str, Any]]] = {"cluster": {}, "node": {}, "service": {}, "task": {}}
-    from pyswarm.models import Config, Secret
+    from pyswarm.models import Config, Network, Secret
 
-    kinds = {Cluster: "cluster", Node: "node", Service: "service", Task: "task", Secret: "secret", Config: "config"}
+    kinds = {Cluster: "cluster", Node: "node", Service: "service", Task: "task", Secret: "secret", Config: "config",
+             Network: "network"}
     for obj in objects:
         raw.setdefault(kinds[type(obj)], {})[obj.id] = obj.to_dict()
     return Snapshot(index, raw)

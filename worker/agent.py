@@ -354,7 +354,7 @@ class Agent:
         if self.firewall is None or cfg is None:
             return  # applied by the configure that comes first
         try:
-            await self.firewall.apply(self._mesh, cfg.pool)
+            await self.firewall.apply(self._mesh, cfg.pool, cfg.dns)
         except RuntimeError_ as exc:
             log.warning("mesh: %s", exc)
             self.send({"op": "error", "message": f"mesh on {self.hostname}: {exc}"})

@@ -41,6 +41,7 @@ from .network import FORWARD_CHAIN, INGRESS_CHAIN, INGRESS_MARK, Runner, run_com
 log = logging.getLogger(__name__)
 
 GATEWAYS_SET = "psw-gw"
+INTERNAL_SET = "psw-internal"  # tasks only on internal networks
 SET_PREFIX = "psw-"
 _SET_NAME = re.compile(r"^psw-[0-9a-f]{12}$")
 
@@ -58,6 +59,7 @@ class Mesh:
     gateways: tuple[str, ...] = ()
     networks: Mapping[str, tuple[str, ...]] | None = None  # ipset name → members; None: no isolation
     ingress: tuple[IngressPort, ...] = ()
+    internal: tuple[str, ...] = ()  # addresses that may not leave the pool (but for the managers' DNS)
 
     @classmethod
     def from_message(cls, msg: Mapping[str, Any]) -> Mesh:
@@ -67,6 +69,7 @@ class Mesh:
 
         try:
             gateways = tuple(ip(g) for g in msg.get("gateways") or [])
+            internal = tuple(ip(a) for a in msg.get("internal") or [])
             networks = None
             if msg.get("networks") is not None:
                 networks = {}
@@ -91,20 +94,30 @@ class Mesh:
                 ingress.append(IngressPort(port, proto, tuple(backends), str(entry.get("service", ""))))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"mesh: {exc}") from exc
-        return cls(gateways, networks, tuple(ingress))
+        return cls(gateways, networks, tuple(ingress), internal)
 
 
-def filter_rules(mesh: Mesh | None, pool: str) -> list[str]:
+def filter_rules(mesh: Mesh | None, pool: str, dns: Sequence[str] = ()) -> list[str]:
     """The contents of :data:`FORWARD_CHAIN` (``iptables-restore`` lines).
 
     Without a mesh carrying networks (before the first one arrives, or from
     a leader that does not send them) pool→pool traffic is accepted as a
     whole, which is how the cluster worked before networks existed.
+
+    A task only on ``internal`` networks may not leave the pool, except to
+    ask the managers' DNS (``dns``: the engine's resolver in the container
+    forwards to them from the container's address); what the mesh DNATed
+    to it, and its replies, pass by the first rule.
     """
     chain = FORWARD_CHAIN
     lines = [f"-A {chain} -m conntrack --ctstate DNAT -j ACCEPT"]
     if mesh is None or mesh.networks is None:
         return lines + [f"-A {chain} -s {pool} -d {pool} -j ACCEPT"]
+    inside = f"-m set --match-set {INTERNAL_SET} src"
+    for server in dns:
+        lines += [f"-A {chain} {inside} -d {server}/32 -p {proto} -m {proto} --dport 53 -j RETURN"
+                  for proto in ("udp", "tcp")]
+    lines.append(f"-A {chain} {inside} ! -d {pool} -j DROP")
     lines += [
         f"-A {chain} ! -s {pool} -j RETURN",
         f"-A {chain} ! -d {pool} -j RETURN",
@@ -136,11 +149,11 @@ def nat_rules(mesh: Mesh | None) -> list[str]:
     return lines
 
 
-def restore_input(mesh: Mesh | None, pool: str) -> str:
+def restore_input(mesh: Mesh | None, pool: str, dns: Sequence[str] = ()) -> str:
     """One ``iptables-restore --noflush`` document for both tables: the two
     chains are declared (so flushed and refilled atomically), nothing else
     is touched."""
-    out = ["*filter", f":{FORWARD_CHAIN} - [0:0]", *filter_rules(mesh, pool), "COMMIT",
+    out = ["*filter", f":{FORWARD_CHAIN} - [0:0]", *filter_rules(mesh, pool, dns), "COMMIT",
            "*nat", f":{INGRESS_CHAIN} - [0:0]", *nat_rules(mesh), "COMMIT", ""]
     return "\n".join(out)
 
@@ -148,7 +161,7 @@ def restore_input(mesh: Mesh | None, pool: str) -> str:
 def ipset_input(mesh: Mesh) -> str:
     """``ipset restore`` input: every set filled in a temporary twin and
     swapped in, so a member never disappears for a moment."""
-    sets: dict[str, Sequence[str]] = {GATEWAYS_SET: mesh.gateways}
+    sets: dict[str, Sequence[str]] = {GATEWAYS_SET: mesh.gateways, INTERNAL_SET: mesh.internal}
     sets.update(mesh.networks or {})
     out = []
     for name, members in sets.items():
@@ -165,12 +178,12 @@ class MeshFirewall:
     def __init__(self, runner: Runner = run_command) -> None:
         self.run = runner
 
-    async def apply(self, mesh: Mesh | None, pool: str) -> None:
+    async def apply(self, mesh: Mesh | None, pool: str, dns: Sequence[str] = ()) -> None:
         if mesh is not None and mesh.networks is not None:
             await self._run_input(["ipset", "restore"], ipset_input(mesh))
-        await self._run_input(["iptables-restore", "-w", "--noflush"], restore_input(mesh, pool))
+        await self._run_input(["iptables-restore", "-w", "--noflush"], restore_input(mesh, pool, dns))
         if mesh is not None and mesh.networks is not None:
-            await self._drop_stale_sets(set(mesh.networks) | {GATEWAYS_SET})
+            await self._drop_stale_sets(set(mesh.networks) | {GATEWAYS_SET, INTERNAL_SET})
 
     async def _drop_stale_sets(self, keep: set[str]) -> None:
         _, out, _ = await self.run(["ipset", "list", "-n"], False)

@@ -233,3 +233,51 @@ def _all(lab: Any, service: str, running_only: bool = False) -> list[str]:
             if not running_only or cid in ids:
                 out.append(cid)
     return out
+
+
+INTERNAL_STACK = "e2eint"
+INTERNAL_FILE = f"""
+services:
+  vault:
+    image: {IMAGE}
+    command: ["sleep", "3600"]
+    networks: [back]
+    deploy: {{placement: {{constraints: ["node.hostname==worker1"]}}}}
+  app:
+    image: {IMAGE}
+    command: {HTTPD}
+    networks: [front, back]
+    deploy: {{placement: {{constraints: ["node.hostname==worker1"]}}}}
+networks:
+  back: {{internal: true}}
+  front: {{}}
+"""
+
+
+def banner(lab: Any, host: str, cid: str, addr: str, port: int) -> str:
+    """The first line a TCP server at ``addr:port`` sends, from the container; '' when none came in 2 s."""
+    out = lab.docker(host, "exec", cid, "sh", "-c", f"nc -w 2 {addr} {port} </dev/null | head -n 1", check=False)
+    return str(out.stdout.strip())
+
+
+def test_internal_network_keeps_its_tasks_inside_the_cluster(lab: Any, tmp_path: Path) -> None:
+    """``internal: true``: a task only on internal networks reaches its peers
+    and the managers' DNS, not an address outside the pool (here worker2's
+    own sshd); a task also on a normal network still gets out."""
+    manager = lab.managers[0]
+    (tmp_path / "int.yml").write_text(INTERNAL_FILE)
+    outside = lab.hosts["worker2"]
+    try:
+        lab.pyswarm(manager, "stack", "deploy", "-c", str(tmp_path / "int.yml"), INTERNAL_STACK)
+        (app_ip,) = running_ips(lab, f"{INTERNAL_STACK}_app", 1)
+        running_ips(lab, f"{INTERNAL_STACK}_vault", 1)
+        vault = container(lab, "worker1", f"{INTERNAL_STACK}_vault")
+        app = container(lab, "worker1", f"{INTERNAL_STACK}_app")
+        assert banner(lab, "worker1", app, outside, 22).startswith("SSH-"), "a task on a normal network could not get out"
+        assert lookup(lab, "worker1", vault, "app") == [app_ip], "DNS from an internal network"
+        assert http(lab, "worker1", vault, "app") == app[:12], "an internal task could not reach its peer"
+        assert banner(lab, "worker1", vault, outside, 22) == "", "a task only on an internal network got out of the pool"
+    finally:
+        lab.pyswarm(manager, "stack", "rm", INTERNAL_STACK, check=False)
+        wait_for(lambda: not any(lab.docker(h, "ps", "-q", "--filter", f"label=com.docker.stack.namespace={INTERNAL_STACK}")
+                                 .stdout.strip() for h in lab.hosts), 60, "no containers of the internal stack left")

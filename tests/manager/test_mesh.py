@@ -13,7 +13,7 @@ if _TESTS not in sys.path:
 from factories import make_container_spec, make_node, make_service, make_snapshot, make_task  # noqa: E402
 
 from pyswarm.manager.networks import ipset_name, mesh_message  # noqa: E402
-from pyswarm.models import DESIRED_SHUTDOWN, TaskState  # noqa: E402
+from pyswarm.models import DESIRED_SHUTDOWN, Network, TaskState  # noqa: E402
 
 PORT = [{"target": 80, "published": 8080, "protocol": "tcp", "mode": "ingress"},
         {"target": 53, "published": 53, "protocol": "udp", "mode": "host"}]
@@ -50,3 +50,16 @@ def test_mesh_lists_members_gateways_and_serving_backends() -> None:
 def test_ipset_names_fit_the_kernel_limit() -> None:
     name = ipset_name("a" * 63)
     assert len(name + "-t") <= 31 and name != ipset_name("b")
+
+
+def test_tasks_only_on_internal_networks_are_listed_as_internal() -> None:
+    back = Network(id="n1", name="demo_back", stack="demo", internal=True)
+    front = Network(id="n2", name="demo_front", stack="demo")
+    db = make_service("db", networks=[{"target": "demo_back", "aliases": []}])
+    web = make_service("web", networks=[{"target": "demo_front", "aliases": []},
+                                        {"target": "demo_back", "aliases": []}])
+    tasks = [make_task(db, ip="10.240.1.2", state=TaskState.RUNNING),
+             make_task(web, ip="10.240.1.3", state=TaskState.RUNNING)]
+    mesh = mesh_message(make_snapshot(back, front, db, web, *tasks))
+    # web also has a way out (demo_front), as with Docker's internal networks
+    assert mesh["internal"] == ["10.240.1.2"], mesh

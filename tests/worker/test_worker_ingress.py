@@ -150,3 +150,16 @@ def test_host_mode_ports_become_engine_port_bindings() -> None:
         "PortBindings": {"53/udp": [{"HostPort": "5353", "HostIp": "0.0.0.0"}]},
     }
     assert host_port_bindings({"ports": ports[:1]}) == {}
+
+
+def test_internal_tasks_reach_the_pool_and_the_managers_dns_only() -> None:
+    mesh = Mesh.from_message({"networks": {SET_A: ["10.240.1.2"]}, "internal": ["10.240.1.2"]})
+    rules = filter_rules(mesh, POOL, dns=("10.0.0.11",))
+    inside = "-m set --match-set psw-internal src"
+    drop = f"-A PYSWARM-FORWARD {inside} ! -d {POOL} -j DROP"
+    dns = [r for r in rules if "--dport 53" in r]
+    assert dns == [f"-A PYSWARM-FORWARD {inside} -d 10.0.0.11/32 -p {p} -m {p} --dport 53 -j RETURN" for p in ("udp", "tcp")]
+    assert rules.index(dns[-1]) < rules.index(drop) < rules.index(f"-A PYSWARM-FORWARD ! -d {POOL} -j RETURN"), rules
+    assert rules[0].endswith("--ctstate DNAT -j ACCEPT"), "published ports must still reach internal tasks"
+    assert "add psw-internal-t 10.240.1.2 -exist" in ipset_input(mesh)
+    assert "create psw-internal-t hash:ip -exist" in ipset_input(MESH), "the set the rule names must always exist"
