@@ -303,16 +303,16 @@ class Dispatcher:
         writer = asyncio.create_task(self._writer())
         try:
             while not self._stopped.is_set():
-                await watcher.wait(timeout=1.0)
+                changed = await watcher.wait(timeout=1.0)
                 if self._stopped.is_set():
                     break
+                if not changed and self.snapshot is not None and self._term() == self.term:
+                    continue  # nothing new: with 10,000 tasks a needless pass costs ~0.3 s
                 self.snapshot = self._store.snapshot()
                 cluster_now = self.snapshot.cluster
                 self.assignments = assignments_by_node(self.snapshot, cluster_now.zone if cluster_now else "pyswarm")
                 self.view = ClusterView(self.snapshot)
-                cluster = self.snapshot.cluster
-                # fencing token: Raft terms restart after --force-new-cluster
-                self.term = (cluster.epoch if cluster else 0) * 1_000_000_000 + self._store.term
+                self.term = self._term()
                 self._sync_sessions(self.snapshot)
                 self._update_mesh(mesh_message(self.snapshot))
                 for session, _ in self._sessions.values():
@@ -329,6 +329,12 @@ class Dispatcher:
 
     def stop(self) -> None:
         self._stopped.set()
+
+    def _term(self) -> int:
+        """The fencing token: Raft terms restart after --force-new-cluster,
+        the cluster's epoch does not."""
+        cluster = self.snapshot.cluster if self.snapshot is not None else None
+        return (cluster.epoch if cluster else 0) * 1_000_000_000 + self._store.term
 
     def _update_mesh(self, mesh: dict[str, Any]) -> None:
         """Publish a changed mesh, at most :data:`MESH_BYTES_PER_SECOND`
