@@ -290,7 +290,7 @@ class Dispatcher:
         self.mesh: dict[str, Any] | None = None
         self.mesh_line = b""
         self.mesh_version = 0
-        self._mesh_sent_at = 0.0
+        self._mesh_next_at = 0.0
         self._mesh_timer: asyncio.TimerHandle | None = None
         self.term = 0
         self._sessions: dict[str, tuple[_Session, asyncio.Task[None]]] = {}
@@ -347,21 +347,20 @@ class Dispatcher:
         self.mesh = mesh
         if self._mesh_timer is not None:
             return  # already waiting: the timer publishes the latest
-        line = protocol.encode(mesh)
-        gap = len(line) * len(self._sessions) / MESH_BYTES_PER_SECOND
-        wait = self._mesh_sent_at + gap - time.monotonic()
+        wait = self._mesh_next_at - time.monotonic()
         if wait > 0:
             self._mesh_timer = asyncio.get_running_loop().call_later(wait, self._publish_mesh)
             return
-        self._publish_mesh(line)
+        self._publish_mesh()
 
-    def _publish_mesh(self, line: bytes | None = None) -> None:
+    def _publish_mesh(self) -> None:
         self._mesh_timer = None
         if self.mesh is None:
             return
-        self.mesh_line = line if line is not None else protocol.encode(self.mesh)
+        self.mesh_line = protocol.encode(self.mesh)
         self.mesh_version += 1
-        self._mesh_sent_at = time.monotonic()
+        # the next broadcast waits until this one's bytes are paid for
+        self._mesh_next_at = time.monotonic() + len(self.mesh_line) * len(self._sessions) / MESH_BYTES_PER_SECOND
         for session, _ in self._sessions.values():
             session.push_mesh()
 
