@@ -114,7 +114,7 @@ def filter_rules(mesh: Mesh | None, pool: str, dns: Sequence[str] = ()) -> list[
     if mesh is None or mesh.networks is None:
         return lines + [f"-A {chain} -s {pool} -d {pool} -j ACCEPT"]
     inside = f"-m set --match-set {INTERNAL_SET} src"
-    for server in dns:
+    for server in (d for d in dns if ":" not in d):  # iptables is IPv4; ip6tables is not managed (docs)
         lines += [f"-A {chain} {inside} -d {server}/32 -p {proto} -m {proto} --dport 53 -j RETURN"
                   for proto in ("udp", "tcp")]
     lines.append(f"-A {chain} {inside} ! -d {pool} -j DROP")

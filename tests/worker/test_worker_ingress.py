@@ -154,7 +154,7 @@ def test_host_mode_ports_become_engine_port_bindings() -> None:
 
 def test_internal_tasks_reach_the_pool_and_the_managers_dns_only() -> None:
     mesh = Mesh.from_message({"networks": {SET_A: ["10.240.1.2"]}, "internal": ["10.240.1.2"]})
-    rules = filter_rules(mesh, POOL, dns=("10.0.0.11",))
+    rules = filter_rules(mesh, POOL, dns=("10.0.0.11", "fd00::11"))  # an IPv6 manager: not for iptables
     inside = "-m set --match-set psw-internal src"
     drop = f"-A PYSWARM-FORWARD {inside} ! -d {POOL} -j DROP"
     dns = [r for r in rules if "--dport 53" in r]
