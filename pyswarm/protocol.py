@@ -19,7 +19,9 @@ configure also carries "overlay" ("" for host routes, "vxlan") and "addr"
 (the node's own address, the VXLAN tunnel's local end).
 
 mesh (issue 6, docs/networking.md) is sent after configure and again
-whenever it changes (a task comes, goes, changes address or stops serving):
+whenever it changes (a task comes, goes, changes address or stops serving;
+the leader paces broadcasts to 20 MB/s over all sessions, the latest always
+going out):
 "networks" maps each cluster network's ipset name (``psw-`` + 12 hex
 digits, manager/networks.py ``ipset_name``) to the addresses of every live
 task attached to it, on any node; pool→pool traffic is accepted only
