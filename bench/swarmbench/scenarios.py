@@ -14,6 +14,7 @@ with ``seconds = None`` and what was last seen, not dropped.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import tempfile
 import time
@@ -324,12 +325,13 @@ def dns(rounds: int, progress: Callable[[str], None]) -> list[Scenario]:
             p99.notes.append(why)
             continue
         by_rate = {row["rate"]: row for row in json.loads(out.read_text())["rates"]}
+        shutil.rmtree(out.parent, ignore_errors=True)
         for orch, server in side.items():
             at = by_rate[DNS_RATE]["servers"][server]
             top = by_rate[DNS_MAX_RATE]["servers"][server]
-            p99.runs.append(Run(orch, r, at.get("p99_ms"), note=f"{server}: {at.get('qps', 0):.0f} q/s completed, "
+            p99.runs.append(Run(orch, r + 1, at.get("p99_ms"), note=f"{server}: {at.get('qps', 0):.0f} q/s completed, "
                                                                f"{at.get('lost', 0):.0f} lost"))
-            qps.runs.append(Run(orch, r, top.get("qps"), note=f"{server}: p99 {top.get('p99_ms', 0):.1f} ms, "
+            qps.runs.append(Run(orch, r + 1, top.get("qps"), note=f"{server}: p99 {top.get('p99_ms', 0):.1f} ms, "
                                                               f"{top.get('lost', 0):.0f} lost"))
         alone = by_rate[DNS_RATE]["servers"]
         progress(f"  round {r + 1}: p99 at {DNS_RATE}/s: manager {alone['manager']['p99_ms']:.2f} ms, docker "
