@@ -1,4 +1,5 @@
-"""Helpers shared by tests: waiting on a condition with a deadline.
+"""Helpers shared by tests: waiting on a condition with a deadline, and the
+e2e modules' view of the lab through the CLI of its first manager.
 
 Import with ``from support import wait_for`` (tests/ is not a package;
 tests/conftest.py puts this directory on ``sys.path``).
@@ -6,6 +7,7 @@ tests/conftest.py puts this directory on ``sys.path``).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -97,3 +99,31 @@ def deployed_stacks(lab: Any, tmp_path: Path) -> Iterator[Callable[[str, str], N
                 return all(not lab.docker(h, "ps", "-aq", "--filter", f"label=com.docker.stack.namespace={stack}",
                                           timeout=30).stdout.strip() for h in lab.hosts)
             wait_for(gone, 30, f"stack {stack}'s containers removed from every host")
+
+
+# -- the lab through `pyswarm` on its first manager (the e2e modules) ----------
+
+
+def cli(lab: Any, *args: str, **kw: Any) -> str:
+    return str(lab.pyswarm(lab.managers[0], *args, timeout=60, **kw).stdout)
+
+
+def cli_json(lab: Any, *args: str) -> Any:
+    return json.loads(cli(lab, *args, "--format", "json"))
+
+
+def tasks(lab: Any, service: str) -> list[dict[str, Any]]:
+    return list(cli_json(lab, "service", "ps", service))
+
+
+def live(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [t for t in rows if t["desired_state"] == "running"]
+
+
+def running(lab: Any, service: str) -> list[dict[str, Any]]:
+    return [t for t in live(tasks(lab, service)) if t["current_state"] == "running"]
+
+
+def brief(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """What a failure message shows of each task."""
+    return [(t["name"], t["node"], t["desired_state"], t["current_state"], t["error"] or t["message"]) for t in rows]

@@ -15,23 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import deployed_stacks, wait_for
+from support import brief, deployed_stacks, tasks, wait_for
 
 pytestmark = pytest.mark.e2e
 
 IMAGE = "pyswarm-lab/busybox:latest"
-
-
-def cli(lab: Any, *args: str) -> str:
-    return str(lab.pyswarm(lab.managers[0], *args, timeout=60).stdout)
-
-
-def tasks(lab: Any, service: str) -> list[dict[str, Any]]:
-    return list(json.loads(cli(lab, "service", "ps", service, "--format", "json")))
-
-
-def brief(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    return [(t["name"], t["node"], t["desired_state"], t["current_state"], t["error"] or t["message"]) for t in rows]
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import deployed_stacks, wait_for
+from support import brief, cli, deployed_stacks, live, running, tasks, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -33,26 +33,6 @@ NAP = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
 @pytest.fixture(scope="module")
 def small(lab_factory: Any) -> Any:
     return lab_factory(managers=1, workers=2, cluster=True)
-
-
-def cli(lab: Any, *args: str, **kw: Any) -> str:
-    return str(lab.pyswarm(lab.managers[0], *args, timeout=60, **kw).stdout)
-
-
-def tasks(lab: Any, service: str) -> list[dict[str, Any]]:
-    return list(json.loads(cli(lab, "service", "ps", service, "--format", "json")))
-
-
-def live(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [t for t in rows if t["desired_state"] == "running"]
-
-
-def running(lab: Any, service: str) -> list[dict[str, Any]]:
-    return [t for t in live(tasks(lab, service)) if t["current_state"] == "running"]
-
-
-def brief(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    return [(t["name"], t["node"], t["desired_state"], t["current_state"], t["error"] or t["message"]) for t in rows]
 
 
 def node(lab: Any, ref: str) -> dict[str, Any]:

@@ -18,37 +18,13 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
-from support import deployed_stacks, wait_for
+from support import brief, cli, deployed_stacks, live, running, tasks, wait_for
 
 pytestmark = pytest.mark.e2e
 
 IMAGE = "pyswarm-lab/busybox:latest"
 # httpd as PID 1 ignores SIGTERM (a 10 s stop); this shell exits on it at once
 SERVE = '["sh", "-c", "trap \'exit 0\' TERM; httpd -f -p 80 & wait"]'
-
-
-def cli(lab: Any, *args: str) -> str:
-    return str(lab.pyswarm(lab.managers[0], *args, timeout=60).stdout)
-
-
-def cli_json(lab: Any, *args: str) -> Any:
-    return json.loads(cli(lab, *args, "--format", "json"))
-
-
-def tasks(lab: Any, service: str) -> list[dict[str, Any]]:
-    return list(cli_json(lab, "service", "ps", service))
-
-
-def live(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [t for t in rows if t["desired_state"] == "running"]
-
-
-def running(lab: Any, service: str) -> list[dict[str, Any]]:
-    return [t for t in live(tasks(lab, service)) if t["current_state"] == "running"]
-
-
-def brief(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    return [(t["name"], t["node"], t["desired_state"], t["current_state"], t["error"] or t["message"]) for t in rows]
 
 
 def containers(lab: Any, host: str, service: str) -> list[tuple[str, str]]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import wait_for
+from support import cli, cli_json, tasks, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -33,24 +33,12 @@ HEALTHCHECK = """
 """
 
 
-def cli(lab: Any, *args: str) -> str:
-    return str(lab.pyswarm(lab.managers[0], *args, timeout=60).stdout)
-
-
-def cli_json(lab: Any, *args: str) -> Any:
-    return json.loads(cli(lab, *args, "--format", "json"))
-
-
 def inspect(lab: Any, service: str) -> dict[str, Any]:
     return dict(json.loads(cli(lab, "service", "inspect", service))[0])
 
 
 def status(lab: Any, service: str) -> dict[str, Any]:
     return dict(inspect(lab, service).get("update_status") or {})
-
-
-def tasks(lab: Any, service: str) -> list[dict[str, Any]]:
-    return list(cli_json(lab, "service", "ps", service))
 
 
 def running_images(lab: Any, service: str) -> list[str]:
