@@ -31,16 +31,14 @@ import os
 import signal
 import statistics
 import subprocess
-import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-from pyswarm import rpc
 from pyswarm.deploy.lab_core import Lab
+
+from labapi import LabBench
 
 IMAGE = "pyswarm-lab/busybox:latest"
 STACK = "heal"
@@ -56,16 +54,7 @@ services:
 """
 
 
-class Bench:
-    def __init__(self, lab: Lab) -> None:
-        self.lab = lab
-        self.manager = lab.managers[0]
-        self.socket = lab.host(self.manager).private("/run/pyswarm/manager.sock")
-        self.dir = Path(tempfile.mkdtemp(prefix="pyswarm-bench-"))
-
-    def api(self, method: str, params: dict[str, Any] | None = None) -> Any:
-        return rpc.call_unix(self.socket, method, params or {})
-
+class Bench(LabBench):
     def tasks(self) -> list[dict[str, Any]]:
         try:
             return list(self.api("service.ps", {"service": SERVICE}))
@@ -74,14 +63,6 @@ class Bench:
 
     def running(self) -> list[dict[str, Any]]:
         return [t for t in self.tasks() if t["desired_state"] == "running" and t["current_state"] == "running"]
-
-    def wait(self, predicate: Callable[[], Any], what: str, timeout: float = 180) -> Any:
-        start = time.monotonic()
-        while not (value := predicate()):
-            if time.monotonic() - start > timeout:
-                raise SystemExit(f"bench: {what} not reached in {timeout:.0f}s")
-            time.sleep(0.02)
-        return value
 
     def deploy(self, replicas: int) -> None:
         path = self.dir / f"stack-{replicas}.yml"

@@ -22,13 +22,12 @@ import argparse
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
-from pyswarm import rpc
 from pyswarm.deploy.lab_core import Lab
+
+from labapi import LabBench
 
 IMAGE = "pyswarm-lab/busybox:latest"
 STACK = "benchupd"
@@ -55,24 +54,7 @@ services:
 """
 
 
-class Bench:
-    def __init__(self, lab: Lab) -> None:
-        self.lab = lab
-        self.manager = lab.managers[0]
-        self.socket = lab.host(self.manager).private("/run/pyswarm/manager.sock")
-        self.dir = Path(tempfile.mkdtemp(prefix="pyswarm-bench-"))
-
-    def api(self, method: str, params: dict[str, Any] | None = None) -> Any:
-        return rpc.call_unix(self.socket, method, params or {})
-
-    def wait(self, predicate: Callable[[], bool], what: str, timeout: float = 180) -> float:
-        start = time.monotonic()
-        while not predicate():
-            if time.monotonic() - start > timeout:
-                raise SystemExit(f"bench: {what} not reached in {timeout:.0f}s")
-            time.sleep(0.02)
-        return time.monotonic() - start
-
+class Bench(LabBench):
     def on_version(self, version: int) -> bool:
         svc = self.api("service.inspect", {"service": SERVICE})
         if svc["version"] != version or svc["update_status"].get("state") != "completed":
