@@ -6,7 +6,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PYSWARM := $(VENV)/bin/pyswarm
 PYTEST  := $(VENV)/bin/pytest
-APT_PACKAGES := docker.io openssh-server busybox-static iproute2 iptables procps psmisc
+APT_PACKAGES := docker.io openssh-server busybox-static iproute2 iptables ipset procps psmisc
 
 .PHONY: demo test deps venv lab-down lint clean bench
 

@@ -7,7 +7,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 tree=$(mktemp -d)
 trap 'rm -rf "$tree"' EXIT
 mkdir "$tree/pyswarm"
-for f in "$root"/pyswarm/*.py; do ln -s "$f" "$tree/pyswarm/"; done
+for f in "$root"/pyswarm/*.py "$root"/pyswarm/cli; do ln -s "$f" "$tree/pyswarm/"; done
 for sub in manager worker dns compose deploy; do ln -s "$root/$sub" "$tree/pyswarm/$sub"; done
 cd "$tree"
 exec "$root/.venv/bin/mypy" --config-file "$root/pyproject.toml" -p pyswarm "$@"

@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,30 @@ import asyncssh
 
 from pyswarm import rpc
 from pyswarm.errors import PyswarmError, UsageError
+from pyswarm.wire import BadRequest, parse, rule
 
 from .api import JOIN_METHODS, Api
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One line of the API: a method and its params (checked by the method)."""
+
+    method: str = field(metadata=rule(max_len=128))
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_request(line: bytes) -> Request:
+    """A request line as a :class:`Request`, or :class:`BadRequest` saying why."""
+    try:
+        data = json.loads(line)
+    except UnicodeDecodeError:
+        raise BadRequest("", "the request is not UTF-8 text") from None
+    except ValueError as exc:
+        raise BadRequest("", f"the request is not JSON ({exc})") from None
+    return parse(Request, data)
 
 
 async def _serve_lines(api: Api, reader: Any, writer: Any, allowed: frozenset[str] | None, role: str = "") -> None:
@@ -32,21 +53,23 @@ async def _serve_lines(api: Api, reader: Any, writer: Any, allowed: frozenset[st
         line = await reader.readline()
         if not line:
             return
+        method = "?"
         try:
-            request = json.loads(line)
-            method = str(request["method"])
-            params = dict(request.get("params") or {})
+            request = parse_request(line)
+            method = request.method
+            params = request.params
             if allowed is not None and method not in allowed:
                 raise UsageError(f"{method} is not allowed with a join token")
             if method == "join":
-                params["role"] = role or "worker"
+                params = {**params, "role": role or "worker"}
             result = await api.call(method, params)
             out = rpc.encode_result(result)
         except PyswarmError as exc:
             out = rpc.encode_error(exc)
-        except Exception as exc:  # report, keep serving
-            log.exception("API %s failed", line[:200])
-            out = rpc.encode_error(PyswarmError(f"internal error: {type(exc).__name__}: {exc}"))
+        except Exception as exc:  # report, keep serving; never log the params (a secret's data)
+            log.exception("API method %s failed", method[:128])
+            out = rpc.encode_error(PyswarmError(f"internal error in {method[:128]}: {type(exc).__name__} "
+                                                "(see the manager's log)"))
         writer.write(out if isinstance(out, bytes) else out.decode())
         if hasattr(writer, "drain"):
             await writer.drain()

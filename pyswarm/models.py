@@ -17,7 +17,12 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
 
+from pyswarm.wire import rule
+
 T = TypeVar("T")
+
+# object names: a service's STACK_SERVICE, a stack, a secret (Docker's rules, bounded)
+NAME_PATTERN = r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}"
 
 
 def new_id(length: int = 25) -> str:
@@ -194,8 +199,8 @@ class Cluster(Model):
 
 @dataclass
 class Resources(Model):
-    nano_cpus: int = 0
-    memory_bytes: int = 0
+    nano_cpus: int = field(default=0, metadata=rule(min=0, max=2**62))
+    memory_bytes: int = field(default=0, metadata=rule(min=0, max=2**62))
 
 
 @dataclass
@@ -225,7 +230,7 @@ class Node(Model):
 class ContainerSpec(Model):
     """What the agent needs to create one container."""
 
-    image: str
+    image: str = field(metadata=rule(max_len=4096))
     command: list[str] | None = None
     entrypoint: list[str] | None = None
     env: dict[str, str] = field(default_factory=dict)
@@ -241,16 +246,16 @@ class ContainerSpec(Model):
 
 @dataclass
 class ServiceSpec(Model):
-    name: str  # full name: STACK_SERVICE
+    name: str = field(metadata=rule(pattern=NAME_PATTERN))  # full name: STACK_SERVICE
     container: ContainerSpec
-    stack: str = ""
-    mode: str = "replicated"  # replicated | global
-    replicas: int = 1
+    stack: str = field(default="", metadata=rule(pattern=r"|[a-z0-9][a-z0-9_-]{0,62}"))
+    mode: str = field(default="replicated", metadata=rule(choices=["replicated", "global"]))
+    replicas: int = field(default=1, metadata=rule(min=0, max=1_000_000))
     labels: dict[str, str] = field(default_factory=dict)
-    restart_condition: str = "any"  # none | on-failure | any
+    restart_condition: str = field(default="any", metadata=rule(choices=["none", "on-failure", "any"]))
     # placement (read by manager/scheduler.py); Swarm's syntax: "node.labels.zone==eu"
     constraints: list[str] = field(default_factory=list)
-    max_replicas_per_node: int = 0  # 0: no limit
+    max_replicas_per_node: int = field(default=0, metadata=rule(min=0))  # 0: no limit
     reservations: Resources = field(default_factory=Resources)  # per task
     # the normalised `deploy:` mapping as written in the stack file (long syntax:
     # resources, restart_policy, update_config, rollback_config, endpoint_mode...)

@@ -57,7 +57,7 @@ def test_update_errors_are_one_line(tmp_path: Path) -> None:
             await api.call("service.rollback", {"service": "demo_web"})
         with pytest.raises(UsageError, match="expected KEY=VALUE"):
             await api.call("service.update", {"service": "demo_web", "env_add": ["NOEQUALS"]})
-        with pytest.raises(UsageError, match="non-negative"):
+        with pytest.raises(UsageError, match="^replicas: -1 is below the minimum 0$"):
             await api.call("service.update", {"service": "demo_web", "replicas": -1})
     with_api(tmp_path, body)
 

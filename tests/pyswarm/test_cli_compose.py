@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from pyswarm import cli
+from pyswarm.cli import common
 
 
 @pytest.fixture
@@ -19,7 +20,7 @@ def no_manager(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     def fake_call(method: str, params: dict[str, Any] | None = None) -> Any:
         called.append(method)
         return []
-    monkeypatch.setattr(cli, "_call", fake_call)
+    monkeypatch.setattr(common, "call", fake_call)
     return called
 
 
@@ -56,7 +57,7 @@ def test_deploy_sends_secret_data_and_reports_objects(tmp_path: Path, monkeypatc
     def fake_call(method: str, params: dict[str, Any] | None = None) -> Any:
         sent.update(params or {})
         return [{"secret": "demo_pw", "action": "created"}, {"service": "demo_web", "action": "created"}]
-    monkeypatch.setattr(cli, "_call", fake_call)
+    monkeypatch.setattr(common, "call", fake_call)
     assert cli.main(["stack", "deploy", "-c", str(f), "demo"]) == 0
     assert sent["secrets"] == [{"name": "demo_pw", "external": False, "data": "aHVudGVyMg==",
                                 "labels": {"com.docker.stack.namespace": "demo"}}]

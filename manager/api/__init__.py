@@ -1,0 +1,67 @@
+"""The manager's API: what the CLI and joining hosts may ask.
+
+One module per resource, each a :class:`~.base.Resource` whose handlers are
+marked ``@method("name", RequestType)``:
+
+    cluster.py    ping, store.export, cluster.update
+    nodes.py      node.ls/inspect/promote/demote/rm/update
+    join.py       join.info, join, join_token   (JOIN_METHODS: the join port's)
+    services.py   stack.deploy/ls/ps/rm, service.ls/ps/inspect/update/rollback/scale
+    objects.py    secret.* and config.*
+    networks.py   network.*
+
+To add methods, write a Resource subclass (in a new module when it is a new
+resource) and list it in ``RESOURCES`` below. :meth:`Api.call` parses the
+params into the method's request dataclass (:mod:`pyswarm.wire`) before the
+handler runs, so a request of the wrong shape is refused with the field
+named and never reaches a handler or the store.
+
+Each handler reads the local replica (reads are served by any manager) or
+commits a transaction (a follower's write is forwarded to the leader by the
+store). The transports (unix socket, SSH) live in :mod:`..servers`; this
+package maps a method name and its parameters to an answer, so it can be
+tested against a real single-node store without any socket.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyswarm.errors import UsageError
+from pyswarm.wire import parse
+
+from ..store import Store
+from .base import Method, Resource, Self
+from .cluster import ClusterApi
+from .join import JOIN_METHODS, JoinApi
+from .networks import Networks
+from .nodes import Nodes
+from .objects import Objects
+from .services import Services
+
+__all__ = ["Api", "JOIN_METHODS", "Method", "RESOURCES", "Resource", "Self"]
+
+RESOURCES: tuple[type[Resource], ...] = (ClusterApi, Nodes, JoinApi, Services, Objects, Networks)
+
+
+class Api:
+    def __init__(self, store: Store, me: Self) -> None:
+        self._store = store
+        self._me = me
+        self._methods: dict[str, Method] = {}
+        for resource in RESOURCES:
+            for m in resource(store, me).methods():
+                if m.name in self._methods:
+                    raise RuntimeError(f"API method {m.name} is defined twice")
+                self._methods[m.name] = m
+
+    @property
+    def method_names(self) -> list[str]:
+        return sorted(self._methods)
+
+    async def call(self, method: str, params: Any) -> Any:
+        m = self._methods.get(method)
+        if m is None:
+            raise UsageError(f"unknown API method {method[:80]!r}")
+        request: Any = parse(m.request, params if params is not None else {})
+        return await m.handler(request)

@@ -1,0 +1,47 @@
+"""The cluster itself: ping, settings (``swarm update``), the replica export."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyswarm.errors import UsageError
+from pyswarm.wire import rule
+
+from .base import Resource, cluster_of, method
+
+
+@dataclass(frozen=True)
+class ClusterUpdate:
+    task_history_limit: int | None = field(default=None, metadata=rule(min=0, max=1000))
+
+
+class ClusterApi(Resource):
+    @method("ping")
+    async def ping(self, req: object) -> Any:
+        cluster = self.snap().cluster
+        return {
+            "node_id": self.me.node_id,
+            "cluster_id": cluster.id if cluster else "",
+            "leader": self.store.is_leader,
+            "ready": cluster is not None,
+        }
+
+    @method("store.export")
+    async def export(self, req: object) -> Any:
+        """This manager's replica, as is (works without quorum: it is what
+        ``init --force-new-cluster`` rebuilds a cluster from)."""
+        snap = self.snap()
+        return {"index": snap.index, "objects": snap.raw}
+
+    @method("cluster.update", ClusterUpdate)
+    async def update(self, req: ClusterUpdate) -> Any:
+        """``swarm update``: cluster settings (so far the task history limit)."""
+        cluster = cluster_of(self.snap())
+        fields: dict[str, Any] = {}
+        if req.task_history_limit is not None:
+            fields["task_history_limit"] = req.task_history_limit
+        if not fields:
+            raise UsageError("swarm update: nothing to change (give --task-history-limit)")
+        await self.store.commit([["patch", "cluster", cluster.id, fields]])
+        return {"id": cluster.id, **fields}

@@ -1,0 +1,79 @@
+"""Cluster networks: create, list, inspect, remove (rules in manager/networks.py)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyswarm.errors import NotFoundError, UsageError
+from pyswarm.models import Network, new_id
+from pyswarm.wire import rule
+
+from .. import networks as cluster_networks
+from ..store import Op
+from .base import REF, REFS, Resource, method
+
+
+@dataclass(frozen=True)
+class NetworkCreate:
+    name: str = field(metadata=rule(max_len=256))
+    labels: dict[str, str] = field(default_factory=dict, metadata=rule(max_len=1000))
+    internal: bool = False
+    attachable: bool = False
+
+
+@dataclass(frozen=True)
+class NetworkRef:
+    name: str = field(metadata=REF)
+
+
+@dataclass(frozen=True)
+class NetworkRemove:
+    names: list[str] = field(metadata=REFS)
+
+
+class Networks(Resource):
+    @method("network.create", NetworkCreate)
+    async def create(self, req: NetworkCreate) -> Any:
+        cluster_networks.check_name(req.name)
+        snap = self.snap()
+        if cluster_networks.network_by_name(snap, req.name) is not None:
+            raise UsageError(f"network {req.name} already exists")
+        net = Network(id=new_id(), name=req.name, labels=dict(req.labels), internal=req.internal,
+                      attachable=req.attachable, created_at=time.time())
+        await self.store.commit([["expect", "network", net.id, None, None],
+                                 ["put", "network", net.id, net.to_dict()]])
+        return {"id": net.id, "name": req.name}
+
+    @method("network.ls")
+    async def ls(self, req: object) -> Any:
+        snap = self.snap()
+        nets = sorted(cluster_networks.all_networks(snap), key=lambda n: n.name)
+        return [cluster_networks.network_row(n, snap) for n in nets]
+
+    @method("network.inspect", NetworkRef)
+    async def inspect(self, req: NetworkRef) -> Any:
+        snap = self.snap()
+        net = cluster_networks.network_by_name(snap, req.name)
+        if net is None:
+            raise NotFoundError(f"network {req.name} not found")
+        return cluster_networks.network_row(net, snap)
+
+    @method("network.rm", NetworkRemove)
+    async def rm(self, req: NetworkRemove) -> Any:
+        """Refuses a network still attached to a service, like Docker."""
+        snap = self.snap()
+        ops: list[Op] = []
+        removed = []
+        for ref in req.names:
+            net = cluster_networks.network_by_name(snap, ref)
+            if net is None:
+                raise NotFoundError(f"network {ref} not found")
+            using = cluster_networks.users(snap, net.name)
+            if using:
+                raise UsageError(f"network {net.name} is in use by the following services: {', '.join(using)}")
+            ops.append(["delete", "network", net.id])
+            removed.append(net.name)
+        await self.store.commit(ops)
+        return removed

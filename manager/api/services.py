@@ -1,0 +1,317 @@
+"""Stacks and services: deploy, list, inspect, scale, update, roll back, remove.
+
+A deploy commits every service of the stack, its secrets, configs and
+networks in one transaction, so a refused deploy leaves nothing behind.
+The rollout itself is the updater's (manager/updater.py); these handlers
+only write the desired spec and its version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyswarm.errors import NotFoundError, UsageError
+from pyswarm.models import DESIRED_RUNNING, NAME_PATTERN, Node, Service, ServiceSpec, Task, TaskState, new_id
+from pyswarm.wire import rule
+
+from .. import networks as cluster_networks
+from .. import objects as stack_objects
+from ..store import Op, Snapshot
+from .base import REF, Resource, ServiceRef, find_service, method
+
+STACK = rule(pattern=r"[a-z0-9][a-z0-9_-]{0,62}")
+
+
+@dataclass(frozen=True)
+class StackObject:
+    """A secret or config as a stack file defines it (data base64)."""
+
+    name: str = field(metadata=rule(pattern=NAME_PATTERN))
+    external: bool = False
+    labels: dict[str, str] = field(default_factory=dict, metadata=rule(max_len=1000))
+    data: str = ""
+
+
+@dataclass(frozen=True)
+class StackDeploy:
+    stack: str = field(metadata=STACK)
+    services: list[ServiceSpec] = field(metadata=rule(max_len=10_000))
+    networks: dict[str, Any] = field(default_factory=dict, metadata=rule(max_len=1000))
+    secrets: list[StackObject] = field(default_factory=list, metadata=rule(max_len=10_000))
+    configs: list[StackObject] = field(default_factory=list, metadata=rule(max_len=10_000))
+
+
+@dataclass(frozen=True)
+class StackRef:
+    stack: str = field(metadata=rule(max_len=256))
+
+
+@dataclass(frozen=True)
+class ServiceList:
+    stack: str | None = field(default=None, metadata=rule(max_len=256))
+
+
+@dataclass(frozen=True)
+class ServiceUpdate:
+    service: str = field(metadata=REF)
+    image: str | None = field(default=None, metadata=rule(max_len=4096))
+    env_add: list[str] = field(default_factory=list, metadata=rule(max_len=10_000))
+    env_rm: list[str] = field(default_factory=list, metadata=rule(max_len=10_000))
+    replicas: int | None = field(default=None, metadata=rule(min=0, max=1_000_000))
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class ServiceScale:
+    scales: dict[str, int] = field(metadata=rule(max_len=10_000))
+
+
+class Services(Resource):
+    # -- stacks ---------------------------------------------------------------------
+
+    @method("stack.deploy", StackDeploy)
+    async def stack_deploy(self, req: StackDeploy) -> Any:
+        stack = req.stack
+        specs = list(req.services)
+        snap = self.snap()
+        existing = {s.name: s for s in snap.services()}
+        # the stack's secrets and configs first, in the same transaction
+        wanted = {kind: [dataclasses.asdict(o) for o in getattr(req, kind)] for kind in ("secrets", "configs")}
+        ops, report = stack_objects.stack_ops(snap, stack, wanted, specs)
+        now = time.time()
+        # and its networks (issue 6): STACK_x created, external ones checked
+        known = {n.name: n for n in cluster_networks.all_networks(snap)}
+        for net in cluster_networks.stack_networks(stack, dict(req.networks), specs, known, now):
+            ops += [["expect", "network", net.id, None, None], ["put", "network", net.id, net.to_dict()]]
+            report.append({"network": net.name, "action": "created", "id": net.id})
+        cluster_networks.check_published(snap, specs)
+        for spec in specs:
+            spec.stack = stack
+            old = existing.get(spec.name)
+            if old is None:
+                svc = Service(id=new_id(), spec=spec, created_at=now, updated_at=now)
+                ops.append(["expect", "service", svc.id, None, None])
+                ops.append(["put", "service", svc.id, svc.to_dict()])
+                report.append({"service": spec.name, "action": "created", "id": svc.id})
+            elif old.spec.to_dict() != spec.to_dict():
+                changed = {
+                    "spec": spec.to_dict(), "previous_spec": old.spec.to_dict(),
+                    "updated_at": now,
+                }
+                # replicas alone is a scale, not a new version of the tasks
+                if without_replicas(old.spec) != without_replicas(spec):
+                    changed["version"] = old.version + 1
+                ops.append(["expect", "service", old.id, "version", old.version])
+                ops.append(["patch", "service", old.id, changed])
+                report.append({"service": spec.name, "action": "updated", "id": old.id})
+            else:
+                report.append({"service": spec.name, "action": "unchanged", "id": old.id})
+        await self.store.commit(ops)
+        return report
+
+    def _stack_services(self, snap: Snapshot, stack: str) -> list[Service]:
+        services = [s for s in snap.services() if s.spec.stack == stack]
+        if not services:
+            raise NotFoundError(f"nothing found in stack: {stack}")
+        return sorted(services, key=lambda s: s.name)
+
+    @method("stack.ls")
+    async def stack_ls(self, req: object) -> Any:
+        counts: dict[str, int] = {}
+        for s in self.snap().services():
+            if s.spec.stack:
+                counts[s.spec.stack] = counts.get(s.spec.stack, 0) + 1
+        return [{"name": name, "services": n} for name, n in sorted(counts.items())]
+
+    @method("stack.ps", StackRef)
+    async def stack_ps(self, req: StackRef) -> Any:
+        snap = self.snap()
+        services = self._stack_services(snap, req.stack)
+        return task_rows(snap, {s.id for s in services})
+
+    @method("stack.rm", StackRef)
+    async def stack_rm(self, req: StackRef) -> Any:
+        snap = self.snap()
+        services = self._stack_services(snap, req.stack)
+        await self.store.commit([["delete", "service", s.id] for s in services]
+                                + stack_objects.stack_rm_ops(snap, req.stack)
+                                + _stack_network_rm_ops(snap, req.stack, services))
+        return [s.name for s in services]
+
+    # -- services -------------------------------------------------------------------
+
+    @method("service.ls", ServiceList)
+    async def ls(self, req: ServiceList) -> Any:
+        snap = self.snap()
+        running: dict[str, int] = {}
+        for t in snap.tasks():
+            if t.state == TaskState.RUNNING and t.desired_state == DESIRED_RUNNING:
+                running[t.service_id] = running.get(t.service_id, 0) + 1
+        rows = []
+        for s in sorted(snap.services(), key=lambda s: s.name):
+            if req.stack and s.spec.stack != req.stack:
+                continue
+            desired = s.spec.replicas if s.spec.mode != "global" else _global_desired(snap, s)
+            rows.append({
+                "id": s.id, "name": s.name, "mode": s.spec.mode, "running": running.get(s.id, 0),
+                "desired": desired, "replicas": f"{running.get(s.id, 0)}/{desired}",
+                "image": s.spec.container.image, "stack": s.spec.stack,
+                "update_state": s.update_status.get("state", ""),
+                "update_message": s.update_status.get("message", ""),
+            })
+        return rows
+
+    @method("service.inspect", ServiceRef)
+    async def inspect(self, req: ServiceRef) -> Any:
+        return find_service(self.snap(), req.service).to_dict()
+
+    @method("service.ps", ServiceRef)
+    async def ps(self, req: ServiceRef) -> Any:
+        snap = self.snap()
+        service = find_service(snap, req.service)
+        return task_rows(snap, {service.id})
+
+    @method("service.update", ServiceUpdate)
+    async def update(self, req: ServiceUpdate) -> Any:
+        """Change a service; the updater rolls the change out. A change of
+        replicas alone is a scale. ``force`` replaces every task even if
+        nothing changed; an update with no change resumes a paused one."""
+        snap = self.snap()
+        service = find_service(snap, req.service)
+        spec = _updated_spec(service, req)
+        now = time.time()
+        changed: dict[str, Any] = {"updated_at": now}
+        action = "unchanged"
+        if spec.to_dict() != service.spec.to_dict():
+            changed["spec"] = spec.to_dict()
+            action = "scaled"
+        new_version = without_replicas(service.spec) != without_replicas(spec) or req.force
+        status = service.update_status
+        if new_version:
+            changed.update(version=service.version + 1, previous_spec=service.spec.to_dict())
+            action = "updated"
+            if req.force:
+                changed["update_status"] = {
+                    "state": "updating", "message": "update in progress (forced)", "started_at": now,
+                    "completed_at": None, "version": service.version + 1, "force": True,
+                }
+        elif status.get("state") in ("paused", "rollback_paused") and status.get("version") == service.version:
+            changed["update_status"] = {
+                **status, "state": "updating" if status["state"] == "paused" else "rollback_started",
+                "message": "update resumed", "started_at": now, "completed_at": None,
+            }
+            changed["update_status"].pop("dirty", None)
+            action = "resumed"
+        await self.store.commit([
+            ["expect", "service", service.id, "version", service.version],
+            ["patch", "service", service.id, changed],
+        ])
+        return {"service": service.name, "action": action, "version": changed.get("version", service.version)}
+
+    @method("service.rollback", ServiceRef)
+    async def rollback(self, req: ServiceRef) -> Any:
+        """Back to the previous spec, as a new version rolled out with
+        ``rollback_config`` (the spec being left becomes the previous one)."""
+        snap = self.snap()
+        service = find_service(snap, req.service)
+        if service.previous_spec is None:
+            raise UsageError(f"service {service.name} has no previous spec to roll back to")
+        now = time.time()
+        version = service.version + 1
+        await self.store.commit([
+            ["expect", "service", service.id, "version", service.version],
+            ["patch", "service", service.id, {
+                "spec": service.previous_spec.to_dict(), "previous_spec": service.spec.to_dict(),
+                "version": version, "updated_at": now,
+                "update_status": {
+                    "state": "rollback_started", "message": "manually requested rollback",
+                    "started_at": now, "completed_at": None, "version": version,
+                },
+            }],
+        ])
+        return {"service": service.name, "version": version}
+
+    @method("service.scale", ServiceScale)
+    async def scale(self, req: ServiceScale) -> Any:
+        snap = self.snap()
+        ops: list[Op] = []
+        done = []
+        for name, replicas in req.scales.items():
+            service = find_service(snap, name)
+            if service.spec.mode == "global":
+                raise UsageError(f"{service.name}: scale can only be used with replicated mode")
+            if not 0 <= replicas <= 1_000_000:
+                raise UsageError(f"{name}: invalid replicas value {replicas}: must be a non-negative integer (at most 1000000)")
+            spec = service.spec.to_dict()
+            spec["replicas"] = replicas
+            ops.append(["patch", "service", service.id, {"spec": spec, "updated_at": time.time()}])
+            done.append({"service": service.name, "replicas": replicas})
+        await self.store.commit(ops)
+        return done
+
+
+def task_rows(snap: Snapshot, service_ids: set[str]) -> list[dict[str, Any]]:
+    nodes = {n.id: n for n in snap.nodes()}
+    tasks = [t for t in snap.tasks() if t.service_id in service_ids]
+    tasks.sort(key=lambda t: (t.service_name, t.slot, t.node_id, -t.created_at))
+    rows = []
+    for t in tasks:
+        node = nodes.get(t.node_id)
+        rows.append({
+            "id": t.id, "name": _task_display_name(t, nodes), "service": t.service_name,
+            "slot": t.slot, "image": t.spec.image,
+            "node": node.hostname if node else "", "node_id": t.node_id,
+            "desired_state": t.desired_state, "current_state": t.state.value,
+            "since": t.state_since, "error": t.error, "message": t.message,
+            "exit_code": t.exit_code, "ip": t.ip, "container_id": t.container_id,
+        })
+    return rows
+
+
+def _stack_network_rm_ops(snap: Snapshot, stack: str, removing: list[Service]) -> list[Op]:
+    """The stack's own networks that no service outside the stack still uses."""
+    gone = {s.id for s in removing}
+    still = {name for s in snap.services() if s.id not in gone for name in cluster_networks.attached(s.spec)}
+    return [["delete", "network", n.id] for n in cluster_networks.all_networks(snap)
+            if n.stack == stack and n.name not in still]
+
+
+def _updated_spec(service: Service, req: ServiceUpdate) -> ServiceSpec:
+    """The spec ``service update`` asks for: image, environment, replicas."""
+    spec = service.spec.to_dict()
+    container = spec["container"]
+    if req.image:
+        container["image"] = req.image
+    env = dict(container.get("env") or {})
+    for key in req.env_rm:
+        env.pop(key.partition("=")[0], None)
+    for item in req.env_add:
+        key, sep, value = item.partition("=")
+        if not key or not sep:
+            raise UsageError(f"invalid --env-add {item[:60]!r}: expected KEY=VALUE")
+        env[key] = value
+    container["env"] = env
+    if req.replicas is not None:
+        if service.spec.mode == "global":
+            raise UsageError(f"{service.name}: --replicas can only be used with replicated mode")
+        spec["replicas"] = req.replicas
+    return ServiceSpec.from_dict(spec)
+
+
+def without_replicas(spec: ServiceSpec) -> dict[str, Any]:
+    data = spec.to_dict()
+    data.pop("replicas", None)
+    return data
+
+
+def _global_desired(snap: Snapshot, service: Service) -> int:
+    return len({t.node_id for t in snap.tasks() if t.service_id == service.id and t.desired_state == DESIRED_RUNNING})
+
+
+def _task_display_name(task: Task, nodes: dict[str, Node]) -> str:
+    if task.slot:
+        return f"{task.service_name}.{task.slot}"
+    return f"{task.service_name}.{task.node_id[:12]}"

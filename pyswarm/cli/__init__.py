@@ -1,0 +1,64 @@
+"""The ``pyswarm`` command: argument parsing and output only.
+
+The work is done by the packages; each subcommand here parses, calls one
+function (most often one API method through :func:`common.call`) and
+prints. Any :class:`PyswarmError` becomes one line on stderr and exit
+status 1 (2 for a stack file that does not load), never a traceback.
+
+One module per command group, each with a ``register(subparsers)`` that
+adds its commands; a command's handler is ``set_defaults(func=...)``, taking
+the parsed arguments and returning the exit status. To add a group, write a
+module and list it in ``GROUPS``:
+
+    cluster.py   init, join, join-token, leave, swarm update, hidden host commands
+    node.py      node ls/promote/demote/rm/inspect/update
+    stack.py     stack deploy/config/ls/ps/rm
+    service.py   service ls/ps/scale/inspect/update/rollback
+    objects.py   secret and config
+    network.py   network create/ls/inspect/rm
+    common.py    call(), --format, the task table
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from types import ModuleType
+
+from pyswarm.errors import PyswarmError
+
+from . import cluster, network, node, objects, service, stack
+
+Handler = Callable[[argparse.Namespace], int]
+
+GROUPS: tuple[ModuleType, ...] = (cluster, node, stack, service, objects, network)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyswarm", description="A Docker-Swarm-style orchestrator.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for group in GROUPS:
+        group.register(sub)
+
+    from pyswarm.deploy import lab
+
+    lab.register_cli(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Handler = args.func
+    try:
+        return func(args)
+    except PyswarmError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Secrets and configs: the same four commands each."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+from typing import Any
+
+from pyswarm.cli import common
+from pyswarm.errors import UsageError
+from pyswarm.output import print_rows, since
+
+
+def _object_create(args: argparse.Namespace) -> int:
+    if args.file == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        try:
+            with open(args.file, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise UsageError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    labels = dict(item.partition("=")[::2] for item in args.label or [])
+    created = common.call(f"{args.kind}.create", {"name": args.name, "data": base64.b64encode(data).decode(),
+                                            "labels": labels})
+    print(created["id"])
+    return 0
+
+
+def _object_ls(args: argparse.Namespace) -> int:
+    rows = common.call(f"{args.kind}.ls")
+    for row in rows:
+        row["id_display"] = row["id"][:12]
+        row["created_display"] = since(row["created_at"])
+    print_rows(rows, args.format, [("ID", "id_display"), ("NAME", "name"), ("CREATED", "created_display")],
+               drop=("id_display", "created_display"))
+    return 0
+
+
+def _object_inspect(args: argparse.Namespace) -> int:
+    print(json.dumps([common.call(f"{args.kind}.inspect", {"name": n}) for n in args.names], indent=2))
+    return 0
+
+
+def _object_rm(args: argparse.Namespace) -> int:
+    for name in common.call(f"{args.kind}.rm", {"names": args.names}):
+        print(name)
+    return 0
+
+
+
+def register(sub: Any) -> None:
+    """``secret`` and ``config``: the same four commands each."""
+    for kind in ("secret", "config"):
+        cmds = sub.add_parser(kind, help=f"manage {kind}s").add_subparsers(
+            dest=f"{kind}_command", metavar="COMMAND", required=True)
+        p = cmds.add_parser("create", help=f"create a {kind} from a file or stdin")
+        p.add_argument("name", metavar="NAME")
+        p.add_argument("file", metavar="FILE|-", help="the file to read, or - for stdin")
+        p.add_argument("-l", "--label", action="append", metavar="KEY=VALUE")
+        p.set_defaults(func=_object_create, kind=kind)
+        p = cmds.add_parser("ls", help=f"list {kind}s")
+        common.format_arg(p)
+        p.set_defaults(func=_object_ls, kind=kind)
+        p = cmds.add_parser("inspect", help=f"show {kind}s as JSON" + (" (never the data)" if kind == "secret" else ""))
+        p.add_argument("names", nargs="+", metavar=kind.upper())
+        p.set_defaults(func=_object_inspect, kind=kind)
+        p = cmds.add_parser("rm", help=f"remove {kind}s (not while a service uses one)")
+        p.add_argument("names", nargs="+", metavar=kind.upper())
+        p.set_defaults(func=_object_rm, kind=kind)
