@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
-from pyswarm.models import DESIRED_RUNNING, Cluster, Service, Task, TaskState
+from pyswarm.models import Cluster, Service, Task
 
 DEFAULT_ZONE = "pyswarm"
 
@@ -222,17 +222,6 @@ def networks_of(service: Service) -> frozenset[str]:
     return nets or frozenset({""})
 
 
-def serves(task: Task) -> bool:
-    """Whether a task's address belongs in answers.
-
-    Both observed and desired state must be running: a task being shut down
-    (desired ``shutdown``, still observed running) is taken out of DNS first,
-    so that clients stop being sent to it before it goes away. Health, when
-    the model grows it, belongs here too.
-    """
-    return task.state == TaskState.RUNNING and task.desired_state == DESIRED_RUNNING and bool(task.ip)
-
-
 def _ip_key(ip: str) -> tuple[int, int, str]:
     try:
         addr = ipaddress.ip_address(ip)
@@ -305,7 +294,7 @@ def build_table(cluster: Cluster, services: Iterable[Service], tasks: Iterable[T
     ips_by_service: dict[str, set[str]] = {}
     clients: dict[str, frozenset[str]] = {}
     for task in tasks:
-        if serves(task):
+        if task.serves:
             ips_by_service.setdefault(task.service_id, set()).add(task.ip)
         service = by_id.get(task.service_id)
         if task.ip and service is not None and not task.state.terminal:

@@ -37,7 +37,6 @@ from typing import Any
 
 from pyswarm.compose.units import parse_duration
 from pyswarm.models import (
-    DESIRED_RUNNING,
     DESIRED_SHUTDOWN,
     Node,
     NodeAvailability,
@@ -170,5 +169,3 @@ def replacement(service: Service, history: list[Task], now: float) -> Replacemen
     return Replacement(restarts=restarts)
 
 
-def is_live(task: Task) -> bool:
-    return task.desired_state == DESIRED_RUNNING and not task.state.terminal

@@ -21,9 +21,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pyswarm.dns.records import serves
 from pyswarm.errors import UsageError
-from pyswarm.models import Network, ServiceSpec, Task, new_id
+from pyswarm.models import Network, ServiceSpec, new_id
 
 from .store import Snapshot
 
@@ -121,11 +120,6 @@ def gateway_of(subnet: str) -> str:
     return str(net.network_address + 1)
 
 
-def _live(task: Task) -> bool:
-    """A task whose address may carry traffic now: it has one and is not over."""
-    return bool(task.ip) and not task.state.terminal
-
-
 def ingress_ports(spec: ServiceSpec) -> list[dict[str, Any]]:
     """The service's ports published in ingress mode (the default)."""
     out = []
@@ -144,7 +138,7 @@ def mesh_message(snap: Snapshot) -> dict[str, Any]:
     ``networks`` maps each network's ipset name to its members' addresses
     (every live task attached to it, on any node); ``ingress`` lists each
     published port with the addresses of the replicas that serve it
-    (:func:`pyswarm.dns.records.serves`: running, desired running, and
+    (:attr:`pyswarm.models.Task.serves`: running, desired running, and
     healthy once health exists), so a task leaves the mesh exactly when it
     leaves DNS.
     """
@@ -155,14 +149,14 @@ def mesh_message(snap: Snapshot) -> dict[str, Any]:
     internal: set[str] = set()
     for task in snap.tasks():
         service = services.get(task.service_id)
-        if service is None or not _live(task):
+        if service is None or not task.has_address:
             continue
         nets = attached(service.spec)
         for name in nets:
             members.setdefault(name, set()).add(task.ip)
         if all(name in internal_nets for name in nets):
             internal.add(task.ip)  # only on internal networks: no way out of the pool
-        if serves(task):
+        if task.serves:
             backends.setdefault(task.service_id, []).append(task.ip)
     for service in services.values():
         for name in attached(service.spec):

@@ -18,7 +18,6 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
 from pyswarm.models import (
-    DESIRED_READY,
     DESIRED_RUNNING,
     DESIRED_SHUTDOWN,
     Node,
@@ -34,12 +33,6 @@ from . import healing
 from .loop import Plan, StoreLoop
 from .store import Op, Snapshot
 
-
-
-def _live(task: Task) -> bool:
-    # a held task (desired ready: a stop-first update's replacement waiting
-    # for the old task to stop) occupies its slot too
-    return task.desired_state in (DESIRED_RUNNING, DESIRED_READY) and not task.state.terminal
 
 
 def new_task(service: Service, slot: int, now: float, node_id: str = "") -> Task:
@@ -79,7 +72,7 @@ def _reconcile_slot(service: Service, slot: int, tasks: list[Task], now: float, 
     for t in tasks:
         if t.desired_state == DESIRED_RUNNING and t.state.terminal:
             ops.append(["patch", "task", t.id, {"desired_state": DESIRED_SHUTDOWN}])
-    live = [t for t in tasks if _live(t)]
+    live = [t for t in tasks if t.holds_slot]
     current = [t for t in live if t.spec_version == service.version]
     # outdated tasks are the updater's to replace (manager/updater.py), at the
     # pace update_config sets: a slot keeps one, beside a start-first replacement
@@ -103,7 +96,7 @@ def _reconcile_slot(service: Service, slot: int, tasks: list[Task], now: float, 
     if leaving:
         terms: healing.Replacement | None = healing.Replacement(restarts=tuple(leaving[0].restarts))
     else:
-        terms = healing.replacement(service, [t for t in tasks if not _live(t)], now)
+        terms = healing.replacement(service, [t for t in tasks if not t.holds_slot], now)
     if terms is None:
         return ops
     task = new_task(service, slot, now, node_id)
@@ -170,7 +163,7 @@ def _reconcile_service(service: Service, tasks: Iterable[Task], nodes: list[Node
     for key, group in groups.items():
         if key not in wanted:
             for t in group:
-                if _live(t):
+                if t.holds_slot:
                     ops += _shutdown(t, now)
         ops += _prune_history(group, history)
     return ops

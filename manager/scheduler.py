@@ -104,10 +104,6 @@ def is_waiting(task: Task) -> bool:
     return task.state in _WAITING and task.desired_state == DESIRED_RUNNING
 
 
-def _is_active(task: Task) -> bool:
-    return bool(task.node_id) and task.desired_state == DESIRED_RUNNING and not task.state.terminal
-
-
 class _Planner:
     """The state of one ``schedule`` call; not kept between calls."""
 
@@ -303,7 +299,7 @@ def schedule(nodes: Iterable[Node], services: Mapping[str, Service], tasks: Iter
             if now is not None and task.not_before > now:
                 continue  # restart delay not over
             (pinned if task.node_id else free[task.service_id]).append(task)
-        elif _is_active(task):
+        elif task.is_placed:
             planner.count_existing(task)
         elif task.node_id and not task.state.terminal:
             planner.count_ports(task)

@@ -62,6 +62,7 @@ from pyswarm.models import (
     Service,
     Task,
     TaskState,
+    UpdateState,
 )
 
 from .filters import ConstraintError, parse_constraints
@@ -72,12 +73,12 @@ from .store import Op, Snapshot
 
 log = logging.getLogger(__name__)
 
-UPDATING = "updating"
-PAUSED = "paused"
-COMPLETED = "completed"
-ROLLBACK_STARTED = "rollback_started"
-ROLLBACK_PAUSED = "rollback_paused"
-ROLLBACK_COMPLETED = "rollback_completed"
+UPDATING = UpdateState.UPDATING
+PAUSED = UpdateState.PAUSED
+COMPLETED = UpdateState.COMPLETED
+ROLLBACK_STARTED = UpdateState.ROLLBACK_STARTED
+ROLLBACK_PAUSED = UpdateState.ROLLBACK_PAUSED
+ROLLBACK_COMPLETED = UpdateState.ROLLBACK_COMPLETED
 ACTIVE_STATES = (UPDATING, ROLLBACK_STARTED)
 PAUSED_STATES = (PAUSED, ROLLBACK_PAUSED)
 DONE_STATES = (COMPLETED, ROLLBACK_COMPLETED)
@@ -144,10 +145,6 @@ class Plan:
     wake_at: float = math.inf
 
 
-def _live(task: Task) -> bool:
-    return task.desired_state in (DESIRED_RUNNING, DESIRED_READY) and not task.state.terminal
-
-
 def _shutdown(task: Task, now: float, why: str) -> list[Op]:
     ops: list[Op] = [
         ["expect", "task", task.id, "desired_state", task.desired_state],
@@ -210,7 +207,7 @@ class _Service:
     def adopt_clean(self) -> None:
         for group in self.groups.values():
             for t in group:
-                if _live(t) and t.spec_version < self.version and self.clean(t):
+                if t.holds_slot and t.spec_version < self.version and self.clean(t):
                     self.ops.append(["expect", "task", t.id, "spec_version", t.spec_version])
                     self.ops.append(["patch", "task", t.id, {"spec_version": self.version}])
                     t.spec_version = self.version
@@ -230,7 +227,7 @@ class _Service:
         replacing = 0  # slots with an outdated task still to replace
         for key in sorted(self.groups, key=str if self.global_mode else int):
             group = self.groups[key]
-            live = [t for t in group if _live(t)]
+            live = [t for t in group if t.holds_slot]
             outdated = [t for t in live if t.spec_version != self.version]
             current = [t for t in live if t.spec_version == self.version]
             # a held replacement of an older version never started: drop it
@@ -344,7 +341,7 @@ class _Service:
 
     def start_slot(self, key: int | str, config: UpdateConfig) -> None:
         group = self.groups[key]
-        outdated = [t for t in group if _live(t) and t.spec_version != self.version]
+        outdated = [t for t in group if t.holds_slot and t.spec_version != self.version]
         slot = 0 if self.global_mode else int(key)
         node_id = str(key) if self.global_mode else ""
         task = new_task(self.service, slot, self.now, node_id)

@@ -14,7 +14,7 @@ import dataclasses
 import secrets
 import time
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any, TypeVar
 
 from pyswarm.wire import rule
@@ -69,12 +69,33 @@ class TaskState(str, Enum):
 
 _ORDER = list(TaskState)
 
-DESIRED_RUNNING = "running"
-DESIRED_SHUTDOWN = "shutdown"
-DESIRED_REMOVE = "remove"
-# created but held back (not scheduled, not started): a stop-first update's
-# replacement waits in this state until the task it replaces has stopped
-DESIRED_READY = "ready"
+class DesiredState(StrEnum):
+    """What a task is asked to be, set by the orchestrator and updater only;
+    kept apart from the observed :class:`TaskState` the agent reports."""
+
+    RUNNING = "running"
+    # created but held back (not scheduled, not started): a stop-first update's
+    # replacement waits in this state until the task it replaces has stopped
+    READY = "ready"
+    SHUTDOWN = "shutdown"
+    REMOVE = "remove"
+
+
+DESIRED_RUNNING = DesiredState.RUNNING
+DESIRED_SHUTDOWN = DesiredState.SHUTDOWN
+DESIRED_REMOVE = DesiredState.REMOVE
+DESIRED_READY = DesiredState.READY
+
+
+class UpdateState(StrEnum):
+    """Where a service's rolling update is (``Service.update_status["state"]``)."""
+
+    UPDATING = "updating"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    ROLLBACK_STARTED = "rollback_started"
+    ROLLBACK_PAUSED = "rollback_paused"
+    ROLLBACK_COMPLETED = "rollback_completed"
 
 
 class NodeRole(str, Enum):
@@ -304,7 +325,7 @@ class Task(Model):
     stack: str = ""
     spec_version: int = 1
     node_id: str = ""
-    desired_state: str = DESIRED_RUNNING
+    desired_state: DesiredState = DesiredState.RUNNING
     state: TaskState = TaskState.NEW
     message: str = ""
     error: str = ""
@@ -322,6 +343,41 @@ class Task(Model):
     @property
     def name(self) -> str:
         return f"{self.service_name}.{self.slot or self.node_id}"
+
+    # What a live task is, in one place: each component asks the question it
+    # means, and all of them agree on the states behind it.
+
+    @property
+    def holds_slot(self) -> bool:
+        """Counts toward its slot's replica: asked to run (or held ready by a
+        stop-first update) and not over. The orchestrator and updater ask this."""
+        return self.desired_state in (DesiredState.RUNNING, DesiredState.READY) and not self.state.terminal
+
+    @property
+    def is_live(self) -> bool:
+        """Asked to run and not over (healing, placement counts)."""
+        return self.desired_state == DesiredState.RUNNING and not self.state.terminal
+
+    @property
+    def is_placed(self) -> bool:
+        """Live and assigned to a node: it uses that node's resources and ports."""
+        return self.is_live and bool(self.node_id)
+
+    @property
+    def has_address(self) -> bool:
+        """Its address may carry traffic now (the mesh's sets): it has one and is not over."""
+        return bool(self.ip) and not self.state.terminal
+
+    @property
+    def serves(self) -> bool:
+        """DNS and published ports send clients to it: running, asked to run, addressed.
+
+        Both observed and desired state must be running: a task being shut
+        down (desired ``shutdown``, still observed running) is taken out of
+        DNS first, so that clients stop being sent to it before it goes away.
+        (Health is in the state: a task with a healthcheck is ``running``
+        only once healthy.)"""
+        return self.state == TaskState.RUNNING and self.desired_state == DesiredState.RUNNING and bool(self.ip)
 
 
 @dataclass

@@ -14,7 +14,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyswarm.errors import NotFoundError, UsageError
-from pyswarm.models import DESIRED_RUNNING, NAME_PATTERN, Node, Service, ServiceSpec, Task, TaskState, new_id
+from pyswarm.models import (
+    NAME_PATTERN,
+    DesiredState,
+    Node,
+    Service,
+    ServiceSpec,
+    Task,
+    TaskState,
+    UpdateState,
+    new_id,
+)
 from pyswarm.wire import rule
 
 from .. import networks as cluster_networks
@@ -148,7 +158,7 @@ class Services(Resource):
         snap = self.snap()
         running: dict[str, int] = {}
         for t in snap.tasks():
-            if t.state == TaskState.RUNNING and t.desired_state == DESIRED_RUNNING:
+            if t.state == TaskState.RUNNING and t.desired_state == DesiredState.RUNNING:
                 running[t.service_id] = running.get(t.service_id, 0) + 1
         rows = []
         for s in sorted(snap.services(), key=lambda s: s.name):
@@ -195,12 +205,12 @@ class Services(Resource):
             action = "updated"
             if req.force:
                 changed["update_status"] = {
-                    "state": "updating", "message": "update in progress (forced)", "started_at": now,
+                    "state": UpdateState.UPDATING, "message": "update in progress (forced)", "started_at": now,
                     "completed_at": None, "version": service.version + 1, "force": True,
                 }
-        elif status.get("state") in ("paused", "rollback_paused") and status.get("version") == service.version:
+        elif status.get("state") in (UpdateState.PAUSED, UpdateState.ROLLBACK_PAUSED) and status.get("version") == service.version:
             changed["update_status"] = {
-                **status, "state": "updating" if status["state"] == "paused" else "rollback_started",
+                **status, "state": UpdateState.UPDATING if status["state"] == UpdateState.PAUSED else UpdateState.ROLLBACK_STARTED,
                 "message": "update resumed", "started_at": now, "completed_at": None,
             }
             changed["update_status"].pop("dirty", None)
@@ -227,7 +237,7 @@ class Services(Resource):
                 "spec": service.previous_spec.to_dict(), "previous_spec": service.spec.to_dict(),
                 "version": version, "updated_at": now,
                 "update_status": {
-                    "state": "rollback_started", "message": "manually requested rollback",
+                    "state": UpdateState.ROLLBACK_STARTED, "message": "manually requested rollback",
                     "started_at": now, "completed_at": None, "version": version,
                 },
             }],
@@ -308,7 +318,7 @@ def without_replicas(spec: ServiceSpec) -> dict[str, Any]:
 
 
 def _global_desired(snap: Snapshot, service: Service) -> int:
-    return len({t.node_id for t in snap.tasks() if t.service_id == service.id and t.desired_state == DESIRED_RUNNING})
+    return len({t.node_id for t in snap.tasks() if t.service_id == service.id and t.desired_state == DesiredState.RUNNING})
 
 
 def _task_display_name(task: Task, nodes: dict[str, Node]) -> str:
