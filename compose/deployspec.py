@@ -11,9 +11,10 @@ Importing this module registers the handlers with :mod:`.service`.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
+
+from pyswarm.constraints import ConstraintError, check_spread_key, parse_constraint
 
 from .checker import _Invalid
 from .container import byte_size, duration
@@ -21,16 +22,15 @@ from .errors import ComposeError, KeyPath
 from .interpolate import parse_env_file
 from .service import DEPLOY_HANDLERS, HANDLERS, ServiceChecker, register
 
-_CONSTRAINT = re.compile(r"^\s*([\w.\-/]+)\s*(==|!=)\s*(\S.*?)\s*$")
-_CONSTRAINT_KEYS = re.compile(
-    r"^(node\.(id|hostname|role|platform\.os|platform\.arch|labels\.[\w.\-/]+)"
-    r"|engine\.labels\.[\w.\-/]+|node\.labels)$"
-)
 
 
 @register(DEPLOY_HANDLERS, "mode")
 def mode(c: ServiceChecker, path: KeyPath, value: Any) -> str | _Invalid:
-    return c.choice(path, value, ("replicated", "global", "replicated-job", "global-job"))
+    if value in ("replicated-job", "global-job"):
+        # refused, not ignored: a job loaded as a service would restart forever
+        return c.error(path, f"mode {value} (a Swarm job: tasks that run once to completion) is not "
+                             "supported by pyswarm yet; use replicated or global")
+    return c.choice(path, value, ("replicated", "global"))
 
 
 @register(DEPLOY_HANDLERS, "labels")
@@ -53,17 +53,15 @@ def placement(c: ServiceChecker, path: KeyPath, value: Any) -> dict[str, Any] | 
     if "constraints" in m:
         items = c.string_list(path + ("constraints",), m["constraints"])
         if isinstance(items, list):
+            # Swarm's grammar, the one the scheduler evaluates (pyswarm/constraints.py)
+            out["constraints"] = []
             for i, text in enumerate(items):
-                match = _CONSTRAINT.match(text)
-                if not match:
-                    c.error(path + ("constraints", i),
-                            f"expected KEY==VALUE or KEY!=VALUE, got {text!r}")
-                elif not _CONSTRAINT_KEYS.match(match.group(1)):
-                    c.error(path + ("constraints", i), f"unknown constraint key {match.group(1)!r}: "
-                            "use node.id, node.hostname, node.role, node.platform.os, "
-                            "node.platform.arch, node.labels.X or engine.labels.X")
-            out["constraints"] = [" ".join(_CONSTRAINT.match(t).groups())  # type: ignore[union-attr]
-                                  for t in items if _CONSTRAINT.match(t)]
+                try:
+                    parsed = parse_constraint(text)
+                except ConstraintError as exc:
+                    c.error(path + ("constraints", i), str(exc))
+                else:
+                    out["constraints"].append(f"{parsed.key} {parsed.operator} {parsed.value}")
     if "preferences" in m:
         prefs = c.sequence(path + ("preferences",), m["preferences"])
         if isinstance(prefs, list):
@@ -74,7 +72,10 @@ def placement(c: ServiceChecker, path: KeyPath, value: Any) -> dict[str, Any] | 
                     c.known_keys(path + ("preferences", i), p, ("spread",))
                     spread = c.string(path + ("preferences", i, "spread"), p.get("spread"))
                     if isinstance(spread, str):
-                        out["preferences"].append({"spread": spread})
+                        try:
+                            out["preferences"].append({"spread": check_spread_key(spread.strip())})
+                        except ConstraintError as exc:
+                            c.error(path + ("preferences", i, "spread"), str(exc))
     if "max_replicas_per_node" in m:
         out["max_replicas_per_node"] = c.integer(path + ("max_replicas_per_node",),
                                                  m["max_replicas_per_node"], 0)

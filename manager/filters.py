@@ -29,103 +29,17 @@ fills with ``1 node`` / ``3 nodes``.
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from pyswarm.errors import UsageError
+from pyswarm.constraints import Constraint, ConstraintError, parse_constraint, parse_constraints, parse_spread, spread_value
 from pyswarm.models import ContainerSpec, NodeAvailability, NodeStatus, Node, ServiceSpec
 
-
-class ConstraintError(UsageError):
-    """A placement constraint that cannot be parsed.
-
-    A ``UsageError`` because it comes from the user's stack file or command
-    line; ``compose/`` and the API can call :func:`parse_constraint` to
-    refuse it before it ever reaches the store.
-    """
+__all__ = ["Constraint", "ConstraintError", "parse_constraint", "parse_constraints", "parse_spread", "spread_value"]
 
 
-# Swarm's own grammar (swarmkit api/constraint): keys are dotted names,
-# values may not contain characters that are or may become operators.
-_KEY = re.compile(r"^[a-z_][a-z0-9\-_.]+$", re.IGNORECASE)
-_VALUE = re.compile(r"^[a-z0-9:\-_\s.*()?+\[\]\\^$|/]+$", re.IGNORECASE)
-_OPERATORS = ("==", "!=")
-_FIXED_KEYS = ("node.id", "node.hostname", "node.role", "node.platform.os", "node.platform.arch")
-_LABEL_PREFIXES = ("node.labels.", "engine.labels.")
-
-# The same machine is called x86_64 by the kernel and amd64 by Go and Docker;
-# a constraint written either way should match a node reporting either way.
-_ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "armhf": "arm"}
-
-
-@dataclass(frozen=True, slots=True)
-class Constraint:
-    """One parsed ``KEY==VALUE`` or ``KEY!=VALUE`` placement constraint."""
-
-    key: str
-    operator: str
-    value: str
-
-    def __str__(self) -> str:
-        return f"{self.key}{self.operator}{self.value}"
-
-    def matches(self, node: Node) -> bool:
-        """Swarm's semantics: values compare case-insensitively, label names
-        case-sensitively, and a missing label reads as the empty string (so
-        ``node.labels.zone!=eu`` holds on a node without a zone)."""
-        actual = _node_value(node, self.key)
-        expected = self.value
-        if self.key == "node.platform.arch":
-            actual = _ARCH_ALIASES.get(actual.lower(), actual)
-            expected = _ARCH_ALIASES.get(expected.lower(), expected)
-        equal = actual.casefold() == expected.casefold()
-        return equal if self.operator == "==" else not equal
-
-
-def _node_value(node: Node, key: str) -> str:
-    if key == "node.id":
-        return node.id
-    if key == "node.hostname":
-        return node.hostname
-    if key == "node.role":
-        return node.role.value
-    if key == "node.platform.os":
-        return node.platform.get("os", "")
-    if key == "node.platform.arch":
-        return node.platform.get("arch", "")
-    if key.startswith("node.labels."):
-        return node.labels.get(key[len("node.labels."):], "")
-    if key.startswith("engine.labels."):
-        return node.engine_labels.get(key[len("engine.labels."):], "")
-    raise ConstraintError(f"constraint key {key!r} is not supported")
-
-
-def parse_constraint(text: str) -> Constraint:
-    """Parse one constraint, raising :class:`ConstraintError` with the reason."""
-    for op in _OPERATORS:
-        if op in text:
-            key, _, value = text.partition(op)
-            key, value = key.strip(), value.strip()
-            if not _KEY.match(key):
-                raise ConstraintError(f"invalid constraint {text!r}: bad key {key!r}")
-            if not (key in _FIXED_KEYS or any(
-                key.startswith(p) and len(key) > len(p) for p in _LABEL_PREFIXES
-            )):
-                raise ConstraintError(
-                    f"invalid constraint {text!r}: key must be one of "
-                    f"{', '.join(_FIXED_KEYS)}, node.labels.KEY or engine.labels.KEY"
-                )
-            if not _VALUE.match(value):
-                raise ConstraintError(f"invalid constraint {text!r}: bad value {value!r}")
-            return Constraint(key, op, value)
-    raise ConstraintError(f"invalid constraint {text!r}: expected KEY==VALUE or KEY!=VALUE")
-
-
-def parse_constraints(texts: list[str]) -> list[Constraint]:
-    return [parse_constraint(t) for t in texts]
 
 
 @dataclass(slots=True)
@@ -190,26 +104,6 @@ class Job:
     def __post_init__(self) -> None:
         if not self.host_ports:
             self.host_ports = host_ports(self.spec.container)
-
-
-def parse_spread(deploy: dict[str, object]) -> tuple[str, ...]:
-    """``placement.preferences`` as the keys to spread over, outermost
-    first; raises :class:`ConstraintError` for a key no node can have."""
-    placement = deploy.get("placement")
-    prefs = placement.get("preferences") if isinstance(placement, dict) else None
-    out = []
-    for pref in prefs or ():
-        key = str(pref.get("spread", "")).strip() if isinstance(pref, dict) else ""
-        if not (key in _FIXED_KEYS or any(key.startswith(p) and len(key) > len(p) for p in _LABEL_PREFIXES)):
-            raise ConstraintError(f"invalid placement preference spread={key!r}: use node.labels.KEY, "
-                                  "engine.labels.KEY or one of " + ", ".join(_FIXED_KEYS))
-        out.append(key)
-    return tuple(out)
-
-
-def spread_value(node: Node, key: str) -> str:
-    """The node's value for a spread key (``""`` when it has none)."""
-    return _node_value(node, key)
 
 
 class Filter(ABC):

@@ -38,6 +38,9 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replic
 from pyswarm.errors import NoQuorumError
 from pyswarm.models import KINDS, Cluster, Node, Service, Task, TaskState
 
+from .ops import InvalidOperation
+from .ops import check as check_op
+
 log = logging.getLogger(__name__)
 
 Op = list[Any]
@@ -83,8 +86,12 @@ class _State(SyncObjConsumer):  # type: ignore[misc]
 
 
 def _apply_ops(objects: dict[str, dict[str, dict[str, Any]]], ops: list[Op]) -> int:
-    """Apply a transaction in place; check every precondition first."""
+    """Apply a transaction in place; check every operation and precondition first."""
     for op in ops:
+        try:
+            check_op(op)
+        except InvalidOperation as exc:
+            raise TransactionAborted(f"invalid operation: {exc}") from None
         if op[0] == "expect":
             _, kind, oid, fieldname, value = op
             obj = objects.get(kind, {}).get(oid)

@@ -8,6 +8,7 @@ from typing import Any
 from pyswarm.errors import UsageError
 from pyswarm.wire import rule
 
+from .. import ops
 from .base import Resource, cluster_of, method
 
 
@@ -43,5 +44,5 @@ class ClusterApi(Resource):
             fields["task_history_limit"] = req.task_history_limit
         if not fields:
             raise UsageError("swarm update: nothing to change (give --task-history-limit)")
-        await self.store.commit([["patch", "cluster", cluster.id, fields]])
+        await self.store.commit([ops.patch("cluster", cluster.id, **fields)])
         return {"id": cluster.id, **fields}

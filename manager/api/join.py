@@ -18,6 +18,7 @@ from pyswarm.models import Node, NodeRole, NodeStatus, new_id
 from pyswarm.tokens import Token
 from pyswarm.wire import rule
 
+from .. import ops
 from ..store import Op, Snapshot, TransactionAborted
 from .base import Resource, cluster_of, method
 
@@ -84,7 +85,7 @@ class JoinApi(Resource):
         cluster = cluster_of(snap)
         role = NodeRole(req.role)
         existing = next((n for n in snap.nodes() if n.hostname == req.hostname and n.addr == req.addr), None)
-        ops: list[Op] = []
+        txn: list[Op] = []
         now = time.time()
         if existing is not None:
             node = existing
@@ -103,13 +104,13 @@ class JoinApi(Resource):
                 ssh_host_key=req.ssh_host_key, ssh_port=req.ssh_port,
                 subnet=subnet, created_at=now, updated_at=now, platform=dict(req.platform),
             )
-            ops.append(["expect", "subnet", subnet, None, None])
-            ops.append(["put", "subnet", subnet, {"node_id": node.id}])
+            txn.append(ops.expect_absent("subnet", subnet))
+            txn.append(ops.put_raw("subnet", subnet, {"node_id": node.id}))
         if role == NodeRole.MANAGER:
             node.api_port = req.api_port or node.api_port
             node.raft_port = req.raft_port or node.raft_port
-        ops.append(["put", "node", node.id, node.to_dict()])
-        await self.store.commit(ops)
+        txn.append(ops.put(node))
+        await self.store.commit(txn)
         answer: dict[str, Any] = {"node_id": node.id, "cluster_id": cluster.id, "subnet": node.subnet}
         if role == NodeRole.MANAGER:
             raft_addr = f"{req.addr}:{node.raft_port}"

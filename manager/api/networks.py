@@ -11,6 +11,7 @@ from pyswarm.models import Network, new_id
 from pyswarm.wire import rule
 
 from .. import networks as cluster_networks
+from .. import ops
 from ..store import Op
 from .base import REF, REFS, Resource, method
 
@@ -42,8 +43,7 @@ class Networks(Resource):
             raise UsageError(f"network {req.name} already exists")
         net = Network(id=new_id(), name=req.name, labels=dict(req.labels), internal=req.internal,
                       attachable=req.attachable, created_at=time.time())
-        await self.store.commit([["expect", "network", net.id, None, None],
-                                 ["put", "network", net.id, net.to_dict()]])
+        await self.store.commit([ops.expect_absent("network", net.id), ops.put(net)])
         return {"id": net.id, "name": req.name}
 
     @method("network.ls")
@@ -64,7 +64,7 @@ class Networks(Resource):
     async def rm(self, req: NetworkRemove) -> Any:
         """Refuses a network still attached to a service, like Docker."""
         snap = self.snap()
-        ops: list[Op] = []
+        txn: list[Op] = []
         removed = []
         for ref in req.names:
             net = cluster_networks.network_by_name(snap, ref)
@@ -73,7 +73,7 @@ class Networks(Resource):
             using = cluster_networks.users(snap, net.name)
             if using:
                 raise UsageError(f"network {net.name} is in use by the following services: {', '.join(using)}")
-            ops.append(["delete", "network", net.id])
+            txn.append(ops.delete("network", net.id))
             removed.append(net.name)
-        await self.store.commit(ops)
+        await self.store.commit(txn)
         return removed

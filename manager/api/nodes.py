@@ -14,6 +14,7 @@ from pyswarm.errors import NotFoundError, UsageError
 from pyswarm.models import Node, NodeAvailability, NodeRole, NodeStatus
 from pyswarm.wire import rule
 
+from .. import ops
 from ..store import Op, Snapshot, TransactionAborted
 from .base import REF, REFS, NodeRef, Resource, find_node, method
 
@@ -94,7 +95,7 @@ class Nodes(Resource):
             if node.status != NodeStatus.READY:
                 raise UsageError(f"node {node.hostname} is {node.status.value}: only a ready node can be promoted "
                                  "(its agent starts the manager)")
-            await self.store.commit([["patch", "node", node.id, {"role": NodeRole.MANAGER.value, "updated_at": time.time()}]])
+            await self.store.commit([ops.patch("node", node.id, role=NodeRole.MANAGER.value, updated_at=time.time())])
             # the new membership counts the new manager, so it commits once that
             # manager runs and has caught up; wait for it before the next one,
             # or two new members at once could hold the quorum hostage
@@ -130,7 +131,7 @@ class Nodes(Resource):
             raise UsageError(
                 f"demoting {node.hostname} would lose quorum: {len(reachable)} of the {remaining} remaining "
                 f"managers are reachable and {remaining // 2 + 1} are needed; bring the others back first")
-        await self.store.commit([["patch", "node", node.id, {"role": NodeRole.WORKER.value, "updated_at": time.time()}]])
+        await self.store.commit([ops.patch("node", node.id, role=NodeRole.WORKER.value, updated_at=time.time())])
         await self.store.change_membership("remove", f"{node.addr}:{node.raft_port}", wait=10)
 
     @method("node.rm", NodeRemove)
@@ -147,10 +148,10 @@ class Nodes(Resource):
             elif node.status == NodeStatus.READY and not req.force:
                 raise UsageError(f"node {node.hostname} is ready and running tasks: drain it and stop it first, "
                                  "or use --force")
-            ops: list[Op] = [["delete", "node", node.id]]
+            txn: list[Op] = [ops.delete("node", node.id)]
             if node.subnet:
-                ops.append(["delete", "subnet", node.subnet])
-            await self.store.commit(ops)
+                txn.append(ops.delete("subnet", node.subnet))
+            await self.store.commit(txn)
             snap = self.snap()
             removed.append(node.hostname)
         return removed
@@ -175,8 +176,8 @@ class Nodes(Resource):
                 fields["availability"] = req.availability.value
             try:
                 await self.store.commit([
-                    ["expect", "node", node.id, "labels", node.labels],
-                    ["patch", "node", node.id, fields],
+                    ops.expect("node", node.id, "labels", node.labels),
+                    ops.patch("node", node.id, **fields),
                 ])
             except TransactionAborted:
                 if attempt == 9:

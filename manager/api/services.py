@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyswarm.constraints import ConstraintError, parse_constraints, parse_spread
 from pyswarm.errors import NotFoundError, UsageError
 from pyswarm.models import (
     NAME_PATTERN,
@@ -29,6 +30,7 @@ from pyswarm.wire import rule
 
 from .. import networks as cluster_networks
 from .. import objects as stack_objects
+from .. import ops
 from ..store import Op, Snapshot
 from .base import REF, Resource, ServiceRef, find_service, method
 
@@ -90,21 +92,21 @@ class Services(Resource):
         existing = {s.name: s for s in snap.services()}
         # the stack's secrets and configs first, in the same transaction
         wanted = {kind: [dataclasses.asdict(o) for o in getattr(req, kind)] for kind in ("secrets", "configs")}
-        ops, report = stack_objects.stack_ops(snap, stack, wanted, specs)
+        txn, report = stack_objects.stack_ops(snap, stack, wanted, specs)
         now = time.time()
         # and its networks (issue 6): STACK_x created, external ones checked
         known = {n.name: n for n in cluster_networks.all_networks(snap)}
         for net in cluster_networks.stack_networks(stack, dict(req.networks), specs, known, now):
-            ops += [["expect", "network", net.id, None, None], ["put", "network", net.id, net.to_dict()]]
+            txn += [ops.expect_absent("network", net.id), ops.put(net)]
             report.append({"network": net.name, "action": "created", "id": net.id})
         cluster_networks.check_published(snap, specs)
         for spec in specs:
+            check_placement(spec)
             spec.stack = stack
             old = existing.get(spec.name)
             if old is None:
                 svc = Service(id=new_id(), spec=spec, created_at=now, updated_at=now)
-                ops.append(["expect", "service", svc.id, None, None])
-                ops.append(["put", "service", svc.id, svc.to_dict()])
+                txn += [ops.expect_absent("service", svc.id), ops.put(svc)]
                 report.append({"service": spec.name, "action": "created", "id": svc.id})
             elif old.spec.to_dict() != spec.to_dict():
                 changed = {
@@ -114,12 +116,11 @@ class Services(Resource):
                 # replicas alone is a scale, not a new version of the tasks
                 if without_replicas(old.spec) != without_replicas(spec):
                     changed["version"] = old.version + 1
-                ops.append(["expect", "service", old.id, "version", old.version])
-                ops.append(["patch", "service", old.id, changed])
+                txn += [ops.expect("service", old.id, "version", old.version), ops.patch("service", old.id, **changed)]
                 report.append({"service": spec.name, "action": "updated", "id": old.id})
             else:
                 report.append({"service": spec.name, "action": "unchanged", "id": old.id})
-        await self.store.commit(ops)
+        await self.store.commit(txn)
         return report
 
     def _stack_services(self, snap: Snapshot, stack: str) -> list[Service]:
@@ -146,7 +147,7 @@ class Services(Resource):
     async def stack_rm(self, req: StackRef) -> Any:
         snap = self.snap()
         services = self._stack_services(snap, req.stack)
-        await self.store.commit([["delete", "service", s.id] for s in services]
+        await self.store.commit([ops.delete("service", s.id) for s in services]
                                 + stack_objects.stack_rm_ops(snap, req.stack)
                                 + _stack_network_rm_ops(snap, req.stack, services))
         return [s.name for s in services]
@@ -216,8 +217,8 @@ class Services(Resource):
             changed["update_status"].pop("dirty", None)
             action = "resumed"
         await self.store.commit([
-            ["expect", "service", service.id, "version", service.version],
-            ["patch", "service", service.id, changed],
+            ops.expect("service", service.id, "version", service.version),
+            ops.patch("service", service.id, **changed),
         ])
         return {"service": service.name, "action": action, "version": changed.get("version", service.version)}
 
@@ -232,22 +233,21 @@ class Services(Resource):
         now = time.time()
         version = service.version + 1
         await self.store.commit([
-            ["expect", "service", service.id, "version", service.version],
-            ["patch", "service", service.id, {
-                "spec": service.previous_spec.to_dict(), "previous_spec": service.spec.to_dict(),
-                "version": version, "updated_at": now,
-                "update_status": {
-                    "state": UpdateState.ROLLBACK_STARTED, "message": "manually requested rollback",
-                    "started_at": now, "completed_at": None, "version": version,
-                },
-            }],
+            ops.expect("service", service.id, "version", service.version),
+            ops.patch("service", service.id,
+                      spec=service.previous_spec.to_dict(), previous_spec=service.spec.to_dict(),
+                      version=version, updated_at=now,
+                      update_status={
+                          "state": UpdateState.ROLLBACK_STARTED, "message": "manually requested rollback",
+                          "started_at": now, "completed_at": None, "version": version,
+                      }),
         ])
         return {"service": service.name, "version": version}
 
     @method("service.scale", ServiceScale)
     async def scale(self, req: ServiceScale) -> Any:
         snap = self.snap()
-        ops: list[Op] = []
+        txn: list[Op] = []
         done = []
         for name, replicas in req.scales.items():
             service = find_service(snap, name)
@@ -257,10 +257,20 @@ class Services(Resource):
                 raise UsageError(f"{name}: invalid replicas value {replicas}: must be a non-negative integer (at most 1000000)")
             spec = service.spec.to_dict()
             spec["replicas"] = replicas
-            ops.append(["patch", "service", service.id, {"spec": spec, "updated_at": time.time()}])
+            txn.append(ops.patch("service", service.id, spec=spec, updated_at=time.time()))
             done.append({"service": service.name, "replicas": replicas})
-        await self.store.commit(ops)
+        await self.store.commit(txn)
         return done
+
+
+def check_placement(spec: ServiceSpec) -> None:
+    """Refuse constraints and preferences the scheduler could not evaluate
+    (they would leave every task of the service pending forever)."""
+    try:
+        parse_constraints(spec.constraints)
+        parse_spread(spec.deploy)
+    except ConstraintError as exc:
+        raise UsageError(f"{spec.name}: {exc}") from None
 
 
 def task_rows(snap: Snapshot, service_ids: set[str]) -> list[dict[str, Any]]:
@@ -285,7 +295,7 @@ def _stack_network_rm_ops(snap: Snapshot, stack: str, removing: list[Service]) -
     """The stack's own networks that no service outside the stack still uses."""
     gone = {s.id for s in removing}
     still = {name for s in snap.services() if s.id not in gone for name in cluster_networks.attached(s.spec)}
-    return [["delete", "network", n.id] for n in cluster_networks.all_networks(snap)
+    return [ops.delete("network", n.id) for n in cluster_networks.all_networks(snap)
             if n.stack == stack and n.name not in still]
 
 

@@ -157,6 +157,12 @@ def test_deploy_section(load: Load) -> None:
     ("{mode: everywhere}", "expected one of replicated, global"),
     ("{placement: {constraints: [node.zone]}}", "expected KEY==VALUE"),
     ("{placement: {constraints: ['node.zone==eu']}}", "unknown constraint key"),
+    # loaded once, then refused by the scheduler forever (issue 10): now one grammar refuses it at load
+    ("{placement: {constraints: ['node.labels.example.com/zone==eu']}}", "bad key 'node.labels.example.com/zone'"),
+    ("{placement: {constraints: ['node.hostname==a>b']}}", "bad value 'a>b'"),
+    ("{placement: {preferences: [{spread: node.colour}]}}", "invalid placement preference spread='node.colour'"),
+    ("{mode: replicated-job}", "mode replicated-job (a Swarm job"),
+    ("{mode: global-job}", "not supported by pyswarm yet"),
     ("{resources: {limits: {memory: lots}}}", "expected a size"),
     ("{restart_policy: {condition: always}}", "expected one of none, on-failure, any"),
     ("{update_config: {delay: soon}}", "expected a duration"),
