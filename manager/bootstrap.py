@@ -17,8 +17,6 @@ import os
 import shutil
 import socket
 import subprocess
-import time
-from pathlib import Path
 from typing import Any
 
 import asyncssh
@@ -27,9 +25,18 @@ from pyswarm import config as cfg
 from pyswarm import rpc
 from pyswarm.errors import AlreadyInSwarmError, ConnectionError_, PyswarmError, UsageError
 from pyswarm.models import Cluster, Node, NodeRole, NodeStatus, new_id
+from pyswarm.host import (
+    KEY_COMMENT,
+    forget_local_state,
+    install_cluster_key,
+    read_sshd_host_key,
+    remove_cluster_key,
+    start_manager_service,
+    stop_manager_process,
+    wait_for_manager,
+    write_manager_files,
+)
 from pyswarm.tokens import fingerprint, new_secret, parse_token
-
-KEY_COMMENT = "pyswarm-cluster"
 
 
 # -- host facts -------------------------------------------------------------------
@@ -64,37 +71,10 @@ def source_addr_towards(ip: str) -> str:
     return str(routes[0]["prefsrc"])
 
 
-def read_sshd_host_key() -> str:
-    path = cfg.sshd_host_key_path()
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        raise UsageError(f"this host has no sshd host key at {path}: install and start openssh-server "
-                         "(the managers reach every node over SSH)") from None
 
 
-def install_cluster_key(public_key: str, cluster_id: str) -> None:
-    """Let the cluster's key run the agent as root, and nothing else."""
-    ssh = cfg.ssh_dir()
-    ssh.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = ssh / "authorized_keys"
-    lines = path.read_text().splitlines() if path.exists() else []
-    lines = [line for line in lines if KEY_COMMENT not in line]
-    command = f"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin exec {cfg.pyswarm_executable()} worker --stdio"
-    key = " ".join(public_key.split()[:2])
-    lines.append(f'restrict,command="{command}" {key} {KEY_COMMENT}-{cluster_id}')
-    tmp = path.with_suffix(".pyswarm-tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
 
 
-def remove_cluster_key() -> None:
-    path = cfg.ssh_dir() / "authorized_keys"
-    if path.exists():
-        kept = [line for line in path.read_text().splitlines() if KEY_COMMENT not in line]
-        path.write_text("".join(line + "\n" for line in kept))
 
 
 def _platform() -> dict[str, str]:
@@ -156,7 +136,7 @@ def init(advertise_addr: str | None, foreground: bool, api_port: int = cfg.DEFAU
         cfg.save_node_config(cfg.NodeConfig(node_id=node.id, cluster_id=cluster.id, role="manager",
                                             addr=addr, managers=[f"{addr}:{api_port}"]))
     except BaseException:
-        _forget_local_state()
+        forget_local_state()
         raise
     if foreground:
         return node.id
@@ -210,72 +190,12 @@ def force_new_cluster() -> str:
     return manager.node_id
 
 
-def stop_manager_process(timeout: float) -> None:
-    """SIGTERM this host's manager (from its pid file) and wait for it to exit."""
-    import signal
-
-    pidfile = cfg.run_dir() / "manager.pid"
-    try:
-        pid = int(pidfile.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        if Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
-            return  # exited; its parent has not reaped it
-        time.sleep(0.05)
-    raise ConnectionError_(f"the manager (pid {pid}) did not stop within {timeout:.0f}s")
 
 
-def _forget_local_state() -> None:
-    state = cfg.state_dir()
-    for name in ("node.json", "manager.json", "api_host_key"):
-        (state / name).unlink(missing_ok=True)
-    shutil.rmtree(state / "raft", ignore_errors=True)
-    remove_cluster_key()
 
 
-def start_manager_service() -> None:
-    """Start ``pyswarm manager run`` so that it outlives this shell: a systemd
-    unit where systemd runs, otherwise a detached process of its own session."""
-    exe = cfg.pyswarm_executable()
-    if Path("/run/systemd/system").is_dir() and shutil.which("systemctl"):
-        from pyswarm.deploy.units import install_manager_unit
-
-        install_manager_unit(exe)
-        return
-    log_path = cfg.state_dir() / "manager.log"
-    with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
-        subprocess.Popen([exe, "manager", "run"], stdin=devnull, stdout=log, stderr=log,
-                         start_new_session=True, close_fds=True, env=os.environ.copy())
 
 
-def wait_for_manager(timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            answer = rpc.call_unix(cfg.socket_path(), "ping", timeout=2)
-            if answer.get("ready"):
-                return dict(answer)
-            last = None
-        except PyswarmError as exc:
-            last = exc
-        time.sleep(0.1)
-    tail = ""
-    log_path = cfg.state_dir() / "manager.log"
-    if log_path.exists():
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
-    raise ConnectionError_(f"the manager did not come up within {timeout:.0f}s ({last or 'not ready'})"
-                           + (f"; last lines of {log_path}:\n{tail}" if tail else ""))
 
 
 # -- join -----------------------------------------------------------------------------
@@ -366,85 +286,9 @@ def join(token: str, manager: str, advertise_addr: str | None, api_port: int = c
     return dict(result)
 
 
-def write_manager_files(node_id: str, cluster_id: str, addr: str, manager: dict[str, Any], *,
-                        api_port: int, raft_port: int, dns_port: int, dns_upstreams: list[str] | None) -> None:
-    """What a host needs to run a manager of an existing cluster (join as
-    manager, or promotion through the agent)."""
-    state = cfg.state_dir()
-    state.mkdir(parents=True, exist_ok=True)
-    key_path = state / "api_host_key"
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(manager["api_host_private_key"])
-    shutil.rmtree(state / "raft", ignore_errors=True)  # a fresh replica catches up from the others
-    cfg.save_manager_config(cfg.ManagerConfig(
-        node_id=node_id, cluster_id=cluster_id, advertise_addr=addr, api_port=api_port,
-        raft_port=raft_port, dns_port=dns_port, raft_secret=manager["raft_secret"],
-        raft_peers=list(manager["raft_peers"]), dns_upstreams=dns_upstreams,
-    ))
 
 
-def leave(force: bool = False) -> None:
-    """Forget the cluster on this host. A manager first demotes itself (with
-    ``force``: leaving can cost the cluster its quorum), which stops its
-    manager process; then the host forgets the cluster key and its identity."""
-    node = cfg.load_node_config()
-    if node is None:
-        raise UsageError("this node is not part of a swarm")
-    manager = cfg.load_manager_config()
-    if manager is not None:
-        if not force:
-            raise UsageError("this node is a manager: leaving removes it from the Raft quorum; "
-                             "demote it first (`pyswarm node demote`) or use `pyswarm leave --force`")
-        rpc.call_unix(cfg.socket_path(), "node.demote", {"nodes": [node.node_id]})
-        deadline = time.monotonic() + 15
-        while cfg.load_manager_config() is not None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if cfg.load_manager_config() is not None:
-            raise ConnectionError_("demoted, but the manager did not stop within 15s; see its log")
-    remove_cluster_key()  # no new session gets in
-    _end_agent_sessions()  # and the open one stops converging this node
-    (cfg.state_dir() / "node.json").unlink(missing_ok=True)
-    asyncio.run(_remove_task_containers())
 
 
-def _end_agent_sessions() -> None:
-    """Stop this host's agents (``pyswarm worker --stdio`` under sshd): once
-    the node leaves, a session still open would recreate what leave removes.
-    Only processes in this host's mount namespace count (several lab hosts
-    share one process table)."""
-    import signal
-
-    def mnt_ns(pid: str) -> str:
-        try:
-            return os.readlink(f"/proc/{pid}/ns/mnt")
-        except OSError:
-            return ""
-
-    mine = mnt_ns("self")
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"worker" in cmdline and b"--stdio" in cmdline and mnt_ns(pid) == mine and int(pid) != os.getpid():
-            try:
-                os.kill(int(pid), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
 
-async def _remove_task_containers() -> int:
-    """What this node ran for the cluster goes with it, as in Swarm (the
-    managers reschedule it elsewhere once the node is down)."""
-    from pyswarm import protocol
-    from pyswarm.worker.docker import DockerClient
-
-    try:
-        async with DockerClient() as docker:
-            found = await docker.list_containers({protocol.LABEL_TASK_ID: None})
-            for c in found:
-                await docker.remove_container(str(c["Id"]), force=True)
-            return len(found)
-    except (OSError, PyswarmError):
-        return 0  # no engine to clean up here

@@ -21,6 +21,7 @@ from pyswarm import config as cfg
 from pyswarm.dns.cache import TableCache
 from pyswarm.dns import upstreams_from_resolv_conf
 from pyswarm.dns.server import DnsServer
+from pyswarm.host import retire_local_manager, running_manager_pid
 
 from pyswarm.models import NodeRole
 
@@ -193,31 +194,8 @@ def _exclusive_lock(path: Path) -> Any:
     return fh  # held open, and so locked, for the life of the process
 
 
-def running_manager_pid() -> int | None:
-    """The pid of this host's running manager, from its pid file, if alive."""
-    try:
-        pid = int((cfg.run_dir() / "manager.pid").read_text().strip())
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ValueError):
-        return None
-    return None if stat.rsplit(")", 1)[-1].split()[0] == "Z" else pid
 
 
-def retire_local_manager(state_dir: Path) -> None:
-    """Forget this host's manager state; the host stays a node of the cluster."""
-    import shutil
-
-    (state_dir / "manager.json").unlink(missing_ok=True)
-    (state_dir / "api_host_key").unlink(missing_ok=True)
-    shutil.rmtree(state_dir / "raft", ignore_errors=True)
-    node = cfg.load_node_config()
-    if node is not None:
-        node.role = "worker"
-        cfg.save_node_config(node)
-    if Path("/run/systemd/system").is_dir():
-        import subprocess
-
-        subprocess.run(["systemctl", "disable", "pyswarm-manager.service"], capture_output=True)
 
 
 def main() -> int:

@@ -20,6 +20,7 @@ import os
 from typing import Any
 
 from pyswarm import config as cfg
+from pyswarm import host
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,7 @@ def accept_term(term: Any) -> bool:
 
 
 def _manager_alive() -> bool:
-    from pyswarm.manager.daemon import running_manager_pid
-
-    return running_manager_pid() is not None
+    return host.running_manager_pid() is not None
 
 
 def become_manager(msg: dict[str, Any]) -> str:
@@ -59,20 +58,18 @@ def become_manager(msg: dict[str, Any]) -> str:
     Nothing, when one runs with the current Raft secret. A manager state of
     an older cluster (rebuilt with --force-new-cluster since) is replaced,
     and a manager that is not running is started."""
-    from pyswarm.manager import bootstrap
-
     manager = msg["manager"]
     current = cfg.load_manager_config()
     if current is not None and current.raft_secret == manager.get("raft_secret"):
         if _manager_alive():
             return "already a manager"
-        bootstrap.start_manager_service()
+        host.start_manager_service()
         return "manager restarted"
     if current is not None:
-        bootstrap.stop_manager_process(timeout=15)
+        host.stop_manager_process(timeout=15)
     node = cfg.load_node_config()
     addr = str(manager.get("addr") or (node.addr if node else ""))
-    bootstrap.write_manager_files(
+    host.write_manager_files(
         str(msg["node_id"]), str(msg["cluster_id"]), addr, manager,
         api_port=int(manager.get("api_port", cfg.DEFAULT_API_PORT)),
         raft_port=int(manager.get("raft_port", cfg.DEFAULT_RAFT_PORT)),
@@ -82,36 +79,31 @@ def become_manager(msg: dict[str, Any]) -> str:
     if node is not None:
         node.role = "manager"
         cfg.save_node_config(node)
-    bootstrap.start_manager_service()
+    host.start_manager_service()
     return "manager started"
 
 def retire_stray_manager() -> bool:
     """This host is not a manager of the leader's cluster, yet runs one: a
     manager left behind by --force-new-cluster (or demoted while cut off).
     Stop it and forget its state, so it cannot go on as a second cluster."""
-    from pyswarm.manager import bootstrap
-    from pyswarm.manager.daemon import retire_local_manager
-
     if cfg.load_manager_config() is None:
         return False
-    bootstrap.stop_manager_process(timeout=15)
-    retire_local_manager(cfg.state_dir())
+    host.stop_manager_process(timeout=15)
+    host.retire_local_manager(cfg.state_dir())
     return True
 
 
 def ensure_cluster_key(public_key: str, cluster_id: str) -> bool:
     """Keep root's authorized_keys on the cluster's current key (it changes
     when a cluster is rebuilt with --force-new-cluster). True if changed."""
-    from pyswarm.manager import bootstrap
-
     if not public_key:
         return False
     path = cfg.ssh_dir() / "authorized_keys"
     wanted = " ".join(public_key.split()[:2])
     try:
-        if any(wanted in line and bootstrap.KEY_COMMENT in line for line in path.read_text().splitlines()):
+        if any(wanted in line and host.KEY_COMMENT in line for line in path.read_text().splitlines()):
             return False
     except FileNotFoundError:
         pass
-    bootstrap.install_cluster_key(public_key, cluster_id)
+    host.install_cluster_key(public_key, cluster_id)
     return True

@@ -64,9 +64,9 @@ def _join_token(args: argparse.Namespace) -> int:
 
 
 def _leave(args: argparse.Namespace) -> int:
-    from pyswarm.manager import bootstrap
+    from pyswarm import host
 
-    bootstrap.leave(force=args.force)
+    host.leave(force=args.force)
     print("Node left the swarm.")
     return 0
 
@@ -78,19 +78,17 @@ def _manager_run(args: argparse.Namespace) -> int:
 
 
 def _manager_start(args: argparse.Namespace) -> int:
-    from pyswarm.manager import bootstrap
+    from pyswarm import host
 
     if cfg.load_manager_config() is None:
         raise UsageError("this host is not a manager (no manager state); see `pyswarm init` and `pyswarm join`")
-    from pyswarm.manager.daemon import running_manager_pid
-
-    pid = running_manager_pid()
+    pid = host.running_manager_pid()
     if pid is not None:
-        bootstrap.wait_for_manager(timeout=60)
+        host.wait_for_manager(timeout=60)
         print(f"manager already running (pid {pid})")
         return 0
-    bootstrap.start_manager_service()
-    bootstrap.wait_for_manager(timeout=60)
+    host.start_manager_service()
+    host.wait_for_manager(timeout=60)
     print("manager started")
     return 0
 
