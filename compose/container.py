@@ -15,7 +15,7 @@ from typing import Any
 from .checker import INVALID, _Invalid, describe
 from .errors import KeyPath
 from .service import HANDLERS, ServiceChecker, register
-from .units import format_duration, parse_bytes, parse_duration
+from .units import format_duration_ns, parse_bytes, parse_duration_ns
 
 PROTOCOLS = ("tcp", "udp", "sctp")
 _PROPAGATION = ("shared", "slave", "private", "rshared", "rslave", "rprivate")
@@ -26,7 +26,7 @@ def duration(c: ServiceChecker, path: KeyPath, value: Any) -> str | _Invalid:
     """A duration in its canonical spelling (``1m30s``)."""
     if isinstance(value, (str, int, float)):
         try:
-            return format_duration(parse_duration(value))
+            return format_duration_ns(parse_duration_ns(value))
         except ValueError as exc:
             return c.error(path, str(exc))
     return c.error(path, f"expected a duration like 10s or 1m30s, got {describe(value)}")

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .checker import _Invalid
+from .checker import INT64_MAX, _Invalid
 from .container import byte_size, duration
 from .errors import ComposeError, KeyPath
 from .interpolate import parse_env_file
@@ -89,7 +89,8 @@ def _resource_set(c: ServiceChecker, path: KeyPath, value: Any, reservations: bo
     c.known_keys(path, m, keys)
     out: dict[str, Any] = {}
     if "cpus" in m:
-        cpus = c.number(path + ("cpus",), m["cpus"], minimum=0)
+        # Docker holds CPUs as int64 nano-CPUs
+        cpus = c.number(path + ("cpus",), m["cpus"], minimum=0, maximum=INT64_MAX // 10**9)
         if isinstance(cpus, float):
             out["cpus"] = cpus
     if "memory" in m:

