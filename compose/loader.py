@@ -84,12 +84,15 @@ def load_stack(
     ``environ`` (default: the process environment) wins over the ``.env``
     beside the first file and over ``env_files``; together they feed
     ``${VAR}`` substitution and bare ``KEY`` environment entries. Later files
-    merge over earlier ones. With ``strict``, unknown keys are errors rather
-    than warnings. Raises :class:`~pyswarm.compose.ComposeError` (a
-    ``UsageError``) naming file, line, column and key path of every problem.
+    merge over earlier ones. With ``strict``, every warning (unknown keys,
+    keys Swarm ignores, unset variables...) is an error. The data of the
+    stack's secrets and configs is read (``file:`` too): this is the deploy
+    path; ``render_config`` (``stack config``) does not read them. Raises
+    :class:`~pyswarm.compose.ComposeError` (a ``UsageError``) naming file,
+    line, column and key path of every problem.
     """
     check_stack_name(stack)
-    return _load(files, stack, environ, env_files, strict)
+    return _load(files, stack, environ, env_files, strict, read_data=True)
 
 
 @contextlib.contextmanager
@@ -113,11 +116,12 @@ def _load(
     environ: Mapping[str, str] | None,
     env_files: Sequence[str | Path],
     strict: bool,
+    read_data: bool,
 ) -> Stack:
     if not files:
         raise ValidationError(Problem(None, "", "no stack file given"))
     with _no_gc():
-        return _load_files(files, stack, environ, env_files, strict)
+        return _load_files(files, stack, environ, env_files, strict, read_data)
 
 
 def _load_files(
@@ -126,6 +130,7 @@ def _load_files(
     environ: Mapping[str, str] | None,
     env_files: Sequence[str | Path],
     strict: bool,
+    read_data: bool,
 ) -> Stack:
     env = build_environment(files[0], env_files, dict(os.environ if environ is None else environ))
     docs: list[Document] = []
@@ -153,9 +158,16 @@ def _load_files(
             checker.error(("services", spec.name[len(stack) + 1:]),
                           f"{spec.name!r} is longer than {MAX_NAME} characters", key=True)
     raise_if(checker.problems, ValidationError)
+    if strict and checker.warnings:  # every warning is a failure, listed as problems are
+        count = len(checker.warnings)
+        raise ValidationError([Problem(None, "", f"--strict: {count} warning{'s' * (count > 1)}, "
+                                       "each an error here:"), *checker.warnings])
     resolve_references(stack, services, config)
-    return Stack(stack, services, [str(w) for w in checker.warnings], config,
-                 read_objects(stack, config, env, "secrets"), read_objects(stack, config, env, "configs"))
+    result = Stack(stack, services, [str(w) for w in checker.warnings], config)
+    if read_data:
+        result.secrets = read_objects(stack, config, env, "secrets", doc.mark)
+        result.configs = read_objects(stack, config, env, "configs", doc.mark)
+    return result
 
 
 def check_document(c: ServiceChecker, doc: Document) -> dict[str, Any]:

@@ -63,6 +63,7 @@ def render_config(
     strict: bool = False,
 ) -> str:
     """The normalised stack as YAML, from a loaded :class:`Stack` or from files."""
-    stack = source if isinstance(source, Stack) else _load(source, "", environ, env_files, strict)
+    stack = source if isinstance(source, Stack) else _load(source, "", environ, env_files, strict,
+                                                                    read_data=False)
     return yaml.dump(_escape(_for_schema(stack.config)), Dumper=_Dumper, sort_keys=False,
                      default_flow_style=False, allow_unicode=True, width=1000)
