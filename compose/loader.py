@@ -95,6 +95,19 @@ def load_stack(
     return _load(files, stack, environ, env_files, strict, read_data=True)
 
 
+def load_config(
+    files: Sequence[str | Path],
+    environ: Mapping[str, str] | None = None,
+    *,
+    env_files: Sequence[str | Path] = (),
+    strict: bool = False,
+) -> Stack:
+    """What ``stack config`` shows: :func:`load_stack` without a stack name
+    and without reading the secrets' and configs' data (``Stack.config`` and
+    ``Stack.warnings``; render it with ``render_config``)."""
+    return _load(files, "", environ, env_files, strict, read_data=False)
+
+
 @contextlib.contextmanager
 def _no_gc() -> Iterator[None]:
     """Pause the cyclic garbage collector while a stack is built: the loader
@@ -148,26 +161,33 @@ def _load_files(
         warnings.extend(warned)
     raise_if(problems, InterpolationError)
     doc = merge_documents(docs) if len(docs) > 1 else docs[0]
-    checker = ServiceChecker(doc, env, strict=strict, project_dir=Path(files[0]).resolve().parent)
+    checker = ServiceChecker(doc, env, project_dir=Path(files[0]).resolve().parent)
     checker.warnings.extend(warnings)
     config = check_document(checker, doc)
-    raise_if(checker.problems, ValidationError)
+    _raise_problems(checker, strict)
     services = [_to_spec(stack, name, svc) for name, svc in config["services"].items()]
     for spec in services:
         if stack and len(spec.name) > MAX_NAME:
             checker.error(("services", spec.name[len(stack) + 1:]),
                           f"{spec.name!r} is longer than {MAX_NAME} characters", key=True)
-    raise_if(checker.problems, ValidationError)
-    if strict and checker.warnings:  # every warning is a failure, listed as problems are
-        count = len(checker.warnings)
-        raise ValidationError([Problem(None, "", f"--strict: {count} warning{'s' * (count > 1)}, "
-                                       "each an error here:"), *checker.warnings])
+    _raise_problems(checker, strict)
     resolve_references(stack, services, config)
     result = Stack(stack, services, [str(w) for w in checker.warnings], config)
     if read_data:
         result.secrets = read_objects(stack, config, env, "secrets", doc.mark)
         result.configs = read_objects(stack, config, env, "configs", doc.mark)
     return result
+
+
+def _raise_problems(c: ServiceChecker, strict: bool) -> None:
+    """Raise the problems found; with ``strict`` every warning is one too,
+    all listed together under a line saying why warnings failed."""
+    problems = list(c.problems)
+    if strict and c.warnings:
+        count = len(c.warnings)
+        problems += [Problem(None, "", f"--strict: {count} warning{'s' * (count > 1)}, "
+                             "each an error here:"), *c.warnings]
+    raise_if(problems, ValidationError)
 
 
 def check_document(c: ServiceChecker, doc: Document) -> dict[str, Any]:
@@ -182,10 +202,7 @@ def check_document(c: ServiceChecker, doc: Document) -> dict[str, Any]:
     for key in data:
         if key in TOP_LEVEL_KEYS or key.startswith("x-"):
             continue
-        if c.strict:
-            c.error((key,), f"unknown top-level key{suggest(key, TOP_LEVEL_KEYS)}", key=True)
-        else:
-            c.warn((key,), f"unknown top-level key, ignored{suggest(key, TOP_LEVEL_KEYS)}")
+        c.warn((key,), f"unknown top-level key, ignored{suggest(key, TOP_LEVEL_KEYS)}")
     out: dict[str, Any] = {"services": {}}
     for kind in TOP_LEVEL_KEYS[3:]:
         if kind in data:
@@ -285,4 +302,4 @@ def _to_spec(stack: str, name: str, svc: dict[str, Any]) -> ServiceSpec:
     )
 
 
-__all__ = ["Stack", "load_stack", "check_stack_name", "Mark"]
+__all__ = ["Stack", "load_config", "load_stack", "check_stack_name", "Mark"]

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .loader import Stack, _load
+from .loader import Stack, load_config
 from .units import format_bytes
 
 
@@ -63,7 +63,7 @@ def render_config(
     strict: bool = False,
 ) -> str:
     """The normalised stack as YAML, from a loaded :class:`Stack` or from files."""
-    stack = source if isinstance(source, Stack) else _load(source, "", environ, env_files, strict,
-                                                                    read_data=False)
+    stack = source if isinstance(source, Stack) else load_config(source, environ, env_files=env_files,
+                                                                          strict=strict)
     return yaml.dump(_escape(_for_schema(stack.config)), Dumper=_Dumper, sort_keys=False,
                      default_flow_style=False, allow_unicode=True, width=1000)

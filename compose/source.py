@@ -292,20 +292,27 @@ def read_limited(path: str | Path, limit: int) -> bytes:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise ValueError(f"is {_file_kind(mode)}, not a regular file")
-        chunks: list[bytes] = []
-        got = 0
-        while got <= limit:
-            chunk = os.read(fd, min(1 << 20, limit + 1 - got))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            got += len(chunk)
+        data = read_at_most(fd, limit)
     except OSError as exc:
         raise ValueError(f"cannot read: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
-    if got > limit:
+    if len(data) > limit:
         raise ValueError(f"larger than the {limit:,} byte limit")
+    return data
+
+
+def read_at_most(fd: int, limit: int) -> bytes:
+    """Up to ``limit + 1`` bytes from ``fd`` (a file, a pipe, stdin): one byte
+    more than allowed says "too large" without reading the rest."""
+    chunks: list[bytes] = []
+    got = 0
+    while got <= limit:
+        chunk = os.read(fd, min(1 << 20, limit + 1 - got))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
     return b"".join(chunks)
 
 
