@@ -43,6 +43,10 @@ from .toplevel import check_top_level
 STACK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 """Docker's rule for stack (project) names."""
 
+MAX_SERVICES = 10_000
+"""Services in one stack: what the manager accepts in one ``stack.deploy``
+(manager/api/services.py, ``StackDeploy.services``)."""
+
 TOP_LEVEL_KEYS = ("version", "name", "services", "networks", "volumes", "secrets", "configs")
 
 
@@ -217,6 +221,10 @@ def check_document(c: ServiceChecker, doc: Document) -> dict[str, Any]:
         return out
     if not isinstance(services, dict):
         c.error(("services",), "expected a mapping of service names to services")
+        return out
+    if len(services) > MAX_SERVICES:  # refused before checking each (95,000 took 10 s)
+        c.error(("services",), f"{len(services)} services: a stack has at most {MAX_SERVICES} "
+                "(the manager's limit for one deploy)")
         return out
     checked: dict[str, Any] = {}
     for name, value in services.items():
