@@ -5,6 +5,7 @@ exit 1."""
 from __future__ import annotations
 
 import base64
+import os
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +161,39 @@ def test_secret_create_sends_a_file_within_the_limit(tmp_path: Path, monkeypatch
     (tmp_path / "c.txt").write_bytes(b"x" * 512_000)
     assert cli.main(["config", "create", "c", str(tmp_path / "c.txt")]) == 0
     assert base64.b64decode(sent["data"]) == b"x" * 512_000
+
+
+HOSTILE = {
+    "infinite duration": "services: {web: {image: a, healthcheck: {test: [CMD, x], interval: .inf}}}\n",
+    "1e999 duration": "services: {web: {image: a, stop_grace_period: 1e999}}\n",
+    "huge duration": "services: {web: {image: a, stop_grace_period: 99999999999h}}\n",
+    "400 nested defaults": "services: {web: {image: \"" + "${A:-" * 400 + "x" + "}" * 400 + "\"}}\n",
+    "alias bomb": "\n".join(["x-0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+                            + [f"x-{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+                            + ["services: {web: {image: a}}"]),
+    "deep nesting": "services: {web: {image: a}}\nx-d: " + "[" * 500 + "]" * 500 + "\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+@pytest.mark.parametrize("command", ["config", "deploy"])
+def test_hostile_files_exit_2_with_one_clear_line(tmp_path: Path, no_manager: list[str],
+                                                  capsys: pytest.CaptureFixture[str], name: str,
+                                                  command: str) -> None:
+    f = tmp_path / "h.yml"
+    f.write_text(HOSTILE[name])
+    argv = ["stack", command, "-c", str(f)] + (["demo"] if command == "deploy" else [])
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"Error: {f}:") and err.count("\n") == 1, err
+    assert "Traceback" not in err and no_manager == []
+
+
+@pytest.mark.parametrize("source", ["/dev/zero", "fifo"])
+def test_stack_file_that_is_not_a_file(tmp_path: Path, no_manager: list[str],
+                                       capsys: pytest.CaptureFixture[str], source: str) -> None:
+    if source == "fifo":
+        source = str(tmp_path / "fifo")
+        os.mkfifo(source)
+    assert cli.main(["stack", "config", "-c", source]) == 2
+    assert capsys.readouterr().err.endswith(", not a regular file\n")
