@@ -6,8 +6,10 @@ whose ``services`` are :class:`pyswarm.models.ServiceSpec` objects ready for
 the store. It is pure: it reads the files and the environment you give it,
 nothing else, so the CLI can run it before talking to any manager and refuse
 a broken file with every problem listed (file, line, column, key path).
-``render_config`` prints the merged, interpolated, normalised stack (what
-``pyswarm stack config`` shows); its output loads back to the same.
+``load_config`` loads what ``pyswarm stack config`` shows (no stack name, no
+secret data read) and ``render_config`` prints it: the merged, interpolated,
+normalised stack; its output loads back to the same. ``Stack.warnings`` lists
+what the CLI prints on stderr (``--strict``: every one is an error).
 
 Inside: source (YAML with marks, YAML 1.2 scalars) -> interpolate (${VAR},
 .env) -> merge (several files) -> service/container/deployspec/toplevel
@@ -33,7 +35,7 @@ from .errors import (
     ValidationError,
 )
 from .interpolate import parse_env_file, substitute
-from .loader import Stack, check_stack_name, load_stack
+from .loader import Stack, check_stack_name, load_config, load_stack
 from .render import render_config
 from .units import format_duration, parse_bytes, parse_duration
 
@@ -48,6 +50,7 @@ __all__ = [
     "ValidationError",
     "check_stack_name",
     "format_duration",
+    "load_config",
     "load_stack",
     "parse_bytes",
     "parse_duration",

@@ -10,6 +10,7 @@ a check can go on with the rest of the service.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -28,6 +29,10 @@ class _Invalid:
 
 
 INVALID: Final = _Invalid()
+
+INT64_MAX: Final = 2**63 - 1
+INT64_MIN: Final = -(2**63)
+"""Docker's integers are Go int64s (replicas, ports, uid... each has tighter bounds too)."""
 
 
 def describe(value: Any) -> str:
@@ -93,13 +98,16 @@ class Checker:
                 out = None
         if out is None:
             return self.error(path, f"expected an integer, got {describe(value)}")
+        if not INT64_MIN <= out <= INT64_MAX:
+            return self.error(path, f"{out} is out of range: an integer is at most {INT64_MAX} (int64)")
         if minimum is not None and out < minimum:
             return self.error(path, f"must be at least {minimum}, got {out}")
         if maximum is not None and out > maximum:
             return self.error(path, f"must be at most {maximum}, got {out}")
         return out
 
-    def number(self, path: KeyPath, value: Any, minimum: float | None = None) -> float | _Invalid:
+    def number(self, path: KeyPath, value: Any, minimum: float | None = None,
+               maximum: float | None = None) -> float | _Invalid:
         out: float | None = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out = float(value)
@@ -108,10 +116,12 @@ class Checker:
                 out = float(value.strip())
             except ValueError:
                 out = None
-        if out is None or out != out:
-            return self.error(path, f"expected a number, got {describe(value)}")
+        if out is None or not math.isfinite(out):
+            return self.error(path, f"expected a finite number, got {describe(value)}")
         if minimum is not None and out < minimum:
             return self.error(path, f"must be at least {minimum:g}, got {out:g}")
+        if maximum is not None and out > maximum:
+            return self.error(path, f"must be at most {maximum:g}, got {out:g}")
         return out
 
     def boolean(self, path: KeyPath, value: Any) -> bool | _Invalid:

@@ -16,7 +16,7 @@ from typing import Any
 
 from pyswarm.constraints import ConstraintError, check_spread_key, parse_constraint
 
-from .checker import _Invalid
+from .checker import INT64_MAX, _Invalid
 from .container import byte_size, duration
 from .errors import ComposeError, KeyPath
 from .interpolate import parse_env_file
@@ -90,7 +90,8 @@ def _resource_set(c: ServiceChecker, path: KeyPath, value: Any, reservations: bo
     c.known_keys(path, m, keys)
     out: dict[str, Any] = {}
     if "cpus" in m:
-        cpus = c.number(path + ("cpus",), m["cpus"], minimum=0)
+        # Docker holds CPUs as int64 nano-CPUs
+        cpus = c.number(path + ("cpus",), m["cpus"], minimum=0, maximum=INT64_MAX // 10**9)
         if isinstance(cpus, float):
             out["cpus"] = cpus
     if "memory" in m:

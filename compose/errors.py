@@ -61,6 +61,11 @@ class Problem:
         return ": ".join(parts)
 
 
+MAX_SHOWN = 100
+"""Problems printed at most (all are kept in ``problems``): a file with 200,000
+bad lines should say so in a screenful, not 200,000 lines."""
+
+
 class ComposeError(UsageError):
     """A stack file could not be loaded; ``problems`` lists every reason."""
 
@@ -72,7 +77,10 @@ class ComposeError(UsageError):
         elif isinstance(problems, Problem):
             problems = [problems]
         self.problems: list[Problem] = sorted(problems, key=_order)
-        super().__init__("\n".join(str(p) for p in self.problems))
+        lines = [str(p) for p in self.problems[:MAX_SHOWN]]
+        if len(self.problems) > MAX_SHOWN:
+            lines.append(f"... and {len(self.problems) - MAX_SHOWN} more problems")
+        super().__init__("\n".join(lines))
 
 
 def _order(problem: Problem) -> tuple[str, int, int]:

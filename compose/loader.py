@@ -43,6 +43,10 @@ from .toplevel import check_top_level
 STACK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 """Docker's rule for stack (project) names."""
 
+MAX_SERVICES = 10_000
+"""Services in one stack: what the manager accepts in one ``stack.deploy``
+(manager/api/services.py, ``StackDeploy.services``)."""
+
 TOP_LEVEL_KEYS = ("version", "name", "services", "networks", "volumes", "secrets", "configs")
 
 
@@ -84,12 +88,28 @@ def load_stack(
     ``environ`` (default: the process environment) wins over the ``.env``
     beside the first file and over ``env_files``; together they feed
     ``${VAR}`` substitution and bare ``KEY`` environment entries. Later files
-    merge over earlier ones. With ``strict``, unknown keys are errors rather
-    than warnings. Raises :class:`~pyswarm.compose.ComposeError` (a
-    ``UsageError``) naming file, line, column and key path of every problem.
+    merge over earlier ones. With ``strict``, every warning (unknown keys,
+    keys Swarm ignores, unset variables...) is an error. The data of the
+    stack's secrets and configs is read (``file:`` too): this is the deploy
+    path; ``render_config`` (``stack config``) does not read them. Raises
+    :class:`~pyswarm.compose.ComposeError` (a ``UsageError``) naming file,
+    line, column and key path of every problem.
     """
     check_stack_name(stack)
-    return _load(files, stack, environ, env_files, strict)
+    return _load(files, stack, environ, env_files, strict, read_data=True)
+
+
+def load_config(
+    files: Sequence[str | Path],
+    environ: Mapping[str, str] | None = None,
+    *,
+    env_files: Sequence[str | Path] = (),
+    strict: bool = False,
+) -> Stack:
+    """What ``stack config`` shows: :func:`load_stack` without a stack name
+    and without reading the secrets' and configs' data (``Stack.config`` and
+    ``Stack.warnings``; render it with ``render_config``)."""
+    return _load(files, "", environ, env_files, strict, read_data=False)
 
 
 @contextlib.contextmanager
@@ -113,11 +133,12 @@ def _load(
     environ: Mapping[str, str] | None,
     env_files: Sequence[str | Path],
     strict: bool,
+    read_data: bool,
 ) -> Stack:
     if not files:
         raise ValidationError(Problem(None, "", "no stack file given"))
     with _no_gc():
-        return _load_files(files, stack, environ, env_files, strict)
+        return _load_files(files, stack, environ, env_files, strict, read_data)
 
 
 def _load_files(
@@ -126,6 +147,7 @@ def _load_files(
     environ: Mapping[str, str] | None,
     env_files: Sequence[str | Path],
     strict: bool,
+    read_data: bool,
 ) -> Stack:
     env = build_environment(files[0], env_files, dict(os.environ if environ is None else environ))
     docs: list[Document] = []
@@ -143,19 +165,33 @@ def _load_files(
         warnings.extend(warned)
     raise_if(problems, InterpolationError)
     doc = merge_documents(docs) if len(docs) > 1 else docs[0]
-    checker = ServiceChecker(doc, env, strict=strict, project_dir=Path(files[0]).resolve().parent)
+    checker = ServiceChecker(doc, env, project_dir=Path(files[0]).resolve().parent)
     checker.warnings.extend(warnings)
     config = check_document(checker, doc)
-    raise_if(checker.problems, ValidationError)
+    _raise_problems(checker, strict)
     services = [_to_spec(stack, name, svc) for name, svc in config["services"].items()]
     for spec in services:
         if stack and len(spec.name) > MAX_NAME:
             checker.error(("services", spec.name[len(stack) + 1:]),
                           f"{spec.name!r} is longer than {MAX_NAME} characters", key=True)
-    raise_if(checker.problems, ValidationError)
+    _raise_problems(checker, strict)
     resolve_references(stack, services, config)
-    return Stack(stack, services, [str(w) for w in checker.warnings], config,
-                 read_objects(stack, config, env, "secrets"), read_objects(stack, config, env, "configs"))
+    result = Stack(stack, services, [str(w) for w in checker.warnings], config)
+    if read_data:
+        result.secrets = read_objects(stack, config, env, "secrets", doc.mark)
+        result.configs = read_objects(stack, config, env, "configs", doc.mark)
+    return result
+
+
+def _raise_problems(c: ServiceChecker, strict: bool) -> None:
+    """Raise the problems found; with ``strict`` every warning is one too,
+    all listed together under a line saying why warnings failed."""
+    problems = list(c.problems)
+    if strict and c.warnings:
+        count = len(c.warnings)
+        problems += [Problem(None, "", f"--strict: {count} warning{'s' * (count > 1)}, "
+                             "each an error here:"), *c.warnings]
+    raise_if(problems, ValidationError)
 
 
 def check_document(c: ServiceChecker, doc: Document) -> dict[str, Any]:
@@ -170,10 +206,7 @@ def check_document(c: ServiceChecker, doc: Document) -> dict[str, Any]:
     for key in data:
         if key in TOP_LEVEL_KEYS or key.startswith("x-"):
             continue
-        if c.strict:
-            c.error((key,), f"unknown top-level key{suggest(key, TOP_LEVEL_KEYS)}", key=True)
-        else:
-            c.warn((key,), f"unknown top-level key, ignored{suggest(key, TOP_LEVEL_KEYS)}")
+        c.warn((key,), f"unknown top-level key, ignored{suggest(key, TOP_LEVEL_KEYS)}")
     out: dict[str, Any] = {"services": {}}
     for kind in TOP_LEVEL_KEYS[3:]:
         if kind in data:
@@ -188,6 +221,10 @@ def check_document(c: ServiceChecker, doc: Document) -> dict[str, Any]:
         return out
     if not isinstance(services, dict):
         c.error(("services",), "expected a mapping of service names to services")
+        return out
+    if len(services) > MAX_SERVICES:  # refused before checking each (95,000 took 10 s)
+        c.error(("services",), f"{len(services)} services: a stack has at most {MAX_SERVICES} "
+                "(the manager's limit for one deploy)")
         return out
     checked: dict[str, Any] = {}
     for name, value in services.items():
@@ -273,4 +310,4 @@ def _to_spec(stack: str, name: str, svc: dict[str, Any]) -> ServiceSpec:
     )
 
 
-__all__ = ["Stack", "load_stack", "check_stack_name", "Mark"]
+__all__ = ["Stack", "load_config", "load_stack", "check_stack_name", "Mark"]

@@ -23,14 +23,19 @@ Pure: reads the files the stack names and nothing else.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pyswarm.models import ServiceSpec
 
-from .errors import Problem, StackFileError, raise_if
+from .errors import KeyPath, Mark, Problem, StackFileError, format_path, raise_if
+from .source import read_limited
+
+MAX_OBJECT_BYTES = 500 * 1024
+"""Swarm's limit for the data of a secret or a config (moby's
+``MaxSecretSize`` / ``MaxConfigSize``, 500 KiB); the manager checks it too."""
 
 STACK_LABEL = "com.docker.stack.namespace"
 """The label Docker puts on a stack's objects; pyswarm uses the same."""
@@ -95,15 +100,19 @@ def resolve_references(stack: str, services: list[ServiceSpec], config: Mapping[
 
 
 def read_objects(stack: str, config: Mapping[str, Any], environ: Mapping[str, str],
-                 kind: str) -> list[StackObject]:
+                 kind: str, mark: Callable[[KeyPath], Mark]) -> list[StackObject]:
     """The ``secrets`` or ``configs`` the stack declares, with their data.
 
-    Reads each ``file:`` now (a missing or unreadable file is a
-    :class:`StackFileError` naming it), takes ``environment:`` from
-    ``environ`` and ``content:`` as written.
+    Called by deploy, not by ``stack config`` (as ``docker stack config``
+    prints a stack whose files are elsewhere). Reads each ``file:`` with a
+    bound: a missing file, a FIFO, a device or a directory, or data over
+    Swarm's 500 KB limit is a :class:`StackFileError` naming the stack file's
+    line and the path. ``environment:`` comes from ``environ`` and
+    ``content:`` as written, under the same limit.
     """
     out: list[StackObject] = []
     problems: list[Problem] = []
+    what = kind[:-1]
     for key, entry in (config.get(kind) or {}).items():
         entry = entry or {}
         obj = StackObject(key, object_name(stack, key, entry), bool(entry.get("external")))
@@ -111,19 +120,30 @@ def read_objects(stack: str, config: Mapping[str, Any], environ: Mapping[str, st
             obj.labels = dict(entry.get("labels", {}))
             if stack:
                 obj.labels[STACK_LABEL] = stack
-            if "file" in entry:
-                try:
-                    obj.data = Path(entry["file"]).read_bytes()
-                except OSError as exc:
-                    problems.append(Problem(None, f"{kind}.{key}.file",
-                                            f"cannot read {entry['file']!r}: {exc.strerror or exc}"))
-            elif "environment" in entry:
-                obj.data = environ.get(str(entry["environment"]), "").encode()
-            elif "content" in entry:
-                obj.data = str(entry["content"]).encode()
+            for source in ("file", "environment", "content"):
+                if source in entry:
+                    break
+            path: KeyPath = (kind, key, source)
+            try:
+                if source == "file":
+                    obj.data = read_limited(entry["file"], MAX_OBJECT_BYTES)
+                elif source == "environment":
+                    obj.data = environ.get(str(entry["environment"]), "").encode()
+                elif source == "content":
+                    obj.data = str(entry["content"]).encode()
+                if len(obj.data) > MAX_OBJECT_BYTES:
+                    raise ValueError("larger")
+            except ValueError as exc:
+                message = str(exc)
+                if message.startswith("larger"):
+                    message = (f"larger than Swarm's 500 KB limit for a {what} "
+                               f"({MAX_OBJECT_BYTES:,} bytes)")
+                if source == "file":
+                    message = f"{what} file {entry['file']!r}: {message}"
+                problems.append(Problem(mark(path), format_path(path), message))
         out.append(obj)
     raise_if(problems, StackFileError)
     return out
 
 
-__all__ = ["STACK_LABEL", "StackObject", "object_name", "read_objects", "resolve_references"]
+__all__ = ["MAX_OBJECT_BYTES", "STACK_LABEL", "StackObject", "object_name", "read_objects", "resolve_references"]

@@ -8,8 +8,8 @@ gives the very same thing.
 
 Each key has a handler ``(checker, path, value) -> normalised | INVALID``;
 keys without one are sorted into Swarm-ignored (warning), Swarm-rejected
-(error with what to write instead) and unknown (warning, or error when
-strict, with a did-you-mean).
+(error with what to write instead) and unknown (warning with a did-you-mean;
+``strict`` loading makes every warning an error).
 """
 
 from __future__ import annotations
@@ -35,11 +35,9 @@ MAX_NAME = 63
 class ServiceChecker(Checker):
     """A checker that also knows the environment (for bare ``KEY`` entries)."""
 
-    def __init__(self, doc: Any, environ: Mapping[str, str], strict: bool = False,
-                 project_dir: Path | None = None) -> None:
+    def __init__(self, doc: Any, environ: Mapping[str, str], project_dir: Path | None = None) -> None:
         super().__init__(doc)
         self.environ = environ
-        self.strict = strict
         self.project_dir = project_dir or Path.cwd()
         # names declared at the top level, which services may refer to
         self.declared: dict[str, set[str]] = {
@@ -150,8 +148,6 @@ def register(table: dict[str, Handler], key: str) -> Callable[[Handler], Handler
 def _unsupported(c: ServiceChecker, path: KeyPath, key: str, known: tuple[str, ...]) -> None:
     if key in known:
         c.warn(path, "not supported by pyswarm yet; ignored")
-    elif c.strict:
-        c.error(path, f"unknown key{suggest(key, known)}", key=True)
     else:
         c.warn(path, f"unknown key, ignored{suggest(key, known)}")
 

@@ -15,7 +15,9 @@ keys are followed; duplicate keys are an error, as in Docker.
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,25 @@ try:  # libyaml parses several times faster; marks are the same
 except ImportError:  # pragma: no cover - pyyaml built without libyaml
     from yaml import SafeLoader as _BaseLoader  # type: ignore[assignment]
 
+MAX_FILE_BYTES = 2 * 1024 * 1024
+"""A stack file is at most 2 MiB (the 500-service file of bench/compose_load.py
+is 0.56 MiB). PyYAML holds every node of a file in memory before we see it,
+about 3 µs and 300 bytes a value; the cap bounds that to ~1 M values."""
+
 MAX_NODES = 1_000_000
-"""Guard against alias bombs ("billion laughs"): a stack file never needs more."""
+"""Values built in all, aliases expanded (a backstop behind the two below)."""
+
+MAX_ALIAS_VALUES = 50_000
+MAX_ALIAS_CHARS = 4 * 1024 * 1024
+"""Work that aliases may add: values built again, and characters of strings
+repeated, by expanding ``*alias`` (or ``<<``). Guarding the work rather than
+the number of aliases (Docker's YAML reader refuses "excessive aliasing" by a
+ratio of the same kind) stops a 1 KB billion-laughs file in milliseconds;
+real files reuse a few anchors a service (bench/compose_load.py's 500
+services expand 7,500 values and 24,500 characters)."""
+
+MAX_DEPTH = 100
+"""Nesting of mappings and lists (libyaml's own limit is 1000, past Python's stack)."""
 
 
 class _Loader(_BaseLoader):
@@ -104,17 +123,32 @@ class _Builder:
         self.problems: list[Problem] = []
         self.count = 0
         self.active: set[int] = set()  # node ids being built (alias cycles)
+        self.built: set[int] = set()  # node ids built once (the nodes outlive the build)
+        self.aliased = 0  # values built again through an alias
+        self.aliased_chars = 0  # characters of the strings among them
 
     def problem(self, node: yaml.Node, path: KeyPath, message: str) -> None:
         self.problems.append(Problem(_mark(self.file, node), format_path(path), message))
 
     def build(self, node: yaml.Node, path: KeyPath) -> Any:
         self.count += 1
-        if self.count > MAX_NODES:
-            raise StackFileError(
-                Problem(_mark(self.file, node), format_path(path),
-                        f"more than {MAX_NODES} values (an alias bomb?)")
-            )
+        again = id(node) in self.built  # an alias (or a << merge) expands it again
+        if again:
+            self.aliased += 1
+            if isinstance(node, yaml.ScalarNode):
+                self.aliased_chars += len(node.value)
+        else:
+            self.built.add(id(node))
+        if self.count > MAX_NODES or self.aliased > MAX_ALIAS_VALUES \
+                or self.aliased_chars > MAX_ALIAS_CHARS:
+            raise StackFileError(Problem(
+                _mark(self.file, node), format_path(path),
+                f"excessive aliasing: expanding aliases built {self.aliased} values and "
+                f"{self.aliased_chars} characters again (at most {MAX_ALIAS_VALUES} values and "
+                f"{MAX_ALIAS_CHARS} characters; {self.count} values in all, at most {MAX_NODES})"))
+        if len(path) > MAX_DEPTH:
+            raise StackFileError(Problem(_mark(self.file, node), format_path(path[:8]) + "...",
+                                         f"nested more than {MAX_DEPTH} levels deep"))
         self.doc.marks[path] = _mark(self.file, node)
         if isinstance(node, yaml.ScalarNode):
             return self.scalar(node, path)
@@ -240,17 +274,78 @@ def parse_text(text: str, file: str) -> Document:
     return builder.doc
 
 
-def read_file(path: str | Path) -> Document:
-    """Read and parse one stack file, reporting a missing file clearly."""
+def read_limited(path: str | Path, limit: int) -> bytes:
+    """The bytes of the regular file ``path``, refusing one over ``limit``.
+
+    Never reads more than ``limit + 1`` bytes, so a 1 GB file (or one that grows
+    while read) costs nothing; a FIFO, a device (``/dev/zero``) or a directory
+    is refused by what it is, without blocking on it. Raises ``ValueError``
+    whose message completes "PATH: ..." for people.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ValueError("no such file") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"is {_file_kind(mode)}, not a regular file")
+        data = read_at_most(fd, limit)
+    except OSError as exc:
+        raise ValueError(f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ValueError(f"larger than the {limit:,} byte limit")
+    return data
+
+
+def read_at_most(fd: int, limit: int) -> bytes:
+    """Up to ``limit + 1`` bytes from ``fd`` (a file, a pipe, stdin): one byte
+    more than allowed says "too large" without reading the rest."""
+    chunks: list[bytes] = []
+    got = 0
+    while got <= limit:
+        chunk = os.read(fd, min(1 << 20, limit + 1 - got))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def read_text(path: str | Path, limit: int, what: str) -> str:
+    """``read_limited`` as UTF-8 text; a :class:`StackFileError` naming the file."""
     name = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise StackFileError(Problem(Mark(name), "", "no such file")) from None
-    except IsADirectoryError:
-        raise StackFileError(Problem(Mark(name), "", "is a directory, not a stack file")) from None
+        data = read_limited(path, limit)
+    except ValueError as exc:
+        message = str(exc)
+        if message.startswith("larger than"):
+            message = f"{message} for a {what} ({limit // (1024 * 1024)} MiB)"
+        raise StackFileError(Problem(Mark(name), "", message)) from None
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise StackFileError(Problem(Mark(name), "", f"not UTF-8 text ({exc.reason})")) from None
-    except OSError as exc:
-        raise StackFileError(Problem(Mark(name), "", f"cannot read: {exc.strerror}")) from None
-    return parse_text(text, name)
+
+
+def read_file(path: str | Path) -> Document:
+    """Read and parse one stack file, reporting a missing file clearly."""
+    return parse_text(read_text(path, MAX_FILE_BYTES, "stack file"), str(path))

@@ -4,7 +4,8 @@ They are checked before the services because services refer to them by name
 and Docker refuses a reference to something undeclared; we record the
 declared names on the checker for the services' checks to use. Relative
 ``file:`` paths become absolute (against the first stack file's folder) so
-that ``stack config`` output means the same wherever it is read.
+that ``stack config`` output means the same wherever it is read; the files
+themselves are read at deploy (:func:`.objects.read_objects`), not here.
 """
 
 from __future__ import annotations
@@ -68,8 +69,8 @@ def check_top_level(c: ServiceChecker, kind: str, value: Any) -> dict[str, Any]:
                 if isinstance(s, str):
                     file = Path(s).expanduser()
                     file = file if file.is_absolute() else (c.project_dir / file).resolve()
-                    if not file.is_file():
-                        c.error(kpath, f"{kind[:-1]} file {str(file)!r} not found")
+                    # read (and checked) by deploy only, as Docker does: `stack config`
+                    # prints a stack whose files are on another machine
                     entry["file"] = str(file)
             elif key == "ipam":
                 im = c.mapping(kpath, val)

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pyswarm.compose.objects import MAX_OBJECT_BYTES
 from pyswarm.errors import NotFoundError, UsageError
 from pyswarm.models import Config, ContainerSpec, Secret, Service, new_id
 
@@ -28,7 +29,7 @@ from .store import Op, Snapshot
 
 KINDS = ("secret", "config")
 STACK_LABEL = "com.docker.stack.namespace"
-MAX_SIZE = 500 * 1024  # Swarm's limit for secrets and configs
+MAX_SIZE = MAX_OBJECT_BYTES  # Swarm's limit for secrets and configs: 500 KiB
 _NAME = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9_.-]*[a-zA-Z0-9])?$")
 _MODEL: dict[str, type[Secret] | type[Config]] = {"secret": Secret, "config": Config}
 
@@ -62,13 +63,19 @@ def find(snap: Snapshot, kind: str, ref: str) -> Secret | Config:
 
 
 def decode_data(kind: str, name: str, data: Any) -> bytes:
-    """Base64 from the wire, within Swarm's size limit."""
+    """Base64 from the wire, within Swarm's size limit (checked on the text
+    before decoding it, and on the bytes after)."""
+    text = str(data)
+    too_big = (f"{kind} {name}: larger than Swarm's 500 KB limit for a {kind} "
+               f"({MAX_SIZE:,} bytes)")
+    if len(text) > 4 * -(-MAX_SIZE // 3):
+        raise UsageError(too_big)
     try:
-        raw = base64.b64decode(str(data), validate=True)
+        raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise UsageError(f"{kind} {name}: data is not valid base64") from None
     if len(raw) > MAX_SIZE:
-        raise UsageError(f"{kind} {name}: {len(raw)} bytes is over the {MAX_SIZE // 1024} KiB limit")
+        raise UsageError(too_big)
     return raw
 
 

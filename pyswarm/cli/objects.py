@@ -14,14 +14,21 @@ from pyswarm.output import print_rows, since
 
 
 def _object_create(args: argparse.Namespace) -> int:
-    if args.file == "-":
-        data = sys.stdin.buffer.read()
-    else:
-        try:
+    from pyswarm.compose.objects import MAX_OBJECT_BYTES
+    from pyswarm.compose.source import read_at_most
+
+    where = "stdin" if args.file == "-" else args.file
+    try:  # at most the limit + 1 bytes: `secret create x - < /dev/zero` ends at once
+        if args.file == "-":
+            data = read_at_most(sys.stdin.fileno(), MAX_OBJECT_BYTES)
+        else:
             with open(args.file, "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            raise UsageError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+                data = read_at_most(f.fileno(), MAX_OBJECT_BYTES)
+    except OSError as exc:
+        raise UsageError(f"cannot read {where}: {exc.strerror or exc}") from None
+    if len(data) > MAX_OBJECT_BYTES:
+        raise UsageError(f"{where}: larger than Swarm's 500 KB limit for a {args.kind} "
+                         f"({MAX_OBJECT_BYTES:,} bytes)")
     labels = dict(item.partition("=")[::2] for item in args.label or [])
     created = common.call(f"{args.kind}.create", {"name": args.name, "data": base64.b64encode(data).decode(),
                                             "labels": labels})

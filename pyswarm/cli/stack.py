@@ -15,8 +15,7 @@ def _stack_deploy(args: argparse.Namespace) -> int:
     from pyswarm.compose import load_stack
 
     stack = load_stack(args.compose_file, args.stack, env_files=args.env_file or (), strict=args.strict)
-    for warning in stack.warnings:
-        print(f"Warning: {warning}", file=sys.stderr)
+    _print_warnings(stack.warnings)
     objects = {kind: [{"name": o.name, "external": o.external, "labels": o.labels,
                        "data": base64.b64encode(o.data).decode()} for o in getattr(stack, kind)]
                for kind in ("secrets", "configs")}
@@ -30,10 +29,19 @@ def _stack_deploy(args: argparse.Namespace) -> int:
 
 
 def _stack_config(args: argparse.Namespace) -> int:
-    from pyswarm.compose import render_config
+    from pyswarm.compose import load_config, render_config
 
-    sys.stdout.write(render_config(args.compose_file, env_files=args.env_file or (), strict=args.strict))
+    stack = load_config(args.compose_file, env_files=args.env_file or (), strict=args.strict)
+    _print_warnings(stack.warnings)
+    sys.stdout.write(render_config(stack))
     return 0
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    """Each loader warning on stderr, ``FILE:LINE:COL: key.path: message``
+    (with ``--strict`` the loader raised them as errors instead)."""
+    for warning in warnings:
+        print(f"Warning: {warning}", file=sys.stderr)
 
 
 def _stack_ls(args: argparse.Namespace) -> int:
@@ -58,13 +66,15 @@ def register(sub: Any) -> None:
     p = stack.add_parser("deploy", help="deploy or update a stack from compose files")
     p.add_argument("-c", "--compose-file", action="append", required=True, metavar="FILE")
     p.add_argument("--env-file", action="append", metavar="FILE", help="read variables from FILE (beside .env)")
-    p.add_argument("--strict", action="store_true", help="unknown keys are errors, not warnings")
+    p.add_argument("--strict", action="store_true",
+                   help="every warning is an error: exit 2, warnings listed, nothing done")
     p.add_argument("stack", metavar="STACK")
     p.set_defaults(func=_stack_deploy)
     p = stack.add_parser("config", help="print the merged, interpolated, normalised stack as YAML")
     p.add_argument("-c", "--compose-file", action="append", required=True, metavar="FILE")
     p.add_argument("--env-file", action="append", metavar="FILE", help="read variables from FILE (beside .env)")
-    p.add_argument("--strict", action="store_true", help="unknown keys are errors, not warnings")
+    p.add_argument("--strict", action="store_true",
+                   help="every warning is an error: exit 2, warnings listed, nothing done")
     p.set_defaults(func=_stack_config)
     p = stack.add_parser("ls", help="list stacks")
     common.format_arg(p)

@@ -32,12 +32,68 @@ def test_substitute(text: str, expected: str) -> None:
     ("${UNSET:?set it please}", "required variable UNSET: set it please"),
     ("${EMPTY:?}", "required variable EMPTY is empty"),
     ("${UNSET?}", "required variable UNSET is not set"),
-    ("${A", "expected }"), ("$1", "write $$ for a literal $"), ("${1}", "invalid variable name"),
+    ("${A", "expected }"), ("${1}", "invalid variable name"), ("${}", "invalid variable name"),
+    ("${ A}", "invalid variable name"), ("${A }", "expected }"), ("${A!}", "expected }"),
     ("${A:-x", "missing closing"),
 ])
 def test_substitute_errors(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("$", r"\$").replace("{", r"\{")):
         substitute(text, ENV)
+
+
+SPEC_ENV = {"FOO": "first", "BAR": "", "VARIABLE": "value"}
+
+
+@pytest.mark.parametrize("text, expected", [
+    # compose-spec 12-interpolation.md, and compose-go's template tests
+    ("${VARIABLE:-default}", "value"), ("${UNSET:-default}", "default"), ("${BAR:-default}", "default"),
+    ("${VARIABLE-default}", "value"), ("${UNSET-default}", "default"), ("${BAR-default}", ""),
+    ("${VARIABLE:?err}", "value"), ("${VARIABLE?err}", "value"), ("${BAR?err}", ""),
+    ("$$VAR_NOT_INTERPOLATED_BY_COMPOSE", "$VAR_NOT_INTERPOLATED_BY_COMPOSE"), ("$${foo}", "${foo}"),
+    ("$FOO-bar", "first-bar"), ("This ${missing} var", "This  var"), ("This ${BAR} var", "This  var"),
+    ("ok ${BAR:-/non:-alphanumeric}", "ok /non:-alphanumeric"),
+    ("${UNSET-myerror?msg}", "myerror?msg"), ("${FOO?bar-baz}", "first"),
+    # nested defaults are interpolated (the spec; docker stack takes them literally)
+    ("${UNSET:-${FOO}}", "first"), ("${UNSET:-${UNSET2:-default}}", "default"),
+    ("ok ${UNSET-$FOO}", "ok first"), ("ok ${UNSET-${FOO} ${FOO}}", "ok first first"),
+    ("ok ${BAR:-$FOO}", "ok first"), ("${UNSET:-$$x}", "$x"), ("${FOO:+${BAR:-alt}}", "alt"),
+    # a $ that starts no name is kept as written, as Docker keeps it
+    ("$2y$05$", "$2y$05$"), ("cost: 5$", "cost: 5$"), ("a $ b", "a $ b"), ("$.x $-y $}", "$.x $-y $}"),
+    # ... and in a default, an unset bare $NAME too: a bcrypt hash survives
+    ("admin:${HASH:-$2y$05$oZcjT6mmV5Ug4w.5Wq7bZe}", "admin:$2y$05$oZcjT6mmV5Ug4w.5Wq7bZe"),
+    ("${UNSET:-$FOO/$NOPE}", "first/$NOPE"),
+])
+def test_compose_spec_examples(text: str, expected: str) -> None:
+    assert substitute(text, SPEC_ENV) == expected
+
+
+@pytest.mark.parametrize("text, message", [
+    ("not ok ${UNSET:?Mandatory Variable Unset}", "required variable UNSET: Mandatory Variable Unset"),
+    ("not ok ${BAR:?Mandatory Variable Empty}", "required variable BAR: Mandatory Variable Empty"),
+    ("${UNSET?Mandatory Variable ${FOO}}", "required variable UNSET: Mandatory Variable first"),
+    ("${UNSET:?$FOO}", "required variable UNSET: first"), ("${UNSET?bar-baz}", "required variable UNSET: bar-baz"),
+])
+def test_compose_spec_required_errors(text: str, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        substitute(text, SPEC_ENV)
+    assert str(info.value) == message
+
+
+def test_bcrypt_hash_in_a_traefik_label_is_kept(load: Load) -> None:
+    stack = load("""
+        services:
+          proxy:
+            image: traefik:v3.0
+            deploy:
+              labels:
+                - "traefik.http.middlewares.auth.basicauth.users=admin:${HASH:-$2y$05$oZcjT6mmV5Ug4w.5Wq7bZe}"
+    """)
+    assert stack.services[0].labels == {
+        "traefik.http.middlewares.auth.basicauth.users": "admin:$2y$05$oZcjT6mmV5Ug4w.5Wq7bZe"}
+    assert stack.warnings == []
+    stack = load("services: {p: {image: a, deploy: {labels: {u: 'admin:${HASH:-$2y$05$oZ}'}}}}\n",
+                 environ={"HASH": "$1$x"})
+    assert stack.services[0].labels["u"] == "admin:$1$x"  # a set variable's value is used as is
 
 
 def test_unset_without_default_warns_once(load: Load) -> None:

@@ -265,4 +265,5 @@ def test_top_level_secret_file_is_made_absolute(load: Load, tmp_path: Path) -> N
 
 
 def test_missing_secret_file(fail: Fail) -> None:
-    assert "not found" in str(fail("services: {web: {image: a}}\nsecrets: {pw: {file: nope}}\n"))
+    """Refused by deploy (load_stack); ``stack config`` prints it (tests/compose/test_objects.py)."""
+    assert "no such file" in str(fail("services: {web: {image: a}}\nsecrets: {pw: {file: nope}}\n"))

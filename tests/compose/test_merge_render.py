@@ -12,7 +12,9 @@ from pyswarm.compose import ComposeError, load_stack, render_config
 
 Write = Callable[..., Path]
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
-SCHEMA = Path(__file__).resolve().parents[3] / "shared" / "compose-spec.json"
+# ../shared beside the checkout (/work/main), or beside the worktrees (/work/wt/BRANCH)
+SCHEMA = next((p / "shared" / "compose-spec.json" for p in Path(__file__).resolve().parents
+               if (p / "shared" / "compose-spec.json").is_file()), Path("/nonexistent/compose-spec.json"))
 
 
 def test_merge_rules(write: Write) -> None:

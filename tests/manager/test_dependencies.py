@@ -176,7 +176,13 @@ def test_file_targets() -> None:
 
 
 def test_size_limit() -> None:
-    with pytest.raises(UsageError, match="over the 500 KiB limit"):
+    """Swarm's 500 KB (500 * 1024 bytes), for `secret create` and `stack deploy` alike."""
+    assert objects.MAX_SIZE == 512_000
+    assert len(objects.decode_data("secret", "ok", b64(b"x" * objects.MAX_SIZE))) == objects.MAX_SIZE
+    message = r"secret big: larger than Swarm's 500 KB limit for a secret \(512,000 bytes\)"
+    with pytest.raises(UsageError, match=message):
         objects.decode_data("secret", "big", b64(b"x" * (objects.MAX_SIZE + 1)))
+    with pytest.raises(UsageError, match=message):  # refused on its length, not decoded
+        objects.decode_data("secret", "big", "A" * (1 << 20))
     with pytest.raises(UsageError, match="not valid base64"):
         objects.decode_data("secret", "bad", "***")
