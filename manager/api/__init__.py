@@ -7,6 +7,7 @@ marked ``@method("name", RequestType)``:
     nodes.py      node.ls/inspect/promote/demote/rm/update
     join.py       join.info, join, join_token   (JOIN_METHODS: the join port's)
     services.py   stack.deploy/ls/ps/rm, service.ls/ps/inspect/update/rollback/scale
+    service_admin.py  service.create/rm/progress, node.ps
     objects.py    secret.* and config.*
     networks.py   network.*
 
@@ -37,11 +38,12 @@ from .join import JOIN_METHODS, JoinApi
 from .networks import Networks
 from .nodes import Nodes
 from .objects import Objects
+from .service_admin import ServiceAdmin
 from .services import Services
 
 __all__ = ["Api", "JOIN_METHODS", "Method", "RESOURCES", "Resource", "Self"]
 
-RESOURCES: tuple[type[Resource], ...] = (ClusterApi, Nodes, JoinApi, Services, Objects, Networks)
+RESOURCES: tuple[type[Resource], ...] = (ClusterApi, Nodes, JoinApi, Services, ServiceAdmin, Objects, Networks)
 
 
 class Api:
