@@ -496,5 +496,35 @@ def pretty_node(node: Mapping[str, Any], self_id: str = "") -> str:
 __all__ = [
     "NODE_FIELDS", "SERVICE_FIELDS", "STACK_FIELDS", "TASK_FIELDS", "compile_template", "docker_node",
     "docker_service", "docker_stack", "docker_task", "header_name", "port_text", "pretty_node",
-    "pretty_service", "print_rows", "render", "since",
+    "pretty_service", "print_rows", "render", "since", "spec_diff",
 ]
+
+
+# -- stack deploy --dry-run -------------------------------------------------------------
+
+
+def _flatten(value: Any, path: str, out: dict[str, Any]) -> None:
+    if isinstance(value, Mapping) and value:
+        for k, v in value.items():
+            _flatten(v, f"{path}.{k}" if path else str(k), out)
+    else:
+        out[path] = value
+
+
+def spec_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The changed leaves of two specs, one ``path: old -> new`` line each
+    (lists compare whole: a port or mount list is shown as it becomes)."""
+    a: dict[str, Any] = {}
+    b: dict[str, Any] = {}
+    _flatten(old, "", a)
+    _flatten(new, "", b)
+    lines = []
+    for key in sorted(set(a) | set(b)):
+        if a.get(key, _MISSING) != b.get(key, _MISSING):
+            before = "(none)" if key not in a else json.dumps(a[key], sort_keys=True)
+            after = "(none)" if key not in b else json.dumps(b[key], sort_keys=True)
+            lines.append(f"{key}: {before} -> {after}")
+    return lines
+
+
+_MISSING = object()

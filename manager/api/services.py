@@ -190,6 +190,7 @@ class Services(Resource):
                 "image": s.spec.container.image, "stack": s.spec.stack,
                 "update_state": s.update_status.get("state", ""),
                 "update_message": s.update_status.get("message", ""),
+                "labels": s.spec.labels, "ports": s.spec.container.options.get("ports") or [],
             })
         return rows
 
@@ -316,6 +317,7 @@ def task_rows(snap: Snapshot, service_ids: set[str]) -> list[dict[str, Any]]:
             "desired_state": t.desired_state, "current_state": t.state.value,
             "since": t.state_since, "error": t.error, "message": t.message,
             "exit_code": t.exit_code, "ip": t.ip, "container_id": t.container_id,
+            "ports": t.spec.options.get("ports") or [],
         })
     return rows
 
