@@ -504,7 +504,7 @@ __all__ = [
 
 
 def _flatten(value: Any, path: str, out: dict[str, Any]) -> None:
-    if isinstance(value, Mapping) and value:
+    if isinstance(value, Mapping):  # an empty mapping has no leaves: {} -> {A: 1} is "A: (none) -> 1"
         for k, v in value.items():
             _flatten(v, f"{path}.{k}" if path else str(k), out)
     else:

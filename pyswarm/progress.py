@@ -181,7 +181,7 @@ class _Live:
         table = Table.grid(padding=(0, 2))
         for st in states:
             bar = ProgressBar(total=max(st.desired, 1), completed=st.running if st.desired else 1, width=30)
-            table.add_row(Text(st.name), bar, Text(f"{st.running}/{st.desired}"), Text(st.reason or st.status))
+            table.add_row(Text(st.name), bar, Text(f"{st.running}/{st.desired}"), Text(st.reason or st.status, no_wrap=True, overflow="ellipsis"))
         self.live.update(table, refresh=True)
 
 
