@@ -664,7 +664,7 @@ def update_spec(spec: ServiceSpec, args: argparse.Namespace) -> ServiceSpec:
     _update_map(deploy, "labels", args.label_rm, args.label_add, "--label-add")
     _update_map(svc, "sysctls", args.sysctl_rm, args.sysctl_add, "--sysctl-add")
     ports = [p for p in svc.get("ports") or []
-             if not any(_same_port(p, r) for x in args.publish_rm or [] for r in _port_targets(x))]
+             if not any(_same_port(p, r, "mode=" in x) for x in args.publish_rm or [] for r in _port_targets(x))]
     for x in args.publish_add or []:
         for new in parse_publish(x, "--publish-add"):
             ports = [p for p in ports if not _same_port(p, new)] + [new]
@@ -754,9 +754,11 @@ def _port_targets(text: str) -> list[dict[str, Any]]:
     return parse_publish(text, "--publish-rm")
 
 
-def _same_port(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+def _same_port(a: Mapping[str, Any], b: Mapping[str, Any], mode: bool = True) -> bool:
+    """One port for add/rm: target and protocol, and the publish mode when
+    ``mode`` (``--publish-rm 80`` removes port 80 whatever its mode)."""
     return (a.get("target") == b.get("target") and a.get("protocol", "tcp") == b.get("protocol", "tcp")
-            and a.get("mode", "ingress") == b.get("mode", "ingress"))
+            and (not mode or a.get("mode", "ingress") == b.get("mode", "ingress")))
 
 
 def _file_target(kind: str, ref: Mapping[str, Any]) -> str:

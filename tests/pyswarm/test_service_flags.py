@@ -196,7 +196,7 @@ def test_update_removes_then_adds() -> None:
     new = update(spec, (
         "--env-rm A --env-add B=9 --env-add C=3 --label-rm tier --label-add x=y "
         "--container-label-rm c --container-label-add d=4 "
-        "--publish-rm 80 --publish-add 8081:81 --publish-add published=9091,target=90,protocol=udp,mode=host "
+        "--publish-rm 80 --publish-rm 90/udp --publish-add 8081:81 --publish-add published=9091,target=90,protocol=udp,mode=host "
         "--mount-rm /data --mount-add type=volume,source=v2,target=/w "
         "--network-rm front --network-add extra "
         "--constraint-rm node.role==worker --constraint-add node.labels.zone==eu "
