@@ -337,6 +337,27 @@ def docker_stack(row: Row) -> Row:
     return {"Name": row["name"], "Services": row["services"], "Orchestrator": "Swarm"}
 
 
+def _stamp(ts: Any) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime(float(ts))) if ts else ""
+
+
+def _label_text(labels: Mapping[str, str] | None) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted((labels or {}).items()))
+
+
+def docker_object(row: Row) -> Row:
+    """A secret or config row as Docker's ``secret ls`` / ``config ls`` fields."""
+    return {"ID": row["id"], "Name": row["name"], "Driver": "", "CreatedAt": _stamp(row.get("created_at")),
+            "UpdatedAt": _stamp(row.get("updated_at")), "Labels": _label_text(row.get("labels"))}
+
+
+def docker_network(row: Row) -> Row:
+    """A ``network.ls`` row as Docker's ``network ls`` fields."""
+    return {"ID": row["id"][:12], "Name": row["name"], "Driver": row["driver"], "Scope": row["scope"],
+            "IPv6": False, "Internal": bool(row.get("internal")), "Labels": _label_text(row.get("labels")),
+            "CreatedAt": _stamp(row.get("created_at"))}
+
+
 # -- inspect --pretty -----------------------------------------------------------------
 
 
@@ -494,7 +515,8 @@ def pretty_node(node: Mapping[str, Any], self_id: str = "") -> str:
 
 
 __all__ = [
-    "NODE_FIELDS", "SERVICE_FIELDS", "STACK_FIELDS", "TASK_FIELDS", "compile_template", "docker_node",
+    "NODE_FIELDS", "SERVICE_FIELDS", "STACK_FIELDS", "TASK_FIELDS", "compile_template", "docker_network",
+    "docker_node", "docker_object",
     "docker_service", "docker_stack", "docker_task", "header_name", "port_text", "pretty_node",
     "pretty_service", "print_rows", "render", "since", "spec_diff",
 ]

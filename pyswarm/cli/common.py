@@ -7,11 +7,14 @@ at call time, so a test can replace it in one place).
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from pyswarm import config as cfg
 from pyswarm import listfilters, rpc
-from pyswarm.output import docker_task, print_rows, since
+from pyswarm.output import docker_task, print_rows, render, since
 
 FORMAT_HELP = ("table (default), json (a JSON array of pyswarm's rows, for scripts), or a Docker "
                "template: '{{.Name}}', '{{json .}}', 'table {{.ID}}\\t{{.Name}}'")
@@ -50,3 +53,21 @@ def task_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         ("DESIRED STATE", "desired_state"), ("CURRENT STATE", "current_display"), ("ERROR", "error_display"),
     ], drop=("current_display", "error_display", "id_display", "name_display"),
         fields=lambda r: docker_task(r, trunc), quiet="id_display" if getattr(args, "quiet", False) else None)
+
+
+def inspect_args(p: argparse.ArgumentParser, pretty: bool = False) -> None:
+    """``inspect``'s ``-f/--format`` (and ``--pretty`` where there is a pretty form)."""
+    if pretty:
+        p.add_argument("--pretty", action="store_true", help="print in a human-friendly format")
+    p.add_argument("-f", "--format", metavar="TEMPLATE", help="a Docker template over each object ({{.Name}})")
+
+
+def print_inspect(found: list[Any], args: argparse.Namespace,
+                  pretty: Callable[[Any], str] | None = None) -> None:
+    """JSON (Docker's default), ``--pretty``, or ``--format`` over each object."""
+    if pretty is not None and getattr(args, "pretty", False):
+        sys.stdout.write("\n".join(pretty(obj) for obj in found))
+    elif args.format:
+        render(args.format, found, sys.stdout)
+    else:
+        print(json.dumps(found, indent=2))

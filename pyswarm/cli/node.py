@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from typing import Any
 
 from pyswarm import listfilters
 from pyswarm.cli import common
-from pyswarm.cli.service import inspect_args
 from pyswarm.errors import UsageError
-from pyswarm.output import docker_node, pretty_node, print_rows, render
+from pyswarm.output import docker_node, pretty_node, print_rows
 
 
 def _node_ls(args: argparse.Namespace) -> int:
@@ -52,13 +49,8 @@ def _node_rm(args: argparse.Namespace) -> int:
 
 def _node_inspect(args: argparse.Namespace) -> int:
     found = [common.call("node.inspect", {"node": n}) for n in args.nodes]
-    if args.pretty:
-        me = next((r["id"] for r in common.call("node.ls") if r.get("self")), "")
-        print("\n".join(pretty_node(n, me) for n in found), end="")
-    elif args.format:
-        render(args.format, found, sys.stdout)
-    else:
-        print(json.dumps(found, indent=2))
+    me = next((r["id"] for r in common.call("node.ls") if r.get("self")), "") if args.pretty else ""
+    common.print_inspect(found, args, lambda n: pretty_node(n, me))
     return 0
 
 
@@ -98,7 +90,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_node_rm)
     p = node.add_parser("inspect", help="show nodes as JSON (or --pretty, or --format)")
     p.add_argument("nodes", nargs="+", metavar="NODE")
-    inspect_args(p)
+    common.inspect_args(p, pretty=True)
     p.set_defaults(func=_node_inspect)
     p = node.add_parser("update", help="change a node's availability or labels")
     p.add_argument("--availability", choices=["active", "pause", "drain"],

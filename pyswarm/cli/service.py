@@ -8,7 +8,6 @@ change converge (:mod:`pyswarm.progress`) unless ``-d/--detach``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -16,7 +15,7 @@ from pyswarm import listfilters, progress, service_flags
 from pyswarm.cli import common
 from pyswarm.errors import UsageError
 from pyswarm.models import ServiceSpec
-from pyswarm.output import docker_service, pretty_service, print_rows, render
+from pyswarm.output import docker_service, pretty_service, print_rows
 
 
 def poll(names: list[str]) -> list[dict[str, Any]]:
@@ -108,19 +107,9 @@ def _scale(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    found = [common.call("service.inspect", {"service": s}) for s in args.services]
-    if args.pretty:
-        print("\n".join(pretty_service(s) for s in found), end="")
-    elif args.format:
-        render(args.format, found, sys.stdout)
-    else:
-        print(json.dumps(found, indent=2))
+    common.print_inspect([common.call("service.inspect", {"service": s}) for s in args.services], args,
+                         pretty_service)
     return 0
-
-
-def inspect_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pretty", action="store_true", help="print in a human-friendly format")
-    p.add_argument("-f", "--format", metavar="TEMPLATE", help="a Docker template over each object ({{.Spec.Name}})")
 
 
 def register(sub: Any) -> None:
@@ -150,7 +139,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_scale)
     p = service.add_parser("inspect", help="show services as JSON (or --pretty, or --format)")
     p.add_argument("services", nargs="+", metavar="SERVICE")
-    inspect_args(p)
+    common.inspect_args(p, pretty=True)
     p.set_defaults(func=_inspect)
     p = service.add_parser("rollback", help="go back to the service's previous spec (per its rollback_config)")
     p.add_argument("service", metavar="SERVICE")

@@ -243,3 +243,20 @@ def test_a_closed_pipe_ends_quietly() -> None:
                           text=True, timeout=120)
     assert proc.stdout.startswith("ID "), proc.stdout
     assert proc.stderr == "", f"a closed pipe printed: {proc.stderr[-500:]}"
+
+
+def test_every_list_and_inspect_takes_a_template(fake: Fake, capsys: pytest.CaptureFixture[str]) -> None:
+    fake.answers["network.ls"] = [{"id": "n" * 25, "name": "front", "driver": "overlay", "scope": "swarm",
+                                   "stack": "", "labels": {"a": "b"}, "internal": True, "attachable": False,
+                                   "created_at": 0, "services": []}]
+    assert cli.main(["network", "ls", "--format", "{{.ID}} {{.Name}} {{.Driver}} {{.Scope}} {{.Internal}} {{.Labels}}"]) == 0
+    assert capsys.readouterr().out == "nnnnnnnnnnnn front overlay swarm true a=b\n"
+    fake.answers["secret.ls"] = [{"id": "s1", "name": "pw", "labels": {}, "created_at": 0, "updated_at": 0, "size": 3}]
+    assert cli.main(["secret", "ls", "--format", "{{.Name}}: {{.CreatedAt}}"]) == 0
+    assert capsys.readouterr().out == "pw: 1970-01-01 00:00:00 +0000 UTC\n"
+    fake.answers["config.inspect"] = {"id": "c1", "name": "conf", "labels": {}, "data": "eA=="}
+    assert cli.main(["config", "inspect", "--format", "{{.Name}} {{.Data}}", "conf"]) == 0
+    assert capsys.readouterr().out == "conf eA==\n"
+    fake.answers["node.inspect"] = {"id": "n1", "hostname": "w1", "status": "ready"}
+    assert cli.main(["node", "inspect", "-f", "{{.Hostname}} {{.Status}}", "w1"]) == 0
+    assert capsys.readouterr().out == "w1 ready\n"
