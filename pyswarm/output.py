@@ -338,7 +338,7 @@ def docker_stack(row: Row) -> Row:
 
 
 def _stamp(ts: Any) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime(float(ts))) if ts else ""
+    return time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime(float(ts))) if ts not in (None, "") else ""
 
 
 def _label_text(labels: Mapping[str, str] | None) -> str:
