@@ -35,6 +35,7 @@ from pyswarm.compose import deployspec as dc
 from pyswarm.compose.loader import _to_spec
 from pyswarm.compose.service import HANDLERS, MAX_NAME, SERVICE_NAME, ServiceChecker, command, environment, image
 from pyswarm.compose.source import Document
+from pyswarm.constraints import ConstraintError, check_spread_key
 from pyswarm.errors import UsageError
 from pyswarm.models import ServiceSpec
 
@@ -366,6 +367,10 @@ def parse_placement_pref(text: str, flag: str = "--placement-pref") -> dict[str,
     kind, eq, key = text.partition("=")
     if kind != "spread" or not eq or not key:
         raise UsageError(f"invalid {flag} {text!r}: expected spread=KEY (spread=node.labels.zone)")
+    try:
+        check_spread_key(key)
+    except ConstraintError as exc:
+        raise UsageError(f"invalid {flag} {text!r}: {exc}") from None
     return {"spread": key}
 
 

@@ -28,7 +28,7 @@ from .. import objects as stack_objects
 from .. import ops
 from ..store import Snapshot
 from .base import REFS, Resource, find_node, find_service, method
-from .services import task_rows
+from .services import check_placement, task_rows
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,9 @@ class ServiceProgress:
 
 def check_references(snap: Snapshot, spec: ServiceSpec) -> None:
     """Refuse a spec naming a network, secret or config that does not
-    exist, or publishing a port another service publishes."""
+    exist, publishing a port another service publishes, or placing by
+    constraints or preferences the scheduler cannot evaluate."""
+    check_placement(spec)
     known = {n.name for n in cluster_networks.all_networks(snap)}
     for attachment in spec.networks:
         target = str(attachment.get("target", ""))

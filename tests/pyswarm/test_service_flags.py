@@ -150,6 +150,7 @@ def test_no_healthcheck() -> None:
     ("--constraint node.colour==red busybox", "unknown constraint key 'node.colour'"),
     ("--constraint oops busybox", "expected KEY==VALUE"),
     ("--placement-pref pack=node.id busybox", "expected spread=KEY"),
+    ("--placement-pref spread=node.colour busybox", "invalid --placement-pref 'spread=node.colour'"),
     ("--ulimit nofile busybox", "expected NAME=SOFT"),
     ("--ulimit nofile=10:5 busybox", "soft limit 10 is above hard limit 5"),
     ("--sysctl nope busybox", "invalid --sysctl 'nope': expected KEY=VALUE"),
