@@ -46,7 +46,7 @@ Handler = Callable[[ServiceChecker, Any, Any], Any]
 REFUSED_CREATE: tuple[tuple[str, bool], ...] = (
     ("--credential-spec", True), ("--generic-resource", True), ("--group", True),
     ("--isolation", True), ("--max-concurrent", True), ("--no-resolve-image", False),
-    ("--oom-score-adj", True), ("--with-registry-auth", False), ("--cap-add-ambient", True),
+    ("--oom-score-adj", True), ("--with-registry-auth", False),
 )
 """Docker's ``service create`` flags pyswarm does not implement (name, takes a value)."""
 
