@@ -219,12 +219,11 @@ def test_every_flag_through_create_and_update_on_the_engine(lab: Any, objects: l
 
 def test_refused_flags_change_nothing(lab: Any) -> None:
     before = run(lab, "service", "ls", "-q").stdout
-    for args in (["service", "create", "--isolation", "hyperv", IMAGE], ["service", "create", "--colour", IMAGE],
-                 ["service", "create", "--restart-delay", "soon", IMAGE]):
-        res = run(lab, *args, check=False)
-        assert res.returncode in (1, 2) and "Traceback" not in res.stderr, res.stderr
-    assert "pyswarm does not support --isolation" in run(lab, "service", "create", "--isolation", "x", IMAGE,
-                                                         check=False).stderr
+    for args, said in ((["--isolation", "hyperv"], "pyswarm does not support --isolation"),
+                       (["--colour"], "unrecognized arguments: --colour"),
+                       (["--restart-delay", "soon"], "invalid --restart-delay 'soon'")):
+        res = run(lab, "service", "create", *args, IMAGE, check=False)
+        assert res.returncode in (1, 2) and said in res.stderr and "Traceback" not in res.stderr, res.stderr
     assert run(lab, "service", "ls", "-q").stdout == before
 
 
@@ -272,12 +271,22 @@ def test_progress_on_a_terminal_and_on_a_pipe(lab: Any) -> None:
         assert "\x1b" not in piped.stdout and lines[0] == "clip" and lines[-1] == "clip: 2/2 running: converged", lines
         assert all(re.fullmatch(r"clip: \d/2 running.*", line) for line in lines[1:]), lines
         assert len(lines) == len(set(lines)), f"a line repeated without a change: {lines}"
+        # --mode global: one task a node, watched on a pipe too
+        glob = subprocess.run(prefix + [exe, "service", "create", "--mode", "global", "--name", "clig", IMAGE,
+                                        "sh", "-c", SLEEP], env=env, capture_output=True, text=True, timeout=120)
+        n = len(lab.hosts)
+        assert glob.returncode == 0 and glob.stdout.splitlines()[-1] == f"clig: {n}/{n} running: converged", glob.stdout
+        assert sorted(t["node"] for t in tasks(lab, "clig")) == sorted(lab.hosts)
         # a closed pipe ends quietly
         closed = subprocess.run(prefix + ["sh", "-c", f"{exe} service ps clip clip clip | head -1"], env=env,
                                 capture_output=True, text=True, timeout=60)
         assert closed.stdout.startswith("ID") and closed.stderr == "", closed.stderr
     finally:
-        run(lab, "service", "rm", "clip", check=False)
+        run(lab, "service", "rm", "clip", "clig", check=False)
+        run(lab, "service", "rm", "clig", check=False)
+        wait_for(lambda: not any(lab.docker(h, "ps", "-aq", "--filter", "label=pyswarm.service.name=clip").stdout.strip()
+                                 or lab.docker(h, "ps", "-aq", "--filter", "label=pyswarm.service.name=clig").stdout.strip()
+                                 for h in lab.hosts), 60, "clip's and clig's containers gone")
 
 
 STACK_V1 = f"""
