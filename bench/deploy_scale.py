@@ -69,7 +69,7 @@ class Bench(LabBench):
         self.lab.pyswarm(self.manager, "stack", "deploy", "-c", self.stack_file(1), STACK)
         self.wait(lambda: self.running() == 1, "1 running")
         start = time.monotonic()
-        self.lab.pyswarm(self.manager, "service", "scale", f"{SERVICE}={REPLICAS}")
+        self.lab.pyswarm(self.manager, "service", "scale", "-d", f"{SERVICE}={REPLICAS}")
         self.wait(lambda: self.running() == REPLICAS, f"{REPLICAS} running")
         return time.monotonic() - start
 

@@ -158,10 +158,10 @@ class Bench(LabBench):
     # -- 100 replicas --------------------------------------------------------------------
 
     def place_100(self) -> float:
-        self.lab.pyswarm(self.manager, "service", "scale", f"{SERVICE}=0")
+        self.lab.pyswarm(self.manager, "service", "scale", "-d", f"{SERVICE}=0")
         self.wait(lambda: not self.running(), "0 running")
         start = time.monotonic()
-        self.lab.pyswarm(self.manager, "service", "scale", f"{SERVICE}=100")
+        self.lab.pyswarm(self.manager, "service", "scale", "-d", f"{SERVICE}=100")
         self.wait(lambda: len(self.running()) == 100, "100 running", timeout=300)
         return time.monotonic() - start
 

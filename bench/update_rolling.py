@@ -81,7 +81,7 @@ class Bench(LabBench):
     def update(self, round_no: int) -> float:
         version = self.api("service.inspect", {"service": SERVICE})["version"] + 1
         start = time.monotonic()
-        self.lab.pyswarm(self.manager, "service", "update", "--env-add", f"ROUND={round_no}", SERVICE)
+        self.lab.pyswarm(self.manager, "service", "update", "-d", "--env-add", f"ROUND={round_no}", SERVICE)
         self.wait(lambda: self.on_version(version), f"all {REPLICAS} on version {version}")
         return time.monotonic() - start
 

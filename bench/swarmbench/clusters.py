@@ -163,7 +163,7 @@ class Pyswarm(Orchestrator):
         self.cli("stack", "deploy", "-c", stack_file, stack, timeout=120)
 
     def scale(self, service: str, replicas: int) -> None:
-        self.cli("service", "scale", f"{service}={replicas}", timeout=120)
+        self.cli("service", "scale", "-d", f"{service}={replicas}", timeout=120)
 
     def remove(self, stack: str) -> None:
         self.cli("stack", "rm", stack, check=False, timeout=120)
@@ -177,7 +177,7 @@ class Pyswarm(Orchestrator):
     def write_probe(self, via: str, n: int) -> bool:
         # scaling a 0-replica service to 0 is still a committed write, and starts nothing
         try:
-            res = self.cli("service", "scale", "probe_idle=0", host=via, check=False, timeout=5)
+            res = self.cli("service", "scale", "-d", "probe_idle=0", host=via, check=False, timeout=5)
         except LabCommandError:  # timed out
             return False
         return res.returncode == 0

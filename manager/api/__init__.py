@@ -7,6 +7,8 @@ marked ``@method("name", RequestType)``:
     nodes.py      node.ls/inspect/promote/demote/rm/update
     join.py       join.info, join, join_token   (JOIN_METHODS: the join port's)
     services.py   stack.deploy/ls/ps/rm, service.ls/ps/inspect/update/rollback/scale
+    service_admin.py  service.create/rm/progress, node.ps
+    info.py       version
     objects.py    secret.* and config.*
     networks.py   network.*
 
@@ -33,15 +35,17 @@ from pyswarm.wire import parse
 from ..store import Store
 from .base import Method, Resource, Self
 from .cluster import ClusterApi
+from .info import InfoApi
 from .join import JOIN_METHODS, JoinApi
 from .networks import Networks
 from .nodes import Nodes
 from .objects import Objects
+from .service_admin import ServiceAdmin
 from .services import Services
 
 __all__ = ["Api", "JOIN_METHODS", "Method", "RESOURCES", "Resource", "Self"]
 
-RESOURCES: tuple[type[Resource], ...] = (ClusterApi, Nodes, JoinApi, Services, Objects, Networks)
+RESOURCES: tuple[type[Resource], ...] = (ClusterApi, InfoApi, Nodes, JoinApi, Services, ServiceAdmin, Objects, Networks)
 
 
 class Api:

@@ -59,6 +59,8 @@ class Nodes(Resource):
             "address": node.addr,
             "role": node.role.value,
             "status": node.status.value,
+            "labels": node.labels,
+            "engine_labels": node.engine_labels,
             "availability": node.availability.value,
             "manager_status": self.manager_status(node),
             "engine_version": node.engine_version,

@@ -54,6 +54,8 @@ class StackDeploy:
     networks: dict[str, Any] = field(default_factory=dict, metadata=rule(max_len=1000))
     secrets: list[StackObject] = field(default_factory=list, metadata=rule(max_len=10_000))
     configs: list[StackObject] = field(default_factory=list, metadata=rule(max_len=10_000))
+    prune: bool = False  # remove the stack's services the file no longer has
+    dry_run: bool = False  # answer what would change (with old and new specs), commit nothing
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,10 @@ class ServiceUpdate:
     env_rm: list[str] = field(default_factory=list, metadata=rule(max_len=10_000))
     replicas: int | None = field(default=None, metadata=rule(min=0, max=1_000_000))
     force: bool = False
+    # the whole new spec (service update's Docker flags, applied by the CLI to
+    # the spec it read at ``version``); the fields above are then not used
+    spec: ServiceSpec | None = None
+    version: int | None = field(default=None, metadata=rule(min=1))
 
 
 @dataclass(frozen=True)
@@ -118,8 +124,20 @@ class Services(Resource):
                     changed["version"] = old.version + 1
                 txn += [ops.expect("service", old.id, "version", old.version), ops.patch("service", old.id, **changed)]
                 report.append({"service": spec.name, "action": "updated", "id": old.id})
+                if req.dry_run:
+                    report[-1].update(old=old.spec.to_dict(), new=spec.to_dict())
             else:
                 report.append({"service": spec.name, "action": "unchanged", "id": old.id})
+            if req.dry_run and old is None:
+                report[-1]["image"] = spec.container.image
+        if req.prune:
+            keep = {spec.name for spec in specs}
+            for old in sorted(existing.values(), key=lambda s: s.name):
+                if old.spec.stack == stack and old.name not in keep:
+                    txn.append(ops.delete("service", old.id))
+                    report.append({"service": old.name, "action": "removed", "id": old.id})
+        if req.dry_run:
+            return report
         await self.store.commit(txn)
         return report
 
@@ -172,6 +190,7 @@ class Services(Resource):
                 "image": s.spec.container.image, "stack": s.spec.stack,
                 "update_state": s.update_status.get("state", ""),
                 "update_message": s.update_status.get("message", ""),
+                "labels": s.spec.labels, "ports": s.spec.container.options.get("ports") or [],
             })
         return rows
 
@@ -192,7 +211,18 @@ class Services(Resource):
         nothing changed; an update with no change resumes a paused one."""
         snap = self.snap()
         service = find_service(snap, req.service)
-        spec = _updated_spec(service, req)
+        if req.spec is not None:
+            from .service_admin import check_references
+
+            spec = req.spec
+            if req.version is not None and req.version != service.version:
+                raise UsageError(f"service {service.name} changed meanwhile (version {service.version}, "
+                                 f"not {req.version}): run the update again")
+            if (spec.name, spec.stack, spec.mode) != (service.spec.name, service.spec.stack, service.spec.mode):
+                raise UsageError(f"service {service.name}: an update cannot change the name, stack or mode")
+            check_references(snap, spec)
+        else:
+            spec = _updated_spec(service, req)
         now = time.time()
         changed: dict[str, Any] = {"updated_at": now}
         action = "unchanged"
@@ -287,6 +317,7 @@ def task_rows(snap: Snapshot, service_ids: set[str]) -> list[dict[str, Any]]:
             "desired_state": t.desired_state, "current_state": t.state.value,
             "since": t.state_since, "error": t.error, "message": t.message,
             "exit_code": t.exit_code, "ip": t.ip, "container_id": t.container_id,
+            "ports": t.spec.options.get("ports") or [],
         })
     return rows
 

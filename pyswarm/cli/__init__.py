@@ -16,23 +16,27 @@ module and list it in ``GROUPS``:
     service.py   service ls/ps/scale/inspect/update/rollback
     objects.py   secret and config
     network.py   network create/ls/inspect/rm
+    shell.py     version, completion, the hidden __complete; hides hidden commands
     common.py    call(), --format, the task table
+
+A closed pipe (``pyswarm service ps web | head``) ends the command quietly.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
 from pyswarm.errors import PyswarmError
 
-from . import cluster, network, node, objects, service, stack
+from . import cluster, network, node, objects, service, shell, stack
 
 Handler = Callable[[argparse.Namespace], int]
 
-GROUPS: tuple[ModuleType, ...] = (cluster, node, stack, service, objects, network)
+GROUPS: tuple[ModuleType, ...] = (cluster, node, stack, service, objects, network, shell)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,20 +48,38 @@ def build_parser() -> argparse.ArgumentParser:
     from pyswarm.deploy import lab
 
     lab.register_cli(sub)
+    shell.hide(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["__complete"]:  # the shell's TAB: the words may look like flags
+        return _quietly(lambda: shell.complete(build_parser(), words[1:]))
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(words)
     func: Handler = args.func
+    return _quietly(lambda: func(args))
+
+
+def _quietly(run: Callable[[], int]) -> int:
+    """Run a command: its errors as one line, Ctrl-C as 130, a closed pipe as silence."""
     try:
-        return func(args)
+        code = run()
+        sys.stdout.flush()
+        return code
     except PyswarmError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (`| head`): nothing more to say, and nothing
+        # left in the buffer for the interpreter to fail on at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141  # as a process that SIGPIPE ended
 
 
 if __name__ == "__main__":

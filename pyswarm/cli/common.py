@@ -7,11 +7,17 @@ at call time, so a test can replace it in one place).
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from pyswarm import config as cfg
-from pyswarm import rpc
-from pyswarm.output import print_rows, since
+from pyswarm import listfilters, rpc
+from pyswarm.output import docker_task, print_rows, render, since
+
+FORMAT_HELP = ("table (default), json (a JSON array of pyswarm's rows, for scripts), or a Docker "
+               "template: '{{.Name}}', '{{json .}}', 'table {{.ID}}\\t{{.Name}}'")
 
 
 def call(method: str, params: dict[str, Any] | None = None) -> Any:
@@ -19,19 +25,49 @@ def call(method: str, params: dict[str, Any] | None = None) -> Any:
 
 
 def format_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--format", choices=["table", "json"], default="table",
-                        help="table (default) or json: a JSON array of objects, for scripts")
+    parser.add_argument("--format", default="table", metavar="FORMAT", help=FORMAT_HELP)
 
 
-def task_table(rows: list[dict[str, Any]], fmt: str) -> None:
+def list_args(parser: argparse.ArgumentParser, filter_keys: tuple[str, ...], trunc: bool = False) -> None:
+    """``--format``, ``-q`` and ``--filter`` (and ``--no-trunc``) of a list."""
+    format_arg(parser)
+    parser.add_argument("-q", "--quiet", action="store_true", help="print the IDs only")
+    parser.add_argument("-f", "--filter", action="append", metavar="KEY=VALUE",
+                        help=f"keep the rows that match (keys: {', '.join(filter_keys)})")
+    if trunc:
+        parser.add_argument("--no-trunc", action="store_true", help="do not truncate IDs and errors")
+
+
+def task_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """``service ps``, ``stack ps`` and ``node ps``: Docker's columns and options."""
+    rows = listfilters.tasks(rows, listfilters.parse(getattr(args, "filter", None), listfilters.TASK_KEYS))
+    trunc = not getattr(args, "no_trunc", False)
     for row in rows:
         state = row["current_state"].capitalize()
         row["current_display"] = f"{state} {since(row['since'])}"
         row["error_display"] = row.get("error") or (row.get("message") if row["current_state"] in ("pending",) else "")
-        row["id_display"] = row["id"][:12]
+        row["id_display"] = row["id"][:12] if trunc else row["id"]
         row["name_display"] = row["name"] if row["desired_state"] == "running" else r"\_ " + row["name"]
-    print_rows(rows, fmt, [
+    print_rows(rows, args.format, [
         ("ID", "id_display"), ("NAME", "name_display"), ("IMAGE", "image"), ("NODE", "node"),
         ("DESIRED STATE", "desired_state"), ("CURRENT STATE", "current_display"), ("ERROR", "error_display"),
-    ], drop=("current_display", "error_display", "id_display", "name_display"))
+    ], drop=("current_display", "error_display", "id_display", "name_display"),
+        fields=lambda r: docker_task(r, trunc), quiet="id_display" if getattr(args, "quiet", False) else None)
 
+
+def inspect_args(p: argparse.ArgumentParser, pretty: bool = False) -> None:
+    """``inspect``'s ``-f/--format`` (and ``--pretty`` where there is a pretty form)."""
+    if pretty:
+        p.add_argument("--pretty", action="store_true", help="print in a human-friendly format")
+    p.add_argument("-f", "--format", metavar="TEMPLATE", help="a Docker template over each object ({{.Name}})")
+
+
+def print_inspect(found: list[Any], args: argparse.Namespace,
+                  pretty: Callable[[Any], str] | None = None) -> None:
+    """JSON (Docker's default), ``--pretty``, or ``--format`` over each object."""
+    if pretty is not None and getattr(args, "pretty", False):
+        sys.stdout.write("\n".join(pretty(obj) for obj in found))
+    elif args.format:
+        render(args.format, found, sys.stdout)
+    else:
+        print(json.dumps(found, indent=2))

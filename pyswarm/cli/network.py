@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from pyswarm.cli import common
-from pyswarm.output import print_rows
+from pyswarm.output import docker_network, print_rows
 
 
 def _network_create(args: argparse.Namespace) -> int:
@@ -24,12 +23,12 @@ def _network_ls(args: argparse.Namespace) -> int:
         row["services_display"] = len(row["services"])
     print_rows(rows, args.format, [("NETWORK ID", "id_display"), ("NAME", "name"), ("DRIVER", "driver"),
                                    ("SCOPE", "scope"), ("STACK", "stack"), ("SERVICES", "services_display")],
-               drop=("id_display", "services_display"))
+               drop=("id_display", "services_display"), fields=docker_network)
     return 0
 
 
 def _network_inspect(args: argparse.Namespace) -> int:
-    print(json.dumps([common.call("network.inspect", {"name": n}) for n in args.names], indent=2))
+    common.print_inspect([common.call("network.inspect", {"name": n}) for n in args.names], args)
     return 0
 
 
@@ -55,6 +54,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_network_ls)
     p = cmds.add_parser("inspect", help="show networks as JSON, with the services attached")
     p.add_argument("names", nargs="+", metavar="NETWORK")
+    common.inspect_args(p)
     p.set_defaults(func=_network_inspect)
     p = cmds.add_parser("rm", help="remove networks (refused while a service uses one)")
     p.add_argument("names", nargs="+", metavar="NETWORK")

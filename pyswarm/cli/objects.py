@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import sys
 from typing import Any
 
 from pyswarm.cli import common
 from pyswarm.errors import UsageError
-from pyswarm.output import print_rows, since
+from pyswarm.output import docker_object, print_rows, since
 
 
 def _object_create(args: argparse.Namespace) -> int:
@@ -42,12 +41,12 @@ def _object_ls(args: argparse.Namespace) -> int:
         row["id_display"] = row["id"][:12]
         row["created_display"] = since(row["created_at"])
     print_rows(rows, args.format, [("ID", "id_display"), ("NAME", "name"), ("CREATED", "created_display")],
-               drop=("id_display", "created_display"))
+               drop=("id_display", "created_display"), fields=docker_object)
     return 0
 
 
 def _object_inspect(args: argparse.Namespace) -> int:
-    print(json.dumps([common.call(f"{args.kind}.inspect", {"name": n}) for n in args.names], indent=2))
+    common.print_inspect([common.call(f"{args.kind}.inspect", {"name": n}) for n in args.names], args)
     return 0
 
 
@@ -73,6 +72,7 @@ def register(sub: Any) -> None:
         p.set_defaults(func=_object_ls, kind=kind)
         p = cmds.add_parser("inspect", help=f"show {kind}s as JSON" + (" (never the data)" if kind == "secret" else ""))
         p.add_argument("names", nargs="+", metavar=kind.upper())
+        common.inspect_args(p)
         p.set_defaults(func=_object_inspect, kind=kind)
         p = cmds.add_parser("rm", help=f"remove {kind}s (not while a service uses one)")
         p.add_argument("names", nargs="+", metavar=kind.upper())

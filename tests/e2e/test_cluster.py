@@ -94,7 +94,7 @@ def test_cluster_end_to_end(lab: Any, stack_file: Path) -> None:
     assert sum(per_host(lab).values()) == 3
 
     # scale to 5: spread 2/1/1/1 over the 4 nodes, on the hosts' engines
-    lab.pyswarm(manager, "service", "scale", f"{SERVICE}=5")
+    lab.pyswarm(manager, "service", "scale", "-d", f"{SERVICE}=5")
     tasks = wait_running(lab, 5)
     counts = wait_host_counts(lab, [2, 1, 1, 1])
     assert set(counts) == set(lab.hosts), counts
@@ -141,7 +141,7 @@ def test_cluster_end_to_end(lab: Any, stack_file: Path) -> None:
     assert history and history[0]["current_state"] in ("failed", "complete"), history
 
     # scale to 1: four containers gone from the hosts
-    lab.pyswarm(manager, "service", "scale", f"{SERVICE}=1")
+    lab.pyswarm(manager, "service", "scale", "-d", f"{SERVICE}=1")
     wait_running(lab, 1)
     wait_host_counts(lab, [1, 0, 0, 0])
 

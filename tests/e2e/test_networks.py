@@ -197,7 +197,7 @@ def test_networks_isolation_dns_and_published_ports(lab: Any, tmp_path: Path) ->
 
         # scale down: within a second every node's mesh has 2 backends
         before = time.monotonic()
-        lab.pyswarm(manager, "service", "scale", f"{STACK}_web=2")
+        lab.pyswarm(manager, "service", "scale", "-d", f"{STACK}_web=2")
         t0 = time.monotonic()  # the CLI's own start-up (~0.3 s) is not the cluster's
         wait_for(lambda: len(dns_a(lab.hosts[manager], f"web.{STACK}")) == 2, 10, "DNS with 2 addresses",
                  interval=0.05)

@@ -82,7 +82,7 @@ services:
     try:
         cli(lab, "node", "update", "--availability", "pause", "worker1")
         before = {t["id"] for t in running(lab, "drain_web") if t["node"] == "worker1"}
-        cli(lab, "service", "scale", "drain_web=6")
+        cli(lab, "service", "scale", "-d", "drain_web=6")
         wait_for(lambda: len(running(lab, "drain_web")) == 6, 60, "6 running replicas")
         now_on_1 = {t["id"] for t in running(lab, "drain_web") if t["node"] == "worker1"}
         assert now_on_1 == before, f"pause: worker1 kept {before}, has {now_on_1}"

@@ -90,7 +90,7 @@ services:
     try:
         wait_for(lambda: running_images(lab, service) == [IMAGE] * 4, 60, "4 replicas running",
                  observe=lambda: brief(tasks(lab, service)))
-        cli(lab, "service", "update", "--image", v2_tag, service)
+        cli(lab, "service", "update", "-d", "--image", v2_tag, service)
         most = 0
         samples = 0
         deadline = time.monotonic() + 90
@@ -141,7 +141,7 @@ services:
                      observe=lambda: brief(tasks(lab, svc)))
         before = {t["id"] for t in tasks(lab, rb) if t["current_state"] == "running"}
         for svc in (pause, rb):
-            cli(lab, "service", "update", "--image", MISSING, svc)
+            cli(lab, "service", "update", "-d", "--image", MISSING, svc)
 
         # failure_action pause: paused, naming the task; the other slot untouched
         st = wait_for(lambda: (s := status(lab, pause)).get("state") == "paused" and s, 60, f"{pause} paused",
@@ -163,7 +163,7 @@ services:
         assert before & {t["id"] for t in tasks(lab, rb) if t["current_state"] == "running"}
 
         # service rollback: the paused one back to its previous spec
-        assert cli(lab, "service", "rollback", pause).strip() == pause
+        assert cli(lab, "service", "rollback", "-d", pause).strip() == pause
         wait_for(lambda: status(lab, pause).get("state") == "rollback_completed", 60, f"{pause} rolled back",
                  observe=lambda: (status(lab, pause), brief(tasks(lab, pause))))
         wait_for(lambda: running_images(lab, pause) == [IMAGE] * 2, 30, f"{pause} back on {IMAGE}",
@@ -221,7 +221,7 @@ services:
         thread.start()
         try:
             time.sleep(2)  # requests flowing before the update (a baseline, not a wait for a condition)
-            cli(lab, "service", "update", "--image", v2_tag, service)
+            cli(lab, "service", "update", "-d", "--image", v2_tag, service)
             wait_for(lambda: status(lab, service).get("state") == "completed", 120, "the update to complete",
                      observe=lambda: (status(lab, service), brief(tasks(lab, service))))
             time.sleep(1)  # and requests after it
