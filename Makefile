@@ -8,7 +8,7 @@ PYSWARM := $(VENV)/bin/pyswarm
 PYTEST  := $(VENV)/bin/pytest
 APT_PACKAGES := docker.io openssh-server busybox-static iproute2 iptables ipset procps psmisc
 
-.PHONY: demo test deps venv lab-down lint clean bench
+.PHONY: demo test deps venv lab-down lint clean bench dist
 
 ## demo: a lab of 1 manager + 3 workers, the example stack, scaled, DNS shown
 demo: deps venv
@@ -26,6 +26,12 @@ bench: deps venv $(VENV)/.bench-installed
 $(VENV)/.bench-installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test,bench]'
 	touch $@
+
+## dist: pyswarm's wheel and sdist in $(DIST)/ (default dist/), what `pip install` puts on a host
+DIST ?= dist
+dist: venv
+	rm -f $(DIST)/pyswarm_orchestrator-*
+	$(PY) -m build --outdir $(DIST) .
 
 ## deps: the system packages (apt) that the lab and the agent need
 deps:
