@@ -544,22 +544,45 @@ class Lab:
         if survivors:
             raise LabError(f"{host}: these processes would not die: " + "; ".join(f"{p} {c}" for p, c in survivors.items()))
 
-    def start_daemons(self, host: str, timeout: float = START_TIMEOUT) -> None:
-        """Start ``host``'s sshd and dockerd again (after ``kill_host``) and
-        wait until both answer. A fresh keeper parents them (the one from
-        ``up`` takes no more requests); ``down`` kills it too."""
+    def stop_daemon(self, host: str, daemon: str, timeout: float = 30) -> None:
+        """Stop one of ``host``'s daemons ("sshd" or "dockerd") as its service
+        manager would (SIGTERM, then wait until it is gone)."""
+        h = self.host(host)
+        pid = h.pids.get(daemon)
+        if pid is None:
+            raise LabError(f"{host}: no {daemon} (daemons: {', '.join(h.pids) or 'none'})")
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while sysx.pid_alive(pid):
+            if time.monotonic() > deadline:
+                raise LabError(f"{host}: {daemon} (pid {pid}) still running {timeout:g}s after SIGTERM")
+            time.sleep(0.05)
+
+    def mask(self, host: str, path: str, present: bool = False) -> None:
+        """Make the file ``path`` absent inside ``host`` (``present=True``: back again)."""
+        self.host(host).mask(path, present)
+        self._save("up")
+
+    def start_daemons(self, host: str, timeout: float = START_TIMEOUT, only: Sequence[str] = ("sshd", "dockerd")) -> None:
+        """Start ``host``'s sshd and dockerd (or those in ``only``) again (after
+        ``kill_host`` or ``stop_daemon``) and wait until they answer. A fresh
+        keeper parents them (the one from ``up`` takes no more requests);
+        ``down`` kills it too."""
         h = self.host(host)
         if self._keeper_pid is not None:
             self._old_keepers.append(self._keeper_pid)
         self._start_keeper()
         try:
-            h.start_daemons(self._spawn)
+            h.start_daemons(self._spawn, only)
         finally:
             self._save("up")
             if self._keeper is not None:
                 self._keeper.stdin.close()  # it goes on reaping on its own
                 self._keeper.stdout.close()
-        h.wait_ready(time.monotonic() + timeout)
+        h.wait_ready(time.monotonic() + timeout, only)
 
     # ------------------------------------------------------------ down
 

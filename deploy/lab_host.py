@@ -17,7 +17,7 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ BARE_BINDS: tuple[tuple[str, str], ...] = (
 )
 USR_LOCAL_DIRS = ("bin", "etc", "games", "include", "lib", "man", "sbin", "share", "src")
 
+DAEMONS = ("sshd", "dockerd")
 STD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -78,6 +79,7 @@ class LabHost:
     pids: dict[str, int] = field(default_factory=dict)  # daemon -> pid
     bare: bool = False  # sees only the system's python3, sshd and dockerd (see Lab.up)
     hidden: list[str] = field(default_factory=list)  # machine paths covered by an empty tmpfs inside
+    masked: dict[str, list[str]] = field(default_factory=dict)  # directory -> names made absent (mask)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LabHost:
@@ -210,8 +212,8 @@ class LabHost:
         for kind, f in (("mnt", self.mnt_file), ("uts", self.uts_file), ("net", self.netns_file)):
             self.ns[kind] = os.stat(f).st_ino
 
-    def start_daemons(self, spawn: Callable[[list[str], Path, dict[str, str]], int]) -> None:
-        """Start sshd and dockerd inside the host through ``spawn`` (the lab's keeper)."""
+    def start_daemons(self, spawn: Callable[[list[str], Path, dict[str, str]], int], only: Sequence[str] = DAEMONS) -> None:
+        """Start sshd and dockerd (or those in ``only``) inside the host through ``spawn`` (the lab's keeper)."""
         sshd = ["/usr/sbin/sshd", "-D", "-e", "-f", "/etc/ssh/sshd_config"]
         dockerd = [
             "dockerd",
@@ -227,6 +229,8 @@ class LabHost:
         # the lab too) would otherwise try to pull every service image first.
         offline = {"DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1"}
         for daemon, argv in (("sshd", sshd), ("dockerd", dockerd)):
+            if daemon not in only:
+                continue
             # nsenter execs the daemon, so the pid is the daemon's
             self.pids[daemon] = spawn(self.nsenter() + argv, self.log(daemon), self.env(offline if daemon == "dockerd" else None))
 
@@ -245,12 +249,13 @@ class LabHost:
         env.update(extra or {})
         return env
 
-    def wait_ready(self, deadline: float) -> None:
-        """Wait until dockerd answers /_ping and sshd sends its banner."""
-        waiting: dict[str, Callable[[], bool]] = {
+    def wait_ready(self, deadline: float, only: Sequence[str] = DAEMONS) -> None:
+        """Wait until dockerd answers /_ping and sshd sends its banner (those in ``only``)."""
+        probes: dict[str, Callable[[], bool]] = {
             "dockerd": lambda: docker_ping(self.docker_sock),
             "sshd": lambda: ssh_banner(self.address),
         }
+        waiting = {d: p for d, p in probes.items() if d in only}
         while waiting:
             for daemon, probe in list(waiting.items()):
                 if probe():
@@ -263,6 +268,43 @@ class LabHost:
                 d = sorted(waiting)[0]
                 raise LabError(f"{self.name}: {d} not ready in time; last lines of {self.log(d)}:\n{tail(self.log(d))}")
             time.sleep(0.05)
+
+    def mask(self, path: str, present: bool = False) -> None:
+        """Make the file ``path`` absent inside the host (``present``: back again),
+        as on a machine without the package that ships it.
+
+        Not a bind of an empty file over it (that still exists, and a caller
+        probing with ``which`` or ``stat`` would see it): the host gets its own
+        copy of the directory — hard links to the machine's files, minus the
+        masked ones — bound over the directory in its mount namespace.
+        """
+        directory, name = os.path.split(path.rstrip("/"))
+        names = set(self.masked.get(directory, []))
+        names = names - {name} if present else names | {name}
+        copy = self.dir / "masked" / directory.strip("/").replace("/", "_")
+        if directory in self.masked:
+            run(self.nsenter() + ["umount", directory])
+        if copy.exists():
+            shutil.rmtree(copy)
+        if not names:
+            self.masked.pop(directory, None)
+            return
+        copy.mkdir(parents=True)
+        for entry in os.scandir(directory):
+            dst = copy / entry.name
+            if entry.name in names:
+                continue
+            if entry.is_symlink():
+                os.symlink(os.readlink(entry.path), dst)
+            elif entry.is_dir():
+                dst.mkdir()
+            elif entry.is_file():
+                try:
+                    os.link(entry.path, dst)
+                except OSError:
+                    shutil.copy2(entry.path, dst)
+        run(self.nsenter() + ["mount", "--bind", str(copy), directory])
+        self.masked[directory] = sorted(names)
 
     def status(self) -> dict[str, Any]:
         return {
