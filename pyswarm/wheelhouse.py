@@ -76,6 +76,15 @@ class Target:
         libc, version = platform.libc_ver()
         return cls(f"{sys.version_info[0]}.{sys.version_info[1]}", platform.machine(), "musl" if not libc else libc, version or "1.2")
 
+    @classmethod
+    def of_host(cls, host: dict[str, object]) -> Target:
+        """The target a preflight report's ``host`` facts describe (pyswarm/preflight.py)."""
+        python = ".".join(str(host.get("python", "")).split(".")[:2])
+        machine, libc, version = str(host.get("machine", "")), str(host.get("libc", "")), str(host.get("libc_version", ""))
+        if not re.fullmatch(r"3\.\d+", python) or not machine or libc not in ("glibc", "musl") or not re.fullmatch(r"\d+\.\d+", version):
+            raise WheelhouseError(f"no wheels for a host with Python {python or '?'} on {machine or '?'} with {libc or '?'} {version}")
+        return cls(python, machine, libc, version)
+
     @property
     def abi(self) -> str:
         return "cp" + self.python.replace(".", "")

@@ -37,6 +37,16 @@ def test_platform_tags_follow_the_targets_libc_and_cpu() -> None:
     assert Target("3.12", "aarch64").abi == "cp312"
 
 
+def test_target_of_a_preflight_report() -> None:
+    from pyswarm import preflight
+
+    host = preflight.gather()._asdict()
+    assert Target.of_host(host) == Target.local()
+    assert Target.of_host({"python": "3.12.1", "machine": "aarch64", "libc": "musl", "libc_version": "1.2"}).key == "cp312-musl1.2-aarch64"
+    with pytest.raises(wheelhouse.WheelhouseError, match="no wheels for a host with Python 2.7"):
+        Target.of_host({"python": "2.7.18", "machine": "x86_64", "libc": "glibc", "libc_version": "2.17"})
+
+
 def test_repack_makes_a_wheel_of_the_installed_files(tmp_path: Path) -> None:
     site = tmp_path / "site"
     pkg = site / "pyswarm"
