@@ -215,32 +215,76 @@ def _source_digest(checkout: Path) -> str:
 
 
 def repack(dist: metadata.Distribution, dest: Path) -> Path:
-    """A wheel made from an installed (pure-Python) distribution's files.
+    """A wheel made from an installed distribution's files, under the tags it was installed with.
 
     Console scripts are left out (pip writes them again from
-    entry_points.txt), as are byte-code and the installer's own records.
+    entry_points.txt), as are byte-code, files outside site-packages and the
+    installer's own records. Raises WheelhouseError when the distribution
+    has no RECORD (installed by something other than pip).
     """
     dest.mkdir(parents=True, exist_ok=True)
-    name = DISTRIBUTION.replace("-", "_")
+    name = re.sub(r"[-_.]+", "_", dist.metadata["Name"]).lower()
     version = dist.version
     info = f"{name}-{version}.dist-info"
-    skip = {f"{info}/{n}" for n in ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json")}
-    out = dest / f"{name}-{version}-py3-none-any.whl"
+    if not dist.files:
+        raise WheelhouseError(f"{dist.metadata['Name']} {version}: installed without a RECORD, cannot be repacked")
+    infos = {f.parts[0] for f in dist.files if f.parts and f.parts[0].endswith(".dist-info")}
+    src_info = next(iter(infos)) if len(infos) == 1 else info
+    skip = {f"{src_info}/{n}" for n in ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json")}
+    out = dest / f"{name}-{version}-{_tags(dist)}.whl"
     records: list[str] = []
     tmp = out.with_suffix(".tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for f in dist.files or []:
+        for f in dist.files:
             rel = f.as_posix()
             if rel.startswith("..") or "__pycache__" in rel or rel.endswith(".pyc") or rel in skip:
                 continue
             data = Path(str(f.locate())).read_bytes()
-            zf.writestr(rel, data)
+            arc = info + rel[len(src_info):] if rel.startswith(src_info + "/") else rel
+            zf.writestr(arc, data)
             digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-            records.append(f"{rel},sha256={digest},{len(data)}")
+            records.append(f"{arc},sha256={digest},{len(data)}")
         records.append(f"{info}/RECORD,,")
         zf.writestr(f"{info}/RECORD", "\n".join(records) + "\n")
     os.replace(tmp, out)
     return out
+
+
+def _tags(dist: metadata.Distribution) -> str:
+    """The compressed tag set (``py3-none-any``, ``cp311-cp311-manylinux_2_17_x86_64``) from WHEEL."""
+    lines = [ln.split(":", 1)[1].strip() for ln in (dist.read_text("WHEEL") or "").splitlines() if ln.startswith("Tag:")]
+    parts = [t.split("-") for t in lines if t.count("-") == 2]
+    if not parts:
+        return "py3-none-any"
+    return "-".join(".".join(dict.fromkeys(p[i] for p in parts)) for i in range(3))
+
+
+def installed_closure() -> list[metadata.Distribution]:
+    """pyswarm's installed dependencies, recursively, as this Python evaluates their markers."""
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # not installed beside pyswarm: pip's own copy
+        from pip._vendor.packaging.requirements import Requirement  # type: ignore[assignment]
+    seen: dict[str, metadata.Distribution] = {}
+    todo: list[tuple[str, frozenset[str]]] = [(DISTRIBUTION, frozenset())]
+    done: set[tuple[str, frozenset[str]]] = set()
+    while todo:
+        name, extras = todo.pop()
+        if (_norm(name), extras) in done:
+            continue
+        done.add((_norm(name), extras))
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            raise WheelhouseError(f"{name} (a dependency of pyswarm) is not installed here") from None
+        if _norm(name) != _norm(DISTRIBUTION):
+            seen[_norm(name)] = dist
+        for line in dist.requires or []:
+            req = Requirement(line)
+            envs = [{"extra": e} for e in sorted(extras | {""})]
+            if req.marker is None or any(req.marker.evaluate(env) for env in envs):
+                todo.append((req.name, frozenset(req.extras)))
+    return [seen[k] for k in sorted(seen)]
 
 
 def _ensure_deps(own: Path, target: Target, deps: Path, stamp: Path) -> None:
@@ -253,9 +297,13 @@ def _ensure_deps(own: Path, target: Target, deps: Path, stamp: Path) -> None:
     the one installed here, into a fresh directory.
     """
     requires = sorted(metadata.distribution(DISTRIBUTION).requires or [])
-    pins = _local_pins() if target == Target.local() else []
+    local = target == Target.local()
+    pins = _local_pins() if local else []
     want = json.dumps({"requires": requires, "pins": pins, "platforms": target.platforms()}, sort_keys=True)
     if stamp.exists() and stamp.read_text() == want and deps.is_dir():
+        return
+    if local and _repack_closure(deps):
+        stamp.write_text(want)
         return
     built = deps.parent / "built"  # pure wheels made from sdists
     built.mkdir(exist_ok=True)
@@ -285,6 +333,23 @@ def _ensure_deps(own: Path, target: Target, deps: Path, stamp: Path) -> None:
             shutil.rmtree(deps)
         shutil.copytree(fresh, deps)
     stamp.write_text(want)
+
+
+def _repack_closure(deps: Path) -> bool:
+    """For this machine as the target: wheels repacked from what is installed here
+    (no index, no download, exactly the versions the operator runs). False
+    when some dependency cannot be repacked; then pip download does it."""
+    with tempfile.TemporaryDirectory(dir=deps.parent) as tmp:
+        fresh = Path(tmp) / "wheels"
+        try:
+            for dist in installed_closure():
+                repack(dist, fresh)
+        except (WheelhouseError, OSError):
+            return False
+        if deps.exists():
+            shutil.rmtree(deps)
+        os.replace(fresh, deps)
+    return True
 
 
 def _build_pure(name: str, pins: list[str], deps: Path, tmp: Path) -> None:

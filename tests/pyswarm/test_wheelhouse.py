@@ -91,6 +91,29 @@ def test_wheelhouse_holds_pyswarm_and_every_dependency_for_this_machine(house: w
     assert again == house and sorted(again.directory.glob("*.whl")) == sorted(house.directory.glob("*.whl"))
 
 
+def test_this_machines_wheels_are_repacked_from_what_is_installed(house: wheelhouse.Wheelhouse) -> None:
+    """No index needed for this machine's Python and CPU: the exact versions installed here."""
+    shipped = {p.name.split("-")[0]: p.name.split("-")[1] for p in house.directory.glob("*.whl")}
+    for dist in wheelhouse.installed_closure():
+        name = dist.metadata["Name"].lower().replace("-", "_").replace(".", "_")
+        assert shipped.get(name) == dist.version, f"{name}: shipped {shipped.get(name)}, installed {dist.version}"
+    crypto = next(house.directory.glob("cryptography-*.whl"))
+    assert "x86_64" in crypto.name or "aarch64" in crypto.name, crypto.name
+    with zipfile.ZipFile(crypto) as zf:
+        assert any(n.endswith(".so") for n in zf.namelist()), "the binary wheel lost its extension module"
+
+
+def test_another_targets_wheels_come_from_the_index(tmp_path: Path) -> None:
+    """A host with another Python and CPU: binary wheels for it, pure ones built from sdists (pysyncobj)."""
+    other = Target("3.12", "aarch64", "glibc", "2.36")
+    house = wheelhouse.build(other, cache=tmp_path)
+    names = sorted(p.name for p in house.directory.glob("*.whl"))
+    assert any(n.startswith("cryptography-") and n.endswith("aarch64.whl") for n in names), names
+    assert any(n.startswith("pyyaml-") and "cp312" in n and "aarch64" in n for n in names), names
+    assert any(n.startswith("pysyncobj-") and n.endswith("py3-none-any.whl") for n in names), names
+    assert not any("x86_64" in n or "cp311-cp311" in n for n in names), names
+
+
 @pytest.mark.skipif(not Path(SYSTEM_PYTHON).exists(), reason=f"no {SYSTEM_PYTHON}")
 def test_make_dist_wheel_installs_offline_into_a_fresh_venv_and_runs(tmp_path: Path, house: wheelhouse.Wheelhouse) -> None:
     dist = tmp_path / "dist"
