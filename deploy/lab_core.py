@@ -39,6 +39,7 @@ DEFAULT_SUBNET = "10.250.0.0/24"
 REGISTRY = Path("/run/pyswarm-lab")
 MAX_MANAGERS = 9
 START_TIMEOUT = 90.0
+SYSTEM_PYTHON = "/usr/bin/python3"  # what a bare host has (Debian's)
 
 Progress = Callable[[str], None]
 
@@ -192,6 +193,8 @@ class Lab:
         sysx.check_root_and_tools()
         if bare and cluster:
             raise LabError("bare lab hosts have no pyswarm to init or join: add --no-cluster (cluster=False)")
+        if bare:
+            _check_system_python()
         if not 1 <= managers <= MAX_MANAGERS:
             raise LabError(f"--managers {managers}: between 1 and {MAX_MANAGERS}")
         if workers < 0 or 20 + workers > self.subnet.num_addresses - 2:
@@ -732,6 +735,13 @@ class _Keeper:
     pid: int
     stdin: TextIO
     stdout: TextIO
+
+
+def _check_system_python() -> None:
+    """Bare hosts offer only the system's python3: it must make venvs (Debian: python3-venv)."""
+    res = sysx.run([SYSTEM_PYTHON, "-c", "import venv, ensurepip"], check=False)
+    if res.returncode != 0:
+        raise LabError(f"bare lab hosts need {SYSTEM_PYTHON} with venv: apt install python3-venv ({res.stderr.strip()[-200:]})")
 
 
 def _cwd() -> str:

@@ -70,6 +70,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "systemctl": ("systemd", WHERE_PRESENT),
     # tests and lab scripts
     "sh": ("dash", ESSENTIAL),
+    "bash": ("bash", ESSENTIAL),
     "cat": ("coreutils", ESSENTIAL),
     "rm": ("coreutils", ESSENTIAL),
     "test": ("coreutils", ESSENTIAL),
