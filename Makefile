@@ -6,9 +6,13 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PYSWARM := $(VENV)/bin/pyswarm
 PYTEST  := $(VENV)/bin/pytest
-APT_PACKAGES := docker.io openssh-server busybox-static iproute2 iptables ipset procps psmisc
+# Every command the code runs comes from one of these; deploy/lab_sys.py TOOLS says
+# which package gives which command, and tests/deploy/test_tools.py checks both agree.
+APT_PACKAGES := docker.io openssh-server openssh-client busybox-static iproute2 iptables ipset mount \
+                python3-venv make procps psmisc
+BENCH_APT_PACKAGES := dnsperf dnsmasq-base bind9-dnsutils wrk curl git
 
-.PHONY: demo test deps venv lab-down lint clean bench
+.PHONY: demo test deps bench-deps venv lab-down lint clean bench dist
 
 ## demo: a lab of 1 manager + 3 workers, the example stack, scaled, DNS shown
 demo: deps venv
@@ -20,20 +24,35 @@ test: deps venv
 
 ## bench: pyswarm against Docker Swarm on a lab of its own (root; all scenarios take ~30 min;
 ##        ONLY=deploy,scale,failure,failover,update,dns,footprint for some, ROUNDS=N, default 3)
-bench: deps venv $(VENV)/.bench-installed
+bench: deps bench-deps venv $(VENV)/.bench-installed
 	$(PY) bench/swarm_vs_pyswarm.py $(if $(ONLY),--only $(ONLY)) $(if $(ROUNDS),--rounds $(ROUNDS))
 
 $(VENV)/.bench-installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test,bench]'
 	touch $@
 
-## deps: the system packages (apt) that the lab and the agent need
+## dist: pyswarm's wheel and sdist in $(DIST)/ (default dist/), what `pip install` puts on a host
+DIST ?= dist
+dist: venv
+	rm -f $(DIST)/pyswarm_orchestrator-*
+	$(PY) -m build --outdir $(DIST) .
+
+## deps: the system packages (apt) that the lab, the agent and the tests need
 deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	@$(call apt_install,$(APT_PACKAGES))
+
+## bench-deps: what the benchmarks run besides (dnsperf, dnsmasq, dig, wrk, curl, git)
+bench-deps:
+	@$(call apt_install,$(BENCH_APT_PACKAGES))
+
+# install the Debian packages in $(1) that are not installed yet
+define apt_install
+missing=""; for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+if [ -n "$$missing" ]; then \
+  echo "installing:$$missing"; \
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+fi
+endef
 
 ## venv: pyswarm and its Python dependencies, in $(VENV)
 venv: $(VENV)/.installed

@@ -39,6 +39,8 @@ def register_cli(sub: Any) -> None:
     up.add_argument("--managers", type=int, default=1, metavar="M", help="manager hosts (default 1)")
     up.add_argument("--workers", type=int, default=3, metavar="W", help="worker hosts (default 3)")
     up.add_argument("--no-cluster", dest="cluster", action="store_false", help="only the hosts: skip pyswarm init/join")
+    up.add_argument("--bare", action="store_true",
+                    help="hosts like fresh VMs: only the system's python3, sshd and dockerd, no pyswarm (needs --no-cluster)")
     up.set_defaults(func=_up)
 
     down = lab_sub.add_parser("down", help="remove the lab: namespaces, processes, bridge, mounts, files")
@@ -47,6 +49,9 @@ def register_cli(sub: Any) -> None:
     status = lab_sub.add_parser("status", help="hosts, addresses, and whether sshd and dockerd answer")
     status.add_argument("--format", choices=["table", "json"], default="table")
     status.set_defaults(func=_status)
+
+    sc = lab_sub.add_parser("ssh-config", help="print the path of an OpenSSH config with one Host entry per lab host")
+    sc.set_defaults(func=_ssh_config)
 
     ex = lab_sub.add_parser("exec", help="run a command inside a lab host: lab exec HOST -- CMD …")
     ex.add_argument("host")
@@ -62,13 +67,22 @@ def _up(args: argparse.Namespace) -> int:
     check_root_and_tools()
     lab = Lab(default_dir())
     t0 = time.monotonic()
-    lab.up(args.managers, args.workers, cluster=args.cluster, progress=_progress)
+    lab.up(args.managers, args.workers, cluster=args.cluster, progress=_progress, bare=args.bare)
     _print_table(lab.status())
     print(f"\nlab up in {time.monotonic() - t0:.1f}s; image {IMAGE} is in every host's engine")
     first = lab.managers[0]
     print(f"try:  pyswarm lab exec {first} -- docker run --rm {IMAGE} hostname")
     if lab.cluster:
         print(f"      pyswarm lab exec {first} -- pyswarm node ls")
+    print(f"      ssh -F $(pyswarm lab ssh-config) {first} hostname")
+    return 0
+
+
+def _ssh_config(args: argparse.Namespace) -> int:
+    lab = Lab.current()
+    if not lab.ssh_config.is_file():
+        raise LabError(f"the lab in {lab.dir} has no SSH config yet (is it still coming up?)")
+    print(lab.ssh_config)
     return 0
 
 

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from pyswarm.deploy import lab_ssh
 from pyswarm.deploy import lab_sys as sysx
-from pyswarm.deploy.lab_host import FILE_BINDS, HOST_BINDS, LabHost
+from pyswarm.deploy.lab_host import BARE_BINDS, FILE_BINDS, HOST_BINDS, LabHost
 from pyswarm.deploy.lab_image import IMAGE, build_rootfs_tar, import_image
 from pyswarm.deploy.lab_sys import LabCommandError, LabError
 
@@ -38,6 +39,7 @@ DEFAULT_SUBNET = "10.250.0.0/24"
 REGISTRY = Path("/run/pyswarm-lab")
 MAX_MANAGERS = 9
 START_TIMEOUT = 90.0
+SYSTEM_PYTHON = "/usr/bin/python3"  # what a bare host has (Debian's)
 
 Progress = Callable[[str], None]
 
@@ -77,6 +79,7 @@ class Lab:
         self.name = name
         self.subnet = net
         self.cluster = False
+        self.bare = False
         self.join_command: str | None = None
         self._hosts: dict[str, LabHost] = {}
         self._created_mountpoints: list[str] = []
@@ -103,6 +106,11 @@ class Lab:
     @property
     def state_file(self) -> Path:
         return self.dir / "state.json"
+
+    @property
+    def ssh_config(self) -> Path:
+        """The operator's OpenSSH config for this lab (``pyswarm lab ssh-config``)."""
+        return lab_ssh.config_path(self.dir)
 
     @property
     def bridge(self) -> str:
@@ -149,6 +157,7 @@ class Lab:
         self._keeper_pid = data.get("keeper_pid")
         self._old_keepers = data.get("old_keeper_pids", [])
         self.cluster = data.get("cluster", False)
+        self.bare = data.get("bare", False)
         self.join_command = data.get("join_command")
 
     def _save(self, phase: str) -> None:
@@ -159,6 +168,7 @@ class Lab:
                 "bridge": self.bridge,
                 "phase": phase,
                 "cluster": self.cluster,
+                "bare": self.bare,
                 "join_command": self.join_command,
                 "created_mountpoints": self._created_mountpoints,
                 "iptables": self._iptables,
@@ -172,9 +182,19 @@ class Lab:
 
     # ------------------------------------------------------------ up
 
-    def up(self, managers: int = 1, workers: int = 3, cluster: bool = True, progress: Progress = _quiet) -> None:
-        """Bring up a fresh lab (tearing down any lab already in this directory)."""
+    def up(self, managers: int = 1, workers: int = 3, cluster: bool = True, progress: Progress = _quiet, bare: bool = False) -> None:
+        """Bring up a fresh lab (tearing down any lab already in this directory).
+
+        ``bare`` hosts see only the system's python3, sshd and dockerd: their
+        own empty /opt and /usr/local, their own /root, and an empty tmpfs
+        over this machine's pyswarm (checkout, venv, the Python running it),
+        as fresh VMs would be. They have no pyswarm, so no cluster either.
+        """
         sysx.check_root_and_tools()
+        if bare and cluster:
+            raise LabError("bare lab hosts have no pyswarm to init or join: add --no-cluster (cluster=False)")
+        if bare:
+            _check_system_python()
         if not 1 <= managers <= MAX_MANAGERS:
             raise LabError(f"--managers {managers}: between 1 and {MAX_MANAGERS}")
         if workers < 0 or 20 + workers > self.subnet.num_addresses - 2:
@@ -184,7 +204,7 @@ class Lab:
             self.down(progress)
         self._check_conflicts()
         started = time.monotonic()
-        self._plan(managers, workers)
+        self._plan(managers, workers, bare)
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
         self._save("starting")
@@ -196,12 +216,14 @@ class Lab:
             self._make_network()
             progress(f"network: bridge {self.bridge} {self.bridge_addr}/{self.subnet.prefixlen}, {len(self._hosts)} hosts")
             rootfs = build_rootfs_tar(self.dir / "image" / "rootfs.tar")
+            operator_key = lab_ssh.make_operator_key(self.dir)
             deadline = time.monotonic() + START_TIMEOUT
             with ThreadPoolExecutor(max_workers=min(8, len(self._hosts))) as pool:
-                futures = [pool.submit(self._bring_up_host, h, rootfs, deadline, progress) for h in self._hosts.values()]
+                futures = [pool.submit(self._bring_up_host, h, rootfs, deadline, progress, operator_key) for h in self._hosts.values()]
                 errors = [str(f.exception()) for f in futures if f.exception() is not None]
             if errors:
                 raise LabError("lab up failed:\n" + "\n".join(errors))
+            lab_ssh.write_config(self.dir, [(h.name, h.address, h.private("/etc/ssh/ssh_host_ed25519_key.pub")) for h in self._hosts.values()])
             self._save("hosts-up")
             progress(f"hosts up in {time.monotonic() - started:.1f}s")
             if cluster:
@@ -217,10 +239,12 @@ class Lab:
                 self._keeper.stdout.close()
         progress(f"lab up in {time.monotonic() - started:.1f}s")
 
-    def _plan(self, managers: int, workers: int) -> None:
+    def _plan(self, managers: int, workers: int, bare: bool = False) -> None:
         base = self.subnet.network_address
         hosts = [("manager", i, 10 + i) for i in range(1, managers + 1)] + [("worker", i, 20 + i) for i in range(1, workers + 1)]
         self._hosts = {}
+        self.bare = bare
+        hidden = lab_ssh.operator_paths([t for t, _ in BARE_BINDS], [self.dir]) if bare else []
         for role, i, index in hosts:
             name = f"{role}{i}"
             self._hosts[name] = LabHost(
@@ -233,6 +257,8 @@ class Lab:
                 cgroup=f"{self.name}-{name}",
                 home=str(self.dir / "hosts" / name),
                 ns_dir=str(self.ns_dir),
+                bare=bare,
+                hidden=hidden,
             )
         self.cluster = False
         self.join_command = None
@@ -317,7 +343,7 @@ class Lab:
         They stay empty in the root namespace; the last lab down removes them.
         """
         made: list[str] = []
-        for target, _name in HOST_BINDS:
+        for target, _name in (BARE_BINDS + HOST_BINDS) if self.bare else HOST_BINDS:
             p = Path(target)
             if p.exists():
                 continue
@@ -357,9 +383,9 @@ class Lab:
     def _tag(self) -> str:
         return f"pyswarm-lab:{self.name}"
 
-    def _bring_up_host(self, h: LabHost, rootfs: Path, deadline: float, progress: Progress) -> None:
+    def _bring_up_host(self, h: LabHost, rootfs: Path, deadline: float, progress: Progress, operator_key: str) -> None:
         t0 = time.monotonic()
-        h.prepare_files(list(self._hosts.values()), self.bridge_addr)
+        h.prepare_files(list(self._hosts.values()), self.bridge_addr, operator_key)
         h.make_mount_uts_ns()
         self._save("starting")
         h.start_daemons(self._spawn)
@@ -459,7 +485,7 @@ class Lab:
             if input is not None:
                 inp.write(input.encode())
                 inp.seek(0)
-            proc = subprocess.Popen(h.nsenter(cwd or _cwd()) + argv, stdin=inp, stdout=out, stderr=err, env=h.env(env), start_new_session=True)
+            proc = subprocess.Popen(h.nsenter(cwd or self._cwd(h)) + argv, stdin=inp, stdout=out, stderr=err, env=h.env(env), start_new_session=True)
             try:
                 rc = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -487,13 +513,20 @@ class Lab:
         return self.exec(host, ["docker", *args], **kw)
 
     def pyswarm(self, host: str, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
-        """The pyswarm CLI run inside ``host``, as an operator on that host would."""
-        return self.exec(host, [pyswarm_executable(), *args], **kw)
+        """The pyswarm CLI run inside ``host``, as an operator on that host would
+        (on a bare host, the one installed there, found on PATH)."""
+        return self.exec(host, ["pyswarm" if self.host(host).bare else pyswarm_executable(), *args], **kw)
 
     def exec_argv(self, host: str) -> tuple[list[str], dict[str, str]]:
         """The argv prefix and environment that enter ``host`` (for the CLI's exec)."""
         h = self.host(host)
-        return h.nsenter(_cwd()), h.env()
+        return h.nsenter(self._cwd(h)), h.env()
+
+    @staticmethod
+    def _cwd(h: LabHost) -> str:
+        """Where commands start in ``h``: our directory (the hosts share the
+        filesystem), but root's home on a bare host, which may not see it."""
+        return "/root" if h.bare else _cwd()
 
     def status(self) -> list[dict[str, Any]]:
         return [h.status() for h in self._hosts.values()]
@@ -514,22 +547,45 @@ class Lab:
         if survivors:
             raise LabError(f"{host}: these processes would not die: " + "; ".join(f"{p} {c}" for p, c in survivors.items()))
 
-    def start_daemons(self, host: str, timeout: float = START_TIMEOUT) -> None:
-        """Start ``host``'s sshd and dockerd again (after ``kill_host``) and
-        wait until both answer. A fresh keeper parents them (the one from
-        ``up`` takes no more requests); ``down`` kills it too."""
+    def stop_daemon(self, host: str, daemon: str, timeout: float = 30) -> None:
+        """Stop one of ``host``'s daemons ("sshd" or "dockerd") as its service
+        manager would (SIGTERM, then wait until it is gone)."""
+        h = self.host(host)
+        pid = h.pids.get(daemon)
+        if pid is None:
+            raise LabError(f"{host}: no {daemon} (daemons: {', '.join(h.pids) or 'none'})")
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while sysx.pid_alive(pid):
+            if time.monotonic() > deadline:
+                raise LabError(f"{host}: {daemon} (pid {pid}) still running {timeout:g}s after SIGTERM")
+            time.sleep(0.05)
+
+    def mask(self, host: str, path: str, present: bool = False) -> None:
+        """Make the file ``path`` absent inside ``host`` (``present=True``: back again)."""
+        self.host(host).mask(path, present)
+        self._save("up")
+
+    def start_daemons(self, host: str, timeout: float = START_TIMEOUT, only: Sequence[str] = ("sshd", "dockerd")) -> None:
+        """Start ``host``'s sshd and dockerd (or those in ``only``) again (after
+        ``kill_host`` or ``stop_daemon``) and wait until they answer. A fresh
+        keeper parents them (the one from ``up`` takes no more requests);
+        ``down`` kills it too."""
         h = self.host(host)
         if self._keeper_pid is not None:
             self._old_keepers.append(self._keeper_pid)
         self._start_keeper()
         try:
-            h.start_daemons(self._spawn)
+            h.start_daemons(self._spawn, only)
         finally:
             self._save("up")
             if self._keeper is not None:
                 self._keeper.stdin.close()  # it goes on reaping on its own
                 self._keeper.stdout.close()
-        h.wait_ready(time.monotonic() + timeout)
+        h.wait_ready(time.monotonic() + timeout, only)
 
     # ------------------------------------------------------------ down
 
@@ -679,6 +735,13 @@ class _Keeper:
     pid: int
     stdin: TextIO
     stdout: TextIO
+
+
+def _check_system_python() -> None:
+    """Bare hosts offer only the system's python3: it must make venvs (Debian: python3-venv)."""
+    res = sysx.run([SYSTEM_PYTHON, "-c", "import venv, ensurepip"], check=False)
+    if res.returncode != 0:
+        raise LabError(f"bare lab hosts need {SYSTEM_PYTHON} with venv: apt install python3-venv ({res.stderr.strip()[-200:]})")
 
 
 def _cwd() -> str:

@@ -13,10 +13,11 @@ each path a real host owns over the shared one.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,13 +43,23 @@ HOST_BINDS: tuple[tuple[str, str], ...] = (
     ("/run", "run"),
 )
 FILE_BINDS = {"/etc/hosts", "/root/.bashrc"}
+# A bare host (``lab up --bare``) also owns these, bound before HOST_BINDS (which
+# go over /root): an empty /opt and /usr/local, and a home with no pyenv in it.
+BARE_BINDS: tuple[tuple[str, str], ...] = (
+    ("/root", "root-home"),
+    ("/opt", "opt"),
+    ("/usr/local", "usr-local"),
+)
+USR_LOCAL_DIRS = ("bin", "etc", "games", "include", "lib", "man", "sbin", "share", "src")
 
+DAEMONS = ("sshd", "dockerd")
 STD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def host_path() -> str:
-    """PATH inside a host: this installation's scripts first, like a host where pyswarm is installed."""
-    return f"{Path(sys.executable).parent}:{STD_PATH}"
+def host_path(bare: bool = False) -> str:
+    """PATH inside a host: this installation's scripts first, like a host where pyswarm is
+    installed; on a bare host only the system's directories."""
+    return STD_PATH if bare else f"{Path(sys.executable).parent}:{STD_PATH}"
 
 
 @dataclass
@@ -66,6 +77,9 @@ class LabHost:
     ns_dir: str
     ns: dict[str, int] = field(default_factory=dict)  # kind -> namespace inode, once made
     pids: dict[str, int] = field(default_factory=dict)  # daemon -> pid
+    bare: bool = False  # sees only the system's python3, sshd and dockerd (see Lab.up)
+    hidden: list[str] = field(default_factory=list)  # machine paths covered by an empty tmpfs inside
+    masked: dict[str, list[str]] = field(default_factory=dict)  # directory -> names made absent (mask)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LabHost:
@@ -92,9 +106,14 @@ class LabHost:
     def uts_file(self) -> Path:
         return Path(self.ns_dir) / f"{self.name}.uts"
 
+    @property
+    def binds(self) -> tuple[tuple[str, str], ...]:
+        """(path inside, private copy) in mount order."""
+        return (BARE_BINDS + HOST_BINDS) if self.bare else HOST_BINDS
+
     def private(self, inside: str) -> Path:
-        """The machine path of the host's private copy of ``inside``."""
-        for target, name in HOST_BINDS:
+        """The machine path of the host's private copy of ``inside`` (the deepest bind holding it)."""
+        for target, name in sorted(self.binds, key=lambda b: len(b[0]), reverse=True):
             if inside == target or inside.startswith(target + "/"):
                 return self.dir / name / inside[len(target) :].lstrip("/")
         raise KeyError(inside)
@@ -123,12 +142,23 @@ class LabHost:
 
     # ------------------------------------------------------------ bring-up
 
-    def prepare_files(self, all_hosts: list[LabHost], bridge_addr: str) -> None:
-        """Write the host's private copies: sshd config and fresh host key, etc."""
+    def prepare_files(self, all_hosts: list[LabHost], bridge_addr: str, operator_key: str = "") -> None:
+        """Write the host's private copies: sshd config and fresh host key, etc.
+
+        ``operator_key`` (a public key) goes into root's authorized_keys: the
+        key of the lab's SSH config (``pyswarm lab ssh-config``).
+        """
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), keep_trailing_newline=True, autoescape=False)
-        for target, name in HOST_BINDS:
+        for target, name in self.binds:
             if target not in FILE_BINDS:
                 (self.dir / name).mkdir(parents=True, exist_ok=True)
+        if self.bare:
+            os.chmod(self.dir / "root-home", 0o700)
+            for sub in USR_LOCAL_DIRS:
+                (self.dir / "usr-local" / sub).mkdir(exist_ok=True)
+            for mountpoint in (".ssh", ".bashrc"):  # where HOST_BINDS go inside the private home
+                p = self.dir / "root-home" / mountpoint
+                p.touch() if mountpoint == ".bashrc" else p.mkdir(mode=0o700, exist_ok=True)
         (self.dir / "log").mkdir(exist_ok=True)
         (self.dir / "docker").mkdir(exist_ok=True)
         os.chmod(self.dir / "root-ssh", 0o700)
@@ -138,7 +168,7 @@ class LabHost:
         for shared in ("moduli", "ssh_config"):
             if Path("/etc/ssh", shared).is_file():
                 shutil.copy(Path("/etc/ssh", shared), etc_ssh / shared)
-        (etc_ssh / "sshd_config").write_text(env.get_template("lab_sshd_config.j2").render(host=self.name, path=host_path()))
+        (etc_ssh / "sshd_config").write_text(env.get_template("lab_sshd_config.j2").render(host=self.name, path=host_path(self.bare)))
         key = etc_ssh / "ssh_host_ed25519_key"
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{self.name}", "-f", str(key)])
         (self.private("/etc/docker") / "daemon.json").write_text(env.get_template("lab_daemon.json.j2").render())
@@ -147,6 +177,11 @@ class LabHost:
         hosts.append(f"{bridge_addr}\tlab-gateway")
         self.private("/etc/hosts").write_text("\n".join(hosts) + "\n")
         self.private("/root/.bashrc").write_text("# a lab host: the machine's ~/.bashrc is not run here\n")
+        if operator_key:
+            keys = self.private("/root/.ssh/authorized_keys")
+            fd = os.open(keys, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            with os.fdopen(fd, "a") as fh:
+                fh.write(operator_key.strip() + "\n")
 
     def make_mount_uts_ns(self) -> None:
         """Create the persistent mount and UTS namespaces and set up the host's view.
@@ -157,7 +192,9 @@ class LabHost:
         """
         for f in (self.mnt_file, self.uts_file):
             f.touch()
-        binds = " ".join(f"mount --bind {self.dir / name} {target};" for target, name in HOST_BINDS)
+        binds = " ".join(f"mount --bind {self.dir / name} {target};" for target, name in self.binds)
+        # a bare host must not see this machine's pyswarm: an empty read-only tmpfs over each path
+        hides = " ".join(f"mount -t tmpfs -o ro,mode=0755,size=16k pswlab-hidden {shlex.quote(p)};" for p in self.hidden)
         script = (
             "set -e\n"
             f"hostname {self.name}\n"
@@ -166,6 +203,7 @@ class LabHost:
             f"if mountpoint -q {NETNS_DIR}; then umount -l {NETNS_DIR}; fi\n"
             f"if mountpoint -q {self.ns_dir}; then umount -l {self.ns_dir}; fi\n"
             f"{binds}\n"
+            f"{hides}\n"
         )
         argv = ["unshare", f"--mount={self.mnt_file}", f"--uts={self.uts_file}", "--propagation", "private", "sh", "-c", script]
         res = run(argv, check=False)
@@ -174,8 +212,8 @@ class LabHost:
         for kind, f in (("mnt", self.mnt_file), ("uts", self.uts_file), ("net", self.netns_file)):
             self.ns[kind] = os.stat(f).st_ino
 
-    def start_daemons(self, spawn: Callable[[list[str], Path, dict[str, str]], int]) -> None:
-        """Start sshd and dockerd inside the host through ``spawn`` (the lab's keeper)."""
+    def start_daemons(self, spawn: Callable[[list[str], Path, dict[str, str]], int], only: Sequence[str] = DAEMONS) -> None:
+        """Start sshd and dockerd (or those in ``only``) inside the host through ``spawn`` (the lab's keeper)."""
         sshd = ["/usr/sbin/sshd", "-D", "-e", "-f", "/etc/ssh/sshd_config"]
         dockerd = [
             "dockerd",
@@ -191,13 +229,15 @@ class LabHost:
         # the lab too) would otherwise try to pull every service image first.
         offline = {"DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1"}
         for daemon, argv in (("sshd", sshd), ("dockerd", dockerd)):
+            if daemon not in only:
+                continue
             # nsenter execs the daemon, so the pid is the daemon's
             self.pids[daemon] = spawn(self.nsenter() + argv, self.log(daemon), self.env(offline if daemon == "dockerd" else None))
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         """A clean environment like a root login on a real host, engine socket included."""
         env = {
-            "PATH": host_path(),
+            "PATH": host_path(self.bare),
             "HOME": "/root",
             "USER": "root",
             "LOGNAME": "root",
@@ -209,12 +249,13 @@ class LabHost:
         env.update(extra or {})
         return env
 
-    def wait_ready(self, deadline: float) -> None:
-        """Wait until dockerd answers /_ping and sshd sends its banner."""
-        waiting: dict[str, Callable[[], bool]] = {
+    def wait_ready(self, deadline: float, only: Sequence[str] = DAEMONS) -> None:
+        """Wait until dockerd answers /_ping and sshd sends its banner (those in ``only``)."""
+        probes: dict[str, Callable[[], bool]] = {
             "dockerd": lambda: docker_ping(self.docker_sock),
             "sshd": lambda: ssh_banner(self.address),
         }
+        waiting = {d: p for d, p in probes.items() if d in only}
         while waiting:
             for daemon, probe in list(waiting.items()):
                 if probe():
@@ -227,6 +268,43 @@ class LabHost:
                 d = sorted(waiting)[0]
                 raise LabError(f"{self.name}: {d} not ready in time; last lines of {self.log(d)}:\n{tail(self.log(d))}")
             time.sleep(0.05)
+
+    def mask(self, path: str, present: bool = False) -> None:
+        """Make the file ``path`` absent inside the host (``present``: back again),
+        as on a machine without the package that ships it.
+
+        Not a bind of an empty file over it (that still exists, and a caller
+        probing with ``which`` or ``stat`` would see it): the host gets its own
+        copy of the directory — hard links to the machine's files, minus the
+        masked ones — bound over the directory in its mount namespace.
+        """
+        directory, name = os.path.split(path.rstrip("/"))
+        names = set(self.masked.get(directory, []))
+        names = names - {name} if present else names | {name}
+        copy = self.dir / "masked" / directory.strip("/").replace("/", "_")
+        if directory in self.masked:
+            run(self.nsenter() + ["umount", directory])
+        if copy.exists():
+            shutil.rmtree(copy)
+        if not names:
+            self.masked.pop(directory, None)
+            return
+        copy.mkdir(parents=True)
+        for entry in os.scandir(directory):
+            dst = copy / entry.name
+            if entry.name in names:
+                continue
+            if entry.is_symlink():
+                os.symlink(os.readlink(entry.path), dst)
+            elif entry.is_dir():
+                dst.mkdir()
+            elif entry.is_file():
+                try:
+                    os.link(entry.path, dst)
+                except OSError:
+                    shutil.copy2(entry.path, dst)
+        run(self.nsenter() + ["mount", "--bind", str(copy), directory])
+        self.masked[directory] = sorted(names)
 
     def status(self) -> dict[str, Any]:
         return {

@@ -37,17 +37,56 @@ class LabCommandError(LabError):
         self.result = result
 
 
-REQUIRED_TOOLS = {
-    "ip": "iproute2",
-    "unshare": "util-linux",
-    "nsenter": "util-linux",
-    "mount": "mount",
-    "dockerd": "docker.io",
-    "docker": "docker.io",
-    "sshd": "openssh-server",
-    "ssh-keygen": "openssh-client",
-    "busybox": "busybox-static",
+# Every command pyswarm's code runs on this machine (the agent and manager on
+# the lab's hosts, which share it; the lab; the tests; the benchmarks): the
+# Debian package that provides it, and the make step that installs it —
+# DEPS: the Makefile's APT_PACKAGES (`make deps`, so `make demo`/`make test`),
+# BENCH: its BENCH_APT_PACKAGES (`make bench` too), ESSENTIAL: on every Debian
+# system already, WHERE_PRESENT: used only when found (systemd units).
+# tests/deploy/test_tools.py scans the code for the commands it runs and fails
+# when one is missing here or its package from the list of the target running it.
+DEPS, BENCH, ESSENTIAL, WHERE_PRESENT = "deps", "bench", "essential", "where-present"
+TOOLS: dict[str, tuple[str, str]] = {
+    # the lab
+    "ip": ("iproute2", DEPS),
+    "unshare": ("util-linux", ESSENTIAL),
+    "nsenter": ("util-linux", ESSENTIAL),
+    "mount": ("mount", DEPS),
+    "umount": ("mount", DEPS),
+    "dockerd": ("docker.io", DEPS),
+    "docker": ("docker.io", DEPS),
+    "sshd": ("openssh-server", DEPS),
+    "ssh-keygen": ("openssh-client", DEPS),
+    "ssh": ("openssh-client", DEPS),
+    "busybox": ("busybox-static", DEPS),
+    # the agent on every host (worker/network.py, worker/ingress.py)
+    "iptables": ("iptables", DEPS),
+    "iptables-save": ("iptables", DEPS),
+    "iptables-restore": ("iptables", DEPS),
+    "ipset": ("ipset", DEPS),
+    "bridge": ("iproute2", DEPS),  # the VXLAN overlay's forwarding entries
+    # a host's python3 makes pyswarm's venv (bare lab hosts, `machine init`)
+    "python3": ("python3-venv", DEPS),
+    "systemctl": ("systemd", WHERE_PRESENT),
+    # tests and lab scripts
+    "sh": ("dash", ESSENTIAL),
+    "bash": ("bash", ESSENTIAL),
+    "cat": ("coreutils", ESSENTIAL),
+    "rm": ("coreutils", ESSENTIAL),
+    "test": ("coreutils", ESSENTIAL),
+    "make": ("make", DEPS),
+    "dpkg-query": ("dpkg", ESSENTIAL),
+    # the benchmarks (bench/)
+    "dnsperf": ("dnsperf", BENCH),
+    "dnsmasq": ("dnsmasq-base", BENCH),
+    "wrk": ("wrk", BENCH),
+    "curl": ("curl", BENCH),
+    "git": ("git", BENCH),
+    "dig": ("bind9-dnsutils", BENCH),  # counts Docker's embedded DNS answers (bench/dns_dnsperf.py)
 }
+# what `pyswarm lab up` checks for before it starts (its hosts' agents run ipset and iptables)
+LAB_TOOLS = ("ip", "unshare", "nsenter", "mount", "dockerd", "docker", "sshd", "ssh-keygen", "busybox", "iptables", "ipset")
+REQUIRED_TOOLS = {tool: TOOLS[tool][0] for tool in LAB_TOOLS}
 
 
 def check_root_and_tools() -> None:

@@ -261,6 +261,7 @@ def join(token: str, manager: str, advertise_addr: str | None, api_port: int = c
 
     async def calls(process: Any) -> Any:
         info = await _rpc(process, "join.info", {})
+        refuse_unless_ready(info)
         install_cluster_key(info["ssh_public_key"], info["cluster_id"])
         try:
             return await _rpc(process, "join", {
@@ -286,9 +287,25 @@ def join(token: str, manager: str, advertise_addr: str | None, api_port: int = c
     return dict(result)
 
 
+def refuse_unless_ready(info: Any) -> None:
+    """Run the host preflight against the cluster's pool, overlay and clock
+    (from ``join.info``) and refuse, listing every problem with its fix,
+    before this host changes anything."""
+    from pyswarm import preflight
+
+    if not isinstance(info, dict):
+        raise UsageError("join.info: the manager's answer is not an object")
+    pool = info.get("addr_pool") if isinstance(info.get("addr_pool"), str) else preflight.DEFAULT_POOL
+    overlay = "vxlan" if info.get("overlay") == "vxlan" else "routes"
+    clock = info.get("time")
+    report = preflight.run(overlay, str(pool), float(clock) if isinstance(clock, (int, float)) else None)
+    if not report["ok"]:
+        lines = "".join(f"\n  - {p}" for p in report["problems"])
+        fix = f"\ninstall what is missing with: {report['install']}" if report["install"] else ""
+        raise PreflightError(f"this host is not ready to join; nothing was changed:{lines}{fix}")
 
 
-
-
+class PreflightError(UsageError):
+    """The host preflight found problems (pyswarm/preflight.py)."""
 
 

@@ -116,7 +116,7 @@ LabFactory = Callable[..., Lab]
 
 @pytest.fixture(scope="module")
 def lab_factory(tmp_path_factory: pytest.TempPathFactory, new_lab_spec: LabSpec) -> Iterator[LabFactory]:
-    """Bring up extra labs: ``lab_factory(managers=1, workers=1, cluster=False)``.
+    """Bring up extra labs: ``lab_factory(managers=1, workers=1, cluster=False, bare=False)``.
 
     Each gets its own name, subnet and directory (under pytest's temporary
     directory); all are taken down when the module ends (a test may take one
@@ -124,11 +124,11 @@ def lab_factory(tmp_path_factory: pytest.TempPathFactory, new_lab_spec: LabSpec)
     """
     made: list[Lab] = []
 
-    def make(managers: int = 1, workers: int = 1, cluster: bool = False) -> Lab:
+    def make(managers: int = 1, workers: int = 1, cluster: bool = False, bare: bool = False) -> Lab:
         name, subnet = new_lab_spec()
         new = Lab(tmp_path_factory.mktemp(f"lab-{name}"), name=name, subnet=subnet)
         made.append(new)
-        new.up(managers=managers, workers=workers, cluster=cluster, progress=_progress)
+        new.up(managers=managers, workers=workers, cluster=cluster, progress=_progress, bare=bare)
         return new
 
     yield make

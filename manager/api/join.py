@@ -57,7 +57,9 @@ class JoinApi(Resource):
     @method("join.info")
     async def info(self, req: object) -> Any:
         cluster = cluster_of(self.snap())
-        return {"cluster_id": cluster.id, "ssh_public_key": cluster.ssh_public_key}
+        # pool, overlay and clock: what the joining host's preflight checks against
+        return {"cluster_id": cluster.id, "ssh_public_key": cluster.ssh_public_key,
+                "addr_pool": cluster.addr_pool, "overlay": cluster.overlay, "time": time.time()}
 
     @method("join_token", JoinTokenRequest)
     async def token(self, req: JoinTokenRequest) -> Any:

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 
 from pyswarm.errors import PyswarmError
+from pyswarm.version import __version__
 
 from . import cluster, network, node, objects, service, shell, stack
 
@@ -41,6 +42,7 @@ GROUPS: tuple[ModuleType, ...] = (cluster, node, stack, service, objects, networ
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyswarm", description="A Docker-Swarm-style orchestrator.")
+    parser.add_argument("--version", action="version", version=f"pyswarm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for group in GROUPS:
         group.register(sub)
