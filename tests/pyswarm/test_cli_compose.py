@@ -104,8 +104,8 @@ def test_warnings_on_stderr_naming_service_and_key(tmp_path: Path, monkeypatch: 
     monkeypatch.delenv("UNSET_VAR", raising=False)
     f = tmp_path / "w.yml"
     f.write_text(WARNED)
-    argv = ["stack", command, "-c", str(f)] + (["demo"] if command == "deploy" else [])
-    assert cli.main(argv) == 0
+    cli_args = ["stack", command, "-c", str(f)] + (["demo"] if command == "deploy" else [])
+    assert cli.main(cli_args) == 0
     out, err = capsys.readouterr()
     assert sorted(err.splitlines()) == sorted(_warnings(f))
     if command == "config":
@@ -118,8 +118,8 @@ def test_strict_fails_listing_the_warnings(tmp_path: Path, no_manager: list[str]
     monkeypatch.delenv("UNSET_VAR", raising=False)
     f = tmp_path / "w.yml"
     f.write_text(WARNED)
-    argv = ["stack", command, "--strict", "-c", str(f)] + (["demo"] if command == "deploy" else [])
-    assert cli.main(argv) == 2
+    cli_args = ["stack", command, "--strict", "-c", str(f)] + (["demo"] if command == "deploy" else [])
+    assert cli.main(cli_args) == 2
     out, err = capsys.readouterr()
     lines = err.splitlines()
     assert lines[0] == "Error: --strict: 4 warnings, each an error here:"
@@ -182,8 +182,8 @@ def test_hostile_files_exit_2_with_one_clear_line(tmp_path: Path, no_manager: li
                                                   command: str) -> None:
     f = tmp_path / "h.yml"
     f.write_text(HOSTILE[name])
-    argv = ["stack", command, "-c", str(f)] + (["demo"] if command == "deploy" else [])
-    assert cli.main(argv) == 2
+    cli_args = ["stack", command, "-c", str(f)] + (["demo"] if command == "deploy" else [])
+    assert cli.main(cli_args) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"Error: {f}:") and err.count("\n") == 1, err
     assert "Traceback" not in err and no_manager == []

@@ -85,7 +85,7 @@ def test_wheelhouse_holds_pyswarm_and_every_dependency_for_this_machine(house: w
     assert house.pyswarm_wheel.parent == house.directory and house.version == __version__
     with zipfile.ZipFile(house.pyswarm_wheel) as zf:
         files = set(zf.namelist())
-    assert {"pyswarm/cli.py", "pyswarm/manager/store.py", "pyswarm/deploy/templates/pyswarm-manager.service.j2",
+    assert {"pyswarm/cli/__init__.py", "pyswarm/manager/store.py", "pyswarm/deploy/templates/pyswarm-manager.service.j2",
             "pyswarm/deploy/examples/demo.yml"} <= files
     again = wheelhouse.build(Target.local(), cache=house.directory.parents[2])
     assert again == house and sorted(again.directory.glob("*.whl")) == sorted(house.directory.glob("*.whl"))
