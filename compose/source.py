@@ -36,8 +36,10 @@ MAX_FILE_BYTES = 2 * 1024 * 1024
 is 0.56 MiB). PyYAML holds every node of a file in memory before we see it,
 about 3 µs and 300 bytes a value; the cap bounds that to ~1 M values."""
 
-MAX_NODES = 1_000_000
-"""Values built in all, aliases expanded (a backstop behind the two below)."""
+MAX_NODES = 300_000
+"""Values built in all, aliases expanded. A realistic 2 MiB file (1,800
+services like bench/compose_load.py's) has 155,000; a file of a million tiny
+values is refused here before its values and marks cost hundreds of MB more."""
 
 MAX_ALIAS_VALUES = 50_000
 MAX_ALIAS_CHARS = 4 * 1024 * 1024
@@ -139,6 +141,9 @@ class _Builder:
                 self.aliased_chars += len(node.value)
         else:
             self.built.add(id(node))
+        if self.count > MAX_NODES and not self.aliased:
+            raise StackFileError(Problem(_mark(self.file, node), format_path(path),
+                                         f"more than {MAX_NODES:,} values in one stack file"))
         if self.count > MAX_NODES or self.aliased > MAX_ALIAS_VALUES \
                 or self.aliased_chars > MAX_ALIAS_CHARS:
             raise StackFileError(Problem(

@@ -149,6 +149,13 @@ def test_deep_yaml_nesting(fail: Fail) -> None:
     assert isinstance(err, StackFileError) and "nested more than 100 levels deep" in str(err)
 
 
+def test_too_many_values(fail: Fail) -> None:
+    """No time bound: PyYAML's parse of the whole file comes first and is most of it."""
+    err = fail("services: {web: {image: busybox}}\nx-big: [" + ",".join(["0"] * 300_001) + "]\n")
+    assert isinstance(err, StackFileError)
+    assert str(err) == "compose.yml:2:599999: x-big[299995]: more than 300,000 values in one stack file"
+
+
 def test_file_over_the_size_cap(write: Write, tmp_path: Path) -> None:
     path = write("services: {web: {image: busybox}}\n")
     with path.open("r+b") as f:  # sparse: no disk, and never read whole
