@@ -263,7 +263,7 @@ def build_environment(
     if dotenv.is_file():
         merged.update(parse_env_file(dotenv, environ))
     for path in env_files:
-        if not Path(path).is_file():
+        if not Path(path).exists():
             raise StackFileError(Problem(Mark(str(path)), "", "no such env file"))
         merged.update(parse_env_file(path, {**merged, **environ}))
     merged.update(environ)

@@ -222,3 +222,15 @@ def test_too_many_services_refused_before_checking_each(fail: Fail) -> None:
         err = fail("services:\n" + services)
     assert str(err) == ("compose.yml:2:3: services: 10001 services: a stack has at most 10000 "
                         "(the manager's limit for one deploy)")
+
+
+@pytest.mark.parametrize("source, what", [("/dev/zero", "a character device"), ("fifo", "a FIFO")])
+def test_env_file_that_is_not_a_file(fail: Fail, tmp_path: Path, source: str, what: str) -> None:
+    """It said "not found" (and a FIFO would have blocked)."""
+    if source == "fifo":
+        source = str(tmp_path / "fifo.env")
+        os.mkfifo(source)
+    with quick():
+        err = fail(f"services:\n  web:\n    image: busybox\n    env_file: {source}\n")
+    assert str(err) == (f"compose.yml:4:15: services.web.env_file: env file '{source}': "
+                        f"is {what}, not a regular file")
