@@ -18,7 +18,7 @@ from pyswarm.constraints import ConstraintError, check_spread_key, parse_constra
 
 from .checker import INT64_MAX, _Invalid
 from .container import byte_size, duration
-from .errors import ComposeError, KeyPath
+from .errors import ComposeError, KeyPath, StackFileError
 from .interpolate import parse_env_file
 from .service import DEPLOY_HANDLERS, HANDLERS, ServiceChecker, register
 
@@ -214,13 +214,15 @@ def env_file(c: ServiceChecker, path: KeyPath, value: Any) -> dict[str, str] | _
         if isinstance(name, _Invalid):
             continue
         file = Path(name) if Path(name).is_absolute() else c.project_dir / name
-        if not file.is_file():
+        if not file.exists():
             if required:
                 c.error(ipath, f"env file {str(file)!r} not found")
             continue
         try:
             out.update(parse_env_file(file, c.environ))
-        except ComposeError as exc:
+        except StackFileError as exc:  # unreadable (a FIFO, too large): said where it is named
+            c.error(ipath, f"env file {str(file)!r}: {exc.problems[0].message}")
+        except ComposeError as exc:  # its lines: marks in the env file
             c.problems.extend(exc.problems)
     return out
 

@@ -155,9 +155,9 @@ def _braced(text: str, pos: int, env: Mapping[str, str] | None,
     if op in (":+", "+"):
         return (word() if present else ""), pos
     if not present:  # :? and ?
-        message = word() or ("is not set" if not is_set else "is empty")
-        raise _Unset(f"required variable {name} {message}" if not word()
-                     else f"required variable {name}: {message}")
+        message = word()
+        raise _Unset(f"required variable {name}: {message}" if message
+                     else f"required variable {name} {'is empty' if is_set else 'is not set'}")
     return env[name], pos
 
 
@@ -263,7 +263,7 @@ def build_environment(
     if dotenv.is_file():
         merged.update(parse_env_file(dotenv, environ))
     for path in env_files:
-        if not Path(path).is_file():
+        if not Path(path).exists():
             raise StackFileError(Problem(Mark(str(path)), "", "no such env file"))
         merged.update(parse_env_file(path, {**merged, **environ}))
     merged.update(environ)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pyswarm.models import ServiceSpec
@@ -120,16 +119,15 @@ def read_objects(stack: str, config: Mapping[str, Any], environ: Mapping[str, st
             obj.labels = dict(entry.get("labels", {}))
             if stack:
                 obj.labels[STACK_LABEL] = stack
-            for source in ("file", "environment", "content"):
-                if source in entry:
-                    break
+            # the checker made sure there is one (or it is external)
+            source = next(k for k in ("file", "environment", "content") if k in entry)
             path: KeyPath = (kind, key, source)
             try:
                 if source == "file":
                     obj.data = read_limited(entry["file"], MAX_OBJECT_BYTES)
                 elif source == "environment":
                     obj.data = environ.get(str(entry["environment"]), "").encode()
-                elif source == "content":
+                else:
                     obj.data = str(entry["content"]).encode()
                 if len(obj.data) > MAX_OBJECT_BYTES:
                     raise ValueError("larger")

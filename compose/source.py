@@ -36,17 +36,21 @@ MAX_FILE_BYTES = 2 * 1024 * 1024
 is 0.56 MiB). PyYAML holds every node of a file in memory before we see it,
 about 3 µs and 300 bytes a value; the cap bounds that to ~1 M values."""
 
-MAX_NODES = 1_000_000
-"""Values built in all, aliases expanded (a backstop behind the two below)."""
+MAX_NODES = 300_000
+"""Values built in all, aliases expanded. A realistic 2 MiB file (1,800
+services like bench/compose_load.py's) has 155,000; a file of a million tiny
+values is refused here before its values and marks cost hundreds of MB more."""
 
 MAX_ALIAS_VALUES = 50_000
+ALIAS_RATIO = 10
 MAX_ALIAS_CHARS = 4 * 1024 * 1024
-"""Work that aliases may add: values built again, and characters of strings
-repeated, by expanding ``*alias`` (or ``<<``). Guarding the work rather than
-the number of aliases (Docker's YAML reader refuses "excessive aliasing" by a
-ratio of the same kind) stops a 1 KB billion-laughs file in milliseconds;
-real files reuse a few anchors a service (bench/compose_load.py's 500
-services expand 7,500 values and 24,500 characters)."""
+"""Work that aliases may add: values built again by expanding ``*alias`` (or
+``<<``), at most 50,000 or ten times the values written so far, whichever
+is more (within ``MAX_NODES`` in all), and 4 MiB of strings repeated. Guarding the work rather than the number
+of aliases (Docker's YAML reader refuses "excessive aliasing" by a ratio of
+the same kind) stops a 1 KB billion-laughs file in milliseconds; real files
+reuse a few anchors a service (bench/compose_load.py's 500 services write
+35,500 values and expand 7,500, with 24,500 characters)."""
 
 MAX_DEPTH = 100
 """Nesting of mappings and lists (libyaml's own limit is 1000, past Python's stack)."""
@@ -139,13 +143,16 @@ class _Builder:
                 self.aliased_chars += len(node.value)
         else:
             self.built.add(id(node))
-        if self.count > MAX_NODES or self.aliased > MAX_ALIAS_VALUES \
-                or self.aliased_chars > MAX_ALIAS_CHARS:
+        if self.count > MAX_NODES and not self.aliased:
+            raise StackFileError(Problem(_mark(self.file, node), format_path(path),
+                                         f"more than {MAX_NODES:,} values in one stack file"))
+        allowed = max(MAX_ALIAS_VALUES, ALIAS_RATIO * len(self.built))
+        if self.count > MAX_NODES or self.aliased > allowed or self.aliased_chars > MAX_ALIAS_CHARS:
             raise StackFileError(Problem(
                 _mark(self.file, node), format_path(path),
-                f"excessive aliasing: expanding aliases built {self.aliased} values and "
-                f"{self.aliased_chars} characters again (at most {MAX_ALIAS_VALUES} values and "
-                f"{MAX_ALIAS_CHARS} characters; {self.count} values in all, at most {MAX_NODES})"))
+                f"excessive aliasing: expanding aliases built {self.aliased:,} values and "
+                f"{self.aliased_chars:,} characters again (at most {allowed:,} values, ten times those "
+                f"written, and {MAX_ALIAS_CHARS:,} characters; {MAX_NODES:,} values in all)"))
         if len(path) > MAX_DEPTH:
             raise StackFileError(Problem(_mark(self.file, node), format_path(path[:8]) + "...",
                                          f"nested more than {MAX_DEPTH} levels deep"))

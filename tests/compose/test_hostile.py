@@ -131,15 +131,17 @@ def test_aliased_strings_with_dollars(fail: Fail) -> None:
 
 
 def test_real_anchor_reuse_is_not_aliasing(write: Write) -> None:
-    """A big file reusing anchors in every service stays far below the guard."""
+    """A big file reusing a large anchor in every service: 5,000 services
+    expand ~55,000 values (nearly 3 for each written), over the floor of
+    50,000 but within ten times what the file writes, as Docker's ratio allows."""
     parts = ["x-log: &log {driver: json-file, options: {max-size: 10m, max-file: '3'}}",
              "x-dep: &dep {restart_policy: {condition: on-failure, delay: 5s}, update_config: {parallelism: 2}}",
              "services:"]
-    for i in range(2000):
+    for i in range(5000):
         parts.append(f"  s{i}: {{image: busybox, logging: *log, deploy: {{<<: *dep, replicas: 2}}}}")
     path = write("\n".join(parts) + "\n")
-    assert 2000 * 12 < MAX_ALIAS_VALUES
-    assert len(load_stack([path], "demo", {}).services) == 2000
+    assert 5000 * 12 > MAX_ALIAS_VALUES
+    assert len(load_stack([path], "demo", {}).services) == 5000
 
 
 def test_deep_yaml_nesting(fail: Fail) -> None:
@@ -147,6 +149,13 @@ def test_deep_yaml_nesting(fail: Fail) -> None:
     with quick():
         err = fail("services: {web: {image: busybox}}\nx-deep: " + "[" * 900 + "]" * 900 + "\n")
     assert isinstance(err, StackFileError) and "nested more than 100 levels deep" in str(err)
+
+
+def test_too_many_values(fail: Fail) -> None:
+    """No time bound: PyYAML's parse of the whole file comes first and is most of it."""
+    err = fail("services: {web: {image: busybox}}\nx-big: [" + ",".join(["0"] * 300_001) + "]\n")
+    assert isinstance(err, StackFileError)
+    assert str(err) == "compose.yml:2:599999: x-big[299995]: more than 300,000 values in one stack file"
 
 
 def test_file_over_the_size_cap(write: Write, tmp_path: Path) -> None:
@@ -215,3 +224,15 @@ def test_too_many_services_refused_before_checking_each(fail: Fail) -> None:
         err = fail("services:\n" + services)
     assert str(err) == ("compose.yml:2:3: services: 10001 services: a stack has at most 10000 "
                         "(the manager's limit for one deploy)")
+
+
+@pytest.mark.parametrize("source, what", [("/dev/zero", "a character device"), ("fifo", "a FIFO")])
+def test_env_file_that_is_not_a_file(fail: Fail, tmp_path: Path, source: str, what: str) -> None:
+    """It said "not found" (and a FIFO would have blocked)."""
+    if source == "fifo":
+        source = str(tmp_path / "fifo.env")
+        os.mkfifo(source)
+    with quick():
+        err = fail(f"services:\n  web:\n    image: busybox\n    env_file: {source}\n")
+    assert str(err) == (f"compose.yml:4:15: services.web.env_file: env file '{source}': "
+                        f"is {what}, not a regular file")

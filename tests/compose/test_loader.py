@@ -297,3 +297,16 @@ def test_demo_example_loads() -> None:
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yml")), ids=lambda p: p.name)
 def test_every_example_loads_without_warnings(path: Path) -> None:
     assert load_stack([path], "ex", {}).warnings == []
+
+
+def test_optional_dependency_on_a_missing_service_warns(load: Load) -> None:
+    stack = load("""
+        services:
+          web:
+            image: busybox
+            depends_on:
+              cache: {condition: service_started, required: false}
+    """)
+    assert stack.warnings == ["compose.yml:5:7: services.web.depends_on.cache: optional dependency "
+                              "'cache' is not in the stack; ignored"]
+    assert stack.services[0].depends_on == {}

@@ -49,6 +49,18 @@ def test_braced_and_bare_variables(name: str, value: str, before: str, after: st
 
 
 @FAST
+@given(st.text(st.sampled_from("${}:-?+Ab_2 "), max_size=200), st.dictionaries(st.sampled_from(["A", "Ab", "b_"]),
+                                                                               st.sampled_from(["", "v", "$A"])))
+def test_any_text_substitutes_or_says_why(text: str, env: dict[str, str]) -> None:
+    """Hostile text of the interpolation alphabet: a string, or a ValueError
+    with a message; never a RecursionError, never another exception."""
+    try:
+        assert isinstance(substitute(text, env), str)
+    except ValueError as exc:
+        assert str(exc)
+
+
+@FAST
 @given(names, st.one_of(st.none(), st.just(""), texts.filter(bool)), texts)
 def test_defaults_and_alternatives(name: str, value: str | None, word: str) -> None:
     # a default cannot contain "}": the first one closes the expression (compose has no escape for it)
