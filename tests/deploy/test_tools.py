@@ -5,7 +5,7 @@ was missing from ``make deps``, and ``make bench`` lost its DNS scenario to
 a missing ``dnsperf``. This test reads the code (Python's AST) for the
 external commands it runs — argv lists handed to subprocess/asyncio exec
 calls, the agent's runner, the lab's spawn and exec, ``which(...)`` checks,
-and argv lists named as such — and checks each is in deploy/lab_sys.py
+and the lab's daemon argv lists — and checks each is in deploy/lab_sys.py
 TOOLS, whose package is in the Makefile's list for the target that runs the
 code: APT_PACKAGES for pyswarm, the lab and the tests (``make deps``), plus
 BENCH_APT_PACKAGES for bench/ (``make bench``). Shell scripts (deploy/*.sh)
@@ -32,7 +32,8 @@ EXEC_CALLS = {"run", "Popen", "check_output", "check_call", "call", "create_subp
               "exec", "execvp", "execvpe", "posix_spawn", "spawn", "_spawn", "_sh", "_ssh"}
 # calls whose first argument is one command name
 NAME_CALLS = {"create_subprocess_exec", "which"}
-ARGV_NAME = re.compile(r"argv|cmd|command|enter|prefix|^sshd$|^dockerd$")
+# daemon argv lists that reach exec only through a loop variable (deploy/lab_host.py start_daemons)
+ARGV_NAME = re.compile(r"^(sshd|dockerd)$")
 COMMAND = re.compile(r"^[a-z][a-z0-9.+_-]*$")
 SELF = {"pyswarm"}  # this package's own script
 
