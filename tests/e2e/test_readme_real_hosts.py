@@ -97,9 +97,11 @@ def test_readme_real_hosts_block_runs_as_written(lab_factory: Any, tmp_path: Pat
         "LANG": "C.UTF-8", "PYSWARM_SSH_CONFIG": str(_vm_ssh_config(lab, tmp_path)),
         "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": f"{house.directory} {build_deps}", "PIP_CONFIG_FILE": os.devnull,
     }
-    script = "set -euo pipefail\nset -x\n" + readme_block()
+    # each command traced with the seconds since the block began (shown with -s, and on failure)
+    script = "set -euo pipefail\nPS4='+ [${SECONDS}s] '\nset -x\n" + readme_block()
     res = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, f"the README block failed ({res.returncode}):\n{res.stderr[-4000:]}\n{res.stdout[-2000:]}"
+    print("\n".join(ln for ln in res.stderr.splitlines() if ln.startswith("+ [")))
     operator = home / ".pyswarm" / "bin" / "pyswarm"
 
     def cli_json(*argv: str) -> Any:
