@@ -192,7 +192,7 @@ class Lab:
         """
         sysx.check_root_and_tools()
         if bare and cluster:
-            raise LabError("bare lab hosts have no pyswarm to init or join: add --no-cluster (cluster=False)")
+            raise LabError("bare lab hosts have no pyswarm to init or join: add --no-cluster")
         if bare:
             _check_system_python()
         if not 1 <= managers <= MAX_MANAGERS:
