@@ -181,3 +181,15 @@ def test_runs_as_a_script_on_stdin_with_no_site_packages(tmp_path: Path) -> None
     clock = next(c for c in rep.checks if c.name == "clock")
     assert not clock.ok and rep.ok is False and any(p.startswith("clock: ") for p in rep.problems)
     assert rep.host["python"].startswith("3.") and rep.host["machine"]
+
+
+def test_vxlan_loaded_available_or_missing(tmp_path: Path) -> None:
+    root = str(tmp_path) + "/"
+    missing = preflight.check_vxlan("6.1.0-test", root)[0]
+    assert not missing.ok and "linux-modules-extra-6.1.0-test" in missing.fix
+    moddir = tmp_path / "lib/modules/6.1.0-test"
+    moddir.mkdir(parents=True)
+    (moddir / "modules.dep").write_text("kernel/drivers/net/vxlan/vxlan.ko.xz: kernel/net/ipv4/udp_tunnel.ko.xz\n")
+    assert preflight.check_vxlan("6.1.0-test", root)[0].detail == "vxlan module available (loads on first use)"
+    (tmp_path / "sys/module/vxlan").mkdir(parents=True)
+    assert preflight.check_vxlan("6.1.0-test", root)[0].detail == "vxlan module loaded or built in"
