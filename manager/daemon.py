@@ -26,7 +26,9 @@ from pyswarm.host import retire_local_manager, running_manager_pid
 from pyswarm.models import NodeRole
 
 from .api import Api, Self
+from .api.images import Images
 from .dispatcher import Dispatcher
+from .images import ImageService
 from .orchestrator import Orchestrator
 from .scheduling import Scheduler
 from .servers import SSHApiServer, UnixApiServer
@@ -39,9 +41,9 @@ log = logging.getLogger(__name__)
 class _Leading:
     """The loops that run only on the leader."""
 
-    def __init__(self, store: Store, client_keys: list[Any]) -> None:
+    def __init__(self, store: Store, client_keys: list[Any], images: ImageService | None = None) -> None:
         self.components: list[Any] = [Orchestrator(store), Updater(store), Scheduler(store),
-                                      Dispatcher(store, client_keys)]
+                                      Dispatcher(store, client_keys, images=images)]
         self.tasks = [asyncio.create_task(c.run(), name=type(c).__name__) for c in self.components]
 
     async def stop(self) -> None:
@@ -68,7 +70,9 @@ class Manager:
             from pyswarm.tokens import fingerprint as fp
 
             fingerprint = fp(asyncssh.read_private_key(str(key_path)).public_data)
-        self.api = Api(self.store, Self(config.node_id, config.advertise_addr, config.api_port, fingerprint))
+        self.images = ImageService(self.store, self.state_dir / "image-spool")
+        me = Self(config.node_id, config.advertise_addr, config.api_port, fingerprint)
+        self.api = Api(self.store, me, extra=[Images(self.store, me, self.images)])
         self._stop = asyncio.Event()
         self.retired = False
         self._leading: _Leading | None = None
@@ -124,6 +128,7 @@ class Manager:
             await dns.stop()
             await ssh.stop()
             await unix.stop()
+            await self.images.close()
             self.store.stop()
             pidfile.unlink(missing_ok=True)
             if self.retired:
@@ -157,7 +162,7 @@ class Manager:
                     keys = [asyncssh.import_private_key(k) for k in
                             (cluster.ssh_private_key, cluster.previous_ssh_private_key) if k]
                     log.info("became leader: starting orchestrator, updater, scheduler, dispatcher")
-                    self._leading = _Leading(self.store, keys)
+                    self._leading = _Leading(self.store, keys, self.images)
             elif not self.store.is_leader and self._leading is not None:
                 log.info("no longer leader: stopping orchestrator, updater, scheduler, dispatcher")
                 await self._leading.stop()

@@ -24,6 +24,7 @@ import asyncssh
 from pyswarm import protocol
 from pyswarm.models import DESIRED_RUNNING, Node, NodeRole, NodeStatus, Task, TaskState
 
+from .images import ImageService
 from .objects import task_files
 from .networks import mesh_message
 from .store import Op, Snapshot, Store
@@ -116,6 +117,19 @@ def node_configuration(snap: Snapshot, node: Node, term: int = 0, view: ClusterV
     return message
 
 
+async def connect_node(node: Node, client_keys: list[Any]) -> Any:
+    """An SSH connection to ``node`` with the cluster key, its host key
+    pinned at join (the dispatcher's sessions, image shipping)."""
+    host_key = asyncssh.import_public_key(node.ssh_host_key)
+    return await asyncio.wait_for(asyncssh.connect(
+        node.addr, port=node.ssh_port, username="root",
+        client_keys=client_keys, known_hosts=([host_key], [], []),
+        # no SSH keepalives: the pings below detect a dead session sooner,
+        # and with 1,000 nodes each keepalive is another 1,000 messages/s
+        agent_path=None, config=[],
+    ), timeout=5)
+
+
 class HeartbeatLost(Exception):
     """The agent went silent: the node is presumed down."""
 
@@ -157,15 +171,7 @@ class _Session:
             backoff = min(backoff * 2, 2.0)
 
     async def _session(self) -> None:
-        node = self.node
-        host_key = asyncssh.import_public_key(node.ssh_host_key)
-        self._conn = await asyncio.wait_for(asyncssh.connect(
-            node.addr, port=node.ssh_port, username="root",
-            client_keys=self._d.client_keys, known_hosts=([host_key], [], []),
-            # no SSH keepalives: the pings below detect a dead session sooner,
-            # and with 1,000 nodes each keepalive is another 1,000 messages/s
-            agent_path=None, config=[],
-        ), timeout=5)
+        self._conn = await connect_node(self.node, self._d.client_keys)
         self._process = await self._conn.create_process("pyswarm worker --stdio", encoding=None)
         self._last_heard = time.monotonic()
         self._sent_config = None
@@ -216,6 +222,8 @@ class _Session:
 
     def _send(self, message: dict[str, Any]) -> None:
         self._write(protocol.encode(message))
+
+    send = _send
 
     def _write(self, line: bytes) -> None:
         process = self._process
@@ -276,8 +284,11 @@ MESH_BYTES_PER_SECOND = 20_000_000
 
 class Dispatcher:
     def __init__(self, store: Store, client_keys: list[Any], ping_every: float = 0.5, dead_after: float = 2.0,
-                 hello_timeout: float = 15.0) -> None:
+                 hello_timeout: float = 15.0, images: ImageService | None = None) -> None:
         self._store = store
+        self.images = images  # ships images the agents ask for (manager/images.py)
+        if images is not None:
+            images.connect = self.connection
         self.client_keys = client_keys  # the cluster key, then the one it replaced (if any)
         self.ping_every = ping_every
         self.dead_after = dead_after
@@ -329,6 +340,14 @@ class Dispatcher:
 
     def stop(self) -> None:
         self._stopped.set()
+        if self.images is not None and self.images.connect == self.connection:
+            self.images.connect = None
+
+    async def connection(self, node: Node) -> tuple[Any, bool]:
+        """The live SSH connection of ``node``'s session (not to be closed), or None."""
+        entry = self._sessions.get(node.id)
+        conn = entry[0]._conn if entry is not None and entry[0]._ready else None
+        return conn, False
 
     def _term(self) -> int:
         """The fencing token: Raft terms restart after --force-new-cluster,
@@ -417,6 +436,8 @@ class Dispatcher:
             if message.get("exit_code") is not None:
                 fields["exit_code"] = int(message["exit_code"])
             self._queue(["advance", str(message.get("task_id", "")), state, fields])
+        elif op == "image_wanted" and self.images is not None:
+            self.images.on_wanted(node, message, session.send)
         elif op == "error":
             log.warning("%s agent: %s", node.hostname, message.get("message"))
         # pong: hearing anything is the heartbeat

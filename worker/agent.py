@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyswarm import protocol
+from pyswarm.images import CHANNEL_COMMAND, CHANNEL_ENV
 from pyswarm.models import TaskState
 from pyswarm.worker import (
     EngineAPIError,
@@ -51,6 +52,7 @@ from pyswarm.worker import promotion
 from pyswarm.worker.docker import DockerClient, EngineInfo
 from pyswarm.worker.health import is_health_event
 from pyswarm.worker.files import DEFAULT_ROOT, make_bind_sources, remove_task_files, write_task_files
+from pyswarm.worker.images import ImageFetcher, main_channel
 from pyswarm.worker.ingress import Mesh, MeshFirewall
 from pyswarm.worker.network import HostNetwork, NetworkConfig
 from pyswarm.worker.tasks import (
@@ -142,6 +144,7 @@ class Agent:
         self._heard = time.monotonic()
         self._watchdog: asyncio.Task[Any] | None = None
         self._start_slots = asyncio.Semaphore(START_CONCURRENCY)
+        self.images = ImageFetcher(docker, self.send, self.hostname)  # shipped images (worker/images.py)
 
     # -- session -----------------------------------------------------------
 
@@ -277,6 +280,10 @@ class Agent:
             self._on_assign(msg)
         elif op == "mesh":
             self._on_mesh(msg)
+        elif op in ("image_plan", "image_done"):
+            problem = self.images.on_message(msg)
+            if problem:
+                self.send({"op": "error", "message": problem})
         else:
             self.send({"op": "error", "message": f"unknown op {op!r}"})
 
@@ -474,9 +481,11 @@ class Agent:
             return
         if t.reported is not None and t.reported.terminal:
             return  # rejected before: do not retry under the same task id
-        self._report(t, a.task_id, Observed(TaskState.PREPARING, "", message="preparing"))
+        def preparing(message: str) -> None:
+            self._report(t, a.task_id, Observed(TaskState.PREPARING, "", message=message))
+
         try:
-            await self.docker.ensure_image(a.spec.image, self.hostname)
+            await self.images.ensure(a.spec.image, a.task_id, preparing)
         except (ImageNotFoundError, RuntimeError_) as exc:
             self._report(t, a.task_id, Observed(TaskState.REJECTED, "", message="preparing failed",
                                                 error=str(exc)))
@@ -748,6 +757,8 @@ def main_stdio() -> int:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     try:
+        if os.environ.get(CHANNEL_ENV, "").strip() == CHANNEL_COMMAND:
+            return main_channel(proto_fd)  # a second session: an image channel (pyswarm.images)
         return asyncio.run(serve_stdio(proto_fd))
     except KeyboardInterrupt:
         return 130

@@ -319,6 +319,60 @@ class DockerClient:
         if await self.inspect_image(ref) is None:
             raise ImageNotFoundError(f"image {ref} not found on node {node}")
 
+    async def list_images(self) -> list[JSON]:
+        """Every tagged or top-level image (``GET /images/json``)."""
+        data = await self._call("GET", "/images/json")
+        assert isinstance(data, list)
+        return data
+
+    async def remove_image(self, ref: str) -> None:
+        """Untag ``ref`` and delete what no tag holds any more (never by force:
+        an image a container uses stays)."""
+        await self._call("DELETE", f"/images/{quote(ref, safe='/:@')}")
+
+    async def save_image(self, ref: str) -> AsyncIterator[bytes]:
+        """``docker save ref``: the archive's bytes as they come."""
+        await self._negotiate()
+        session = self._get_session()
+        t = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self.pull_timeout)
+        try:
+            async with session.get(self._url(f"/images/{quote(ref, safe='/:@')}/get"), timeout=t) as resp:
+                if resp.status >= 400:
+                    raise _api_error(resp.status, await resp.read(), f"save {ref}")
+                async for chunk in resp.content.iter_chunked(1 << 20):
+                    yield chunk
+        except aiohttp.ClientConnectionError as exc:
+            raise EngineUnavailableError(f"cannot reach the engine at {self.socket}: {exc}") from exc
+
+    async def load_image(self, body: AsyncIterator[bytes]) -> list[str]:
+        """``docker load`` from a stream of tar bytes; returns what the engine
+        says it loaded. Its errors come in-band and raise :class:`EngineAPIError`."""
+        await self._negotiate()
+        session = self._get_session()
+        t = aiohttp.ClientTimeout(total=None, sock_connect=10)
+        loaded: list[str] = []
+        try:
+            async with session.post(self._url("/images/load"), params={"quiet": "1"}, data=body,
+                                    headers={"Content-Type": "application/x-tar"}, timeout=t) as resp:
+                if resp.status >= 400:
+                    raise _api_error(resp.status, await resp.read(), "load")
+                async for line in resp.content:
+                    try:
+                        msg = json.loads(line)
+                    except ValueError:
+                        continue
+                    if not isinstance(msg, dict):
+                        continue
+                    if msg.get("error"):
+                        raise EngineAPIError(500, str(msg["error"]))
+                    stream = str(msg.get("stream") or "").strip()
+                    for prefix in ("Loaded image: ", "Loaded image ID: "):
+                        if stream.startswith(prefix):
+                            loaded.append(stream[len(prefix):])
+        except aiohttp.ClientConnectionError as exc:
+            raise EngineUnavailableError(f"cannot reach the engine at {self.socket}: {exc}") from exc
+        return loaded
+
     # -- networks ----------------------------------------------------------
 
     async def inspect_network(self, name: str) -> JSON | None:

@@ -11,6 +11,7 @@ marked ``@method("name", RequestType)``:
     info.py       version
     objects.py    secret.* and config.*
     networks.py   network.*
+    images.py     image.push/ls/shipments (given to Api as ``extra``: it needs the image service)
 
 To add methods, write a Resource subclass (in a new module when it is a new
 resource) and list it in ``RESOURCES`` below. :meth:`Api.call` parses the
@@ -27,6 +28,7 @@ tested against a real single-node store without any socket.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pyswarm.errors import UsageError
@@ -49,12 +51,14 @@ RESOURCES: tuple[type[Resource], ...] = (ClusterApi, InfoApi, Nodes, JoinApi, Se
 
 
 class Api:
-    def __init__(self, store: Store, me: Self) -> None:
+    def __init__(self, store: Store, me: Self, extra: Sequence[Resource] = ()) -> None:
+        """``extra``: resources that need more than the store (images.py's
+        needs the manager's image service)."""
         self._store = store
         self._me = me
         self._methods: dict[str, Method] = {}
-        for resource in RESOURCES:
-            for m in resource(store, me).methods():
+        for resource in [*(r(store, me) for r in RESOURCES), *extra]:
+            for m in resource.methods():
                 if m.name in self._methods:
                     raise RuntimeError(f"API method {m.name} is defined twice")
                 self._methods[m.name] = m

@@ -17,6 +17,7 @@ module and list it in ``GROUPS``:
     objects.py   secret and config
     network.py   network create/ls/inspect/rm
     shell.py     version, completion, the hidden __complete; hides hidden commands
+    images.py    image push/ls/shipments (docs/images.md)
     common.py    call(), --format, the task table
 
 A closed pipe (``pyswarm service ps web | head``) ends the command quietly.
@@ -33,11 +34,11 @@ from types import ModuleType
 from pyswarm.errors import PyswarmError
 from pyswarm.version import __version__
 
-from . import cluster, network, node, objects, service, shell, stack
+from . import cluster, images, network, node, objects, service, shell, stack
 
 Handler = Callable[[argparse.Namespace], int]
 
-GROUPS: tuple[ModuleType, ...] = (cluster, node, stack, service, objects, network, shell)
+GROUPS: tuple[ModuleType, ...] = (cluster, node, stack, service, objects, network, images, shell)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -121,9 +121,67 @@ def test_missing_image_is_rejected_with_reason() -> None:
         async with Session(FakeDocker()) as s:
             s.send(CONFIGURE)
             s.send({"op": "assign", "tasks": [task("t1", image="nope:1")]})
+            await s.wait_for("image_wanted", lambda: any(m.get("op") == "image_wanted" for m in s.out))
+            s.send({"op": "image_plan", "image": "nope:1", "plan": "pull", "reason": "no engine of the cluster has it"})
+            await s.wait_for("rejected", lambda: "rejected" in s.statuses("t1"))
+            msg = [m for m in s.out if m.get("state") == "rejected"][0]
+            assert msg["error"] == "image nope:1 not found on node node1; no engine of the cluster has it"
+            assert [m["message"] for m in s.out if m.get("state") == "preparing"] == ["pulling image nope:1"]
+    run(main())
+
+
+def test_missing_image_is_shipped_by_the_leader_then_started() -> None:
+    async def main() -> None:
+        docker = FakeDocker()
+        async with Session(docker) as s:
+            s.send(CONFIGURE)
+            s.send({"op": "assign", "tasks": [task("t1", image="built:1"), task("t2", 2, image="built:1")]})
+            await s.wait_for("preparing", lambda: "preparing" in s.statuses("t2") or
+                             any(m.get("op") == "image_wanted" for m in s.out))
+            wanted = [m for m in s.out if m.get("op") == "image_wanted"]
+            assert len(wanted) == 1 and wanted[0]["image"] == "built:1"  # one request for both tasks
+            s.send({"op": "image_plan", "image": "built:1", "plan": "ship", "source": "manager1"})
+            await s.wait_for("shipping", lambda: "preparing" in s.statuses("t1") and "preparing" in s.statuses("t2"))
+            assert {m["message"] for m in s.out if m.get("state") == "preparing"} == {"shipping image built:1 from manager1"}
+            docker.images.add("built:1")
+            s.send({"op": "image_done", "image": "built:1", "error": ""})
+            await s.wait_for("running", lambda: "running" in s.statuses("t1") and "running" in s.statuses("t2"))
+    run(main())
+
+
+def test_failed_shipment_rejects_the_task_with_its_reason() -> None:
+    async def main() -> None:
+        async with Session(FakeDocker()) as s:
+            s.send(CONFIGURE)
+            s.send({"op": "assign", "tasks": [task("t1", image="built:1")]})
+            await s.wait_for("image_wanted", lambda: any(m.get("op") == "image_wanted" for m in s.out))
+            s.send({"op": "image_plan", "image": "built:1", "plan": "ship", "source": "manager1"})
+            s.send({"op": "image_done", "image": "built:1", "error": "no space left on device"})
+            await s.wait_for("rejected", lambda: "rejected" in s.statuses("t1"))
+            msg = [m for m in s.out if m.get("state") == "rejected"][0]
+            assert msg["error"] == "shipping image built:1 to node1 failed: no space left on device"
+    run(main())
+
+
+def test_leader_that_does_not_ship_means_a_pull() -> None:
+    async def main() -> None:
+        async with Session(FakeDocker()) as s:
+            s.agent.images.plan_timeout = 0.05
+            s.send(CONFIGURE)
+            s.send({"op": "assign", "tasks": [task("t1", image="nope:1")]})
             await s.wait_for("rejected", lambda: "rejected" in s.statuses("t1"))
             msg = [m for m in s.out if m.get("state") == "rejected"][0]
             assert msg["error"] == "image nope:1 not found on node node1"
+    run(main())
+
+
+def test_malformed_image_plan_is_an_error_not_a_crash() -> None:
+    async def main() -> None:
+        async with Session(FakeDocker()) as s:
+            s.send(CONFIGURE)
+            s.send({"op": "image_plan", "image": "x:1", "plan": "teleport"})
+            await s.wait_for("error", lambda: any(m.get("op") == "error" for m in s.out))
+            assert "image_plan.plan" in [m for m in s.out if m.get("op") == "error"][0]["message"]
     run(main())
 
 

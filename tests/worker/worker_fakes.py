@@ -78,6 +78,10 @@ class FakeDocker:
                 "State": {"Status": c["State"], "ExitCode": c["ExitCode"], "Error": "", "OOMKilled": False},
                 "NetworkSettings": {"Networks": {"pyswarm": {"IPAddress": c["IP"] if c["State"] == "running" else ""}}}}
 
+    async def inspect_image(self, ref: str) -> dict[str, Any] | None:
+        await asyncio.sleep(0)
+        return {"Id": "sha256:" + format(abs(hash(ref)), "064x")[:64]} if ref in self.images else None
+
     async def ensure_image(self, ref: str, node: str) -> None:
         await asyncio.sleep(0)
         if ref not in self.images:

@@ -1,0 +1,53 @@
+"""image.push, image.ls, image.shipments: images from this manager's engine.
+
+These are served by the manager the CLI reached, never forwarded: the image
+comes from *this* machine's engine (where the operator's CLI runs), and the
+connections to the nodes are this manager's (the dispatcher's on the
+leader). A remote CLI whose own engine holds the image would have to stream
+it to a manager first: that is the seam for remote contexts (engineer
+``remote``), not done here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyswarm.images import MAX_REF, MessageError, check_ref
+from pyswarm.errors import UsageError
+from pyswarm.wire import rule
+
+from ..images import ImageService
+from ..store import Store
+from .base import Resource, Self, method
+
+
+@dataclass(frozen=True)
+class ImagePush:
+    image: str = field(metadata=rule(max_len=MAX_REF))
+    nodes: list[str] = field(default_factory=list, metadata=rule(max_len=10_000))
+
+
+class Images(Resource):
+    def __init__(self, store: Store, me: Self, images: ImageService) -> None:
+        super().__init__(store, me)
+        self.images = images
+
+    @method("image.push", ImagePush)
+    async def push(self, req: ImagePush) -> Any:
+        try:
+            check_ref(req.image)
+        except MessageError as exc:
+            raise UsageError(str(exc)) from None
+        for i, n in enumerate(req.nodes):
+            if not n or len(n) > 256:
+                raise UsageError(f"nodes[{i}]: expected a node name or id")
+        return [s.to_dict() for s in await self.images.push(req.image, list(req.nodes))]
+
+    @method("image.ls")
+    async def ls(self, req: object) -> Any:
+        return await self.images.ls()
+
+    @method("image.shipments")
+    async def shipments(self, req: object) -> Any:
+        return self.images.shipments()

@@ -1,0 +1,522 @@
+"""Shipping images from this manager's engine to nodes, over SSH, without a registry.
+
+The sender is the engine of the manager that does the work: the one an
+operator's ``pyswarm image push`` reached (its CLI runs there), or the
+leader for automatic shipping (a task landed on a node that lacks its
+image). Why this shape (the wire is in :mod:`pyswarm.images`):
+
+- **A spool, then per-node archives.** ``docker save`` writes the layers
+  before the manifest that names them, so it cannot be filtered on the fly.
+  The archive is saved once to this manager's disk and indexed; each node
+  then gets a tar holding the config, the manifest and only the layers
+  whose *chain* it lacks, read from the spool (several nodes at once read
+  the same file). ``docker load`` skips every layer it already has, so the
+  result is the same image ID.
+- **The node's own SSH connection.** On the leader the dispatcher's
+  connection to the node carries a second session (the image channel);
+  elsewhere (``image push`` on a follower) this manager opens one with the
+  cluster key, as the dispatcher would.
+- **Bounded.** At most :data:`PARALLEL` nodes receive at once, over all
+  pushes and automatic shipments of this manager, so a big push cannot
+  saturate the sender's link or disk. Every shipment is recorded (bytes on
+  the wire, layers sent and skipped, seconds) for ``pyswarm image
+  shipments`` and the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import tarfile
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from pyswarm.errors import NotFoundError, UsageError
+from pyswarm.images import (
+    CHANNEL_COMMAND,
+    PLAN_PULL,
+    PLAN_SHIP,
+    ChannelRequest,
+    HaveReply,
+    ImageDone,
+    ImagePlan,
+    ImageWanted,
+    LoadReply,
+    MessageError,
+    NodeImage,
+    chain_ids,
+    check_ref,
+    inventory_from_line,
+)
+from pyswarm.models import Node, NodeStatus
+from pyswarm.worker import RuntimeError_
+from pyswarm.worker.docker import DockerClient
+
+from .store import Snapshot, Store
+
+log = logging.getLogger(__name__)
+
+PARALLEL = 4  # nodes receiving at once from this manager
+CHUNK = 1 << 20
+REPLY_TIMEOUT = 60.0  # seconds for a node's channel to say what it has
+SPOOL_LINGER = 120.0  # seconds a spool is kept for the next node that wants the image
+HISTORY = 500  # shipments remembered
+
+Connect = Callable[[Node], Awaitable[tuple[Any, bool]]]  # → (connection, close it after)
+
+
+class ShipError(Exception):
+    """A shipment failed; the message names the node and the reason."""
+
+
+# -- the spool ------------------------------------------------------------------
+
+
+@dataclass
+class Spool:
+    """One image's ``docker save`` archive on this manager's disk, indexed."""
+
+    ref: str
+    image_id: str
+    chains: list[str]
+    config: str  # the config's member name
+    layers: list[str]  # member name of each layer, aligned with chains
+    members: dict[str, tuple[int, int]]  # name → (data offset, size)
+    path: Path
+    users: int = 0
+    expires: float = 0.0
+
+    @classmethod
+    async def make(cls, docker: DockerClient, ref: str, directory: Path) -> Spool:
+        data = await docker.inspect_image(ref)
+        if data is None:
+            raise NotFoundError(f"image {ref} is not on this manager's engine")
+        image_id = str(data.get("Id", ""))
+        diff_ids = [str(d) for d in (data.get("RootFS") or {}).get("Layers") or ()]
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, name = tempfile.mkstemp(prefix="image-", suffix=".tar", dir=directory)
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                async for chunk in docker.save_image(ref):
+                    await asyncio.to_thread(fh.write, chunk)
+            config, layers, members = await asyncio.to_thread(_index, path)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        if len(layers) != len(diff_ids):
+            path.unlink(missing_ok=True)
+            raise ShipError(f"image {ref}: the saved manifest lists {len(layers)} layers, the engine {len(diff_ids)}")
+        return cls(ref, image_id, chain_ids(diff_ids), config, layers, members, path)
+
+    def needed(self, have: HaveReply) -> list[int]:
+        """The layers a node lacks (by chain: a layer is reused only in the same place)."""
+        return [i for i, chain in enumerate(self.chains) if chain not in have.chains]
+
+    def archive_size(self, needed: list[int]) -> int:
+        names = self._names(needed)
+        return sum(512 + _padded(self.members[n][1]) for n in names) + 1024
+
+    def _names(self, needed: list[int]) -> list[str]:
+        names = [self.config]
+        for i in needed:
+            if self.layers[i] not in names:
+                names.append(self.layers[i])
+        names.append("manifest.json")
+        return names
+
+    async def archive(self, needed: list[int]) -> AsyncIterator[bytes]:
+        """A ``docker load``-able tar: config, the ``needed`` layers, manifest."""
+        with open(self.path, "rb") as fh:
+            for name in self._names(needed):
+                offset, size = self.members[name]
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.mtime = size, 0o644, 0
+                yield info.tobuf(format=tarfile.GNU_FORMAT)
+                fh.seek(offset)
+                left = size
+                while left > 0:
+                    chunk = await asyncio.to_thread(fh.read, min(CHUNK, left))
+                    if not chunk:
+                        raise ShipError(f"spool of {self.ref} is truncated at {name}")
+                    left -= len(chunk)
+                    yield chunk
+                if size % 512:
+                    yield b"\0" * (512 - size % 512)
+        yield b"\0" * 1024
+
+
+def _padded(size: int) -> int:
+    return size + (-size % 512)
+
+
+def _index(path: Path) -> tuple[str, list[str], dict[str, tuple[int, int]]]:
+    import json
+
+    members: dict[str, tuple[int, int]] = {}
+    with tarfile.open(path, "r:") as tar:
+        for m in tar:
+            if m.isfile():
+                members[m.name] = (m.offset_data, m.size)
+        manifest_member = tar.getmember("manifest.json")
+        fh = tar.extractfile(manifest_member)
+        assert fh is not None
+        manifest = json.loads(fh.read())
+    if not isinstance(manifest, list) or len(manifest) != 1:
+        raise ShipError("the saved archive does not hold exactly one image")
+    entry = manifest[0]
+    config, layers = str(entry["Config"]), [str(p) for p in entry["Layers"]]
+    for name in [config, *layers]:
+        if name not in members:
+            raise ShipError(f"the saved archive lacks {name}")
+    return config, layers, members
+
+
+# -- one shipment ------------------------------------------------------------------
+
+
+@dataclass
+class Shipment:
+    """What happened when one image went (or did not go) to one node."""
+
+    image: str
+    node: str
+    result: str = ""  # sent | present | failed
+    bytes: int = 0
+    layers_sent: int = 0
+    layers_total: int = 0
+    seconds: float = 0.0
+    error: str = ""
+    reason: str = ""  # push | task
+    at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def _read_line(proc: Any, what: str, timeout: float | None) -> bytes:
+    line = bytes(await asyncio.wait_for(proc.stdout.readline(), timeout))
+    if not line:
+        said = b""
+        try:
+            said = bytes(await asyncio.wait_for(proc.stderr.read(2000), 1.0))
+        except (asyncio.TimeoutError, asyncssh.Error):
+            pass
+        raise ShipError(f"{what}: the node's image channel ended" +
+                        (f": {said.decode(errors='replace').strip()}" if said else ""))
+    return line
+
+
+async def ship_to(conn: Any, spool: Spool, node: str, reason: str = "push") -> Shipment:
+    """Send ``spool``'s image to the node behind ``conn``, only the layers it
+    lacks. If the load fails although layers were left out (the node lost
+    one since it answered), try once more with every layer."""
+    shipment = Shipment(spool.ref, node, layers_total=len(spool.chains), reason=reason)
+    started = time.monotonic()
+    full = False
+    try:
+        while True:
+            proc = await conn.create_process(CHANNEL_COMMAND, encoding=None)
+            try:
+                proc.stdin.write(ChannelRequest("have", image=spool.ref, image_id=spool.image_id).to_line())
+                have = HaveReply.from_line(await _read_line(proc, "have", REPLY_TIMEOUT))
+                if have.present:
+                    proc.stdin.write_eof()
+                    shipment.result = "present"
+                    return shipment
+                needed = list(range(len(spool.chains))) if full else spool.needed(have)
+                async for chunk in spool.archive(needed):
+                    proc.stdin.write(chunk)
+                    shipment.bytes += len(chunk)
+                    await proc.stdin.drain()
+                proc.stdin.write_eof()
+                shipment.layers_sent = len(needed)
+                reply = LoadReply.from_line(await _read_line(proc, "load", None))
+            finally:
+                proc.close()
+            if reply.ok:
+                shipment.result = "sent"
+                return shipment
+            if full or len(needed) == len(spool.chains):
+                raise ShipError(reply.error)
+            log.info("%s: load of %s without %d layers failed (%s); sending them all",
+                     node, spool.ref, len(spool.chains) - len(needed), reply.error)
+            full = True
+    except (ShipError, MessageError, asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
+        shipment.result, shipment.error = "failed", str(exc) or type(exc).__name__
+        return shipment
+    finally:
+        shipment.seconds = round(time.monotonic() - started, 3)
+
+
+async def node_inventory(conn: Any) -> list[NodeImage]:
+    proc = await conn.create_process(CHANNEL_COMMAND, encoding=None)
+    try:
+        proc.stdin.write(ChannelRequest("inventory").to_line())
+        proc.stdin.write_eof()
+        return inventory_from_line(await _read_line(proc, "inventory", REPLY_TIMEOUT))
+    finally:
+        proc.close()
+
+
+async def remove_images(conn: Any, refs: list[str]) -> None:
+    proc = await conn.create_process(CHANNEL_COMMAND, encoding=None)
+    try:
+        proc.stdin.write(ChannelRequest("remove", images=tuple(refs)).to_line())
+        proc.stdin.write_eof()
+        await _read_line(proc, "remove", REPLY_TIMEOUT)
+    finally:
+        proc.close()
+
+
+# -- the service ---------------------------------------------------------------------
+
+
+class ImageService:
+    """Image shipping on one manager: ``image push``/``ls``/``shipments``
+    from the API, and (on the leader) the agents' ``image_wanted``."""
+
+    def __init__(self, store: Store, spool_dir: Path, docker: DockerClient | None = None) -> None:
+        self._store = store
+        self.spool_dir = spool_dir
+        self.docker = docker or DockerClient(request_timeout=120.0)
+        self.connect: Connect | None = None  # the leader's dispatcher lends its connections
+        self.history: collections.deque[Shipment] = collections.deque(maxlen=HISTORY)
+        self.bytes_sent = 0
+        self._slots = asyncio.Semaphore(PARALLEL)
+        self._spools: dict[str, Spool] = {}
+        self._spool_locks: dict[str, asyncio.Lock] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Task[Shipment]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+
+    async def close(self) -> None:
+        for t in list(self._background):
+            t.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        for spool in self._spools.values():
+            spool.path.unlink(missing_ok=True)
+        self._spools.clear()
+        await self.docker.close()
+
+    # -- connections ----------------------------------------------------------
+
+    async def _connection(self, node: Node) -> tuple[Any, bool]:
+        if self.connect is not None:
+            conn, owned = await self.connect(node)
+            if conn is not None:
+                return conn, owned
+        cluster = self._store.snapshot().cluster
+        keys = [asyncssh.import_private_key(k) for k in
+                ((cluster.ssh_private_key, cluster.previous_ssh_private_key) if cluster else ()) if k]
+        from .dispatcher import connect_node
+
+        return await connect_node(node, keys), True
+
+    # -- spools ------------------------------------------------------------------
+
+    async def _spool(self, ref: str) -> Spool:
+        lock = self._spool_locks.setdefault(ref, asyncio.Lock())
+        async with lock:
+            spool = self._spools.get(ref)
+            if spool is not None:
+                data = await self.docker.inspect_image(ref)
+                if data is not None and data.get("Id") == spool.image_id:
+                    spool.users += 1
+                    return spool
+                self._drop(spool)
+            spool = await Spool.make(self.docker, ref, self.spool_dir)
+            spool.users += 1
+            self._spools[ref] = spool
+            return spool
+
+    def _release(self, spool: Spool) -> None:
+        spool.users -= 1
+        if spool.users <= 0:
+            spool.expires = time.monotonic() + SPOOL_LINGER
+            self._spawn(self._expire(spool))
+
+    async def _expire(self, spool: Spool) -> None:
+        await asyncio.sleep(SPOOL_LINGER)
+        if spool.users <= 0 and time.monotonic() >= spool.expires:
+            self._drop(spool)
+
+    def _drop(self, spool: Spool) -> None:
+        if self._spools.get(spool.ref) is spool:
+            del self._spools[spool.ref]
+        spool.path.unlink(missing_ok=True)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    # -- shipping -------------------------------------------------------------------
+
+    async def _ship(self, spool: Spool, node: Node, reason: str) -> Shipment:
+        async with self._slots:
+            try:
+                conn, owned = await self._connection(node)
+            except (asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
+                shipment = Shipment(spool.ref, node.hostname, "failed", error=f"cannot reach {node.hostname}: {exc}",
+                                    reason=reason)
+            else:
+                try:
+                    shipment = await ship_to(conn, spool, node.hostname, reason)
+                finally:
+                    if owned:
+                        conn.close()
+        self.bytes_sent += shipment.bytes
+        self.history.append(shipment)
+        log.info("image %s to %s: %s, %d bytes, %d/%d layers, %.2fs%s", shipment.image, node.hostname,
+                 shipment.result, shipment.bytes, shipment.layers_sent, shipment.layers_total, shipment.seconds,
+                 f" ({shipment.error})" if shipment.error else "")
+        return shipment
+
+    async def push(self, ref: str, node_refs: list[str]) -> list[Shipment]:
+        """``pyswarm image push``: ``ref`` from this manager's engine to the
+        named nodes (every ready node when none is named)."""
+        check_ref(ref)
+        snap = self._store.snapshot()
+        nodes = _pick_nodes(snap, node_refs)
+        try:
+            spool = await self._spool(ref)
+        except RuntimeError_ as exc:
+            raise UsageError(f"image {ref}: {exc}") from None
+        try:
+            return list(await asyncio.gather(*(self._ship(spool, n, "push") for n in nodes)))
+        finally:
+            self._release(spool)
+
+    async def ls(self) -> list[dict[str, Any]]:
+        """Which nodes hold which images of the cluster's services (asked
+        of every ready node now, at most :data:`PARALLEL` at once)."""
+        snap = self._store.snapshot()
+        wanted: dict[str, list[str]] = {}
+        for svc in snap.services():
+            wanted.setdefault(svc.spec.container.image, []).append(svc.spec.name)
+        nodes = [n for n in snap.nodes() if n.status == NodeStatus.READY]
+
+        async def one(node: Node) -> tuple[Node, list[NodeImage] | str]:
+            async with self._slots:
+                try:
+                    conn, owned = await self._connection(node)
+                    try:
+                        return node, await node_inventory(conn)
+                    finally:
+                        if owned:
+                            conn.close()
+                except (ShipError, MessageError, asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
+                    return node, str(exc) or type(exc).__name__
+
+        rows: dict[str, dict[str, Any]] = {
+            _with_latest(image): {"image": image, "services": sorted(names), "nodes": [], "id": "", "size": 0}
+            for image, names in wanted.items()}
+        problems = []
+        for node, images in await asyncio.gather(*(one(n) for n in nodes)):
+            if isinstance(images, str):
+                problems.append(f"{node.hostname}: {images}")
+                continue
+            for img in images:
+                for ref in {*img.tags, *img.digests}:
+                    row = rows.get(_with_latest(ref))
+                    if row is not None and node.hostname not in row["nodes"]:
+                        row["nodes"].append(node.hostname)
+                        row["id"], row["size"] = img.id, img.size
+        out = sorted(rows.values(), key=lambda r: str(r["image"]))
+        for row in out:
+            row["nodes"].sort()
+        if problems:
+            out.append({"image": "", "services": [], "nodes": [], "id": "", "size": 0, "errors": problems})
+        return out
+
+    def shipments(self) -> dict[str, Any]:
+        return {"bytes_sent": self.bytes_sent, "shipments": [s.to_dict() for s in self.history]}
+
+    # -- automatic shipping (the leader) -------------------------------------------
+
+    async def plan_for(self, ref: str) -> ImagePlan:
+        """Can this manager's engine send ``ref``? Only an image that came
+        from no registry (no repo digest: built or loaded here) is shipped;
+        one from a registry is pulled by the node, as before."""
+        try:
+            data = await self.docker.inspect_image(ref)
+        except RuntimeError_ as exc:
+            return ImagePlan(ref, PLAN_PULL, reason=f"the leader's engine cannot be asked: {exc}")
+        if data is None:
+            return ImagePlan(ref, PLAN_PULL, reason="no manager's engine has it to ship (build it or push it to a registry)")
+        if data.get("RepoDigests"):
+            return ImagePlan(ref, PLAN_PULL, reason="it comes from a registry")
+        return ImagePlan(ref, PLAN_SHIP, source=_hostname())
+
+    def on_wanted(self, node: Node, message: dict[str, Any], reply: Callable[[dict[str, Any]], None]) -> None:
+        """An agent's ``image_wanted``: answer with a plan, ship, answer done.
+        One shipment per (node, image) at a time, however many tasks wait."""
+        try:
+            wanted = ImageWanted.from_message(message)
+        except MessageError as exc:
+            log.warning("%s: bad image_wanted: %s", node.hostname, exc)
+            return
+        self._spawn(self._serve_wanted(node, wanted, reply))
+
+    async def _serve_wanted(self, node: Node, wanted: ImageWanted, reply: Callable[[dict[str, Any]], None]) -> None:
+        plan = await self.plan_for(wanted.image)
+        reply(plan.to_message())
+        if plan.plan != PLAN_SHIP:
+            return
+        key = (node.id, wanted.image)
+        task = self._inflight.get(key)
+        if task is None:
+            task = self._inflight[key] = asyncio.ensure_future(self._ship_for_task(wanted.image, node))
+            task.add_done_callback(lambda _t: self._inflight.pop(key, None))
+        shipment = await asyncio.shield(task)
+        reply(ImageDone(wanted.image, shipment.error if shipment.result == "failed" else "").to_message())
+
+    async def _ship_for_task(self, ref: str, node: Node) -> Shipment:
+        try:
+            spool = await self._spool(ref)
+        except (RuntimeError_, NotFoundError, ShipError, OSError) as exc:
+            return Shipment(ref, node.hostname, "failed", error=f"cannot save {ref} on {_hostname()}: {exc}",
+                            reason="task")
+        try:
+            return await self._ship(spool, node, "task")
+        finally:
+            self._release(spool)
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _with_latest(ref: str) -> str:
+    last = ref.rsplit("/", 1)[-1]
+    return ref if ":" in last or "@" in ref else f"{ref}:latest"
+
+
+def _pick_nodes(snap: Snapshot, refs: list[str]) -> list[Node]:
+    nodes = snap.nodes()
+    if not refs:
+        ready = [n for n in nodes if n.status == NodeStatus.READY]
+        if not ready:
+            raise UsageError("no node is ready to receive the image")
+        return ready
+    out = []
+    for ref in refs:
+        matches = [n for n in nodes if ref in (n.id, n.hostname)] or [n for n in nodes if n.id.startswith(ref)]
+        if not matches:
+            raise NotFoundError(f"node {ref} not found")
+        if len(matches) > 1:
+            raise UsageError(f"node {ref} is ambiguous ({', '.join(n.hostname for n in matches)})")
+        if matches[0] not in out:
+            out.append(matches[0])
+    return out

@@ -1,0 +1,223 @@
+"""Images on a node: the image channel, and waiting for a shipped image.
+
+Two parts (the wire is described in :mod:`pyswarm.images`):
+
+- :func:`serve_channel` is the process sshd starts for an *image channel*
+  (the forced command with ``SSH_ORIGINAL_COMMAND`` = ``pyswarm worker
+  --images``): it answers one request — which layer chains this engine
+  has, its image inventory, or removing images — and for ``have`` streams
+  the tar that follows into the engine's ``/images/load`` as it arrives,
+  never holding it in memory or on disk.
+- :class:`ImageFetcher` is the agent's side of automatic shipping. A task
+  whose image is missing asks the leader (``image_wanted``) *before* trying
+  a pull: an image built by ``stack deploy`` is in no registry, and a pull
+  that cannot reach one takes 20 s to fail in the lab. The leader answers
+  ``ship`` (it sends the image, then ``image_done``) or ``pull``. Every task
+  of the node waiting for one image shares one request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyswarm.images import (
+    PLAN_SHIP,
+    ChannelRequest,
+    HaveReply,
+    ImageDone,
+    ImagePlan,
+    ImageWanted,
+    LoadReply,
+    MessageError,
+    NodeImage,
+    chain_ids,
+    encode_line,
+    inventory_line,
+)
+from pyswarm.worker import EngineNotFoundError, ImageNotFoundError, RuntimeError_
+from pyswarm.worker.docker import DockerClient
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+PLAN_TIMEOUT = 10.0  # an older leader never answers image_wanted: pull after this
+SHIP_TIMEOUT = 1800.0  # a shipment that has not ended by then has failed
+
+
+# -- the image channel (its own process) --------------------------------------
+
+
+async def node_chains(docker: DockerClient) -> set[str]:
+    """Every layer chain this engine holds: the chains of every prefix of
+    every image's layers (intermediate images share their parents' chains)."""
+    chains: set[str] = set()
+    for item in await docker.list_images():
+        data = await docker.inspect_image(str(item.get("Id", "")))
+        if data is None:
+            continue
+        layers = [str(d) for d in ((data.get("RootFS") or {}).get("Layers") or ())]
+        chains.update(chain_ids(layers))
+    return chains
+
+
+async def _body(first: bytes, reader: asyncio.StreamReader, counted: list[int]) -> AsyncIterator[bytes]:
+    counted[0] += len(first)
+    yield first
+    while chunk := await reader.read(CHUNK):
+        counted[0] += len(chunk)
+        yield chunk
+
+
+async def serve_channel(docker: DockerClient, reader: asyncio.StreamReader, write: Callable[[bytes], None]) -> int:
+    """Answer one image channel request; 0 when it was served, 1 when not."""
+    try:
+        req = ChannelRequest.from_line(await reader.readline())
+    except MessageError as exc:
+        write(encode_line({"op": "error", "error": str(exc)}))
+        return 1
+    if req.op == "inventory":
+        write(inventory_line(NodeImage.from_engine(i) for i in await docker.list_images()))
+        return 0
+    if req.op == "remove":
+        removed, errors = [], []
+        for ref in req.images:
+            try:
+                await docker.remove_image(ref)
+                removed.append(ref)
+            except EngineNotFoundError:
+                pass
+            except RuntimeError_ as exc:
+                errors.append(f"{ref}: {exc}")
+        write(encode_line({"op": "removed", "removed": removed, "error": "; ".join(errors)}))
+        return 0
+    have = await docker.inspect_image(req.image)
+    present = have is not None and have.get("Id") == req.image_id
+    write(HaveReply(present, frozenset(await node_chains(docker))).to_line())
+    first = await reader.read(CHUNK)
+    if not first:
+        return 0  # the sender had nothing to send
+    counted = [0]
+    try:
+        loaded = await docker.load_image(_body(first, reader, counted))
+    except RuntimeError_ as exc:
+        while await reader.read(CHUNK):  # let the sender finish writing
+            pass
+        write(LoadReply(False, error=str(exc)).to_line())
+        return 1
+    log.info("loaded %s (%d bytes)", ", ".join(loaded), counted[0])
+    write(LoadReply(True, tuple(loaded)).to_line())
+    return 0
+
+
+async def _serve_stdio(out_fd: int) -> int:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 22, loop=loop)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), os.fdopen(0, "rb", 0))
+
+    def write(data: bytes) -> None:
+        while data:
+            data = data[os.write(out_fd, data):]
+
+    async with DockerClient() as docker:
+        try:
+            return await serve_channel(docker, reader, write)
+        except RuntimeError_ as exc:
+            write(encode_line({"op": "error", "error": str(exc)}))
+            return 1
+
+
+def main_channel(out_fd: int) -> int:
+    """The image channel's process (``pyswarm worker --stdio`` run for
+    ``SSH_ORIGINAL_COMMAND`` = :data:`pyswarm.images.CHANNEL_COMMAND`)."""
+    return asyncio.run(_serve_stdio(out_fd))
+
+
+# -- automatic shipping, the agent's side ---------------------------------------
+
+
+Report = Callable[[str], None]
+
+
+@dataclass
+class _Wanted:
+    """One image this node asked the leader for; every waiting task shares it."""
+
+    plan: asyncio.Future[ImagePlan | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    done: asyncio.Future[ImageDone] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class ImageFetcher:
+    def __init__(self, docker: DockerClient, send: Callable[[dict[str, Any]], None], hostname: str,
+                 plan_timeout: float = PLAN_TIMEOUT, ship_timeout: float = SHIP_TIMEOUT) -> None:
+        self.docker = docker
+        self._send = send
+        self.hostname = hostname
+        self.plan_timeout = plan_timeout
+        self.ship_timeout = ship_timeout
+        self._wanted: dict[str, _Wanted] = {}
+
+    async def ensure(self, ref: str, task_id: str, report: Report) -> None:
+        """Make ``ref`` present: here already, shipped by the leader, or
+        pulled. ``report`` gets the task's one ``preparing`` message.
+        Raises :class:`ImageNotFoundError` with what the user sees."""
+        if await self.docker.inspect_image(ref) is not None:
+            report("preparing")
+            return
+        wanted = self._wanted.get(ref)
+        if wanted is None:
+            wanted = self._wanted[ref] = _Wanted()
+            self._send(ImageWanted(ref, task_id).to_message())
+        try:
+            plan = await asyncio.wait_for(asyncio.shield(wanted.plan), self.plan_timeout)
+        except asyncio.TimeoutError:
+            plan = None  # a leader that does not ship: pull as before
+            if not wanted.plan.done():
+                wanted.plan.set_result(None)
+        if plan is not None and plan.plan == PLAN_SHIP:
+            report(f"shipping image {ref} from {plan.source}")
+            try:
+                done = await asyncio.wait_for(asyncio.shield(wanted.done), self.ship_timeout)
+            except asyncio.TimeoutError:
+                self._forget(ref, wanted)
+                raise ImageNotFoundError(f"shipping image {ref} to {self.hostname}: no word in "
+                                         f"{self.ship_timeout:.0f}s") from None
+            self._forget(ref, wanted)
+            if done.error:
+                raise ImageNotFoundError(f"shipping image {ref} to {self.hostname} failed: {done.error}")
+            if await self.docker.inspect_image(ref) is None:
+                raise ImageNotFoundError(f"image {ref} was shipped to {self.hostname} but is not there")
+            return
+        self._forget(ref, wanted)
+        report(f"pulling image {ref}")
+        try:
+            await self.docker.ensure_image(ref, self.hostname)
+        except ImageNotFoundError as exc:
+            reason = plan.reason if plan is not None else ""
+            raise ImageNotFoundError(f"{exc}; {reason}" if reason else str(exc)) from exc
+
+    def _forget(self, ref: str, wanted: _Wanted) -> None:
+        if self._wanted.get(ref) is wanted:
+            del self._wanted[ref]
+
+    def on_message(self, msg: dict[str, Any]) -> str | None:
+        """An ``image_plan`` or ``image_done`` from the leader; returns an
+        error to report when the message is malformed."""
+        try:
+            if msg.get("op") == "image_plan":
+                plan = ImagePlan.from_message(msg)
+                wanted = self._wanted.get(plan.image)
+                if wanted is not None and not wanted.plan.done():
+                    wanted.plan.set_result(plan)
+            else:
+                done = ImageDone.from_message(msg)
+                wanted = self._wanted.get(done.image)
+                if wanted is not None and not wanted.done.done():
+                    wanted.done.set_result(done)
+        except MessageError as exc:
+            return f"bad {msg.get('op')}: {exc}"
+        return None
