@@ -1,0 +1,201 @@
+"""Spooling an image and shipping only what a node lacks (manager/images.py),
+against the node's real channel code (worker/images.py) over in-memory pipes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from pyswarm.images import HaveReply, chain_ids
+from pyswarm.manager.images import Spool, ship_to
+from pyswarm.worker.images import serve_channel
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _tar(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+class Engine:
+    """What both ends call of the engine: one image made of ``layers``, as
+    ``docker save`` lays it out (layers first, manifest last)."""
+
+    def __init__(self, layers: list[bytes], tag: str = "app:1", has: list[list[bytes]] | None = None) -> None:
+        self.diffs = [_digest(layer) for layer in layers]
+        self.config = json.dumps({"rootfs": {"type": "layers", "diff_ids": self.diffs}}).encode()
+        self.id = _digest(self.config)
+        self.tag = tag
+        members = {f"{i:064x}/layer.tar": layer for i, layer in enumerate(layers)}
+        members[self.id[7:] + ".json"] = self.config
+        members["manifest.json"] = json.dumps([{"Config": self.id[7:] + ".json", "RepoTags": [tag],
+                                                "Layers": [f"{i:064x}/layer.tar" for i in range(len(layers))]}]).encode()
+        self.archive = _tar(members)
+        # what a receiving engine already holds: images by their layers
+        self.held = {f"sha256:{k:064x}": [_digest(x) for x in ls] for k, ls in enumerate(has or [])}
+        self.loaded: list[bytes] = []
+
+    async def inspect_image(self, ref: str) -> dict[str, Any] | None:
+        if ref in (self.tag, self.id):
+            return {"Id": self.id, "RootFS": {"Layers": self.diffs}, "RepoDigests": []}
+        if ref in self.held:
+            return {"Id": ref, "RootFS": {"Layers": self.held[ref]}}
+        return None
+
+    async def save_image(self, ref: str) -> AsyncIterator[bytes]:
+        for i in range(0, len(self.archive), 1000):
+            yield self.archive[i:i + 1000]
+
+    async def list_images(self) -> list[dict[str, Any]]:
+        return [{"Id": k} for k in self.held]
+
+    async def load_image(self, body: AsyncIterator[bytes]) -> list[str]:
+        self.loaded.append(b"".join([c async for c in body]))
+        return [self.tag]
+
+
+class Channel:
+    """An SSH session's process, wired to :func:`serve_channel` in-process."""
+
+    def __init__(self, node: Engine) -> None:
+        self.stdin_reader = asyncio.StreamReader()
+        self.stdout = asyncio.StreamReader()
+        self.stderr = asyncio.StreamReader()
+        self.stderr.feed_eof()
+        self.stdin = self
+        self.server = asyncio.ensure_future(serve_channel(cast(Any, node), self.stdin_reader, self.stdout.feed_data))
+        self.server.add_done_callback(lambda _t: self.stdout.feed_eof())
+
+    def write(self, data: bytes) -> None:
+        self.stdin_reader.feed_data(data)
+
+    async def drain(self) -> None:
+        await asyncio.sleep(0)
+
+    def write_eof(self) -> None:
+        self.stdin_reader.feed_eof()
+
+    def close(self) -> None:
+        pass
+
+
+class Conn:
+    def __init__(self, node: Engine) -> None:
+        self.node = node
+        self.sessions = 0
+
+    async def create_process(self, command: str, encoding: None = None) -> Channel:
+        assert command == "pyswarm worker --images"
+        self.sessions += 1
+        return Channel(self.node)
+
+
+LAYERS = [b"base" * 3000, b"middle" * 500, b"top" * 7]
+
+
+def _members(archive: bytes) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
+
+
+def test_spool_indexes_the_save_and_builds_archives_of_the_needed_layers(tmp_path: Path) -> None:
+    async def main() -> None:
+        src = Engine(LAYERS)
+        spool = await Spool.make(cast(Any, src), "app:1", tmp_path)
+        assert spool.image_id == src.id and spool.chains == chain_ids(src.diffs)
+        assert spool.needed(HaveReply(False, frozenset(spool.chains[:2]))) == [2]
+        # a layer held in another place (another chain) is not the same layer
+        assert spool.needed(HaveReply(False, frozenset({src.diffs[1]}))) == [0, 1, 2]
+        archive = b"".join([c async for c in spool.archive([2])])
+        assert len(archive) == spool.archive_size([2])
+        got = _members(archive)
+        assert set(got) == {spool.config, spool.layers[2], "manifest.json"}
+        assert got[spool.layers[2]] == LAYERS[2] and got[spool.config] == src.config
+        assert json.loads(got["manifest.json"])[0]["RepoTags"] == ["app:1"]
+    asyncio.run(main())
+
+
+def test_ship_sends_only_missing_layers_then_nothing_when_present(tmp_path: Path) -> None:
+    async def main() -> None:
+        src = Engine(LAYERS)
+        node = Engine(LAYERS, has=[LAYERS[:2]])  # holds an image of the first two layers
+        node.tag = "other:1"  # ... but not app:1
+        spool = await Spool.make(cast(Any, src), "app:1", tmp_path)
+        shipment = await ship_to(Conn(node), spool, "worker1")
+        assert (shipment.result, shipment.layers_sent, shipment.layers_total) == ("sent", 1, 3), shipment
+        assert set(_members(node.loaded[0])) == {spool.config, spool.layers[2], "manifest.json"}
+        assert shipment.bytes == len(node.loaded[0]) < len(LAYERS[0])
+        # the node now answers present: nothing crosses the wire
+        node.tag = "app:1"
+        node.id = src.id
+        again = await ship_to(Conn(node), spool, "worker1")
+        assert (again.result, again.bytes) == ("present", 0)
+    asyncio.run(main())
+
+
+def test_failed_load_of_a_partial_archive_is_retried_whole(tmp_path: Path) -> None:
+    async def main() -> None:
+        src = Engine(LAYERS)
+        node = Engine(LAYERS, has=[LAYERS[:1]])
+        node.tag = "other:1"
+        calls: list[int] = []
+
+        async def load(body: AsyncIterator[bytes]) -> list[str]:
+            data = b"".join([c async for c in body])
+            calls.append(len(_members(data)))
+            if len(calls) == 1:
+                from pyswarm.worker import EngineAPIError
+
+                raise EngineAPIError(500, "layer does not exist")
+            return ["app:1"]
+
+        node.load_image = load  # type: ignore[method-assign]
+        spool = await Spool.make(cast(Any, src), "app:1", tmp_path)
+        shipment = await ship_to(Conn(node), spool, "worker1")
+        assert shipment.result == "sent" and shipment.layers_sent == 3, shipment
+        assert calls == [4, 5]  # config + manifest + 2 layers, then + all 3
+    asyncio.run(main())
+
+
+def test_a_load_that_fails_whole_is_reported_with_the_engines_words(tmp_path: Path) -> None:
+    async def main() -> None:
+        src = Engine(LAYERS)
+        node = Engine(LAYERS)
+        node.tag = "other:1"
+
+        async def load(body: AsyncIterator[bytes]) -> list[str]:
+            async for _ in body:
+                pass
+            from pyswarm.worker import EngineAPIError
+
+            raise EngineAPIError(500, "no space left on device")
+
+        node.load_image = load  # type: ignore[method-assign]
+        spool = await Spool.make(cast(Any, src), "app:1", tmp_path)
+        shipment = await ship_to(Conn(node), spool, "worker1")
+        assert (shipment.result, shipment.error) == ("failed", "no space left on device")
+    asyncio.run(main())
+
+
+def test_spool_of_a_missing_image_says_so(tmp_path: Path) -> None:
+    from pyswarm.errors import NotFoundError
+
+    with pytest.raises(NotFoundError, match="nope:1 is not on this manager's engine"):
+        asyncio.run(Spool.make(cast(Any, Engine(LAYERS)), "nope:1", tmp_path))
+    assert list(tmp_path.iterdir()) == []
