@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Final
 
 SWARM_IGNORED: Final[dict[str, str]] = {
-    "build": "Swarm does not build images; build and push it, then deploy `image`",
     "cgroup_parent": "Swarm ignores it",
     "cgroupns_mode": "Swarm ignores it",
     "container_name": "Swarm names containers STACK_SERVICE.SLOT.TASKID",
@@ -77,7 +76,7 @@ SWARM_REJECTED: Final[dict[str, str]] = {
 """Keys ``docker stack deploy`` refuses: an error saying what to write instead."""
 
 SERVICE_KEYS: Final[tuple[str, ...]] = (
-    "image", "command", "entrypoint", "environment", "env_file", "labels", "ports",
+    "build", "image", "command", "entrypoint", "environment", "env_file", "labels", "ports",
     "volumes", "secrets", "configs", "networks", "healthcheck", "deploy", "logging",
     "cap_add", "cap_drop", "sysctls", "ulimits", "init", "user", "working_dir",
     "stop_grace_period", "stop_signal", "tmpfs", "extra_hosts", "hostname", "dns",

@@ -20,7 +20,9 @@ from typing import Any
 
 from pyswarm.models import ContainerSpec, Resources, ServiceSpec
 
+from . import build as _build  # noqa: F401  (registers the `build` handler)
 from . import container as _container  # noqa: F401  (registers its key handlers)
+from .build import BuildSpec
 from .checker import _Invalid, suggest
 from .deployspec import deploy_consistency
 from .errors import (
@@ -62,6 +64,10 @@ class Stack:
     secrets: list[StackObject] = field(default_factory=list)
     """Top-level ``secrets`` with their data (never printed), for deploy."""
     configs: list[StackObject] = field(default_factory=list)
+    builds: dict[str, BuildSpec] = field(default_factory=dict)
+    """Services (full name) whose image is built from ``build:`` before deploy
+    (pyswarm/build.py); their spec's image is ``STACK_SERVICE`` until then,
+    or the ``image:`` the file gives."""
 
 
 def check_stack_name(stack: str) -> None:
@@ -177,6 +183,8 @@ def _load_files(
     _raise_problems(checker, strict)
     resolve_references(stack, services, config)
     result = Stack(stack, services, [str(w) for w in checker.warnings], config)
+    result.builds = {f"{stack}_{name}": BuildSpec.from_config(svc["build"])
+                     for name, svc in config["services"].items() if "build" in svc}
     if read_data:
         result.secrets = read_objects(stack, config, env, "secrets", doc.mark)
         result.configs = read_objects(stack, config, env, "configs", doc.mark)
@@ -276,13 +284,13 @@ def _deploy_order(c: ServiceChecker, checked: dict[str, Any], written: dict[str,
     return order
 
 
-_CONTAINER_TYPED = ("image", "command", "entrypoint", "environment", "labels", "deploy", "depends_on")
+_CONTAINER_TYPED = ("build", "image", "command", "entrypoint", "environment", "labels", "deploy", "depends_on")
 
 
 def _to_spec(stack: str, name: str, svc: dict[str, Any]) -> ServiceSpec:
     deploy: dict[str, Any] = svc.get("deploy", {})
     container = ContainerSpec(
-        image=svc["image"],
+        image=svc.get("image") or f"{stack}_{name}",
         command=svc.get("command"),
         entrypoint=svc.get("entrypoint"),
         env=dict(svc.get("environment", {})),

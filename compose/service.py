@@ -159,7 +159,7 @@ def check_service(c: ServiceChecker, name: str, value: Any) -> dict[str, Any] | 
         c.error(path, "invalid service name: use letters, digits, and '-', '_' or '.' "
                 f"between them, at most {MAX_NAME} characters", key=True)
     if value is None:
-        return c.error(path, "the service is empty: it needs at least an `image`")
+        return c.error(path, "the service is empty: it needs at least an `image` or a `build`")
     m = c.mapping(path, value)
     if isinstance(m, _Invalid):
         return m
@@ -181,6 +181,6 @@ def check_service(c: ServiceChecker, name: str, value: Any) -> dict[str, Any] | 
             _unsupported(c, kpath, key, SERVICE_KEYS)
     if "env_file" in out:
         out["environment"] = {**out.pop("env_file"), **out.get("environment", {})}
-    if "image" not in m:
-        c.error(path, "no `image`: Swarm runs images, it does not build them", key=True)
-    return out if out.get("image") else INVALID
+    if "image" not in m and "build" not in m:
+        c.error(path, "no `image` and no `build`: a service runs an image, given or built", key=True)
+    return out if out.get("image") or out.get("build") else INVALID

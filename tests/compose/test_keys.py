@@ -243,7 +243,7 @@ def test_compose_file_for_docker_compose_loads_with_warnings(load: Load) -> None
     """)
     assert len(stack.services) == 2
     keys = [w.split(": ")[1] for w in stack.warnings]
-    assert keys == ["services.app.build", "services.app.container_name", "services.app.restart",
+    assert keys == ["services.app.container_name", "services.app.restart",
                     "services.app.links", "services.app.privileged", "services.db.network_mode"]
 
 

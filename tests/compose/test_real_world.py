@@ -67,7 +67,7 @@ def test_docker_compose_file_loads_with_a_warning_per_ignored_key() -> None:
     stack = load_stack([DATA / "docker-compose-dev.yml"], "dev", {})
     warned = sorted((w.split(": ")[1], w.split(": ")[2]) for w in stack.warnings)
     assert warned == sorted([
-        ("services.app.build", "ignored"), ("services.app.container_name", "ignored"),
+        ("services.app.container_name", "ignored"),
         ("services.app.restart", "ignored"), ("services.app.links", "ignored"),
         ("services.cache.container_name", "ignored"), ("services.cache.restart", "ignored"),
         ("services.cache.expose", "ignored"),

@@ -1,0 +1,175 @@
+"""``build:`` of a service: checked, normalised and typed (:class:`BuildSpec`).
+
+Swarm cannot deploy a service that only has ``build:`` (moby/moby#29940);
+pyswarm builds it with the engine of the machine the CLI runs on and ships
+it to the nodes (pyswarm/build.py, manager/images.py). This module only
+reads the key: both spellings, ``build: ./dir`` and the long mapping, become
+one long mapping (what ``stack config`` prints, in Docker's field order:
+context, dockerfile, args, labels, cache_from, extra_hosts, network, target,
+then the compose-spec fields Docker's stack types lack), with the context an
+absolute path. Whether the context exists is checked when building, not by
+``stack config`` (a file that only prints a stack need not have it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .checker import _Invalid, describe, stringify
+from .errors import KeyPath
+from .service import HANDLERS, ServiceChecker, register
+
+BUILD_KEYS = ("context", "dockerfile", "dockerfile_inline", "args", "labels", "cache_from", "extra_hosts",
+              "network", "target", "shm_size", "secrets", "platforms", "no_cache", "pull")
+# compose-spec build keys pyswarm's builder (the engine's classic /build) has no use for
+BUILD_IGNORED = ("ssh", "tags", "ulimits", "isolation", "privileged", "additional_contexts", "entitlements",
+                 "cache_to", "provenance", "sbom")
+_REMOTE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|git@|github\.com/)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """How to build one service's image (the normalised ``build:``)."""
+
+    context: str  # absolute directory
+    dockerfile: str = ""  # relative to the context ("" = Dockerfile)
+    dockerfile_inline: str = ""
+    args: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    cache_from: tuple[str, ...] = ()
+    extra_hosts: dict[str, str] = field(default_factory=dict)
+    network: str = ""
+    target: str = ""
+    shm_size: int = 0
+    secrets: tuple[str, ...] = ()
+    platforms: tuple[str, ...] = ()
+    no_cache: bool = False
+    pull: bool = False
+
+    @classmethod
+    def from_config(cls, data: Mapping[str, Any]) -> BuildSpec:
+        """From the mapping :func:`build` returned."""
+        return cls(
+            context=str(data["context"]),
+            dockerfile=str(data.get("dockerfile", "")),
+            dockerfile_inline=str(data.get("dockerfile_inline", "")),
+            args=dict(data.get("args", {})),
+            labels=dict(data.get("labels", {})),
+            cache_from=tuple(data.get("cache_from", ())),
+            extra_hosts=dict(data.get("extra_hosts", {})),
+            network=str(data.get("network", "")),
+            target=str(data.get("target", "")),
+            shm_size=int(data.get("shm_size", 0)),
+            secrets=tuple(str(s["source"]) for s in data.get("secrets", ())),
+            platforms=tuple(data.get("platforms", ())),
+            no_cache=bool(data.get("no_cache", False)),
+            pull=bool(data.get("pull", False)),
+        )
+
+
+def _args(c: ServiceChecker, path: KeyPath, value: Any) -> dict[str, str] | _Invalid:
+    """Like ``environment``: a bare ``KEY`` (or ``KEY: null``) takes the
+    value from the environment and is left out when it is not set there."""
+    out: dict[str, str] = {}
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            s = c.string(path + (i,), item)
+            if isinstance(s, _Invalid):
+                continue
+            key, eq, val = s.partition("=")
+            if not key:
+                c.error(path + (i,), f"expected KEY=VALUE or KEY, got {describe(s)}")
+            elif eq:
+                out[key] = val
+            elif key in c.environ:
+                out[key] = c.environ[key]
+        return out
+    m = c.mapping(path, value)
+    if isinstance(m, _Invalid):
+        return m
+    for key, val in m.items():
+        if val is None:
+            if key in c.environ:
+                out[key] = c.environ[key]
+        elif isinstance(val, (dict, list)):
+            c.error(path + (key,), f"expected a string, number or boolean, got {describe(val)}")
+        else:
+            out[key] = stringify(val)
+    return out
+
+
+def _secrets(c: ServiceChecker, path: KeyPath, value: Any) -> list[dict[str, Any]] | _Invalid:
+    items = c.sequence(path, value)
+    if isinstance(items, _Invalid):
+        return items
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(items):
+        ipath = path + (i,)
+        if isinstance(item, str):
+            entry: dict[str, Any] = {"source": item}
+        elif isinstance(item, dict):
+            source = item.get("source")
+            if not isinstance(source, str) or not source:
+                c.error(ipath, "a build secret needs a `source`")
+                continue
+            entry = {k: v for k, v in item.items() if k in ("source", "target", "uid", "gid", "mode")}
+        else:
+            c.error(ipath, f"expected a secret name or a mapping, got {describe(item)}")
+            continue
+        if entry["source"] not in c.declared["secrets"]:
+            c.error(ipath, f"undefined secret {entry['source']!r}: declare it under the top-level `secrets`")
+            continue
+        out.append(entry)
+    return out
+
+
+@register(HANDLERS, "build")
+def build(c: ServiceChecker, path: KeyPath, value: Any) -> dict[str, Any] | _Invalid:
+    from .container import byte_size, extra_hosts
+
+    if isinstance(value, str):
+        value = {"context": value}
+    m = c.mapping(path, value)
+    if isinstance(m, _Invalid):
+        return m
+    for key in m:
+        if key in BUILD_IGNORED:
+            c.warn(path + (key,), "not supported by pyswarm's builder; ignored")
+    c.known_keys(path, {k: v for k, v in m.items() if k not in BUILD_IGNORED}, BUILD_KEYS)
+    out: dict[str, Any] = {}
+    context = c.string(path + ("context",), m.get("context", "."))
+    if isinstance(context, str):
+        if _REMOTE.match(context):
+            c.error(path + ("context",), f"pyswarm builds from a local directory only, not {context!r}")
+        else:
+            expanded = os.path.expanduser(context or ".")
+            out["context"] = expanded if os.path.isabs(expanded) else str((c.project_dir / expanded).resolve())
+    for key in ("dockerfile", "dockerfile_inline", "network", "target"):
+        if key in m:
+            s = c.string(path + (key,), m[key])
+            if isinstance(s, str) and s:
+                out[key] = s
+    if "dockerfile" in out and "dockerfile_inline" in out:
+        c.error(path + ("dockerfile_inline",), "use `dockerfile` or `dockerfile_inline`, not both")
+    checks: dict[str, Any] = {
+        "args": lambda p, v: _args(c, p, v),
+        "labels": lambda p, v: c.string_map(p, v),
+        "cache_from": lambda p, v: c.string_list(p, v),
+        "extra_hosts": lambda p, v: extra_hosts(c, p, v),
+        "shm_size": lambda p, v: byte_size(c, p, v),
+        "secrets": lambda p, v: _secrets(c, p, v),
+        "platforms": lambda p, v: c.string_list(p, v),
+        "no_cache": lambda p, v: c.boolean(p, v),
+        "pull": lambda p, v: c.boolean(p, v),
+    }
+    for key, check in checks.items():
+        if key in m and m[key] is not None:
+            result = check(path + (key,), m[key])
+            if not isinstance(result, _Invalid) and result not in ({}, [], False, 0):
+                out[key] = result
+    order = {k: i for i, k in enumerate(BUILD_KEYS)}
+    return {k: out[k] for k in sorted(out, key=lambda k: order[k])}
