@@ -373,6 +373,27 @@ class DockerClient:
             raise EngineUnavailableError(f"cannot reach the engine at {self.socket}: {exc}") from exc
         return loaded
 
+    async def build_image(self, params: list[tuple[str, str]], body: AsyncIterator[bytes]) -> AsyncIterator[JSON]:
+        """``POST /build`` with a tar of the context: the engine's progress
+        messages (``stream``, ``aux``, ``error``) as they come."""
+        await self._negotiate()
+        session = self._get_session()
+        t = aiohttp.ClientTimeout(total=None, sock_connect=10)
+        try:
+            async with session.post(self._url("/build"), params=params, data=body,
+                                    headers={"Content-Type": "application/x-tar"}, timeout=t) as resp:
+                if resp.status >= 400:
+                    raise _api_error(resp.status, await resp.read(), "build")
+                async for line in resp.content:
+                    try:
+                        msg = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(msg, dict):
+                        yield msg
+        except aiohttp.ClientConnectionError as exc:
+            raise EngineUnavailableError(f"cannot reach the engine at {self.socket}: {exc}") from exc
+
     # -- networks ----------------------------------------------------------
 
     async def inspect_network(self, name: str) -> JSON | None:

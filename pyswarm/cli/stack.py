@@ -27,6 +27,10 @@ def _stack_deploy(args: argparse.Namespace) -> int:
 
     stack = load_stack(args.compose_file, args.stack, env_files=args.env_file or (), strict=args.strict)
     _print_warnings(stack.warnings)
+    if stack.builds:  # before anything is sent; --dry-run only says what it would build
+        from pyswarm.build import build_stack_images
+
+        build_stack_images(stack, "plan" if args.dry_run else args.build_mode, args.build_output)
     objects = {kind: [{"name": o.name, "external": o.external, "labels": o.labels,
                        "data": base64.b64encode(o.data).decode()} for o in getattr(stack, kind)]
                for kind in ("secrets", "configs")}
@@ -134,6 +138,11 @@ def register(sub: Any) -> None:
     p.add_argument("--prune", action="store_true", help="remove the stack's services the files no longer have")
     p.add_argument("--dry-run", action="store_true",
                    help="print what would change (services, spec diffs, images to pull) and change nothing")
+    p.add_argument("--build", dest="build_mode", action="store_const", const="always", default="auto",
+                   help="build every `build:` image, even when one of the same content exists")
+    p.add_argument("--no-build", dest="build_mode", action="store_const", const="never",
+                   help="build nothing: use the images already built")
+    p.add_argument("--build-output", action="store_true", help="print the engine's build output")
     p.add_argument("stack", metavar="STACK")
     p.set_defaults(func=_stack_deploy)
     p = stack.add_parser("config", help="print the merged, interpolated, normalised stack as YAML")

@@ -1,0 +1,392 @@
+"""Building the images of ``build:`` services before ``stack deploy``.
+
+The builder is the engine of the machine the CLI runs on (a manager: the
+one the CLI talks to, so ``pyswarm image push`` and the leader's automatic
+shipping find the image there), driven through its Engine API (``POST
+/build`` with a tar of the context, the classic builder that Docker 20.10
+runs without BuildKit) over aiohttp, like the agent's engine calls. Why:
+
+- **Content tags.** A service without ``image:`` is named ``STACK_SERVICE``
+  and tagged with a hash of what the build reads: every file of the context
+  that ``.dockerignore`` keeps (path, mode, bytes), the Dockerfile and the
+  build options. An unchanged context gives the same tag, so a deploy
+  rebuilds and ships nothing and the service is not updated; one changed
+  file gives a new tag, a rolling update, and (with the engine's layer
+  cache) one new layer to ship.
+- **Nothing changes on failure.** Every image is built before the stack is
+  sent to the manager; a failed build raises :class:`BuildError` with the
+  failing step's output, and the deploy stops there.
+- **A seam for remote CLIs.** :class:`Builder` is what ``stack deploy``
+  needs; :class:`EngineBuilder` is the local engine's. A CLI on an
+  operator's laptop without an engine would send the context to a
+  manager's engine instead (remote contexts; not built here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+import re
+import stat
+import sys
+import tarfile
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from pyswarm.compose.build import BuildSpec
+from pyswarm.errors import UsageError
+
+LABEL_BUILD_HASH = "pyswarm.build.hash"
+INLINE_DOCKERFILE = ".pyswarm-inline.Dockerfile"
+OUTSIDE_DOCKERFILE = ".pyswarm.Dockerfile"
+CHUNK = 1 << 20
+MODES = ("auto", "always", "never", "plan")  # default, --build, --no-build, --dry-run
+
+Log = Callable[[str], None]
+
+
+class BuildError(UsageError):
+    """A build failed; the message names the service and the failing step."""
+
+
+# -- the context -----------------------------------------------------------------
+
+
+def _ignore_patterns(context: Path) -> list[tuple[bool, re.Pattern[str]]]:
+    """``.dockerignore`` as (exception?, regex) in file order (the last match wins)."""
+    path = context / ".dockerignore"
+    if not path.is_file():
+        return []
+    out = []
+    for raw in path.read_text(errors="replace").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = os.path.normpath(line[1:].strip() if negate else line).lstrip("/")
+        if pattern in ("", "."):
+            continue
+        out.append((negate, re.compile(_glob_regex(pattern))))
+    return out
+
+
+def _glob_regex(pattern: str) -> str:
+    """Go's filepath.Match syntax plus ``**`` (moby/patternmatcher)."""
+    out, i = "", 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if pattern.startswith("**", i):
+            out += ".*"
+            i += 2
+            if pattern.startswith("/", i):
+                out, i = out + "(?:/|)", i + 1  # "**/" also matches no directory
+            continue
+        if ch == "*":
+            out += "[^/]*"
+        elif ch == "?":
+            out += "[^/]"
+        elif ch == "[":
+            end = pattern.find("]", i + 1)
+            if end < 0:
+                out += re.escape(ch)
+            else:
+                body = pattern[i + 1:end]
+                out += "[" + ("^" + body[1:] if body.startswith("^") else body) + "]"
+                i = end
+        elif ch == "\\" and i + 1 < len(pattern):
+            i += 1
+            out += re.escape(pattern[i])
+        else:
+            out += re.escape(ch)
+        i += 1
+    return "^" + out + "$"
+
+
+def _ignored(rel: str, patterns: list[tuple[bool, re.Pattern[str]]]) -> bool:
+    """A path is out when the last pattern matching it (or a parent) excludes it."""
+    parts = rel.split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    verdict = False
+    for negate, regex in patterns:
+        if any(regex.match(p) for p in prefixes):
+            verdict = not negate
+    return verdict
+
+
+def _walk(context: Path, patterns: list[tuple[bool, re.Pattern[str]]]) -> Iterator[tuple[str, Path]]:
+    for root, dirs, files in os.walk(context):
+        dirs.sort()
+        base = Path(root)
+        for name in sorted(files) + [d for d in dirs if (base / d).is_symlink()]:
+            path = base / name
+            rel = path.relative_to(context).as_posix()
+            if not _ignored(rel, patterns):
+                yield rel, path
+        for d in list(dirs):
+            rel = (base / d).relative_to(context).as_posix()
+            if (base / d).is_symlink():
+                dirs.remove(d)  # sent as the link it is (above)
+            elif not _ignored(rel, patterns):
+                yield rel + "/", base / d
+            elif not any(negate for negate, _ in patterns):
+                dirs.remove(d)  # nothing below can come back: skip the walk
+
+
+@dataclass
+class Context:
+    """A build context as a tar on disk, with the hash of what it holds."""
+
+    file: IO[bytes]
+    size: int
+    digest: str
+    dockerfile: str  # its name inside the tar
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        self.file.seek(0)
+        while chunk := await asyncio.to_thread(self.file.read, CHUNK):
+            yield chunk
+
+
+def make_context(service: str, spec: BuildSpec) -> Context:
+    """Tar the context (``.dockerignore`` applied) into a temporary file and
+    hash it: paths, modes and contents, not times (a touched file is the same build)."""
+    context = Path(spec.context)
+    if not context.is_dir():
+        raise BuildError(f"service {service}: build context {context} is not a directory")
+    digest = hashlib.sha256()
+    out = tempfile.TemporaryFile()
+    patterns = _ignore_patterns(context)
+    dockerfile = spec.dockerfile or "Dockerfile"
+    try:
+        with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for rel, path in _walk(context, patterns):
+                info = tar.gettarinfo(str(path), arcname=rel.rstrip("/"))
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                digest.update(f"{rel}\0{stat.S_IMODE(info.mode):o}\0{info.type.decode()}\0{info.linkname}\0".encode())
+                if info.isfile():
+                    with open(path, "rb") as fh:
+                        h = hashlib.sha256()
+                        tar.addfile(info, _Hashing(fh, h))
+                    digest.update(h.digest())
+                else:
+                    tar.addfile(info)
+            if spec.dockerfile_inline:
+                dockerfile = _add_bytes(tar, INLINE_DOCKERFILE, spec.dockerfile_inline.encode(), digest)
+            else:
+                path = (context / dockerfile).resolve()
+                if not path.is_file():
+                    raise BuildError(f"service {service}: no Dockerfile at {path}")
+                if not path.is_relative_to(context.resolve()):
+                    dockerfile = _add_bytes(tar, OUTSIDE_DOCKERFILE, path.read_bytes(), digest)
+                elif _ignored(Path(dockerfile).as_posix(), patterns):
+                    _add_bytes(tar, Path(dockerfile).as_posix(), path.read_bytes(), digest)
+    except OSError as exc:
+        out.close()
+        raise BuildError(f"service {service}: cannot read the build context: {exc}") from None
+    except BaseException:
+        out.close()
+        raise
+    digest.update(json.dumps(_options(spec, dockerfile), sort_keys=True).encode())
+    return Context(out, out.tell(), digest.hexdigest(), dockerfile)
+
+
+class _Hashing(io.RawIOBase):
+    def __init__(self, fh: IO[bytes], h: Any) -> None:
+        self.fh, self.h = fh, h
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.fh.read(n)
+        self.h.update(data)
+        return data
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, digest: Any) -> str:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), 0o644
+    tar.addfile(info, io.BytesIO(data))
+    digest.update(f"{name}\0".encode() + hashlib.sha256(data).digest())
+    return name
+
+
+def _options(spec: BuildSpec, dockerfile: str) -> dict[str, Any]:
+    return {"dockerfile": dockerfile, "args": spec.args, "labels": spec.labels, "cache_from": list(spec.cache_from),
+            "extra_hosts": spec.extra_hosts, "network": spec.network, "target": spec.target,
+            "shm_size": spec.shm_size, "platforms": list(spec.platforms)}
+
+
+def build_params(spec: BuildSpec, ref: str, dockerfile: str, tag_hash: str) -> list[tuple[str, str]]:
+    """The ``/build`` query for ``spec`` (Engine API 1.41)."""
+    labels = {**spec.labels, LABEL_BUILD_HASH: tag_hash}
+    params = [("t", ref), ("dockerfile", dockerfile), ("rm", "1"), ("forcerm", "1"),
+              ("labels", json.dumps(labels))]
+    if spec.args:
+        params.append(("buildargs", json.dumps(spec.args)))
+    if spec.target:
+        params.append(("target", spec.target))
+    if spec.cache_from:
+        params.append(("cachefrom", json.dumps(list(spec.cache_from))))
+    if spec.network:
+        params.append(("networkmode", spec.network))
+    if spec.shm_size:
+        params.append(("shmsize", str(spec.shm_size)))
+    params.extend(("extrahosts", f"{h}:{ip}") for h, ip in spec.extra_hosts.items())
+    if spec.platforms:
+        params.append(("platform", spec.platforms[0]))
+    if spec.no_cache:
+        params.append(("nocache", "1"))
+    if spec.pull:
+        params.append(("pull", "1"))
+    return params
+
+
+def check_buildable(service: str, spec: BuildSpec) -> None:
+    """What the classic builder cannot do, said before anything is built."""
+    if spec.secrets:
+        raise BuildError(f"service {service}: build secrets need BuildKit, and pyswarm builds with the "
+                         "engine's classic builder; remove `build.secrets`")
+    if len(spec.platforms) > 1:
+        raise BuildError(f"service {service}: the engine builds one platform at a time; "
+                         f"`build.platforms` lists {len(spec.platforms)}")
+
+
+# -- building ----------------------------------------------------------------------
+
+
+class Builder(Protocol):
+    """What ``stack deploy`` needs of a builder (the seam for building on a
+    manager's engine for a remote CLI)."""
+
+    async def image_hash(self, ref: str) -> str | None:
+        """The build hash label of ``ref`` on the builder's engine, "" when it
+        has none, None when the image is not there."""
+
+    async def build(self, service: str, spec: BuildSpec, ref: str, context: Context, tag_hash: str,
+                    log: Log | None) -> str:
+        """Build ``ref``; returns the image ID or raises :class:`BuildError`."""
+
+
+class EngineBuilder:
+    """The engine of the machine the CLI runs on."""
+
+    def __init__(self, docker: Any = None) -> None:
+        from pyswarm.worker.docker import DockerClient
+
+        self.docker = docker or DockerClient()
+
+    async def close(self) -> None:
+        await self.docker.close()
+
+    async def image_hash(self, ref: str) -> str | None:
+        data = await self.docker.inspect_image(ref)
+        if data is None:
+            return None
+        return str(((data.get("Config") or {}).get("Labels") or {}).get(LABEL_BUILD_HASH, ""))
+
+    async def build(self, service: str, spec: BuildSpec, ref: str, context: Context, tag_hash: str,
+                    log: Log | None) -> str:
+        from pyswarm.worker import RuntimeError_
+
+        step: list[str] = []  # the output of the step running now
+        image_id = ""
+        try:
+            async for msg in self.docker.build_image(build_params(spec, ref, context.dockerfile, tag_hash),
+                                                     context.chunks()):
+                text = str(msg.get("stream") or "")
+                if text:
+                    if text.startswith("Step "):
+                        step = []
+                    step.append(text.rstrip("\n"))
+                    if log is not None:
+                        log(text.rstrip("\n"))
+                aux = msg.get("aux")
+                if isinstance(aux, dict) and aux.get("ID"):
+                    image_id = str(aux["ID"])
+                if msg.get("error"):
+                    shown = "\n".join(line for line in step if line.strip())
+                    raise BuildError(f"service {service}: build failed: {msg['error']}" +
+                                     (f"\n{shown}" if shown and log is None else ""))
+        except RuntimeError_ as exc:
+            raise BuildError(f"service {service}: cannot build with the engine at {self.docker.socket} "
+                             f"(pyswarm builds with the engine of the machine the CLI runs on): {exc}") from None
+        if not image_id:
+            data = await self.docker.inspect_image(ref)
+            image_id = str((data or {}).get("Id", ""))
+        if not image_id:
+            raise BuildError(f"service {service}: the engine finished the build but has no image {ref}")
+        return image_id
+
+
+@dataclass
+class Built:
+    service: str
+    ref: str
+    action: str  # built | unchanged | would build (plan)
+
+
+async def build_services(builds: dict[str, BuildSpec], given: dict[str, str], mode: str, builder: Builder,
+                         log: Log | None = None, say: Log | None = None) -> dict[str, Built]:
+    """Build what ``mode`` asks for, one after another (the engine builds
+    on every core already), and return each service's image reference.
+    ``given``: the ``image:`` of services that name theirs; the others get
+    ``SERVICE:<hash>``. Raises :class:`BuildError` before anything is deployed."""
+    if mode not in MODES:
+        raise UsageError(f"unknown build mode {mode!r}")
+    for service, spec in builds.items():
+        check_buildable(service, spec)
+    out: dict[str, Built] = {}
+    for service, spec in builds.items():
+        context = await asyncio.to_thread(make_context, service, spec)
+        try:
+            tag_hash = context.digest[:12]
+            ref = given.get(service) or f"{service}:{tag_hash}"
+            have = await builder.image_hash(ref)
+            current = have is not None and (have == tag_hash or (service not in given and have == ""))
+            if mode == "plan":
+                out[service] = Built(service, ref, "unchanged" if current else "would build")
+                if say is not None and not current:
+                    say(f"Would build {service} ({ref})")
+                continue
+            if mode == "never" or (mode == "auto" and current):
+                if have is None:
+                    raise BuildError(f"service {service}: image {ref} is not built, and --no-build was given")
+                out[service] = Built(service, ref, "unchanged")
+                continue
+            if say is not None:
+                say(f"Building {service} ({ref})")
+            await builder.build(service, spec, ref, context, tag_hash, log)
+            out[service] = Built(service, ref, "built")
+        finally:
+            context.file.close()
+    return out
+
+
+def build_stack_images(stack: Any, mode: str, verbose: bool) -> None:
+    """``stack deploy``'s build step: build, then point each built service's
+    spec at its image. Output goes to stderr: one line per image built, the
+    engine's whole output with ``verbose``."""
+    if not stack.builds:
+        return
+    given = {s.name: s.container.image for s in stack.services
+             if s.name in stack.builds and s.container.image != s.name}
+
+    def err(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    async def run() -> dict[str, Built]:
+        builder = EngineBuilder()
+        try:
+            return await build_services(stack.builds, given, mode, builder, err if verbose else None, err)
+        finally:
+            await builder.close()
+
+    built = asyncio.run(run())
+    for spec in stack.services:
+        if spec.name in built:
+            spec.container.image = built[spec.name].ref
