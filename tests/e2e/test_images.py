@@ -1,0 +1,128 @@
+"""build: and image shipping on the lab (1 manager + 3 workers): two services
+built from Dockerfiles by `stack deploy` on the manager's engine, shipped to
+the nodes that run them over their SSH sessions (no registry in the lab),
+only the changed layer shipped after a one-file change, a failing build that
+changes nothing, and `image push` to a named node."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import brief, cli, deployed_stacks, live, running, tasks, wait_until
+
+pytestmark = pytest.mark.e2e
+
+STACK = "imgs"
+WEB, OTHER = f"{STACK}_web", f"{STACK}_other"
+BASE = """FROM pyswarm-lab/busybox:latest AS base
+ARG GREETING=hello
+RUN echo "$GREETING" > /greeting
+"""
+WEB_DOCKERFILE = BASE + """FROM base AS web
+COPY page.txt /www/page.txt
+CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]
+FROM base AS debug
+CMD ["sleep", "3600"]
+"""
+OTHER_DOCKERFILE = BASE + 'COPY note.txt /note.txt\nCMD ["sleep", "3600"]\n'
+# `other` runs everywhere, so every node holds the base layers and a changed
+# page.txt is the one layer any node lacks
+STACK_FILE = """
+services:
+  web:
+    build: {context: ./web, target: web, args: {GREETING: hi}}
+    deploy: {replicas: 2}
+  other:
+    build: {context: ./other, args: [GREETING=hi]}
+    deploy: {mode: global}
+"""
+PAGE = 100_000  # bytes of page.txt: its layer is what a change ships
+
+
+def _write_contexts(root: Path, page: bytes) -> None:
+    for name, dockerfile in (("web", WEB_DOCKERFILE), ("other", OTHER_DOCKERFILE)):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        (root / name / "Dockerfile").write_text(dockerfile)
+    (root / "web" / "page.txt").write_bytes(page)
+    (root / "other" / "note.txt").write_text("note\n")
+
+
+def _has_image(lab: Any, host: str, ref: str) -> bool:
+    return lab.docker(host, "image", "inspect", ref, check=False).returncode == 0
+
+
+def _settled(lab: Any, service: str, want: int, image_prefix: str) -> list[dict[str, Any]]:
+    def check() -> tuple[bool, Any]:
+        rows = live(tasks(lab, service))
+        ok = len(rows) == want and all(t["current_state"] == "running" and t["image"].startswith(image_prefix)
+                                       for t in rows)
+        return ok, brief(rows)
+    wait_until(check, 90, f"{want} running tasks of {service} on {image_prefix}*")
+    return running(lab, service)
+
+
+def _shipments(lab: Any, ref: str) -> list[dict[str, Any]]:
+    data = json.loads(cli(lab, "image", "shipments", "--format", "json"))
+    return [s for s in data["shipments"] if s["image"] == ref]
+
+
+def test_build_ship_change_fail_push(lab: Any, tmp_path: Path) -> None:
+    _write_contexts(tmp_path, os.urandom(PAGE))
+    (tmp_path / "stack.yml").write_text(STACK_FILE)
+    with deployed_stacks(lab, tmp_path) as deploy:
+        deploy(STACK, (tmp_path / "stack.yml").read_text())
+        web = _settled(lab, WEB, 2, f"{WEB}:")
+        _settled(lab, OTHER, len(lab.hosts), f"{OTHER}:")
+        ref1 = web[0]["image"]
+        # every node that runs web has its image, no other worker does (the
+        # manager built it); shipped automatically, as tasks landed
+        web_nodes = {t["node"] for t in web}
+        for host in lab.hosts:
+            if host not in lab.managers:
+                assert _has_image(lab, host, ref1) == (host in web_nodes), (host, web_nodes)
+        first = [s for s in _shipments(lab, ref1) if s["result"] == "sent"]
+        assert {s["node"] for s in first} == web_nodes - set(lab.managers), first
+        assert all(s["reason"] == "task" for s in first)
+
+        # one file changes: a new tag, and only its layer crosses the wire
+        (tmp_path / "web" / "page.txt").write_bytes(os.urandom(PAGE))
+        out = lab.pyswarm(lab.managers[0], "stack", "deploy", "-c", str(tmp_path / "stack.yml"), STACK, timeout=120)
+        assert "Updating service imgs_web" in out.stdout and "Unchanged service imgs_other" in out.stdout, out.stdout
+        web2 = _settled(lab, WEB, 2, f"{WEB}:")
+        ref2 = web2[0]["image"]
+        assert ref2 != ref1
+        second = [s for s in _shipments(lab, ref2) if s["result"] == "sent"]
+        assert second, _shipments(lab, ref2)
+        for s in second:
+            assert s["layers_sent"] == 1 and s["layers_total"] == 3, s
+            assert PAGE < s["bytes"] <= 1.1 * (PAGE + 4096), s  # the layer: the file, its dir, tar headers
+
+        # a failing build stops the deploy and changes nothing
+        (tmp_path / "web" / "Dockerfile").write_text(WEB_DOCKERFILE.replace("COPY page.txt", "RUN false\nCOPY page.txt"))
+        (tmp_path / "web" / "page.txt").write_bytes(os.urandom(PAGE))
+        failed = lab.pyswarm(lab.managers[0], "stack", "deploy", "-c", str(tmp_path / "stack.yml"), STACK,
+                             timeout=120, check=False)
+        assert failed.returncode != 0
+        assert "service imgs_web: build failed: The command '/bin/sh -c false' returned a non-zero code: 1" in failed.stderr
+        assert "Traceback" not in failed.stderr
+        after = live(tasks(lab, WEB))
+        assert sorted((t["id"], t["image"]) for t in after) == sorted((t["id"], t["image"]) for t in web2)
+
+        # image push to a named node that lacks it, then again: present
+        target = sorted(h for h in lab.hosts if h not in {t["node"] for t in web2} and h not in lab.managers)[0]
+        pushed = json.loads(cli(lab, "image", "push", ref2, "--node", target, "--format", "json"))
+        assert [(p["node"], p["result"], p["layers_sent"]) for p in pushed] == [(target, "sent", 1)], pushed
+        assert _has_image(lab, target, ref2)
+        again = json.loads(cli(lab, "image", "push", ref2, "--node", target, "--format", "json"))
+        assert [(p["result"], p["bytes"]) for p in again] == [("present", 0)]
+        listed = json.loads(cli(lab, "image", "ls", "--format", "json"))
+        row = next(r for r in listed if r["image"] == ref2)
+        assert set(row["nodes"]) == {t["node"] for t in web2} | {target} | set(lab.managers), row
+    for host in lab.hosts:  # leave the lab's engines as they were
+        lab.docker(host, "image", "rm", "-f", ref1, ref2, check=False)
+        lab.exec(host, ["sh", "-c", f"docker images -q --filter reference='{STACK}_*' | xargs -r docker rmi -f"],
+                 check=False)
