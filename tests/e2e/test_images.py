@@ -26,16 +26,16 @@ WEB_DOCKERFILE = BASE + """FROM base AS web
 COPY page.txt /www/page.txt
 CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]
 FROM base AS debug
-CMD ["sleep", "3600"]
+CMD ["sh"]
 """
-OTHER_DOCKERFILE = BASE + 'COPY note.txt /note.txt\nCMD ["sleep", "3600"]\n'
+OTHER_DOCKERFILE = BASE + 'COPY note.txt /note.txt\nCMD ["httpd", "-f", "-p", "8081"]\n'
 # `other` runs everywhere, so every node holds the base layers and a changed
 # page.txt is the one layer any node lacks
 STACK_FILE = """
 services:
   web:
     build: {context: ./web, target: web, args: {GREETING: hi}}
-    deploy: {replicas: 2}
+    deploy: {replicas: 2, update_config: {parallelism: 2, monitor: 1s}}
   other:
     build: {context: ./other, args: [GREETING=hi]}
     deploy: {mode: global}
