@@ -14,6 +14,9 @@ manager -> agent
    "ingress": [{"service", "port", "protocol", "backends": ["ip:port", ...]}]}
                                                         the same for every node
   {"op": "ping", "seq": int}
+  {"op": "image_plan", "image", "plan": "ship"|"pull", "source", "reason"}
+                                                        answer to image_wanted
+  {"op": "image_done", "image", "error"}                the shipment ended ("" = loaded)
 
 configure also carries "overlay" ("" for host routes, "vxlan") and "addr"
 (the node's own address, the VXLAN tunnel's local end).
@@ -40,6 +43,17 @@ agent -> manager
    "message", "error", "ts"}                              one per change
   {"op": "pong", "seq": int}
   {"op": "error", "message"}                              agent-level trouble
+  {"op": "image_wanted", "image", "task_id"}              a task needs an image
+                                                          this node lacks
+
+Images (issue 15, docs/images.md): a task whose image is not on the node
+asks the leader before pulling; the leader answers ``ship`` when its
+engine holds the image from no registry (built or loaded there), sends it
+over a *second session* on the node's SSH connection (an image channel,
+pyswarm/images.py: the bytes never travel on this channel, whose pings
+must not wait behind them), then ``image_done``; else ``pull``. All three
+are parsed by the dataclasses of pyswarm/images.py (ImageWanted,
+ImagePlan, ImageDone), which check every field.
 
 Assignment: {"task_id", "service_id", "service_name", "stack", "slot",
   "node_id", "spec": ContainerSpec.to_dict(), "dns_search": [domain, ...],
