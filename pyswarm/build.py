@@ -41,8 +41,8 @@ from typing import IO, Any, Protocol
 
 from pyswarm.compose.build import BuildSpec
 from pyswarm.errors import UsageError
+from pyswarm.images import LABEL_BUILD_HASH
 
-LABEL_BUILD_HASH = "pyswarm.build.hash"
 INLINE_DOCKERFILE = ".pyswarm-inline.Dockerfile"
 OUTSIDE_DOCKERFILE = ".pyswarm.Dockerfile"
 CHUNK = 1 << 20

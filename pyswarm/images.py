@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 CHANNEL_COMMAND = "pyswarm worker --images"
+LABEL_BUILD_HASH = "pyswarm.build.hash"  # on images `stack deploy` built (pyswarm/build.py)
 CHANNEL_ENV = "SSH_ORIGINAL_COMMAND"
 MAX_REF = 512
 MAX_LINE = 4 << 20  # a node with thousands of images still answers in one line

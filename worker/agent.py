@@ -52,7 +52,7 @@ from pyswarm.worker import promotion
 from pyswarm.worker.docker import DockerClient, EngineInfo
 from pyswarm.worker.health import is_health_event
 from pyswarm.worker.files import DEFAULT_ROOT, make_bind_sources, remove_task_files, write_task_files
-from pyswarm.worker.images import ImageFetcher, main_channel
+from pyswarm.worker.images import ImageFetcher, collect_garbage, main_channel
 from pyswarm.worker.ingress import Mesh, MeshFirewall
 from pyswarm.worker.network import HostNetwork, NetworkConfig
 from pyswarm.worker.tasks import (
@@ -499,6 +499,9 @@ class Agent:
             return
         async with self._start_slots:
             await self._create_and_start(t, a, files)
+        if t.reported == TaskState.RUNNING:  # older builds of the service past the kept ones go
+            keep = {d.spec.image for d in (self._desired or {}).values()}
+            self._spawn(collect_garbage(self.docker, a.service_name, keep))
 
     async def _create_and_start(self, t: _Tracked, a: Assignment, files: Any) -> None:
         try:

@@ -21,17 +21,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pyswarm.images import (
+    LABEL_BUILD_HASH,
     PLAN_SHIP,
     ChannelRequest,
     HaveReply,
     ImageDone,
     ImagePlan,
     ImageWanted,
+    MAX_LINE,
     LoadReply,
     MessageError,
     NodeImage,
@@ -45,6 +48,7 @@ from pyswarm.worker.docker import DockerClient
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+KEEP_IMAGES = 2  # built images of one service kept on a node: the running one and one to roll back to
 PLAN_TIMEOUT = 10.0  # an older leader never answers image_wanted: pull after this
 SHIP_TIMEOUT = 1800.0  # a shipment that has not ended by then has failed
 
@@ -65,7 +69,13 @@ async def node_chains(docker: DockerClient) -> set[str]:
     return chains
 
 
-async def _body(first: bytes, reader: asyncio.StreamReader, counted: list[int]) -> AsyncIterator[bytes]:
+class Reader(Protocol):
+    async def readline(self) -> bytes: ...
+
+    async def read(self, n: int) -> bytes: ...
+
+
+async def _body(first: bytes, reader: Reader, counted: list[int]) -> AsyncIterator[bytes]:
     counted[0] += len(first)
     yield first
     while chunk := await reader.read(CHUNK):
@@ -73,7 +83,7 @@ async def _body(first: bytes, reader: asyncio.StreamReader, counted: list[int]) 
         yield chunk
 
 
-async def serve_channel(docker: DockerClient, reader: asyncio.StreamReader, write: Callable[[bytes], None]) -> int:
+async def serve_channel(docker: DockerClient, reader: Reader, write: Callable[[bytes], None]) -> int:
     """Answer one image channel request; 0 when it was served, 1 when not."""
     try:
         req = ChannelRequest.from_line(await reader.readline())
@@ -114,10 +124,52 @@ async def serve_channel(docker: DockerClient, reader: asyncio.StreamReader, writ
     return 0
 
 
+class _Stdin:
+    """stdin read by a thread in big blocks (a pipe, a socket or a file alike),
+    with room for a few blocks only: the sender waits on SSH's window."""
+
+    def __init__(self, fd: int = 0, depth: int = 8) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(depth)
+        self._buf = b""
+        self._eof = False
+        threading.Thread(target=self._run, args=(fd,), name="stdin", daemon=True).start()
+
+    def _run(self, fd: int) -> None:
+        while True:
+            try:
+                chunk = os.read(fd, CHUNK)
+            except OSError:
+                chunk = b""
+            asyncio.run_coroutine_threadsafe(self._queue.put(chunk), self._loop).result()
+            if not chunk:
+                return
+
+    async def _fill(self) -> bool:
+        if self._eof:
+            return False
+        chunk = await self._queue.get()
+        if not chunk:
+            self._eof = True
+            return False
+        self._buf += chunk
+        return True
+
+    async def readline(self) -> bytes:
+        while b"\n" not in self._buf and len(self._buf) <= MAX_LINE and await self._fill():
+            pass
+        line, nl, self._buf = self._buf.partition(b"\n")
+        return line + nl
+
+    async def read(self, n: int) -> bytes:
+        if not self._buf:
+            await self._fill()
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+
 async def _serve_stdio(out_fd: int) -> int:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 22, loop=loop)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), os.fdopen(0, "rb", 0))
+    reader = _Stdin()
 
     def write(data: bytes) -> None:
         while data:
@@ -221,3 +273,39 @@ class ImageFetcher:
         except MessageError as exc:
             return f"bad {msg.get('op')}: {exc}"
         return None
+
+
+# -- garbage: older built images of a service -----------------------------------
+
+
+async def collect_garbage(docker: DockerClient, service: str, keep_refs: set[str], keep: int = KEEP_IMAGES) -> list[str]:
+    """Remove this node's images of ``service``'s older builds past the
+    ``keep`` newest. Only images ``stack deploy`` built (label
+    ``pyswarm.build.hash``, repository ``STACK_SERVICE``) are candidates,
+    never one a container uses or ``keep_refs`` names (a desired task's).
+    Returns the references removed."""
+    try:
+        images = [i for i in await docker.list_images()
+                  if LABEL_BUILD_HASH in (i.get("Labels") or {})
+                  and any(str(t).rsplit(":", 1)[0] == service for t in i.get("RepoTags") or ())]
+        if len(images) <= keep:
+            return []
+        used = {str(c.get("ImageID", "")) for c in await docker.list_containers({}, all=True)}
+    except RuntimeError_ as exc:
+        log.warning("image garbage of %s: %s", service, exc)
+        return []
+    images.sort(key=lambda i: int(i.get("Created") or 0), reverse=True)
+    removed: list[str] = []
+    for item in images[keep:]:
+        tags = [str(t) for t in item.get("RepoTags") or () if str(t).rsplit(":", 1)[0] == service]
+        if str(item.get("Id")) in used or any(t in keep_refs for t in tags):
+            continue
+        for tag in tags:
+            try:
+                await docker.remove_image(tag)
+                removed.append(tag)
+            except RuntimeError_ as exc:  # in use meanwhile, or gone: next time
+                log.info("image garbage: %s stays: %s", tag, exc)
+    if removed:
+        log.info("removed older images of %s: %s", service, ", ".join(removed))
+    return removed

@@ -82,6 +82,9 @@ class FakeDocker:
         await asyncio.sleep(0)
         return {"Id": "sha256:" + format(abs(hash(ref)), "064x")[:64]} if ref in self.images else None
 
+    async def list_images(self) -> list[dict[str, Any]]:
+        return []
+
     async def ensure_image(self, ref: str, node: str) -> None:
         await asyncio.sleep(0)
         if ref not in self.images:
