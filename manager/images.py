@@ -39,9 +39,10 @@ from typing import Any
 
 import asyncssh
 
-from pyswarm.errors import NotFoundError, UsageError
+from pyswarm.errors import NotFoundError, PyswarmError, UsageError
 from pyswarm.images import (
     CHANNEL_COMMAND,
+    Engine,
     PLAN_PULL,
     PLAN_SHIP,
     ChannelRequest,
@@ -54,11 +55,10 @@ from pyswarm.images import (
     NodeImage,
     chain_ids,
     check_ref,
+    engine_client,
     inventory_from_line,
 )
 from pyswarm.models import Node, NodeStatus
-from pyswarm.worker import RuntimeError_
-from pyswarm.worker.docker import DockerClient
 
 from .store import Snapshot, Store
 
@@ -95,7 +95,7 @@ class Spool:
     expires: float = 0.0
 
     @classmethod
-    async def make(cls, docker: DockerClient, ref: str, directory: Path) -> Spool:
+    async def make(cls, docker: Engine, ref: str, directory: Path) -> Spool:
         data = await docker.inspect_image(ref)
         if data is None:
             raise NotFoundError(f"image {ref} is not on this manager's engine")
@@ -284,10 +284,10 @@ class ImageService:
     """Image shipping on one manager: ``image push``/``ls``/``shipments``
     from the API, and (on the leader) the agents' ``image_wanted``."""
 
-    def __init__(self, store: Store, spool_dir: Path, docker: DockerClient | None = None) -> None:
+    def __init__(self, store: Store, spool_dir: Path, docker: Engine | None = None) -> None:
         self._store = store
         self.spool_dir = spool_dir
-        self.docker = docker or DockerClient(request_timeout=120.0)
+        self.docker = docker or engine_client()
         self.connect: Connect | None = None  # the leader's dispatcher lends its connections
         self.history: collections.deque[Shipment] = collections.deque(maxlen=HISTORY)
         self.bytes_sent = 0
@@ -389,7 +389,9 @@ class ImageService:
         nodes = _pick_nodes(snap, node_refs)
         try:
             spool = await self._spool(ref)
-        except RuntimeError_ as exc:
+        except (NotFoundError, UsageError):
+            raise
+        except (PyswarmError, ShipError, OSError) as exc:
             raise UsageError(f"image {ref}: {exc}") from None
         try:
             return list(await asyncio.gather(*(self._ship(spool, n, "push") for n in nodes)))
@@ -449,7 +451,7 @@ class ImageService:
         one from a registry is pulled by the node, as before."""
         try:
             data = await self.docker.inspect_image(ref)
-        except RuntimeError_ as exc:
+        except PyswarmError as exc:
             return ImagePlan(ref, PLAN_PULL, reason=f"the leader's engine cannot be asked: {exc}")
         if data is None:
             return ImagePlan(ref, PLAN_PULL, reason="no manager's engine has it to ship (build it or push it to a registry)")
@@ -483,7 +485,7 @@ class ImageService:
     async def _ship_for_task(self, ref: str, node: Node) -> Shipment:
         try:
             spool = await self._spool(ref)
-        except (RuntimeError_, NotFoundError, ShipError, OSError) as exc:
+        except (PyswarmError, ShipError, OSError) as exc:
             return Shipment(ref, node.hostname, "failed", error=f"cannot save {ref} on {_hostname()}: {exc}",
                             reason="task")
         try:

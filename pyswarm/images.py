@@ -44,9 +44,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 CHANNEL_COMMAND = "pyswarm worker --images"
 LABEL_BUILD_HASH = "pyswarm.build.hash"  # on images `stack deploy` built (pyswarm/build.py)
@@ -59,6 +59,24 @@ MAX_ITEMS = 20_000
 # optional registry host:port), or a bare image id (sha256:hex or hex)
 _REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/:@+]*$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+class Engine(Protocol):
+    """What a sender needs of its engine (pyswarm.worker.docker.DockerClient has it)."""
+
+    async def inspect_image(self, ref: str) -> dict[str, Any] | None: ...
+
+    def save_image(self, ref: str) -> AsyncIterator[bytes]: ...
+
+    async def close(self) -> None: ...
+
+
+def engine_client() -> Engine:
+    """This host's engine, for a manager that ships images: manager/ reaches
+    the engine client through here, never by importing worker/ itself."""
+    from pyswarm.worker.docker import DockerClient
+
+    return DockerClient(request_timeout=120.0)
 
 
 class MessageError(ValueError):
