@@ -24,7 +24,7 @@ import asyncssh
 from pyswarm import protocol
 from pyswarm.models import DESIRED_RUNNING, Node, NodeRole, NodeStatus, Task, TaskState
 
-from .images import ImageService
+from .images import ImageService, registry_auth
 from .objects import task_files
 from .networks import mesh_message
 from .store import Op, Snapshot, Store
@@ -50,7 +50,8 @@ def assignments_by_node(snap: Snapshot, zone: str) -> dict[str, list[dict[str, A
         if task.state.rank < TaskState.ASSIGNED.rank:
             continue
         # secret/config data only to the node of a task that uses it
-        out.setdefault(task.node_id, []).append({**_assignment(task, zone), **task_files(snap, task.spec)})
+        out.setdefault(task.node_id, []).append({**_assignment(task, zone), **task_files(snap, task.spec),
+                                                 **registry_auth(snap, task.spec)})
     for tasks in out.values():
         tasks.sort(key=lambda a: str(a["task_id"]))
     return out

@@ -522,3 +522,22 @@ def _pick_nodes(snap: Snapshot, refs: list[str]) -> list[Node]:
         if matches[0] not in out:
             out.append(matches[0])
     return out
+
+
+REGISTRY_AUTH = "registry_auth"  # ContainerSpec.options key: the name of the secret holding it
+
+
+def registry_auth(snap: Snapshot, spec: Any) -> dict[str, str]:
+    """The ``X-Registry-Auth`` of a task's image, for its node's assignment
+    only (``stack deploy --with-registry-auth`` keeps it as a stack secret)."""
+    name = spec.options.get(REGISTRY_AUTH) if isinstance(spec.options, dict) else None
+    if not name:
+        return {}
+    from .objects import by_name
+
+    secret = by_name(snap, "secret").get(str(name))
+    if secret is None:
+        return {}
+    import base64
+
+    return {"registry_auth": base64.b64decode(secret.data).decode(errors="replace")}

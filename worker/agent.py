@@ -485,7 +485,7 @@ class Agent:
             self._report(t, a.task_id, Observed(TaskState.PREPARING, "", message=message))
 
         try:
-            await self.images.ensure(a.spec.image, a.task_id, preparing)
+            await self.images.ensure(a.spec.image, a.task_id, preparing, a.registry_auth)
         except (ImageNotFoundError, RuntimeError_) as exc:
             self._report(t, a.task_id, Observed(TaskState.REJECTED, "", message="preparing failed",
                                                 error=str(exc)))

@@ -276,7 +276,7 @@ class DockerClient:
         assert isinstance(data, dict)
         return data
 
-    async def pull_image(self, ref: str) -> None:
+    async def pull_image(self, ref: str, auth: str = "") -> None:
         """Pull ``ref``; raises :class:`EngineAPIError` (or a timeout as
         :class:`EngineUnavailableError`) when the registry refuses or is
         unreachable. The progress stream reports errors in-band, so it is read
@@ -287,7 +287,8 @@ class DockerClient:
         t = aiohttp.ClientTimeout(total=self.pull_timeout)
         try:
             async with session.post(
-                self._url("/images/create"), params={"fromImage": repo, "tag": tag}, timeout=t
+                self._url("/images/create"), params={"fromImage": repo, "tag": tag}, timeout=t,
+                headers={"X-Registry-Auth": auth} if auth else None,  # never logged
             ) as resp:
                 if resp.status >= 400:
                     raise _api_error(resp.status, await resp.read(), f"pull {ref}")
@@ -305,17 +306,26 @@ class DockerClient:
         except asyncio.TimeoutError as exc:
             raise EngineUnavailableError(f"pull {ref}: no answer in {self.pull_timeout:.0f}s") from exc
 
-    async def ensure_image(self, ref: str, node: str) -> None:
-        """Make ``ref`` present, pulling only if missing. Any failure becomes
-        :class:`ImageNotFoundError` with the message users see in
+    async def ensure_image(self, ref: str, node: str, auth: str = "") -> None:
+        """Make ``ref`` present, pulling only if missing (with ``auth``, an
+        ``X-Registry-Auth`` value, when the service has one). Any failure
+        becomes :class:`ImageNotFoundError` with the message users see in
         ``service ps``: in a lab with no registry a missing image must be a
-        clear task failure, not a hang."""
+        clear task failure, not a hang; a registry that wants credentials
+        is named as such."""
         if await self.inspect_image(ref) is not None:
             return
         try:
-            await self.pull_image(ref)
+            await self.pull_image(ref, auth)
         except (EngineAPIError, EngineUnavailableError) as exc:
-            raise ImageNotFoundError(f"image {ref} not found on node {node} (pull failed: {exc})") from exc
+            from pyswarm.registry import is_auth_refusal, registry_of
+
+            hint = ""
+            if isinstance(exc, EngineAPIError) and is_auth_refusal(str(exc)):
+                hint = (f"; registry {registry_of(ref)} refused the credentials sent with --with-registry-auth"
+                        if auth else f"; registry {registry_of(ref)} may want credentials: `docker login "
+                        f"{registry_of(ref)}` where you deploy from, then deploy with --with-registry-auth")
+            raise ImageNotFoundError(f"image {ref} not found on node {node} (pull failed: {exc}){hint}") from exc
         if await self.inspect_image(ref) is None:
             raise ImageNotFoundError(f"image {ref} not found on node {node}")
 

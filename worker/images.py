@@ -213,7 +213,7 @@ class ImageFetcher:
         self.ship_timeout = ship_timeout
         self._wanted: dict[str, _Wanted] = {}
 
-    async def ensure(self, ref: str, task_id: str, report: Report) -> None:
+    async def ensure(self, ref: str, task_id: str, report: Report, auth: str = "") -> None:
         """Make ``ref`` present: here already, shipped by the leader, or
         pulled. ``report`` gets the task's one ``preparing`` message.
         Raises :class:`ImageNotFoundError` with what the user sees."""
@@ -247,7 +247,7 @@ class ImageFetcher:
         self._forget(ref, wanted)
         report(f"pulling image {ref}")
         try:
-            await self.docker.ensure_image(ref, self.hostname)
+            await self.docker.ensure_image(ref, self.hostname, auth)
         except ImageNotFoundError as exc:
             reason = plan.reason if plan is not None else ""
             raise ImageNotFoundError(f"{exc}; {reason}" if reason else str(exc)) from exc

@@ -42,6 +42,8 @@ class Assignment(Model):
     # files with their data (see pyswarm.worker.files): [{name, target, uid, gid, mode, data}]
     secrets: list[dict[str, Any]] = field(default_factory=list)
     configs: list[dict[str, Any]] = field(default_factory=list)
+    # the X-Registry-Auth value for pulling spec.image (stack deploy --with-registry-auth)
+    registry_auth: str = ""
 
     def __repr__(self) -> str:  # never log secret data
         return f"Assignment(task_id={self.task_id!r}, service_name={self.service_name!r})"

@@ -34,6 +34,13 @@ def _stack_deploy(args: argparse.Namespace) -> int:
     objects = {kind: [{"name": o.name, "external": o.external, "labels": o.labels,
                        "data": base64.b64encode(o.data).decode()} for o in getattr(stack, kind)]
                for kind in ("secrets", "configs")}
+    if args.with_registry_auth:
+        from pyswarm.registry import attach
+
+        auth_secrets, warnings = attach(stack)
+        objects["secrets"] += auth_secrets
+        for warning in warnings:
+            print(f"Warning: {warning}", file=sys.stderr)
     result = common.call("stack.deploy", {"stack": args.stack, "services": [s.to_dict() for s in stack.services],
                                           "networks": stack.config.get("networks") or {}, **objects,
                                           "prune": args.prune, "dry_run": args.dry_run})
@@ -143,6 +150,8 @@ def register(sub: Any) -> None:
     p.add_argument("--no-build", dest="build_mode", action="store_const", const="never",
                    help="build nothing: use the images already built")
     p.add_argument("--build-output", action="store_true", help="print the engine's build output")
+    p.add_argument("--with-registry-auth", action="store_true",
+                   help="send this machine's registry credentials (~/.docker/config.json) to the nodes that pull")
     p.add_argument("stack", metavar="STACK")
     p.set_defaults(func=_stack_deploy)
     p = stack.add_parser("config", help="print the merged, interpolated, normalised stack as YAML")

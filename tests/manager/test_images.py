@@ -199,3 +199,29 @@ def test_spool_of_a_missing_image_says_so(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="nope:1 is not on this manager's engine"):
         asyncio.run(Spool.make(cast(Any, Engine(LAYERS)), "nope:1", tmp_path))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_registry_auth_goes_only_with_the_tasks_that_pull_with_it() -> None:
+    import base64
+
+    from factories import make_node, make_service, make_task
+
+    from pyswarm.manager.dispatcher import assignments_by_node
+    from pyswarm.manager.store import Snapshot
+    from pyswarm.models import Secret, TaskState
+
+    a, b = make_node(), make_node()
+    private = make_service()
+    private.spec.container.options["registry_auth"] = "demo_registry-auth-abc"
+    public = make_service()
+    raw: dict[str, dict[str, dict[str, Any]]] = {k: {} for k in ("cluster", "node", "service", "task", "secret", "config", "network")}
+    for obj, kind in ((a, "node"), (b, "node"), (private, "service"), (public, "service")):
+        raw[kind][obj.id] = obj.to_dict()
+    for svc, node in ((private, a), (public, b)):
+        t = make_task(svc, node_id=node.id, state=TaskState.ASSIGNED)
+        raw["task"][t.id] = t.to_dict()
+    secret = Secret(id="s1", name="demo_registry-auth-abc", data=base64.b64encode(b"HEADER").decode())
+    raw["secret"][secret.id] = secret.to_dict()
+    out = assignments_by_node(Snapshot(1, raw), "pyswarm")
+    assert [x.get("registry_auth") for x in out[a.id]] == ["HEADER"]
+    assert [x.get("registry_auth") for x in out[b.id]] == [None]

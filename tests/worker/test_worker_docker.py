@@ -31,6 +31,7 @@ class FakeEngine:
         self.paths: list[str] = []
         self.event_requests: list[dict[str, str]] = []
         self.drop_first_stream = True
+        self.pull_auth: list[str] = []
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -69,6 +70,7 @@ class FakeEngine:
         return web.json_response({"message": "No such image"}, status=404)
 
     async def pull(self, request: web.Request) -> web.StreamResponse:
+        self.pull_auth.append(request.headers.get("X-Registry-Auth", ""))
         resp = web.StreamResponse()
         await resp.prepare(request)
         await resp.write(b'{"status":"Pulling from x"}\n')
@@ -144,6 +146,20 @@ def test_errors_map_to_the_tree(tmp_path: Path) -> None:
         with pytest.raises(ImageNotFoundError, match=r"image missing/img:1 not found on node node7 .*pull access denied"):
             await client.ensure_image("missing/img:1", "node7")
     run_with(FakeEngine(), tmp_path, body)
+
+
+def test_pull_sends_registry_auth_and_names_the_registry_that_refuses(tmp_path: Path) -> None:
+    engine = FakeEngine()
+
+    async def body(client: DockerClient) -> None:
+        with pytest.raises(ImageNotFoundError) as info:
+            await client.ensure_image("reg.example:5000/app:1", "node7", "QVVUSA==")
+        assert "registry reg.example:5000 refused the credentials sent with --with-registry-auth" in str(info.value)
+        assert "QVVUSA==" not in str(info.value)
+        with pytest.raises(ImageNotFoundError, match="registry docker.io may want credentials: `docker login docker.io`"):
+            await client.ensure_image("me/private:1", "node7")
+        assert engine.pull_auth == ["QVVUSA==", ""]
+    run_with(engine, tmp_path, body)
 
 
 def test_unreachable_engine(tmp_path: Path) -> None:

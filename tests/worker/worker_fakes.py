@@ -85,7 +85,7 @@ class FakeDocker:
     async def list_images(self) -> list[dict[str, Any]]:
         return []
 
-    async def ensure_image(self, ref: str, node: str) -> None:
+    async def ensure_image(self, ref: str, node: str, auth: str = "") -> None:
         await asyncio.sleep(0)
         if ref not in self.images:
             raise ImageNotFoundError(f"image {ref} not found on node {node}")
