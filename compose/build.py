@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .checker import _Invalid, describe, stringify
+from .checker import _Invalid
 from .errors import KeyPath
-from .service import HANDLERS, ServiceChecker, register
+from .service import HANDLERS, ServiceChecker, environment, register
 
 BUILD_KEYS = ("context", "dockerfile", "dockerfile_inline", "args", "labels", "cache_from", "extra_hosts",
               "network", "target", "shm_size", "secrets", "platforms", "no_cache", "pull")
@@ -71,65 +71,9 @@ class BuildSpec:
         )
 
 
-def _args(c: ServiceChecker, path: KeyPath, value: Any) -> dict[str, str] | _Invalid:
-    """Like ``environment``: a bare ``KEY`` (or ``KEY: null``) takes the
-    value from the environment and is left out when it is not set there."""
-    out: dict[str, str] = {}
-    if isinstance(value, list):
-        for i, item in enumerate(value):
-            s = c.string(path + (i,), item)
-            if isinstance(s, _Invalid):
-                continue
-            key, eq, val = s.partition("=")
-            if not key:
-                c.error(path + (i,), f"expected KEY=VALUE or KEY, got {describe(s)}")
-            elif eq:
-                out[key] = val
-            elif key in c.environ:
-                out[key] = c.environ[key]
-        return out
-    m = c.mapping(path, value)
-    if isinstance(m, _Invalid):
-        return m
-    for key, val in m.items():
-        if val is None:
-            if key in c.environ:
-                out[key] = c.environ[key]
-        elif isinstance(val, (dict, list)):
-            c.error(path + (key,), f"expected a string, number or boolean, got {describe(val)}")
-        else:
-            out[key] = stringify(val)
-    return out
-
-
-def _secrets(c: ServiceChecker, path: KeyPath, value: Any) -> list[dict[str, Any]] | _Invalid:
-    items = c.sequence(path, value)
-    if isinstance(items, _Invalid):
-        return items
-    out: list[dict[str, Any]] = []
-    for i, item in enumerate(items):
-        ipath = path + (i,)
-        if isinstance(item, str):
-            entry: dict[str, Any] = {"source": item}
-        elif isinstance(item, dict):
-            source = item.get("source")
-            if not isinstance(source, str) or not source:
-                c.error(ipath, "a build secret needs a `source`")
-                continue
-            entry = {k: v for k, v in item.items() if k in ("source", "target", "uid", "gid", "mode")}
-        else:
-            c.error(ipath, f"expected a secret name or a mapping, got {describe(item)}")
-            continue
-        if entry["source"] not in c.declared["secrets"]:
-            c.error(ipath, f"undefined secret {entry['source']!r}: declare it under the top-level `secrets`")
-            continue
-        out.append(entry)
-    return out
-
-
 @register(HANDLERS, "build")
 def build(c: ServiceChecker, path: KeyPath, value: Any) -> dict[str, Any] | _Invalid:
-    from .container import byte_size, extra_hosts
+    from .container import _file_refs, byte_size, extra_hosts
 
     if isinstance(value, str):
         value = {"context": value}
@@ -156,12 +100,12 @@ def build(c: ServiceChecker, path: KeyPath, value: Any) -> dict[str, Any] | _Inv
     if "dockerfile" in out and "dockerfile_inline" in out:
         c.error(path + ("dockerfile_inline",), "use `dockerfile` or `dockerfile_inline`, not both")
     checks: dict[str, Any] = {
-        "args": lambda p, v: _args(c, p, v),
+        "args": lambda p, v: environment(c, p, v),  # a bare KEY comes from the environment too
         "labels": lambda p, v: c.string_map(p, v),
         "cache_from": lambda p, v: c.string_list(p, v),
         "extra_hosts": lambda p, v: extra_hosts(c, p, v),
         "shm_size": lambda p, v: byte_size(c, p, v),
-        "secrets": lambda p, v: _secrets(c, p, v),
+        "secrets": lambda p, v: _file_refs(c, p, v, "secrets"),
         "platforms": lambda p, v: c.string_list(p, v),
         "no_cache": lambda p, v: c.boolean(p, v),
         "pull": lambda p, v: c.boolean(p, v),
