@@ -76,6 +76,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "test": ("coreutils", ESSENTIAL),
     "make": ("make", DEPS),
     "dpkg-query": ("dpkg", ESSENTIAL),
+    "docker-registry": ("docker-registry", DEPS),  # tests/e2e/test_registry_auth.py (skips without it)
     # the benchmarks (bench/)
     "dnsperf": ("dnsperf", BENCH),
     "dnsmasq": ("dnsmasq-base", BENCH),
