@@ -45,7 +45,8 @@ def task_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     for row in rows:
         state = row["current_state"].capitalize()
         row["current_display"] = f"{state} {since(row['since'])}"
-        row["error_display"] = row.get("error") or (row.get("message") if row["current_state"] in ("pending",) else "")
+        said = row.get("message") if row.get("message") != row["current_state"] else ""
+        row["error_display"] = row.get("error") or (said if row["current_state"] in ("pending", "preparing") else "")
         row["id_display"] = row["id"][:12] if trunc else row["id"]
         row["name_display"] = row["name"] if row["desired_state"] == "running" else r"\_ " + row["name"]
     print_rows(rows, args.format, [
