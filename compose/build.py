@@ -6,8 +6,9 @@ it to the nodes (pyswarm/build.py, manager/images.py). This module only
 reads the key: both spellings, ``build: ./dir`` and the long mapping, become
 one long mapping (what ``stack config`` prints, in Docker's field order:
 context, dockerfile, args, labels, cache_from, extra_hosts, network, target,
-then the compose-spec fields Docker's stack types lack), with the context an
-absolute path. Whether the context exists is checked when building, not by
+then the compose-spec fields Docker's stack types lack), the context as
+written (``docker stack config`` prints it so; :class:`BuildSpec` resolves
+it against the first file's directory). Whether the context exists is checked when building, not by
 ``stack config`` (a file that only prints a stack need not have it).
 """
 
@@ -17,6 +18,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .checker import _Invalid
@@ -51,10 +53,12 @@ class BuildSpec:
     pull: bool = False
 
     @classmethod
-    def from_config(cls, data: Mapping[str, Any]) -> BuildSpec:
-        """From the mapping :func:`build` returned."""
+    def from_config(cls, data: Mapping[str, Any], project_dir: Path) -> BuildSpec:
+        """From the mapping :func:`build` returned; a relative context is the
+        project directory's (the first file's), as compose resolves it."""
+        context = os.path.expanduser(str(data["context"]))
         return cls(
-            context=str(data["context"]),
+            context=context if os.path.isabs(context) else str((project_dir / context).resolve()),
             dockerfile=str(data.get("dockerfile", "")),
             dockerfile_inline=str(data.get("dockerfile_inline", "")),
             args=dict(data.get("args", {})),
@@ -90,8 +94,7 @@ def build(c: ServiceChecker, path: KeyPath, value: Any) -> dict[str, Any] | _Inv
         if _REMOTE.match(context):
             c.error(path + ("context",), f"pyswarm builds from a local directory only, not {context!r}")
         else:
-            expanded = os.path.expanduser(context or ".")
-            out["context"] = expanded if os.path.isabs(expanded) else str((c.project_dir / expanded).resolve())
+            out["context"] = context or "."  # as written, as Docker prints it; BuildSpec resolves it
     for key in ("dockerfile", "dockerfile_inline", "network", "target"):
         if key in m:
             s = c.string(path + (key,), m[key])

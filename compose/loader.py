@@ -183,7 +183,7 @@ def _load_files(
     _raise_problems(checker, strict)
     resolve_references(stack, services, config)
     result = Stack(stack, services, [str(w) for w in checker.warnings], config)
-    result.builds = {f"{stack}_{name}": BuildSpec.from_config(svc["build"])
+    result.builds = {f"{stack}_{name}": BuildSpec.from_config(svc["build"], checker.project_dir)
                      for name, svc in config["services"].items() if "build" in svc}
     if read_data:
         result.secrets = read_objects(stack, config, env, "secrets", doc.mark)
