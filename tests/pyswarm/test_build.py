@@ -124,11 +124,15 @@ def test_build_once_then_unchanged_then_forced(tmp_path: Path) -> None:
     def run(mode: str) -> Any:
         return asyncio.run(build_services(builds, {}, mode, EngineBuilder(engine)))
 
+    planned = run("plan")["demo_web"]  # --dry-run: the tag it would build, nothing built
+    assert planned.action == "would build" and engine.builds == []
     first = run("auto")["demo_web"]
+    assert first.ref == planned.ref
     assert first.action == "built" and first.ref.startswith("demo_web:") and len(first.ref) == len("demo_web:") + 12
     assert run("auto")["demo_web"].action == "unchanged"
     assert run("always")["demo_web"].action == "built"
     assert run("never")["demo_web"].action == "unchanged"
+    assert run("plan")["demo_web"].action == "unchanged"
     (ctx / "Dockerfile").write_text("FROM x\nRUN true\n")
     with pytest.raises(BuildError, match="is not built, and --no-build"):
         run("never")
