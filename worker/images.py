@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 KEEP_IMAGES = 2  # built images of one service kept on a node: the running one and one to roll back to
-PLAN_TIMEOUT = 10.0  # an older leader never answers image_wanted: pull after this
+PLAN_TIMEOUT = 5.0  # an older leader (or none, in a test) never answers image_wanted: pull after this
 SHIP_TIMEOUT = 1800.0  # a shipment that has not ended by then has failed
 
 
