@@ -225,6 +225,8 @@ def test_refused_flags_change_nothing(lab: Any) -> None:
         res = run(lab, "service", "create", *args, IMAGE, check=False)
         assert res.returncode in (1, 2) and said in res.stderr and "Traceback" not in res.stderr, res.stderr
     assert run(lab, "service", "ls", "-q").stdout == before
+    version = run(lab, "version").stdout
+    assert version.startswith("Client:\n Version:") and "\nManager:\n Version:" in version and " Leader:           true" in version
 
 
 def _pty_run(lab: Any, args: list[str], timeout: float = 120) -> tuple[int, str]:
@@ -277,6 +279,13 @@ def test_progress_on_a_terminal_and_on_a_pipe(lab: Any) -> None:
         n = len(lab.hosts)
         assert glob.returncode == 0 and glob.stdout.splitlines()[-1] == f"clig: {n}/{n} running: converged", glob.stdout
         assert sorted(t["node"] for t in tasks(lab, "clig")) == sorted(lab.hosts)
+        # node ps with no node: the tasks on the node of the manager asked
+        here = run(lab, "node", "ps", "--format", "{{.Node}} {{.Name}}").stdout.splitlines()
+        assert here and all(line.startswith(f"{lab.managers[0]} ") for line in here), here
+        assert any(line.split()[1].startswith("clig.") for line in here), here
+        # completion asks the cluster for names
+        assert run(lab, "__complete", "service", "ps", "cli").stdout.split() == ["clig", "clip"]
+        assert run(lab, "__complete", "node", "ps", "work").stdout.split() == ["worker1", "worker2", "worker3"]
         # a closed pipe ends quietly
         closed = subprocess.run(prefix + ["sh", "-c", f"{exe} service ps clip clip clip | head -1"], env=env,
                                 capture_output=True, text=True, timeout=60)
