@@ -373,3 +373,50 @@ def test_lists_formats_dry_run_and_prune(lab: Any, tmp_path: Path, tag2: str) ->
         run(lab, "stack", "rm", "clis", check=False)
         wait_for(lambda: not any(lab.docker(h, "ps", "-aq", "--filter", "label=com.docker.stack.namespace=clis")
                                  .stdout.strip() for h in lab.hosts), 60, "stack clis's containers gone")
+
+
+def test_failing_tasks_end_the_watch_with_their_reason_and_ctrl_c_only_stops_watching(lab: Any) -> None:
+    """An image that cannot be pulled and a healthcheck that fails: each
+    watch ends 1 naming the reason, the service stays. Ctrl-C while a task
+    cannot be placed: exit 130, the service stays."""
+    from pyswarm.deploy.lab_core import pyswarm_executable
+
+    exe = pyswarm_executable()
+    prefix, env = lab.exec_argv(lab.managers[0])
+    env = {**env, "PYSWARM_PROGRESS_GRACE": "3"}
+    names = ("clipull", "clihealth", "cliwait")
+    try:
+        watches = {
+            "clipull": subprocess.Popen(prefix + [exe, "service", "create", "--name", "clipull", "--restart-delay", "1s",
+                                                  "pyswarm-lab/no-such-image:1"], env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True),
+            "clihealth": subprocess.Popen(prefix + [exe, "service", "create", "--name", "clihealth", "--restart-delay",
+                                                    "1s", "--health-cmd", "false", "--health-interval", "500ms",
+                                                    "--health-retries", "1", IMAGE, "sh", "-c", SLEEP], env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+        }
+        said = {name: proc.communicate(timeout=180) for name, proc in watches.items()}
+        for name, proc in watches.items():
+            assert proc.returncode == 1, (name, said[name])
+        pull_end = said["clipull"][0].splitlines()[-1]
+        assert pull_end.startswith("clipull: 0/1 running: failed: tasks keep failing:"), said["clipull"]
+        health_end = said["clihealth"][0].splitlines()[-1]
+        assert "failed: tasks keep failing: container unhealthy" in health_end, said["clihealth"]
+        assert sorted(run(lab, "service", "ls", "--filter", "name=cli", "--format", "{{.Name}}").stdout.split()) == \
+            ["clihealth", "clipull"], "a failed watch removed the service"
+        # Ctrl-C stops the watching, not the change
+        proc = subprocess.Popen(prefix + [exe, "service", "create", "--name", "cliwait", "--constraint",
+                                          "node.hostname==nowhere", IMAGE], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # the service's id: it exists, the watch has begun
+        assert first.strip(), first
+        time.sleep(0.5)
+        os.killpg(proc.pid, 2)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130 and "the change goes on" in out and "Traceback" not in err, (out, err)
+        assert run(lab, "service", "ls", "-q", "--filter", "name=cliwait").stdout.strip(), "Ctrl-C undid the create"
+    finally:
+        run(lab, "service", "rm", *names, check=False)
+        wait_for(lambda: not any(lab.docker(h, "ps", "-aq", "--filter", f"label=pyswarm.service.name={n}").stdout.strip()
+                                 for h in lab.hosts for n in names), 60, "the failing services' containers gone")
