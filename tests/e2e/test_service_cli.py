@@ -225,6 +225,8 @@ def test_refused_flags_change_nothing(lab: Any) -> None:
         res = run(lab, "service", "create", *args, IMAGE, check=False)
         assert res.returncode in (1, 2) and said in res.stderr and "Traceback" not in res.stderr, res.stderr
     assert run(lab, "service", "ls", "-q").stdout == before
+    version = run(lab, "version").stdout
+    assert version.startswith("Client:\n Version:") and "\nManager:\n Version:" in version and " Leader:           true" in version
 
 
 def _pty_run(lab: Any, args: list[str], timeout: float = 120) -> tuple[int, str]:
@@ -277,6 +279,13 @@ def test_progress_on_a_terminal_and_on_a_pipe(lab: Any) -> None:
         n = len(lab.hosts)
         assert glob.returncode == 0 and glob.stdout.splitlines()[-1] == f"clig: {n}/{n} running: converged", glob.stdout
         assert sorted(t["node"] for t in tasks(lab, "clig")) == sorted(lab.hosts)
+        # node ps with no node: the tasks on the node of the manager asked
+        here = run(lab, "node", "ps", "--format", "{{.Node}} {{.Name}}").stdout.splitlines()
+        assert here and all(line.startswith(f"{lab.managers[0]} ") for line in here), here
+        assert any(line.split()[1].startswith("clig.") for line in here), here
+        # completion asks the cluster for names
+        assert run(lab, "__complete", "service", "ps", "cli").stdout.split() == ["clig", "clip"]
+        assert run(lab, "__complete", "node", "ps", "work").stdout.split() == ["worker1", "worker2", "worker3"]
         # a closed pipe ends quietly
         closed = subprocess.run(prefix + ["sh", "-c", f"{exe} service ps clip clip clip | head -1"], env=env,
                                 capture_output=True, text=True, timeout=60)
@@ -364,3 +373,50 @@ def test_lists_formats_dry_run_and_prune(lab: Any, tmp_path: Path, tag2: str) ->
         run(lab, "stack", "rm", "clis", check=False)
         wait_for(lambda: not any(lab.docker(h, "ps", "-aq", "--filter", "label=com.docker.stack.namespace=clis")
                                  .stdout.strip() for h in lab.hosts), 60, "stack clis's containers gone")
+
+
+def test_failing_tasks_end_the_watch_with_their_reason_and_ctrl_c_only_stops_watching(lab: Any) -> None:
+    """An image that cannot be pulled and a healthcheck that fails: each
+    watch ends 1 naming the reason, the service stays. Ctrl-C while a task
+    cannot be placed: exit 130, the service stays."""
+    from pyswarm.deploy.lab_core import pyswarm_executable
+
+    exe = pyswarm_executable()
+    prefix, env = lab.exec_argv(lab.managers[0])
+    env = {**env, "PYSWARM_PROGRESS_GRACE": "3"}
+    names = ("clipull", "clihealth", "cliwait")
+    try:
+        watches = {
+            "clipull": subprocess.Popen(prefix + [exe, "service", "create", "--name", "clipull", "--restart-delay", "1s",
+                                                  "pyswarm-lab/no-such-image:1"], env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True),
+            "clihealth": subprocess.Popen(prefix + [exe, "service", "create", "--name", "clihealth", "--restart-delay",
+                                                    "1s", "--health-cmd", "false", "--health-interval", "500ms",
+                                                    "--health-retries", "1", IMAGE, "sh", "-c", SLEEP], env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+        }
+        said = {name: proc.communicate(timeout=180) for name, proc in watches.items()}
+        for name, proc in watches.items():
+            assert proc.returncode == 1, (name, said[name])
+        pull_end = said["clipull"][0].splitlines()[-1]
+        assert pull_end.startswith("clipull: 0/1 running: failed: tasks keep failing:"), said["clipull"]
+        health_end = said["clihealth"][0].splitlines()[-1]
+        assert "failed: tasks keep failing: container unhealthy" in health_end, said["clihealth"]
+        assert sorted(run(lab, "service", "ls", "--filter", "name=cli", "--format", "{{.Name}}").stdout.split()) == \
+            ["clihealth", "clipull"], "a failed watch removed the service"
+        # Ctrl-C stops the watching, not the change
+        proc = subprocess.Popen(prefix + [exe, "service", "create", "--name", "cliwait", "--constraint",
+                                          "node.hostname==nowhere", IMAGE], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # the service's id: it exists, the watch has begun
+        assert first.strip(), first
+        time.sleep(0.5)
+        os.killpg(proc.pid, 2)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130 and "the change goes on" in out and "Traceback" not in err, (out, err)
+        assert run(lab, "service", "ls", "-q", "--filter", "name=cliwait").stdout.strip(), "Ctrl-C undid the create"
+    finally:
+        run(lab, "service", "rm", *names, check=False)
+        wait_for(lambda: not any(lab.docker(h, "ps", "-aq", "--filter", f"label=pyswarm.service.name={n}").stdout.strip()
+                                 for h in lab.hosts for n in names), 60, "the failing services' containers gone")
