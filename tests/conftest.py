@@ -40,6 +40,7 @@ from pyswarm.deploy.lab_sys import REQUIRED_TOOLS, which  # noqa: E402
 
 E2E_LAB_DIR = "/var/lib/pyswarm-lab-e2e{slot}"
 SLOTS = 10
+EXTRA_LABS = 25  # per session: 10.252.<slot*25 + k>.0/24, k < 25
 
 
 def lab_unavailable() -> str | None:
@@ -89,9 +90,9 @@ def new_lab_spec(lab_slot: int) -> LabSpec:
 
     def spec() -> tuple[str, str]:
         k = next(counter)
-        if k >= 10:
-            raise RuntimeError("new_lab_spec: at most 10 extra labs per session")
-        return f"psl{lab_slot}x{k}", f"10.250.{40 + lab_slot * 10 + k}.0/24"
+        if k >= EXTRA_LABS:
+            raise RuntimeError(f"new_lab_spec: at most {EXTRA_LABS} extra labs per session")
+        return f"psl{lab_slot}x{k}", f"10.252.{lab_slot * EXTRA_LABS + k}.0/24"
 
     return spec
 
