@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +127,42 @@ def test_build_ship_change_fail_push(lab: Any, tmp_path: Path) -> None:
         lab.docker(host, "image", "rm", "-f", ref1, ref2, check=False)
         lab.exec(host, ["sh", "-c", f"docker images -q --filter reference='{STACK}_*' | xargs -r docker rmi -f"],
                  check=False)
+
+
+LATE_STACK = "late"
+LATE_FILE = """
+services:
+  app:
+    build: ./app
+    command: ["sleep", "3600"]
+    deploy: {mode: global}
+"""
+
+
+def test_a_node_that_joins_later_gets_the_image_when_a_task_lands_there(lab_factory: Any, tmp_path: Path) -> None:
+    """The image is not only shipped at deploy: a node that joins after it
+    receives it with its first task there (no registry in the lab)."""
+    small = lab_factory(managers=1, workers=2, cluster=True)
+    first, late = small.managers[0], small.workers[-1]
+    small.pyswarm(late, "leave", timeout=60)
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "Dockerfile").write_text("FROM pyswarm-lab/busybox:latest\nCOPY mark.txt /mark.txt\n")
+    (tmp_path / "app" / "mark.txt").write_bytes(os.urandom(2048))
+    (tmp_path / "stack.yml").write_text(LATE_FILE)
+    small.pyswarm(first, "stack", "deploy", "-c", str(tmp_path / "stack.yml"), LATE_STACK, timeout=120)
+
+    def app_running(want: set[str]) -> tuple[bool, Any]:
+        rows = live(tasks(small, f"{LATE_STACK}_app"))
+        on = {t["node"] for t in rows if t["current_state"] == "running"}
+        return on == want, brief(rows)
+
+    present = set(small.hosts) - {late}
+    wait_until(lambda: app_running(present), 90, f"late_app running on {sorted(present)} (not {late}: it left)")
+    ref = running(small, f"{LATE_STACK}_app")[0]["image"]
+    assert not _has_image(small, late, ref), f"{late} had {ref} before it joined"
+
+    small.pyswarm(late, *shlex.split(small.join_command)[1:], timeout=120)
+    wait_until(lambda: app_running(set(small.hosts)), 120, f"late_app running on every node, {late} included")
+    assert _has_image(small, late, ref), f"{late} runs a task of {ref} but its engine lacks the image"
+    sent = [s for s in _shipments(small, ref) if s["result"] == "sent" and s["node"] == late]
+    assert sent and sent[-1]["reason"] == "task", _shipments(small, ref)
