@@ -38,6 +38,20 @@ from support import wait_for  # noqa: E402,F401  (re-exported for convenience)
 from pyswarm.deploy.lab import Lab, LabError  # noqa: E402
 from pyswarm.deploy.lab_sys import REQUIRED_TOOLS, which  # noqa: E402
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse two test modules with one basename anywhere under tests/, even
+    when a run collects only one of them: pytest imports test modules by
+    basename (tests/ has no packages), so the whole suite would stop at
+    collection with "import file mismatch"."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted(Path(_TESTS).rglob("test_*.py")):
+        seen.setdefault(path.name, []).append(str(path.relative_to(_TESTS)))
+    twins = {name: where for name, where in seen.items() if len(where) > 1}
+    if twins:
+        listed = "; ".join(" and ".join(where) for where in twins.values())
+        raise pytest.UsageError(f"test modules share a basename (rename one of each): {listed}")
+
+
 E2E_LAB_DIR = "/var/lib/pyswarm-lab-e2e{slot}"
 SLOTS = 10
 EXTRA_LABS = 25  # per session: 10.252.<slot*25 + k>.0/24, k < 25
