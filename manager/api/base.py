@@ -88,6 +88,20 @@ class NodeRef:
     node: str = field(metadata=REF)
 
 
+@dataclass(frozen=True)
+class NameRef:
+    """One named object (a network, secret, config)."""
+
+    name: str = field(metadata=REF)
+
+
+@dataclass(frozen=True)
+class NameList:
+    """Named objects, e.g. to remove."""
+
+    names: list[str] = field(metadata=REFS)
+
+
 def cluster_of(snap: Snapshot) -> Cluster:
     cluster = snap.cluster
     if cluster is None:

@@ -13,7 +13,7 @@ from pyswarm.wire import rule
 from .. import networks as cluster_networks
 from .. import ops
 from ..store import Op
-from .base import REF, REFS, Resource, method
+from .base import NameList, NameRef, Resource, method
 
 
 @dataclass(frozen=True)
@@ -22,16 +22,6 @@ class NetworkCreate:
     labels: dict[str, str] = field(default_factory=dict, metadata=rule(max_len=1000))
     internal: bool = False
     attachable: bool = False
-
-
-@dataclass(frozen=True)
-class NetworkRef:
-    name: str = field(metadata=REF)
-
-
-@dataclass(frozen=True)
-class NetworkRemove:
-    names: list[str] = field(metadata=REFS)
 
 
 class Networks(Resource):
@@ -52,16 +42,16 @@ class Networks(Resource):
         nets = sorted(cluster_networks.all_networks(snap), key=lambda n: n.name)
         return [cluster_networks.network_row(n, snap) for n in nets]
 
-    @method("network.inspect", NetworkRef)
-    async def inspect(self, req: NetworkRef) -> Any:
+    @method("network.inspect", NameRef)
+    async def inspect(self, req: NameRef) -> Any:
         snap = self.snap()
         net = cluster_networks.network_by_name(snap, req.name)
         if net is None:
             raise NotFoundError(f"network {req.name} not found")
         return cluster_networks.network_row(net, snap)
 
-    @method("network.rm", NetworkRemove)
-    async def rm(self, req: NetworkRemove) -> Any:
+    @method("network.rm", NameList)
+    async def rm(self, req: NameList) -> Any:
         """Refuses a network still attached to a service, like Docker."""
         snap = self.snap()
         txn: list[Op] = []

@@ -15,7 +15,7 @@ from pyswarm.wire import rule
 
 from .. import objects as stack_objects
 from ..store import Op, TransactionAborted
-from .base import REF, REFS, Empty, Method, Resource
+from .base import Empty, Method, NameList, NameRef, Resource
 
 
 @dataclass(frozen=True)
@@ -25,16 +25,6 @@ class ObjectCreate:
     labels: dict[str, str] = field(default_factory=dict, metadata=rule(max_len=1000))
 
 
-@dataclass(frozen=True)
-class ObjectRef:
-    name: str = field(metadata=REF)
-
-
-@dataclass(frozen=True)
-class ObjectRemove:
-    names: list[str] = field(metadata=REFS)
-
-
 class Objects(Resource):
     def methods(self) -> list[Method]:
         found = []
@@ -42,8 +32,8 @@ class Objects(Resource):
             found += [
                 Method(f"{kind}.create", ObjectCreate, self._create(kind)),
                 Method(f"{kind}.ls", Empty, self._ls(kind)),
-                Method(f"{kind}.inspect", ObjectRef, self._inspect(kind)),
-                Method(f"{kind}.rm", ObjectRemove, self._rm(kind)),
+                Method(f"{kind}.inspect", NameRef, self._inspect(kind)),
+                Method(f"{kind}.rm", NameList, self._rm(kind)),
             ]
         return found
 
@@ -64,13 +54,13 @@ class Objects(Resource):
         return ls
 
     def _inspect(self, kind: str) -> Any:
-        async def inspect(req: ObjectRef) -> Any:
+        async def inspect(req: NameRef) -> Any:
             obj = stack_objects.find(self.snap(), kind, req.name)
             return stack_objects.row(obj, with_data=kind == "config")
         return inspect
 
     def _rm(self, kind: str) -> Any:
-        async def rm(req: ObjectRemove) -> Any:
+        async def rm(req: NameList) -> Any:
             snap = self.snap()
             found = [stack_objects.find(snap, kind, n) for n in req.names]
             ops: list[Op] = []

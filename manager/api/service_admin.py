@@ -21,7 +21,6 @@ from typing import Any
 
 from pyswarm.errors import NotFoundError, UsageError
 from pyswarm.models import DESIRED_RUNNING, Node, NodeAvailability, NodeStatus, Service, ServiceSpec, Task, TaskState, new_id
-from pyswarm.wire import rule
 
 from .. import networks as cluster_networks
 from .. import objects as stack_objects
