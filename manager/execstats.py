@@ -49,7 +49,13 @@ def exec_target(snap: Snapshot, service: str, slot: int = 0, task: str = "") -> 
         return found
     from .api.base import find_service  # (the api package imports this module)
 
-    svc = find_service(snap, service)
+    try:
+        svc = find_service(snap, service)
+    except NotFoundError:
+        found = find_task(snap, service)  # SERVICE|TASK
+        if found is None:
+            raise NotFoundError(f"no such service or task: {service}") from None
+        return exec_target(snap, "", 0, found.id)
     mine = sorted((t for t in snap.tasks() if t.service_id == svc.id and _running(t)),
                   key=lambda t: (t.slot, t.node_id))
     if slot:

@@ -159,7 +159,13 @@ class _Targets:
         elif req.service:
             from .api.base import find_service  # (the api package imports this module)
 
-            self.service_ids = {find_service(snap, req.service).id}
+            try:
+                self.service_ids = {find_service(snap, req.service).id}
+            except NotFoundError:
+                task = find_task(snap, req.service)  # SERVICE|TASK: a task then
+                if task is None:
+                    raise NotFoundError(f"no such service or task: {req.service}") from None
+                self.task_id = task.id
         else:
             self.service_ids = {s.id for s in snap.services() if s.spec.stack == req.stack}
             if not self.service_ids:
@@ -195,8 +201,9 @@ def _line(task: Task, node_name: str, item: dict[str, Any]) -> dict[str, Any]:
 
 
 async def logs(store: Store, hub: StreamHub, req: LogsRequest) -> AsyncIterator[Any]:
-    """The streaming API method ``service.logs``: yields ``{"line": …}`` and
-    ``{"warning": …}`` items, merged in time order."""
+    """The streaming API method ``service.logs``: yields ``{"lines": [line, …]}``
+    (each ``{"t", "stream", "line", "task_id", "service", "slot", "node"}``)
+    and ``{"warning": …}`` items, merged in time order."""
     snap = store.snapshot()
     targets = _Targets(req, snap)
     sink: asyncio.Queue[tuple[RemoteStream, Event]] = asyncio.Queue()
@@ -249,14 +256,17 @@ async def logs(store: Store, hub: StreamHub, req: LogsRequest) -> AsyncIterator[
                 while not sink.empty():
                     stream, event = sink.get_nowait()
                     _apply(stream, event, merger, open_, finished, last, warnings, req.follow)
+            batch = []
             for key, item in merger.ready():
                 task = known.get(key)
                 if task is None:
                     continue
                 s = open_.get(key)
-                yield {"line": _line(task, s.node_name if s else _node_name(store, task.node_id), item)}
+                batch.append(_line(task, s.node_name if s else _node_name(store, task.node_id), item))
                 if s is not None:
                     s.consumed(streamwire.item_size(item))
+            if batch:
+                yield {"lines": batch}
             if req.follow and store.version != seen_version:
                 seen_version = store.version
                 snap = store.snapshot()
@@ -266,10 +276,10 @@ async def logs(store: Store, hub: StreamHub, req: LogsRequest) -> AsyncIterator[
                     open_missing(snap)
             if drain_until and time.monotonic() > drain_until:
                 break
-        for key, item in merger.drain():
-            task = known.get(key)
-            if task is not None:
-                yield {"line": _line(task, _node_name(store, task.node_id), item)}
+        rest = [_line(known[key], _node_name(store, known[key].node_id), item)
+                for key, item in merger.drain() if key in known]
+        if rest:
+            yield {"lines": rest}
     finally:
         for s in open_.values():
             s.cancel()

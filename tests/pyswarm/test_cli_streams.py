@@ -1,0 +1,50 @@
+"""The CLI side of logs/events (pyswarm/cli/streams.py): times and line prefixes."""
+
+from __future__ import annotations
+
+import argparse
+import io
+
+import pytest
+
+from pyswarm.cli.streams import LogPrinter, parse_time, rfc3339
+from pyswarm.errors import UsageError
+
+
+def test_times_as_durations_rfc3339_and_unix() -> None:
+    assert parse_time("10m", now=1000.0) == 400.0
+    assert parse_time("1h30m", now=10_000.0) == 10_000.0 - 5400
+    assert parse_time("2026-12-01T09:00:00Z") == 1796115600.0
+    assert parse_time("2026-12-01T10:00:00.25+01:00") == 1796115600.25
+    assert parse_time("1796115600") == 1796115600.0
+    with pytest.raises(UsageError, match="invalid time"):
+        parse_time("yesterday")
+
+
+def test_rfc3339_keeps_nanoseconds() -> None:
+    assert rfc3339(1796115600_000000042) == "2026-12-01T09:00:00.000000042Z"
+
+
+def printer(**flags: bool) -> tuple[LogPrinter, io.StringIO, io.StringIO]:
+    args = argparse.Namespace(raw=False, timestamps=False, no_task_ids=False, no_trunc=False)
+    vars(args).update(flags)
+    out, err = io.StringIO(), io.StringIO()
+    return LogPrinter(args, out, err), out, err
+
+
+LINE = {"t": 1, "stream": "stdout", "line": "hi", "task_id": "abcdef0123456789abcdef", "service": "s_web",
+        "slot": 2, "node": "worker1"}
+
+
+def test_prefix_names_service_slot_task_and_node_and_stderr_goes_to_stderr() -> None:
+    p, out, err = printer()
+    p.write([LINE, {**LINE, "stream": "stderr", "line": "oops"}])
+    assert out.getvalue() == "s_web.2.abcdef012345@worker1 | hi\n"
+    assert err.getvalue() == "s_web.2.abcdef012345@worker1 | oops\n"
+
+
+def test_prefix_flags() -> None:
+    assert printer(no_task_ids=True)[0].format(LINE) == "s_web.2@worker1 | hi"
+    assert printer(no_trunc=True)[0].format(LINE).startswith("s_web.2.abcdef0123456789abcdef@worker1 |")
+    assert printer(raw=True)[0].format(LINE) == "hi"
+    assert printer(raw=True, timestamps=True)[0].format(LINE) == "1970-01-01T00:00:00.000000001Z hi"
