@@ -182,7 +182,8 @@ class _Targets:
             found = [task] if task is not None else []
         else:
             found = [t for t in snap.tasks() if t.service_id in self.service_ids]
-        return [t for t in found if t.node_id and t.container_id and t.state.rank >= TaskState.STARTING.rank
+        # from running on: a follow on a container not started yet would end at once
+        return [t for t in found if t.node_id and t.container_id and t.state.rank >= TaskState.RUNNING.rank
                 and (not self.node_id or t.node_id == self.node_id)]
 
     def gone(self, snap: Snapshot) -> bool:

@@ -290,7 +290,8 @@ class Agent:
             if problem:
                 self.send({"op": "error", "message": problem})
         elif op in streamwire.TO_AGENT:
-            self.streams.handle(msg)
+            if not self._fenced:  # a deposed leader gets no logs, exec or stats either
+                self.streams.handle(msg)
         else:
             self.send({"op": "error", "message": f"unknown op {op!r}"})
 

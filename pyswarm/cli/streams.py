@@ -42,32 +42,40 @@ def stream(method: str, params: dict[str, Any]) -> rpc.StreamCall:
 # -- times ---------------------------------------------------------------------
 
 
-def parse_time(text: str, now: float | None = None) -> float:
+def parse_time(text: str, now: float | None = None) -> int:
     """``--since``/``--until``: a duration before now (``10m``, ``1h30m``),
-    RFC 3339 (``2026-12-01T09:00:00Z``, ``2026-12-01``) or Unix time
-    (``1764579600``, ``1764579600.5``) → seconds since the epoch."""
+    RFC 3339 (``2026-12-01T09:00:00.123456789Z``, ``2026-12-01``) or Unix
+    time (``1764579600``, ``1764579600.5``) → nanoseconds since the epoch,
+    exactly (a float would round a line's own timestamp off by ~100 ns)."""
     from pyswarm.compose.units import parse_duration
 
-    now = time.time() if now is None else now
     value = text.strip()
-    if re.fullmatch(r"\d{9,}(\.\d+)?", value):
-        return float(value)
+    m = re.fullmatch(r"(\d{9,})(\.\d{1,9})?", value)
+    if m:
+        return int(m.group(1)) * 1_000_000_000 + _frac_ns(m.group(2))
     m = re.fullmatch(r"(\d{4})-(\d\d)-(\d\d)(?:[T ](\d\d):(\d\d)(?::(\d\d)(\.\d+)?)?)?(Z|[+-]\d\d:?\d\d)?", value)
     if m:
         y, mo, d, h, mi, s, frac, tz = m.groups()
-        seconds = calendar.timegm((int(y), int(mo), int(d), int(h or 0), int(mi or 0), int(s or 0), 0, 0, 0))
-        if tz and tz != "Z":
-            sign = 1 if tz[0] == "+" else -1
-            digits = tz[1:].replace(":", "")
-            seconds -= sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
-        elif not tz:
-            seconds = int(time.mktime((int(y), int(mo), int(d), int(h or 0), int(mi or 0), int(s or 0), 0, 0, -1)))
-        return seconds + (float(frac) if frac else 0.0)
+        fields = (int(y), int(mo), int(d), int(h or 0), int(mi or 0), int(s or 0))
+        if tz is None:  # local time, as Docker reads it
+            seconds = int(time.mktime((*fields, 0, 0, -1)))
+        else:
+            seconds = calendar.timegm((*fields, 0, 0, 0))
+            if tz != "Z":
+                sign = 1 if tz[0] == "+" else -1
+                digits = tz[1:].replace(":", "")
+                seconds -= sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
+        return seconds * 1_000_000_000 + _frac_ns(frac)
     try:
-        return now - parse_duration(value)
+        ago = parse_duration(value)
     except ValueError:
         raise UsageError(f"invalid time {text!r}: give a duration (10m, 1h30m), "
                          "RFC 3339 (2026-12-01T09:00:00Z) or Unix time") from None
+    return int(((time.time() if now is None else now) - ago) * 1e9)
+
+
+def _frac_ns(frac: str | None) -> int:
+    return int((frac[1:] + "000000000")[:9]) if frac else 0
 
 
 def rfc3339(ns: int) -> str:
@@ -133,9 +141,9 @@ class LogPrinter:
 def _logs(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {"follow": args.follow, "tail": _tail(args.tail), "node": args.node or ""}
     if args.since:
-        params["since"] = int(parse_time(args.since) * 1e9)
+        params["since"] = parse_time(args.since)
     if args.until:
-        params["until"] = int(parse_time(args.until) * 1e9)
+        params["until"] = parse_time(args.until)
     if getattr(args, "stack", None):
         params["stack"] = args.stack
     else:
@@ -238,7 +246,7 @@ def _exec(args: argparse.Namespace) -> int:
 def _pump_stdin(call: rpc.StreamCall) -> None:
     while True:
         try:
-            data = os.read(0, 65536)
+            data = os.read(0, 16384)  # a line of at most ~22 KB on the wire
         except OSError:
             data = b""
         if not data:
@@ -344,9 +352,9 @@ def _events(args: argparse.Namespace) -> int:
             raise UsageError(f"invalid --filter {f!r}: use type=service, type=task or type=node")
         params["types"].append(value)
     if args.since:
-        params["since"] = parse_time(args.since)
+        params["since"] = parse_time(args.since) / 1e9
     if args.until:
-        params["until"] = parse_time(args.until)
+        params["until"] = parse_time(args.until) / 1e9
     call = stream("events", params)
     try:
         for item in call:

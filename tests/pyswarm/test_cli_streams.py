@@ -12,11 +12,14 @@ from pyswarm.errors import UsageError
 
 
 def test_times_as_durations_rfc3339_and_unix() -> None:
-    assert parse_time("10m", now=1000.0) == 400.0
-    assert parse_time("1h30m", now=10_000.0) == 10_000.0 - 5400
-    assert parse_time("2026-12-01T09:00:00Z") == 1796115600.0
-    assert parse_time("2026-12-01T10:00:00.25+01:00") == 1796115600.25
-    assert parse_time("1796115600") == 1796115600.0
+    s = 1_000_000_000
+    assert parse_time("10m", now=1000.0) == 400 * s
+    assert parse_time("1h30m", now=10_000.0) == (10_000 - 5400) * s
+    assert parse_time("2026-12-01T09:00:00Z") == 1796115600 * s
+    assert parse_time("2026-12-01T10:00:00.25+01:00") == 1796115600 * s + 250_000_000
+    assert parse_time("2026-12-01T09:00:00.123456789Z") == 1796115600_123456789  # exact
+    assert parse_time("1796115600") == 1796115600 * s
+    assert parse_time("1796115600.5") == 1796115600 * s + 500_000_000
     with pytest.raises(UsageError, match="invalid time"):
         parse_time("yesterday")
 
