@@ -182,8 +182,8 @@ class _Targets:
             found = [task] if task is not None else []
         else:
             found = [t for t in snap.tasks() if t.service_id in self.service_ids]
-        # from running on: a follow on a container not started yet would end at once
-        return [t for t in found if t.node_id and t.container_id and t.state.rank >= TaskState.RUNNING.rank
+        # from starting on (its container exists; the agent waits for its start)
+        return [t for t in found if t.node_id and t.container_id and t.state.rank >= TaskState.STARTING.rank
                 and (not self.node_id or t.node_id == self.node_id)]
 
     def gone(self, snap: Snapshot) -> bool:
@@ -214,6 +214,7 @@ async def logs(store: Store, hub: StreamHub, req: LogsRequest) -> AsyncIterator[
     last: dict[str, int] = {}
     known: dict[str, Task] = {}
     down_nodes: set[str] = set()
+    back: set[str] = set()  # nodes whose streams were reopened after a loss
     warnings: list[str] = []
     seen_version = store.version
     drain_until = 0.0
@@ -237,6 +238,10 @@ async def logs(store: Store, hub: StreamHub, req: LogsRequest) -> AsyncIterator[
                     finished.add(task.id)
                 continue
             down_nodes.discard(task.node_id)
+            if task.id in last and task.node_id not in back:
+                back.add(task.node_id)
+                warnings.append(f"node {stream.node_name} is back: lines its tasks wrote while it was "
+                                "unreachable come now, after newer ones")
             open_[task.id] = stream
             merger.open(task.id)
 

@@ -272,6 +272,8 @@ class StreamServer:
         container = await self._container(task_id)
         info = await container.show()
         tty = bool((info.get("Config") or {}).get("Tty"))
+        if p.get("follow"):
+            await self._wait_started(s, container, info)
         since, until = int(p.get("since") or 0), int(p.get("until") or 0)
         after = int(p.get("after") or 0)  # a reopened stream: what was already sent
         tail = p.get("tail")
@@ -287,6 +289,18 @@ class StreamServer:
             return
         params.update(follow="1", tail="all", since=_engine_time(max(last, since, started - SLACK_NS)))
         await self._read_logs(s, container.id, params, tty, last, follow=True)
+
+    async def _wait_started(self, s: _Stream, container: Any, info: dict[str, Any]) -> None:
+        """A task joins a follow as soon as its container exists (``starting``),
+        so that its first lines are merged in order with the others'; the
+        engine ends a follow on a container not yet started at once, so wait
+        for the start, promising meanwhile that nothing older than now will
+        come (a line is stamped when the engine reads it, after the start)."""
+        deadline = time.monotonic() + 60
+        while str((info.get("State") or {}).get("Status")) == "created" and time.monotonic() < deadline:
+            await s.emit([], mark=time.time_ns() - SLACK_NS)
+            await asyncio.sleep(MARK_EVERY)
+            info = await container.show()
 
     async def _read_logs(self, s: _Stream, cid: str, params: dict[str, str], tty: bool, after: int,
                          follow: bool = False) -> int:
