@@ -87,8 +87,9 @@ def split_frames(buf: bytearray) -> list[tuple[int, bytes]]:
     return frames
 
 
-def log_item(task_id: str, kind: int, payload: bytes) -> dict[str, Any] | None:
-    """One engine log line (``TIMESTAMP text``) as a stream item."""
+def log_item(kind: int, payload: bytes) -> dict[str, Any] | None:
+    """One engine log line (``TIMESTAMP text``) as a stream item (the
+    stream's task is the manager's to know: not repeated per line)."""
     text = payload.decode(errors="replace")
     stamp, _, line = text.partition(" ")
     t = parse_timestamp(stamp)
@@ -96,7 +97,7 @@ def log_item(task_id: str, kind: int, payload: bytes) -> dict[str, Any] | None:
         return None
     if line.endswith("\n"):
         line = line[:-1]
-    return {"task": task_id, "t": t, "stream": "stderr" if kind == 2 else "stdout", "line": line[:MAX_LINE]}
+    return {"t": t, "stream": "stderr" if kind == 2 else "stdout", "line": line[:MAX_LINE]}
 
 
 def stats_item(task_id: str, s: dict[str, Any]) -> dict[str, Any]:
@@ -305,7 +306,6 @@ class StreamServer:
     async def _read_logs(self, s: _Stream, cid: str, params: dict[str, str], tty: bool, after: int,
                          follow: bool = False) -> int:
         """Read one logs request to its end; return the newest line's time."""
-        task_id = str(s.params.get("task_id", ""))
         last = after
         marker: asyncio.Task[None] | None = None
         seen = [time.monotonic()]
@@ -325,7 +325,7 @@ class StreamServer:
                         frames = split_frames(buf)
                     items = []
                     for kind, payload in frames:
-                        item = log_item(task_id, kind, payload)
+                        item = log_item(kind, payload)
                         if item is not None and item["t"] > after:
                             items.append(item)
                     if items:

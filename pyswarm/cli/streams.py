@@ -88,7 +88,9 @@ def rfc3339(ns: int) -> str:
 
 class LogPrinter:
     """Formats merged lines: ``service.slot.task@node | line`` (stderr lines
-    to stderr), a colour per task on a terminal."""
+    to stderr), a colour per task on a terminal. Lines come as
+    ``[task_id, t, stream, text]``; each task's service, slot and node come
+    once, in the item that first has its lines."""
 
     def __init__(self, args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
         self.raw = args.raw
@@ -97,34 +99,37 @@ class LogPrinter:
         self.no_trunc = args.no_trunc
         self.out, self.err = out, err
         self.colour = out.isatty() and not os.environ.get("NO_COLOR")
+        self._prefixes: dict[str, str] = {}
         self._colours: dict[str, int] = {}
         self._width = 0
 
-    def prefix(self, line: dict[str, Any]) -> str:
-        name = f"{line['service']}.{line['slot'] if isinstance(line['slot'], int) else str(line['slot'])[:12]}"
-        if not self.no_task_ids:
-            name += "." + (line["task_id"] if self.no_trunc else line["task_id"][:12])
-        return f"{name}@{line['node']}"
+    def add_tasks(self, tasks: dict[str, Any]) -> None:
+        for task_id, t in tasks.items():
+            slot = t["slot"] if isinstance(t["slot"], int) else str(t["slot"])[:12]
+            name = f"{t['service']}.{slot}"
+            if not self.no_task_ids:
+                name += "." + (task_id if self.no_trunc else task_id[:12])
+            self._prefixes[task_id] = f"{name}@{t['node']}"
+            self._colours[task_id] = COLOURS[len(self._colours) % len(COLOURS)]
+            self._width = max(self._width, len(self._prefixes[task_id]))
 
-    def format(self, line: dict[str, Any]) -> str:
-        text = str(line["line"])
+    def format(self, row: list[Any]) -> str:
+        task_id, t, _, text = row
         if self.timestamps:
-            text = f"{rfc3339(int(line['t']))} {text}"
+            text = f"{rfc3339(int(t))} {text}"
         if self.raw:
-            return text
-        prefix = self.prefix(line)
-        self._width = max(self._width, len(prefix))
-        prefix = prefix.ljust(self._width)
+            return str(text)
+        prefix = self._prefixes.get(task_id, task_id[:12]).ljust(self._width)
         if self.colour:
-            colour = self._colours.setdefault(line["task_id"], COLOURS[len(self._colours) % len(COLOURS)])
-            prefix = f"\x1b[{colour}m{prefix}\x1b[0m"
+            prefix = f"\x1b[{self._colours.get(task_id, 0)}m{prefix}\x1b[0m"
         return f"{prefix} | {text}"
 
-    def write(self, lines: list[dict[str, Any]]) -> None:
+    def write(self, item: dict[str, Any]) -> None:
+        self.add_tasks(item.get("tasks") or {})
         out: list[str] = []
-        for line in lines:
-            text = self.format(line) + "\n"
-            if line.get("stream") == "stderr":
+        for row in item["lines"]:
+            text = self.format(row) + "\n"
+            if row[2] == "stderr":
                 if out:
                     self.out.write("".join(out))
                     out = []
@@ -153,7 +158,7 @@ def _logs(args: argparse.Namespace) -> int:
     try:
         for item in call:
             if "lines" in item:
-                printer.write(item["lines"])
+                printer.write(item)
             elif "warning" in item:
                 print(f"warning: {item['warning']}", file=sys.stderr, flush=True)
     except BrokenPipeError:

@@ -35,19 +35,26 @@ def printer(**flags: bool) -> tuple[LogPrinter, io.StringIO, io.StringIO]:
     return LogPrinter(args, out, err), out, err
 
 
-LINE = {"t": 1, "stream": "stdout", "line": "hi", "task_id": "abcdef0123456789abcdef", "service": "s_web",
-        "slot": 2, "node": "worker1"}
+TASK = "abcdef0123456789abcdef"
+ITEM = {"tasks": {TASK: {"service": "s_web", "slot": 2, "node": "worker1"}},
+        "lines": [[TASK, 1, "stdout", "hi"], [TASK, 2, "stderr", "oops"]]}
 
 
 def test_prefix_names_service_slot_task_and_node_and_stderr_goes_to_stderr() -> None:
     p, out, err = printer()
-    p.write([LINE, {**LINE, "stream": "stderr", "line": "oops"}])
+    p.write(ITEM)
     assert out.getvalue() == "s_web.2.abcdef012345@worker1 | hi\n"
     assert err.getvalue() == "s_web.2.abcdef012345@worker1 | oops\n"
 
 
+def formatted(**flags: bool) -> str:
+    p = printer(**flags)[0]
+    p.add_tasks(ITEM["tasks"])  # type: ignore[arg-type]
+    return p.format([TASK, 1, "stdout", "hi"])
+
+
 def test_prefix_flags() -> None:
-    assert printer(no_task_ids=True)[0].format(LINE) == "s_web.2@worker1 | hi"
-    assert printer(no_trunc=True)[0].format(LINE).startswith("s_web.2.abcdef0123456789abcdef@worker1 |")
-    assert printer(raw=True)[0].format(LINE) == "hi"
-    assert printer(raw=True, timestamps=True)[0].format(LINE) == "1970-01-01T00:00:00.000000001Z hi"
+    assert formatted(no_task_ids=True) == "s_web.2@worker1 | hi"
+    assert formatted(no_trunc=True).startswith("s_web.2.abcdef0123456789abcdef@worker1 |")
+    assert formatted(raw=True) == "hi"
+    assert formatted(raw=True, timestamps=True) == "1970-01-01T00:00:00.000000001Z hi"

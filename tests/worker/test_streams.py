@@ -26,9 +26,9 @@ def test_engine_timestamps_to_nanoseconds() -> None:
 
 
 def test_a_log_item_carries_time_stream_and_text() -> None:
-    item = log_item("t1", 2, b"1970-01-01T00:00:01.000000002Z hello world\n")
-    assert item == {"task": "t1", "t": 1_000_000_002, "stream": "stderr", "line": "hello world"}
-    assert log_item("t1", 1, b"no timestamp here") is None
+    item = log_item(2, b"1970-01-01T00:00:01.000000002Z hello world\n")
+    assert item == {"t": 1_000_000_002, "stream": "stderr", "line": "hello world"}
+    assert log_item(1, b"no timestamp here") is None
 
 
 def test_stats_like_docker_stats() -> None:
