@@ -39,6 +39,7 @@ from .streams import Event, Lost, NodeUnavailable, RemoteStream, StreamHub
 
 LAG = 3.0  # seconds a silent stream may hold the merge back
 DRAIN = 10.0  # seconds to wait for a removed service's last lines
+BATCH = 2000  # lines handed on per step
 INF = 1 << 62
 
 
@@ -85,11 +86,11 @@ class Merger:
         held = [m for k, m in self._marks.items() if now - self._moved[k] < self._lag]
         return min(held) if held else INF
 
-    def ready(self) -> list[tuple[str, dict[str, Any]]]:
-        """Lines no open source can precede any more, oldest first."""
+    def ready(self, limit: int = 1 << 62) -> list[tuple[str, dict[str, Any]]]:
+        """Lines no open source can precede any more, oldest first (at most ``limit``)."""
         low = self.low_watermark()
-        out = []
-        while self._heap and self._heap[0][0] <= low:
+        out: list[tuple[str, dict[str, Any]]] = []
+        while self._heap and self._heap[0][0] <= low and len(out) < limit:
             t, _, key, item = heapq.heappop(self._heap)
             out.append((key, item))
         return out
@@ -268,7 +269,7 @@ async def logs(store: Store, hub: StreamHub, req: LogsRequest) -> AsyncIterator[
             if not open_ and (not req.follow or drain_until):
                 break
             try:
-                stream, event = await asyncio.wait_for(sink.get(), 0.1)
+                stream, event = await asyncio.wait_for(sink.get(), 0.1 if len(merger) < BATCH else 0)
             except asyncio.TimeoutError:
                 stream = None
             if stream is not None:
@@ -277,7 +278,7 @@ async def logs(store: Store, hub: StreamHub, req: LogsRequest) -> AsyncIterator[
                     stream, event = sink.get_nowait()
                     _apply(stream, event, merger, open_, finished, last, warnings, req.follow)
             batch = []
-            for key, item in merger.ready():
+            for key, item in merger.ready(BATCH):
                 task = known.get(key)
                 if task is None:
                     continue
@@ -287,6 +288,9 @@ async def logs(store: Store, hub: StreamHub, req: LogsRequest) -> AsyncIterator[
                     s.consumed(streamwire.item_size(item))
             if batch:
                 yield out.item(batch)
+                # a backlog goes out BATCH lines at a time with the loop free
+                # in between: this loop also answers the nodes' heartbeats
+                await asyncio.sleep(0)
             if req.follow and store.version != seen_version:
                 seen_version = store.version
                 snap = store.snapshot()
@@ -297,8 +301,9 @@ async def logs(store: Store, hub: StreamHub, req: LogsRequest) -> AsyncIterator[
             if drain_until and time.monotonic() > drain_until:
                 break
         rest = [(known[key], item) for key, item in merger.drain() if key in known]
-        if rest:
-            yield out.item(rest)
+        for start in range(0, len(rest), BATCH):
+            yield out.item(rest[start:start + BATCH])
+            await asyncio.sleep(0)
     finally:
         for s in open_.values():
             s.cancel()

@@ -80,6 +80,8 @@ async def _serve_lines(api: Api, reader: Any, writer: Any, allowed: frozenset[st
             out = rpc.encode_result(result)
         except PyswarmError as exc:
             out = rpc.encode_error(exc)
+        except ConnectionError:
+            raise  # the client is gone (a streaming call's client hung up): nothing to answer
         except Exception as exc:  # report, keep serving; never log the params (a secret's data)
             log.exception("API method %s failed", method[:128])
             out = rpc.encode_error(PyswarmError(f"internal error in {method[:128]}: {type(exc).__name__} "
@@ -148,8 +150,11 @@ async def _serve_stream(streams: StreamApi, method: str, params: dict[str, Any],
             raise ConnectionError("client hung up")
         runner.result()
     finally:
+        # wait for the cancelled read to unwind: the next request's readline
+        # must not find another coroutine still waiting on the reader
         reading.cancel()
         runner.cancel()
+        await asyncio.gather(reading, runner, return_exceptions=True)
 
 
 class UnixApiServer:

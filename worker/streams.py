@@ -171,6 +171,9 @@ class _Stream:
                 self._credit_ready.clear()
             done = end >= len(items)
             self._server.send(streamwire.Chunk(self.id, tuple(items[start:end]), mark if done else 0).to_message())
+            # an Event that is set does not yield: give the loop to the pings
+            # and the other streams between chunks
+            await asyncio.sleep(0)
             if done:
                 return
             start = end
