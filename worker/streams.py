@@ -50,9 +50,29 @@ MAX_LINE = 16 * 1024  # longer lines are cut (the engine splits at 16 KiB too)
 _HEADER = struct.Struct(">BxxxL")
 
 
+_SECONDS: dict[str, int] = {}  # "2026-12-01T09:00:00" -> its Unix time: lines share their seconds
+
+
 def parse_timestamp(text: str) -> int:
     """RFC 3339 with nanoseconds (the engine's ``2026-12-01T09:00:00.123456789Z``)
-    → nanoseconds since the epoch; 0 if it is not one."""
+    → nanoseconds since the epoch; 0 if it is not one. The engine's own form
+    takes a cached lookup of its whole seconds (this runs for every line:
+    the general parse cost ~20 µs a line, most of a logs stream's CPU)."""
+    if len(text) == 30 and text[19] == "." and text[29] == "Z":
+        base = _SECONDS.get(text[:19])
+        if base is None:
+            base = _parse_timestamp(text[:19] + "Z")
+            if not base:
+                return 0
+            if len(_SECONDS) > 4096:
+                _SECONDS.clear()
+            _SECONDS[text[:19]] = base
+        frac = text[20:29]
+        return base + int(frac) if frac.isdigit() else 0
+    return _parse_timestamp(text)
+
+
+def _parse_timestamp(text: str) -> int:
     import calendar
 
     try:

@@ -21,6 +21,7 @@ from pyswarm.models import DESIRED_RUNNING, DESIRED_SHUTDOWN, NodeRole
 from pyswarm.wire import parse
 
 from .. import events as cluster_events
+from .. import ops
 from .. import execstats, logs
 from ..forward import LeaderDoor
 from ..orchestrator import new_task
@@ -113,8 +114,8 @@ class Restarts(Resource):
         fresh = new_task(service, task.slot, now, task.node_id if service.spec.mode == "global" else "")
         fresh.message = "restarted by request"
         await self.store.commit([
-            ["expect", "task", task.id, "desired_state", DESIRED_RUNNING],
-            ["patch", "task", task.id, {"desired_state": DESIRED_SHUTDOWN, "message": "restart requested"}],
-            ["put", "task", fresh.id, fresh.to_dict()],
+            ops.expect("task", task.id, "desired_state", DESIRED_RUNNING),
+            ops.patch("task", task.id, desired_state=DESIRED_SHUTDOWN, message="restart requested"),
+            ops.put(fresh),
         ])
         return {"task": task.id, "replacement": fresh.id, "service": service.name}
