@@ -117,6 +117,11 @@ def test_logs_of_three_replicas_merged_in_order_and_tail_and_since(lab: Any, dep
     tail = parsed(cli(lab, "service", "logs", "-t", "--no-task-ids", "--tail", "5", "dl_burst").splitlines())
     assert sorted((r["slot"], r["text"].split()[0]) for r in tail) == sorted(
         (s, f"n={n}") for s in by_slot for n in range(196, 201))
+    one = rows[0]["node"]
+    only = parsed(cli(lab, "service", "logs", "-t", "--no-task-ids", "--node", one, "dl_burst").splitlines())
+    assert len(only) == 200 and {r["node"] for r in only} == {one}
+    stack = parsed(cli(lab, "stack", "logs", "-t", "--no-task-ids", "--tail", "1", "dl").splitlines())
+    assert sorted(r["text"].split()[0] for r in stack) == ["n=200"] * 3
     since = rows[300]["ts"]
     later = parsed(cli(lab, "service", "logs", "-t", "--no-task-ids", "--since", since, "dl_burst").splitlines())
     assert later and all(r["ts"] >= since for r in later)
@@ -313,6 +318,12 @@ def test_stats_show_a_burning_replica_above_an_idle_one(lab: Any, deploy: Any) -
         return ok, table
 
     table = wait_until(sample, 60, "ds_burn's CPU % well above ds_idle's")
+    live = Background(lab, "service", "stats", "ds_burn", "--format", "json")
+    try:
+        ticks = wait_until(lambda: (len(live.out) >= 2, live.out), 30, "live stats refreshing")
+        assert [t["service"] for t in json.loads(ticks[-1])["tasks"]] == ["ds_burn"]
+    finally:
+        live.stop()
     burn = next(t for t in table["tasks"] if t["service"] == "ds_burn")
     assert burn["mem_usage"] > 0 and burn["mem_limit"] >= burn["mem_usage"]
     assert {n["name"] for n in table["nodes"]} >= {burn["node"]}

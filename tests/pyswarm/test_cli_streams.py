@@ -58,3 +58,11 @@ def test_prefix_flags() -> None:
     assert formatted(no_trunc=True).startswith("s_web.2.abcdef0123456789abcdef@worker1 |")
     assert formatted(raw=True) == "hi"
     assert formatted(raw=True, timestamps=True) == "1970-01-01T00:00:00.000000001Z hi"
+
+
+def test_a_colour_per_task_on_a_terminal() -> None:
+    p, _, _ = printer()
+    p.colour = True
+    p.add_tasks({"t1": {"service": "a", "slot": 1, "node": "n"}, "t2": {"service": "a", "slot": 2, "node": "n"}})
+    one, two = p.format(["t1", 1, "stdout", "x"]), p.format(["t2", 1, "stdout", "x"])
+    assert one.startswith("\x1b[") and two.startswith("\x1b[") and one[:5] != two[:5]

@@ -43,3 +43,30 @@ def test_stats_like_docker_stats() -> None:
     assert got["cpu_percent"] == 40.0  # 200/1000 of the host × 2 cpus
     assert (got["mem_usage"], got["mem_limit"], got["net_rx"], got["net_tx"]) == (800, 4000, 5, 7)
     assert (got["block_read"], got["block_write"]) == (3, 4)
+
+
+def test_a_stream_sends_no_more_than_its_credit_until_granted_more() -> None:
+    """Backpressure: a reader that does not consume stops the agent's sending."""
+    import asyncio
+
+    from pyswarm import streamwire
+    from pyswarm.worker.streams import StreamServer, _Stream
+
+    sent: list[dict[str, object]] = []
+
+    async def scenario() -> None:
+        server = StreamServer(sent.append)
+        s = _Stream(server, streamwire.Open(1, "logs", {}))
+        line = {"t": 1, "stream": "stdout", "line": "x" * 1000}
+        per_line = streamwire.item_size(line)
+        lines_in_window = streamwire.WINDOW // per_line + 1
+        await asyncio.wait_for(s.emit([dict(line) for _ in range(lines_in_window)]), 5)
+        before = len(sent)
+        blocked = asyncio.ensure_future(s.emit([dict(line)]))
+        await asyncio.sleep(0.1)
+        assert not blocked.done() and len(sent) == before, "sent past its credit"
+        s.grant(per_line)
+        await asyncio.wait_for(blocked, 5)
+        assert len(sent) == before + 1
+
+    asyncio.run(scenario())
