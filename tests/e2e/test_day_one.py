@@ -111,8 +111,10 @@ def test_logs_of_three_replicas_merged_in_order_and_tail_and_since(lab: Any, dep
         by_slot[r["slot"]].append(int(r["text"].split()[0][2:]))
     assert {slot: counts for slot, counts in by_slot.items()} == {s: list(range(1, 201)) for s in by_slot}, \
         "a replica's lines were lost, repeated or reordered"
+    # the containers' own clocks agree with the merge, to the second (a line
+    # printed at x.999 may be stamped by the engine at x+1.001)
     own = [int(r["text"].split("at=")[1]) for r in rows]
-    assert own == sorted(own), "the containers' own clocks disagree with the merged order"
+    assert all(b >= a - 1 for a, b in zip(own, own[1:])), "the containers' own clocks disagree with the merged order"
 
     tail = parsed(cli(lab, "service", "logs", "-t", "--no-task-ids", "--tail", "5", "dl_burst").splitlines())
     assert sorted((r["slot"], r["text"].split()[0]) for r in tail) == sorted(
