@@ -27,12 +27,15 @@ from pyswarm.models import NodeRole
 
 from .api import Api, Self
 from .api.images import Images
+from .api.streams import StreamApi
 from .dispatcher import Dispatcher
+from .events import EventLog
 from .images import ImageService
 from .orchestrator import Orchestrator
 from .scheduling import Scheduler
 from .servers import SSHApiServer, UnixApiServer
 from .store import RaftConfig, Store
+from .streams import StreamHub
 from .updater import Updater
 
 log = logging.getLogger(__name__)
@@ -41,12 +44,18 @@ log = logging.getLogger(__name__)
 class _Leading:
     """The loops that run only on the leader."""
 
-    def __init__(self, store: Store, client_keys: list[Any], images: ImageService | None = None) -> None:
-        self.components: list[Any] = [Orchestrator(store), Updater(store), Scheduler(store),
-                                      Dispatcher(store, client_keys, images=images)]
+    def __init__(self, store: Store, client_keys: list[Any], images: ImageService | None = None,
+                 hub: StreamHub | None = None) -> None:
+        dispatcher = Dispatcher(store, client_keys, images=images)
+        self.hub = hub
+        if hub is not None:
+            hub.attach(dispatcher)  # logs/exec/stats over its sessions (manager/streams.py)
+        self.components: list[Any] = [Orchestrator(store), Updater(store), Scheduler(store), dispatcher]
         self.tasks = [asyncio.create_task(c.run(), name=type(c).__name__) for c in self.components]
 
     async def stop(self) -> None:
+        if self.hub is not None:
+            self.hub.detach()
         for c in self.components:
             c.stop()
         for t in self.tasks:
@@ -77,6 +86,9 @@ class Manager:
         self.retired = False
         self._leading: _Leading | None = None
         self._dns_cache = TableCache(loader=self._dns_snapshot)
+        self.hub = StreamHub()
+        self.event_log = EventLog(self.store)
+        self.streams = StreamApi(self.store, self.hub, self.event_log)
 
     def _dns_snapshot(self) -> Any:
         snap = self.store.snapshot()
@@ -104,9 +116,9 @@ class Manager:
         pidfile.parent.mkdir(parents=True, exist_ok=True)
         pidfile.write_text(f"{os.getpid()}\n")
         self.store.start()
-        unix = UnixApiServer(self.api, cfg.socket_path())
+        unix = UnixApiServer(self.api, cfg.socket_path(), self.streams)
         ssh = SSHApiServer(self.api, self.config.advertise_addr, self.config.api_port,
-                           self.state_dir / "api_host_key", self._join_secrets)
+                           self.state_dir / "api_host_key", self._join_secrets, self.streams)
         upstreams = self.config.dns_upstreams
         if upstreams is None:
             upstreams = [f"{h}:{p}" for h, p in upstreams_from_resolv_conf(exclude=[self.config.advertise_addr])]
@@ -119,10 +131,12 @@ class Manager:
                  self.config.advertise_addr, self.config.api_port, self.store.self_addr,
                  self.config.advertise_addr, self.config.dns_port)
         dns_watch = asyncio.create_task(self._watch_dns())
+        events = asyncio.create_task(self.event_log.run(), name="EventLog")
         try:
             await self._lead_while_leader()
         finally:
             dns_watch.cancel()
+            events.cancel()
             if self._leading is not None:
                 await self._leading.stop()
             await dns.stop()
@@ -162,7 +176,7 @@ class Manager:
                     keys = [asyncssh.import_private_key(k) for k in
                             (cluster.ssh_private_key, cluster.previous_ssh_private_key) if k]
                     log.info("became leader: starting orchestrator, updater, scheduler, dispatcher")
-                    self._leading = _Leading(self.store, keys, self.images)
+                    self._leading = _Leading(self.store, keys, self.images, self.hub)
             elif not self.store.is_leader and self._leading is not None:
                 log.info("no longer leader: stopping orchestrator, updater, scheduler, dispatcher")
                 await self._leading.stop()

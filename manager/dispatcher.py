@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
@@ -28,6 +28,9 @@ from .images import ImageService, registry_auth
 from .objects import task_files
 from .networks import mesh_message
 from .store import Op, Snapshot, Store
+
+if TYPE_CHECKING:
+    from .streams import StreamHub
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +152,7 @@ class _Session:
         self._stopped = False
         self._last_heard = 0.0
         self._ready = False
+        self._end_reason = "session closed"
 
     async def run(self) -> None:
         backoff = 0.2
@@ -159,7 +163,7 @@ class _Session:
             except asyncio.CancelledError:
                 raise
             except (OSError, asyncssh.Error, asyncio.TimeoutError, ValueError, HeartbeatLost) as exc:
-                reason = _describe(exc)
+                reason = self._end_reason = _describe(exc)
                 log.info("session to %s (%s) ended: %s", self.node.hostname, self.node.addr, reason)
                 self._d.mark_down(self.node, reason)
             finally:
@@ -264,6 +268,8 @@ class _Session:
 
     def _close(self) -> None:
         self._ready = False
+        if self._d.streams is not None:  # its logs/exec/stats streams end (manager/streams.py)
+            self._d.streams.session_closed(self, self._end_reason)
         if self._process is not None:
             try:
                 self._process.close()
@@ -306,6 +312,7 @@ class Dispatcher:
         self._mesh_timer: asyncio.TimerHandle | None = None
         self.term = 0
         self._sessions: dict[str, tuple[_Session, asyncio.Task[None]]] = {}
+        self.streams: StreamHub | None = None  # set by StreamHub.attach
         self._pending: list[Op] = []
         self._wake = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -439,6 +446,9 @@ class Dispatcher:
             self._queue(["advance", str(message.get("task_id", "")), state, fields])
         elif op == "image_wanted" and self.images is not None:
             self.images.on_wanted(node, message, session.send)
+        elif op in ("chunk", "end", "credit"):
+            if self.streams is not None:
+                self.streams.on_message(session, message)
         elif op == "error":
             log.warning("%s agent: %s", node.hostname, message.get("message"))
         # pong: hearing anything is the heartbeat

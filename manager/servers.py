@@ -6,6 +6,14 @@ authentication, as with Docker's socket. The SSH port admits a password that
 is a join token's secret and lets it call only the join methods; its host key
 is the one whose fingerprint every join token carries, so a joiner can tell
 this manager from an impostor.
+
+Streaming methods (logs, exec, stats, events; :mod:`pyswarm.rpc`) answer
+with many lines and read input lines while they run
+(:func:`_serve_stream`). Those that need the nodes run on the leader (its
+dispatcher holds the sessions to them): a follower hands the whole call on
+to the leader's SSH port, user ``forward``, authenticated by the cluster's
+SSH key that every manager already holds (:mod:`.forward`), and relays the
+lines both ways. That door admits only those methods.
 """
 
 from __future__ import annotations
@@ -24,7 +32,9 @@ from pyswarm import rpc
 from pyswarm.errors import PyswarmError, UsageError
 from pyswarm.wire import BadRequest, parse, rule
 
+from . import forward
 from .api import JOIN_METHODS, Api
+from .api.streams import StreamApi
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +58,8 @@ def parse_request(line: bytes) -> Request:
     return parse(Request, data)
 
 
-async def _serve_lines(api: Api, reader: Any, writer: Any, allowed: frozenset[str] | None, role: str = "") -> None:
+async def _serve_lines(api: Api, reader: Any, writer: Any, allowed: frozenset[str] | None, role: str = "",
+                       streams: StreamApi | None = None) -> None:
     while True:
         line = await reader.readline()
         if not line:
@@ -62,10 +73,15 @@ async def _serve_lines(api: Api, reader: Any, writer: Any, allowed: frozenset[st
                 raise UsageError(f"{method} is not allowed with a join token")
             if method == "join":
                 params = {**params, "role": role or "worker"}
+            if streams is not None and method in streams.methods:
+                await _serve_stream(streams, method, params, line, reader, writer)
+                continue
             result = await api.call(method, params)
             out = rpc.encode_result(result)
         except PyswarmError as exc:
             out = rpc.encode_error(exc)
+        except ConnectionError:
+            raise  # the client is gone (a streaming call's client hung up): nothing to answer
         except Exception as exc:  # report, keep serving; never log the params (a secret's data)
             log.exception("API method %s failed", method[:128])
             out = rpc.encode_error(PyswarmError(f"internal error in {method[:128]}: {type(exc).__name__} "
@@ -75,8 +91,75 @@ async def _serve_lines(api: Api, reader: Any, writer: Any, allowed: frozenset[st
             await writer.drain()
 
 
+def _write(writer: Any, out: bytes) -> None:
+    writer.write(out)
+
+
+async def _serve_stream(streams: StreamApi, method: str, params: dict[str, Any], line: bytes,
+                        reader: Any, writer: Any) -> None:
+    """One streaming call: items as they come (``drain`` paces them to the
+    client, which is what holds back the agents' credit), input lines to the
+    handler, and the call cancelled if the client hangs up."""
+    if streams.must_forward(method):
+        await forward.relay(streams.leader_door(), line, reader, writer)
+        return
+    inputs: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+    async def pump() -> None:
+        out = rpc.encode_result(None)
+        try:
+            async for item in streams.open(method, params, inputs):
+                if isinstance(item, rpc.Final):
+                    out = rpc.encode_result(item.value)
+                    break
+                _write(writer, rpc.encode_item(item))
+                if hasattr(writer, "drain"):
+                    await writer.drain()
+        except PyswarmError as exc:
+            out = rpc.encode_error(exc)
+        except (ConnectionError, asyncssh.Error):
+            raise
+        except Exception as exc:  # report, keep serving
+            log.exception("API stream %s failed", method)
+            out = rpc.encode_error(PyswarmError(f"internal error: {type(exc).__name__}: {exc}"))
+        _write(writer, out)
+        if hasattr(writer, "drain"):
+            await writer.drain()
+
+    async def read_inputs() -> None:
+        while True:
+            got = await reader.readline()
+            if not got:
+                inputs.put_nowait(None)
+                return
+            try:
+                data = json.loads(got)
+            except ValueError:
+                continue
+            if isinstance(data, dict) and isinstance(data.get("input"), dict):
+                inputs.put_nowait(data["input"])
+
+    runner = asyncio.ensure_future(pump())
+    reading = asyncio.ensure_future(read_inputs())
+    try:
+        await asyncio.wait({runner, reading}, return_when=asyncio.FIRST_COMPLETED)
+        if not runner.done():  # the client hung up
+            await asyncio.sleep(0.05)  # an exec's last input may still be on its way
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+            raise ConnectionError("client hung up")
+        runner.result()
+    finally:
+        # wait for the cancelled read to unwind: the next request's readline
+        # must not find another coroutine still waiting on the reader
+        reading.cancel()
+        runner.cancel()
+        await asyncio.gather(reading, runner, return_exceptions=True)
+
+
 class UnixApiServer:
-    def __init__(self, api: Api, path: Path) -> None:
+    def __init__(self, api: Api, path: Path, streams: StreamApi | None = None) -> None:
+        self._streams = streams
         self._api = api
         self._path = path
         self._server: asyncio.AbstractServer | None = None
@@ -93,7 +176,7 @@ class UnixApiServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            await _serve_lines(self._api, reader, writer, None)
+            await _serve_lines(self._api, reader, writer, None, streams=self._streams)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -110,8 +193,9 @@ class UnixApiServer:
 
 
 class _JoinSSHServer(asyncssh.SSHServer):
-    def __init__(self, secrets: Any) -> None:
+    def __init__(self, secrets: Any, forward_keys: Any = None) -> None:
         self._secrets = secrets
+        self._forward_keys = forward_keys
         self.role = ""
 
     def begin_auth(self, username: str) -> bool:
@@ -121,6 +205,15 @@ class _JoinSSHServer(asyncssh.SSHServer):
         return True
 
     def public_key_auth_supported(self) -> bool:
+        return self._forward_keys is not None
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        """Another manager of this cluster handing on a streaming call."""
+        if username != forward.USER or self._forward_keys is None:
+            return False
+        if forward.is_cluster_key(key, self._forward_keys()):
+            self.role = forward.USER
+            return True
         return False
 
     def validate_password(self, username: str, password: str) -> bool:
@@ -137,7 +230,10 @@ class _JoinSSHServer(asyncssh.SSHServer):
 class SSHApiServer:
     """The join door: ``ssh join@MANAGER -p 2377`` with the token's secret."""
 
-    def __init__(self, api: Api, addr: str, port: int, host_key_path: Path, secrets: Any) -> None:
+    def __init__(self, api: Api, addr: str, port: int, host_key_path: Path, secrets: Any,
+                 streams: StreamApi | None = None) -> None:
+        self._streams = streams  # its forward_keys: the cluster keys a follower forwards with
+        self._forward_keys = streams.forward_keys if streams is not None else None
         self._api = api
         self._addr = addr
         self._port = port
@@ -147,14 +243,17 @@ class SSHApiServer:
 
     async def start(self) -> None:
         def factory() -> _JoinSSHServer:
-            return _JoinSSHServer(self._secrets)
+            return _JoinSSHServer(self._secrets, self._forward_keys)
 
         async def handle(process: asyncssh.SSHServerProcess[bytes]) -> None:
             conn = process.get_extra_info("connection")
             owner = conn.get_owner() if conn is not None else None
             role = getattr(owner, "role", "worker")
             try:
-                await _serve_lines(self._api, process.stdin, process.stdout, JOIN_METHODS, role)
+                forwarding = role == forward.USER and self._streams is not None
+                allowed = self._streams.forwarded if forwarding and self._streams is not None else JOIN_METHODS
+                await _serve_lines(self._api, process.stdin, process.stdout, allowed, role,
+                                   streams=self._streams if forwarding else None)
             except (asyncssh.BreakReceived, asyncssh.TerminalSizeChanged, ConnectionError):
                 pass
             finally:

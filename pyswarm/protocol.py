@@ -55,6 +55,28 @@ must not wait behind them), then ``image_done``; else ``pull``. All three
 are parsed by the dataclasses of pyswarm/images.py (ImageWanted,
 ImagePlan, ImageDone), which check every field.
 
+Streams (issue 13, docs/day-one.md; typed and checked in pyswarm/streamwire.py):
+the leader opens logs, exec and stats streams on an agent over this same
+session, each with an id unique on the leader.
+  manager -> agent
+    {"op": "stream", "id", "kind": "logs"|"exec"|"stats", "params": {...}}
+        logs  {"task_id", "follow", "tail", "since", "until", "after"} (ns)
+        exec  {"task_id", "cmd": [...], "tty", "stdin", "h", "w", "env", "user", "workdir"}
+        stats {"task_ids": [...], "stream"}
+    {"op": "credit", "id", "bytes"}     the agent may send this much more
+    {"op": "stdin", "id", "data" (base64), "eof"?}     exec input
+    {"op": "resize", "id", "h", "w"}    exec TTY size
+    {"op": "cancel", "id"}
+  agent -> manager
+    {"op": "chunk", "id", "items": [...], "mark"?}      items: logs {"task",
+        "t" (engine ns), "stream", "line"}; exec {"stream", "data"}; stats
+        samples. "mark": no later item of this stream is older (ns).
+    {"op": "end", "id", "error"?, "result"?}            exec: {"exit_code"}
+    {"op": "credit", "id", "bytes"}     exec stdin written
+Each side sends a stream's data only within the credit it was granted
+(256 KiB to start), so a slow reader bounds memory on both ends; the
+manager accepts chunk/end lines only from the session that opened the stream.
+
 Assignment: {"task_id", "service_id", "service_name", "stack", "slot",
   "node_id", "spec": ContainerSpec.to_dict(), "dns_search": [domain, ...],
   "secrets": [File, ...], "configs": [File, ...]}    (both only when used)

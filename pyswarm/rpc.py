@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pyswarm import errors
 
@@ -78,3 +81,116 @@ def call_unix(path: Path, method: str, params: dict[str, Any] | None = None, tim
         return decode_response(bytes(buf))
     finally:
         sock.close()
+
+
+# -- streaming answers ---------------------------------------------------------
+#
+# A streaming method (``service.logs``, ``service.exec``, ``stats``, ``events``)
+# answers with any number of ``{"stream": item}`` lines and ends with one
+# ``{"result": ...}`` or ``{"error": ...}`` line, as a plain call does. While
+# it runs the client may send ``{"input": {...}}`` lines on the same
+# connection (exec's stdin and window size); closing the connection cancels
+# the call. A client sends its next request only after the final line.
+#
+# The client side needs only a :class:`LineChannel` (read a line, write
+# bytes, close): a unix socket here, an SSH channel for a remote CLI, so a
+# transport that carries plain calls carries streams too.
+
+
+@dataclass(frozen=True)
+class Final:
+    """Yielded last by a streaming handler: the call's ``result``."""
+
+    value: Any
+
+
+def encode_item(item: Any) -> bytes:
+    return (json.dumps({"stream": item}, separators=(",", ":")) + "\n").encode()
+
+
+def encode_input(data: dict[str, Any]) -> bytes:
+    return (json.dumps({"input": data}, separators=(",", ":")) + "\n").encode()
+
+
+class LineChannel(Protocol):
+    """What a streaming call needs of a transport."""
+
+    def readline(self) -> bytes: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class UnixChannel:
+    """A :class:`LineChannel` over the manager's unix socket."""
+
+    def __init__(self, path: Path, timeout: float | None = None) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            self._sock.close()
+            raise errors.NotManagerError(
+                f"no pyswarm manager is running on this host ({path}: {exc.strerror}); "
+                "run this on a manager, or start one with `pyswarm init`"
+            ) from None
+        self._file = self._sock.makefile("rb")
+        self._lock = threading.Lock()
+
+    def readline(self) -> bytes:
+        try:
+            return bytes(self._file.readline())
+        except OSError as exc:
+            raise errors.ConnectionError_(f"lost the connection to the manager: {exc.strerror or exc}") from None
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            self._sock.sendall(data)
+
+    def close(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._file.close()
+        self._sock.close()
+
+
+class StreamCall:
+    """One streaming request: iterate for its items; then ``result`` holds
+    its answer (an error line raises, as :func:`decode_response` does).
+    :meth:`send` (thread-safe) writes an input line while it runs."""
+
+    def __init__(self, channel: LineChannel, method: str, params: dict[str, Any]) -> None:
+        self._channel = channel
+        self.method = method
+        self.result: Any = None
+        channel.write(encode_request(method, params))
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            line = self._channel.readline()
+            if not line:
+                raise errors.ConnectionError_(f"the manager closed the connection during {self.method} (see its log)")
+            data = json.loads(line)
+            if "stream" in data:
+                yield data["stream"]
+                continue
+            self.result = decode_response(line)
+            return
+
+    def send(self, data: dict[str, Any]) -> None:
+        try:
+            self._channel.write(encode_input(data))
+        except OSError:
+            pass  # the call is over; its end is read by the iteration
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def stream_unix(path: Path, method: str, params: dict[str, Any] | None = None) -> StreamCall:
+    """A streaming request to the local manager."""
+    return StreamCall(UnixChannel(path), method, params or {})

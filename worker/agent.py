@@ -38,7 +38,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyswarm import protocol
+from pyswarm import protocol, streamwire
 from pyswarm.images import CHANNEL_COMMAND, CHANNEL_ENV
 from pyswarm.models import TaskState
 from pyswarm.worker import (
@@ -55,6 +55,7 @@ from pyswarm.worker.files import DEFAULT_ROOT, make_bind_sources, remove_task_fi
 from pyswarm.worker.images import ImageFetcher, collect_garbage, main_channel
 from pyswarm.worker.ingress import Mesh, MeshFirewall
 from pyswarm.worker.network import HostNetwork, NetworkConfig
+from pyswarm.worker.streams import StreamServer
 from pyswarm.worker.tasks import (
     DONE_STATES,
     LIVE_STATES,
@@ -145,6 +146,9 @@ class Agent:
         self._watchdog: asyncio.Task[Any] | None = None
         self._start_slots = asyncio.Semaphore(START_CONCURRENCY)
         self.images = ImageFetcher(docker, self.send, self.hostname)  # shipped images (worker/images.py)
+        # logs, exec and stats the manager opens (worker/streams.py)
+        engine = getattr(docker, "socket", None)
+        self.streams = StreamServer(self.send, f"unix://{engine}" if engine else None)
 
     # -- session -----------------------------------------------------------
 
@@ -185,6 +189,7 @@ class Agent:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.streams.close()
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -284,6 +289,9 @@ class Agent:
             problem = self.images.on_message(msg)
             if problem:
                 self.send({"op": "error", "message": problem})
+        elif op in streamwire.TO_AGENT:
+            if not self._fenced:  # a deposed leader gets no logs, exec or stats either
+                self.streams.handle(msg)
         else:
             self.send({"op": "error", "message": f"unknown op {op!r}"})
 

@@ -12,6 +12,8 @@ marked ``@method("name", RequestType)``:
     objects.py    secret.* and config.*
     networks.py   network.*
     images.py     image.push/ls/shipments (given to Api as ``extra``: it needs the image service)
+    streams.py    service.restart, task.restart; and the streaming methods
+                  (service.logs/exec, stats, events: StreamApi, served by ..servers)
 
 To add methods, write a Resource subclass (in a new module when it is a new
 resource) and list it in ``RESOURCES`` below. :meth:`Api.call` parses the
@@ -44,10 +46,12 @@ from .nodes import Nodes
 from .objects import Objects
 from .service_admin import ServiceAdmin
 from .services import Services
+from .streams import Restarts
 
 __all__ = ["Api", "JOIN_METHODS", "Method", "RESOURCES", "Resource", "Self"]
 
-RESOURCES: tuple[type[Resource], ...] = (ClusterApi, InfoApi, Nodes, JoinApi, Services, ServiceAdmin, Objects, Networks)
+RESOURCES: tuple[type[Resource], ...] = (ClusterApi, InfoApi, Nodes, JoinApi, Services, ServiceAdmin, Objects, Networks,
+                                         Restarts)
 
 
 class Api:

@@ -18,6 +18,7 @@ module and list it in ``GROUPS``:
     network.py   network create/ls/inspect/rm
     shell.py     version, completion, the hidden __complete; hides hidden commands
     images.py    image push/ls/shipments (docs/images.md)
+    streams.py   service logs/exec/restart/stats, stack logs, stats, events, task restart
     common.py    call(), --format, the task table
 
 A closed pipe (``pyswarm service ps web | head``) ends the command quietly.
@@ -34,11 +35,11 @@ from types import ModuleType
 from pyswarm.errors import PyswarmError
 from pyswarm.version import __version__
 
-from . import cluster, images, network, node, objects, service, shell, stack
+from . import cluster, images, network, node, objects, service, shell, stack, streams
 
 Handler = Callable[[argparse.Namespace], int]
 
-GROUPS: tuple[ModuleType, ...] = (cluster, node, stack, service, objects, network, images, shell)
+GROUPS: tuple[ModuleType, ...] = (cluster, node, stack, service, objects, network, images, shell, streams)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from pyswarm import listfilters, progress, service_flags
-from pyswarm.cli import common
+from pyswarm.cli import common, streams
 from pyswarm.errors import UsageError
 from pyswarm.models import ServiceSpec
 from pyswarm.output import docker_service, pretty_service, print_rows
@@ -146,3 +146,4 @@ def register(sub: Any) -> None:
     p.add_argument("-d", "--detach", action="store_true", help="return at once, without watching the tasks")
     p.add_argument("-q", "--quiet", action="store_true", help="print the service only, no progress")
     p.set_defaults(func=_rollback)
+    streams.add_service_commands(service)  # logs, exec, restart, stats

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from pyswarm import listfilters
-from pyswarm.cli import common
+from pyswarm.cli import common, streams
 from pyswarm.cli.service import service_table, wait
 from pyswarm.errors import NotFoundError
 from pyswarm.output import docker_stack, print_rows, spec_diff
@@ -138,6 +138,7 @@ def _file_args(p: argparse.ArgumentParser) -> None:
 
 def register(sub: Any) -> None:
     stack = sub.add_parser("stack", help="manage stacks").add_subparsers(dest="stack_command", metavar="COMMAND", required=True)
+    streams.add_stack_commands(stack)  # stack logs
     p = stack.add_parser("deploy", help="deploy or update a stack from compose files")
     _file_args(p)
     p.add_argument("-d", "--detach", type=_bool, nargs="?", const=True, default=True, metavar="true|false",

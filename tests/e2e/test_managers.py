@@ -8,6 +8,7 @@ The tests run in order on one lab; each leaves it with 3 managers running.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 import time
@@ -123,6 +124,30 @@ def test_three_managers_one_leader_reads_everywhere_writes_through_followers(clu
     for host in cluster.managers:
         wait_until(lambda: ("q_via_follower" in cluster.service_names(host), cluster.service_names(host)), 5,
                    f"the follower's write visible on {host}")
+
+
+def test_a_follower_answers_logs_exec_stats_and_events(cluster: Cluster) -> None:
+    """Issue 13 through a follower: logs, exec and stats are handed on to the
+    leader (manager/forward.py), events come from the follower's own replica."""
+    leader = cluster.wait_leader(cluster.managers)
+    follower = next(h for h in cluster.managers if h != leader)
+    lab = cluster.lab
+
+    def on(*args: str, **kw: Any) -> Any:
+        return lab.pyswarm(follower, *args, timeout=60, **kw)
+
+    # a line on the web task's own stdout: what its logs show
+    said = on("service", "exec", "--slot", "1", "q_web", "sh", "-c", "echo hello from the follower > /proc/1/fd/1")
+    assert said.returncode == 0, said.stderr
+    wait_until(lambda: ("hello from the follower" in on("service", "logs", "--no-task-ids", "q_web").stdout, None),
+               30, "the follower showing the line in service logs")
+    ran = on("service", "exec", "-i", "q_web", "sh", "-c", "cat; exit 5", input="through the leader\n", check=False)
+    assert (ran.returncode, ran.stdout) == (5, "through the leader\n"), ran.stderr
+    table = json.loads(on("stats", "--no-stream", "--format", "json").stdout)
+    assert len([t for t in table["tasks"] if t["service"] == "q_web"]) == 5, table["tasks"]
+    events = [json.loads(line) for line in on("events", "--since", "10m", "--until", "0s", "--filter", "type=service",
+                                              "--format", "json").stdout.splitlines()]
+    assert any(e["action"] == "create" and e["name"] == "q_web" for e in events), events
 
 
 def test_leader_killed_new_leader_no_container_restarted(cluster: Cluster) -> None:

@@ -1,0 +1,223 @@
+"""``pyswarm events``: what happens in the cluster, read from the store's changes.
+
+Every manager keeps an :class:`EventLog`: after each change of its replica
+it compares the objects that changed (the store replaces an object's dict
+on every write, so an identity check finds them without comparing the rest)
+and records services created/updated/removed, task state changes with their
+messages, nodes up/down/drained/promoted and leader changes.
+
+The log is in memory and bounded (:data:`LIMIT` events), on each manager,
+rather than in the store: the changes are already in the Raft log once;
+writing each event again would double the writes of a busy cluster (every
+task state change) for a history that only needs to bridge a CLI's
+reconnect. The price: a manager that restarts starts a new history, and two
+managers' histories can differ in timestamps by the time their replicas
+applied a change. ``--since`` reaches back as far as the log does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pyswarm.errors import UsageError
+from pyswarm.wire import rule
+
+from .store import Store
+
+LIMIT = 10_000
+TYPES = frozenset({"service", "task", "node"})
+SUBSCRIBER_LIMIT = 10_000  # events a slow reader may be behind before it is cut off
+
+
+@dataclass(frozen=True)
+class ClusterEvent:
+    seq: int
+    time: float
+    type: str  # service | task | node
+    action: str
+    id: str
+    name: str
+    message: str = ""
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Raw = dict[str, dict[str, dict[str, Any]]]
+
+
+def diff(old: Raw, new: Raw, nodes: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str, str, dict[str, Any]]]:
+    """(type, action, id, name, message, attrs) for what changed from ``old`` to ``new``."""
+    out: list[tuple[str, str, str, str, str, dict[str, Any]]] = []
+    before, after = old.get("service", {}), new.get("service", {})
+    for sid, svc in after.items():
+        prev = before.get(sid)
+        name = str((svc.get("spec") or {}).get("name", sid[:12]))
+        if prev is None:
+            out.append(("service", "create", sid, name, "", {}))
+        elif prev is not svc and prev != svc:
+            msg = _service_change(prev, svc)
+            if msg:
+                out.append(("service", "update", sid, name, msg, {"version": svc.get("version", 0)}))
+    for sid, svc in before.items():
+        if sid not in after:
+            out.append(("service", "remove", sid, str((svc.get("spec") or {}).get("name", sid[:12])), "", {}))
+    before, after = old.get("task", {}), new.get("task", {})
+    for tid, task in after.items():
+        prev = before.get(tid)
+        if prev is not None and (prev is task or prev.get("state") == task.get("state")):
+            continue
+        slot = task.get("slot") or str(task.get("node_id", ""))[:12]
+        name = f"{task.get('service_name', '')}.{slot}"
+        node = nodes.get(str(task.get("node_id", "")), {})
+        attrs = {"service": task.get("service_name", ""), "node": node.get("hostname", ""),
+                 "state": task.get("state", ""), "desired_state": task.get("desired_state", "")}
+        if task.get("exit_code") is not None:
+            attrs["exit_code"] = task.get("exit_code")
+        message = str(task.get("error") or task.get("message") or "")
+        out.append(("task", "create" if prev is None else str(task.get("state", "")), tid, name, message, attrs))
+    before, after = old.get("node", {}), new.get("node", {})
+    for nid, node in after.items():
+        prev = before.get(nid)
+        name = str(node.get("hostname", nid[:12]))
+        if prev is None:
+            out.append(("node", "create", nid, name, "", {"role": node.get("role", "")}))
+            continue
+        if prev is node:
+            continue
+        if prev.get("status") != node.get("status"):
+            action = {"ready": "up", "down": "down"}.get(str(node.get("status")), str(node.get("status")))
+            out.append(("node", action, nid, name, str(node.get("status_message") or ""), {}))
+        if prev.get("availability") != node.get("availability"):
+            out.append(("node", str(node.get("availability")), nid, name, "", {}))
+        if prev.get("role") != node.get("role"):
+            out.append(("node", "promote" if node.get("role") == "manager" else "demote", nid, name, "", {}))
+    for nid, node in before.items():
+        if nid not in after:
+            out.append(("node", "remove", nid, str(node.get("hostname", nid[:12])), "", {}))
+    return out
+
+
+def _service_change(prev: dict[str, Any], svc: dict[str, Any]) -> str:
+    p_spec, spec = prev.get("spec") or {}, svc.get("spec") or {}
+    if p_spec != spec:
+        if {k: v for k, v in p_spec.items() if k != "replicas"} == {k: v for k, v in spec.items() if k != "replicas"}:
+            return f"replicas {p_spec.get('replicas')} -> {spec.get('replicas')}"
+        return f"spec changed (version {svc.get('version', 0)})"
+    if prev.get("version") != svc.get("version"):
+        return f"version {svc.get('version', 0)}"
+    p_state = (prev.get("update_status") or {}).get("state")
+    state = (svc.get("update_status") or {}).get("state")
+    if p_state != state and state:
+        return f"update {state}: {(svc.get('update_status') or {}).get('message', '')}".rstrip(": ")
+    return ""
+
+
+class EventLog:
+    """The bounded history of one manager's replica, and its live subscribers."""
+
+    def __init__(self, store: Store, limit: int = LIMIT) -> None:
+        self._store = store
+        self.events: deque[ClusterEvent] = deque(maxlen=limit)
+        self._seq = itertools.count(1)
+        self._subscribers: set[asyncio.Queue[ClusterEvent | None]] = set()
+        self._stopped = asyncio.Event()
+        self._raw: Raw | None = None
+        self._leader: str | None = None
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    async def run(self) -> None:
+        watcher = self._store.watcher()
+        try:
+            while not self._stopped.is_set():
+                await watcher.wait(timeout=1.0)
+                self.observe()
+        finally:
+            watcher.close()
+
+    def observe(self) -> None:
+        """Record what changed since the last look (called after each change)."""
+        snap = self._store.snapshot()
+        now = time.time()
+        if self._raw is not None:
+            for kind, action, oid, name, message, attrs in diff(self._raw, snap.raw, snap.raw.get("node", {})):
+                self._record(ClusterEvent(next(self._seq), now, kind, action, oid, name, message, attrs))
+        self._raw = snap.raw
+        leader = self._store.leader
+        if leader != self._leader and self._raw is not None:
+            if self._leader is not None or leader is not None:
+                node = next((n for n in snap.nodes() if leader and f"{n.addr}:{n.raft_port}" == leader), None)
+                name = node.hostname if node else (leader or "")
+                self._record(ClusterEvent(next(self._seq), now, "node", "leader", node.id if node else "", name,
+                                          "no leader" if leader is None else f"{name} is the leader", {}))
+            self._leader = leader
+
+    def _record(self, event: ClusterEvent) -> None:
+        self.events.append(event)
+        for q in list(self._subscribers):
+            if q.qsize() >= SUBSCRIBER_LIMIT:
+                self._subscribers.discard(q)
+                q.put_nowait(None)  # fell behind: it ends with an error
+            else:
+                q.put_nowait(event)
+
+    def subscribe(self) -> asyncio.Queue[ClusterEvent | None]:
+        q: asyncio.Queue[ClusterEvent | None] = asyncio.Queue()
+        self._subscribers.add(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue[ClusterEvent | None]) -> None:
+        self._subscribers.discard(q)
+
+
+@dataclass(frozen=True)
+class EventsRequest:
+    since: float = field(default=0.0, metadata=rule(min=0))  # seconds since the epoch
+    until: float = field(default=0.0, metadata=rule(min=0))
+    types: list[str] = field(default_factory=list, metadata=rule(max_len=3))
+
+    def __post_init__(self) -> None:
+        if not set(self.types) <= TYPES:
+            raise UsageError(f"events: the type filter takes {', '.join(sorted(TYPES))}, not {', '.join(self.types)}")
+
+
+async def events(log: EventLog, req: EventsRequest) -> AsyncIterator[Any]:
+    """The streaming API method ``events``: ``{"event": …}`` items from
+    ``since`` (or from now), until ``until`` (or forever)."""
+    since, until = req.since, req.until
+    wanted = set(req.types) or TYPES
+    q = log.subscribe()  # before reading the history: nothing falls between
+    try:
+        last = 0
+        if since:
+            for e in list(log.events):
+                if e.time >= since and (not until or e.time <= until) and e.type in wanted:
+                    last = e.seq
+                    yield {"event": e.to_dict()}
+        if until and until <= time.time():
+            return
+        while True:
+            timeout = None if not until else max(0.0, until - time.time())
+            try:
+                got: ClusterEvent | None = await asyncio.wait_for(q.get(), timeout)
+            except asyncio.TimeoutError:
+                return
+            if got is None:
+                raise UsageError("events: this reader fell too far behind; reconnect with --since")
+            e = got
+            if e.seq <= last or e.type not in wanted:
+                continue
+            if until and e.time > until:
+                return
+            yield {"event": e.to_dict()}
+    finally:
+        log.unsubscribe(q)
