@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
@@ -25,6 +26,7 @@ from pyswarm import protocol
 from pyswarm.models import DESIRED_RUNNING, Node, NodeRole, NodeStatus, Task, TaskState
 
 from .images import ImageService, registry_auth
+from .lag import STALL, LoopLag
 from .objects import task_files
 from .networks import mesh_message
 from .store import Op, Snapshot, Store
@@ -38,26 +40,26 @@ _AGENT_STATES = {s.value for s in TaskState}
 
 
 def node_assignments(snap: Snapshot, node_id: str, zone: str) -> list[dict[str, Any]]:
-    """The whole set of tasks ``node_id`` should run, as the agent wants it."""
-    return assignments_by_node(snap, zone).get(node_id, [])
-
-
-def assignments_by_node(snap: Snapshot, zone: str) -> dict[str, list[dict[str, Any]]]:
-    """Every node's task set at once: one pass over the tasks per store
-    change, not one per node (the leader's dispatcher does this on every
-    commit, hundreds of times while a big stack converges)."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for task in snap.tasks():
-        if not task.node_id or task.desired_state != DESIRED_RUNNING or task.state.terminal:
+    """The whole set of tasks ``node_id`` should run, as the agent wants it
+    (from the store's by-node index: no scan of the other nodes' tasks)."""
+    out = []
+    for task in snap.tasks_on(node_id):
+        if task.desired_state != DESIRED_RUNNING or task.state.terminal:
             continue
         if task.state.rank < TaskState.ASSIGNED.rank:
             continue
         # secret/config data only to the node of a task that uses it
-        out.setdefault(task.node_id, []).append({**_assignment(task, zone), **task_files(snap, task.spec),
-                                                 **registry_auth(snap, task.spec)})
-    for tasks in out.values():
-        tasks.sort(key=lambda a: str(a["task_id"]))
+        out.append({**_assignment(task, zone), **task_files(snap, task.spec), **registry_auth(snap, task.spec)})
+    out.sort(key=lambda a: str(a["task_id"]))
     return out
+
+
+def assignments_by_node(snap: Snapshot, zone: str, only: Iterable[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Every node's task set (``only``: just these nodes'). The dispatcher
+    rebuilds only the nodes a store change touched: with 100,000 tasks a
+    rebuild of all of them per change took the event loop for seconds."""
+    nodes = [n.id for n in snap.nodes()] if only is None else only
+    return {node_id: node_assignments(snap, node_id, zone) for node_id in nodes}
 
 
 def _assignment(task: Task, zone: str) -> dict[str, Any]:
@@ -164,7 +166,8 @@ class _Session:
                 raise
             except (OSError, asyncssh.Error, asyncio.TimeoutError, ValueError, HeartbeatLost) as exc:
                 reason = self._end_reason = _describe(exc)
-                log.info("session to %s (%s) ended: %s", self.node.hostname, self.node.addr, reason)
+                log.info("session to %s (%s) ended: %s%s", self.node.hostname, self.node.addr, reason,
+                         self._d.lag_note())
                 self._d.mark_down(self.node, reason)
             finally:
                 self._close()
@@ -216,14 +219,23 @@ class _Session:
         agent's hello, it gets ``hello_timeout`` (a cold Python start on a
         loaded host takes seconds)."""
         seq = 0
+        lag = self._d.lag
         while True:
             every, dead_after = self._d.heartbeat()
+            due = time.monotonic() + every
             await asyncio.sleep(every)
-            limit = dead_after if self._ready else self._d.hello_timeout
-            if time.monotonic() - self._last_heard > limit:
-                raise HeartbeatLost(f"no heartbeat for {limit:.0f}s")
+            now = time.monotonic()
             seq += 1
             self._send({"op": "ping", "seq": seq})
+            if now - due >= STALL:
+                # this manager's own loop was held: what the agent sent
+                # meanwhile is still unread, so judge at the next tick
+                continue
+            limit = dead_after if self._ready else self._d.hello_timeout
+            # time the loop was stalled does not count as the node's silence
+            held = lag.stalled_between(self._last_heard, now) if lag is not None else 0.0
+            if now - self._last_heard - held > limit:
+                raise HeartbeatLost(f"no heartbeat for {limit:.0f}s" + self._d.lag_note())
 
     def _send(self, message: dict[str, Any]) -> None:
         self._write(protocol.encode(message))
@@ -291,8 +303,10 @@ MESH_BYTES_PER_SECOND = 20_000_000
 
 class Dispatcher:
     def __init__(self, store: Store, client_keys: list[Any], ping_every: float = 0.5, dead_after: float = 2.0,
-                 hello_timeout: float = 15.0, images: ImageService | None = None) -> None:
+                 hello_timeout: float = 15.0, images: ImageService | None = None,
+                 lag: LoopLag | None = None) -> None:
         self._store = store
+        self.lag = lag  # this manager's loop lag: its own stalls are not the nodes' silence
         self.images = images  # ships images the agents ask for (manager/images.py)
         if images is not None:
             images.connect = self.connection
@@ -327,9 +341,9 @@ class Dispatcher:
                     break
                 if not changed and self.snapshot is not None and self._term() == self.term:
                     continue  # nothing new: with 10,000 tasks a needless pass costs ~0.3 s
+                previous = self.snapshot
                 self.snapshot = self._store.snapshot()
-                cluster_now = self.snapshot.cluster
-                self.assignments = assignments_by_node(self.snapshot, cluster_now.zone if cluster_now else "pyswarm")
+                self._update_assignments(previous, self.snapshot)
                 self.view = ClusterView(self.snapshot)
                 self.term = self._term()
                 self._sync_sessions(self.snapshot)
@@ -356,6 +370,24 @@ class Dispatcher:
         entry = self._sessions.get(node.id)
         conn = entry[0]._conn if entry is not None and entry[0]._ready else None
         return conn, False
+
+    def _update_assignments(self, previous: Snapshot | None, snap: Snapshot) -> None:
+        """Rebuild the task sets of the nodes whose tasks changed since the
+        last pass (all of them after a change to secrets, configs or the
+        cluster, or when the changes are not known)."""
+        cluster = snap.cluster
+        zone = cluster.zone if cluster else "pyswarm"
+        changed = None if previous is None else snap.changed_since(previous.index)
+        if changed is None or any(kind in ("cluster", "secret", "config") for kind, _ in changed):
+            self.assignments = assignments_by_node(snap, zone)
+            return
+        touched = {oid for kind, oid in changed if kind in ("task.node", "node")}
+        fresh = dict(self.assignments)
+        fresh.update(assignments_by_node(snap, zone, [n for n in touched if snap.node(n) is not None]))
+        for node_id in touched:
+            if snap.node(node_id) is None:
+                fresh.pop(node_id, None)
+        self.assignments = fresh
 
     def _term(self) -> int:
         """The fencing token: Raft terms restart after --force-new-cluster,
@@ -419,6 +451,9 @@ class Dispatcher:
         node = session.node
         if op == "hello":
             session._ready = True
+            if node.status != NodeStatus.READY:
+                log.info("node %s ready (was %s%s)%s", node.hostname, node.status.value,
+                         f": {node.status_message}" if node.status_message else "", self.lag_note())
             fields: dict[str, Any] = {
                 "status": NodeStatus.READY.value, "status_message": "",
                 "updated_at": time.time(),
@@ -452,6 +487,12 @@ class Dispatcher:
         elif op == "error":
             log.warning("%s agent: %s", node.hostname, message.get("message"))
         # pong: hearing anything is the heartbeat
+
+    def lag_note(self) -> str:
+        """The measured loop lag, for the record of a node's down/up decision."""
+        if self.lag is None:
+            return ""
+        return f" (manager loop lag: max {self.lag.worst(10.0) * 1000:.0f} ms in 10s)"
 
     def mark_down(self, node: Node, reason: str) -> None:
         snap = self.snapshot

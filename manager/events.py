@@ -21,7 +21,7 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -50,10 +50,10 @@ class ClusterEvent:
         return asdict(self)
 
 
-Raw = dict[str, dict[str, dict[str, Any]]]
+Raw = Mapping[str, Mapping[str, dict[str, Any]]]  # a snapshot's raw view (manager/tables.py)
 
 
-def diff(old: Raw, new: Raw, nodes: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str, str, dict[str, Any]]]:
+def diff(old: Raw, new: Raw, nodes: Mapping[str, dict[str, Any]]) -> list[tuple[str, str, str, str, str, dict[str, Any]]]:
     """(type, action, id, name, message, attrs) for what changed from ``old`` to ``new``."""
     out: list[tuple[str, str, str, str, str, dict[str, Any]]] = []
     before, after = old.get("service", {}), new.get("service", {})

@@ -30,6 +30,7 @@ one by one.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -107,14 +108,18 @@ def lost_reason(task: Task, nodes: Mapping[str, Node]) -> str | None:
 
 
 def orphan(task: Task, reason: str, now: float) -> list[Op]:
-    """Ops that give up a lost task; also updates ``task`` in place so the
-    rest of the pass sees it as history."""
-    task.state = TaskState.ORPHANED
-    task.desired_state = DESIRED_SHUTDOWN
+    """Ops that give up a lost task (see :func:`orphaned` for how the rest
+    of the pass should see it)."""
     return [
         ["patch", "task", task.id, {"desired_state": DESIRED_SHUTDOWN}],
         ["advance", task.id, TaskState.ORPHANED.value, {"message": reason, "state_since": now}],
     ]
+
+
+def orphaned(task: Task) -> Task:
+    """``task`` as it reads once :func:`orphan` applied: history. A copy:
+    the snapshot's objects are shared and read-only."""
+    return dataclasses.replace(task, state=TaskState.ORPHANED, desired_state=DESIRED_SHUTDOWN)
 
 
 def draining(task: Task, nodes: Mapping[str, Node]) -> bool:

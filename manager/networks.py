@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pyswarm.errors import UsageError
-from pyswarm.models import Network, ServiceSpec, new_id
+from pyswarm.models import Network, ServiceSpec, TaskState, new_id
 
 from .store import Snapshot
 
@@ -120,6 +120,10 @@ def gateway_of(subnet: str) -> str:
     return str(net.network_address + 1)
 
 
+# the states in which a task can have an address (the agent reports it)
+LIVE_STATES = tuple(s for s in TaskState if not s.terminal and s.rank >= TaskState.ASSIGNED.rank)
+
+
 def ingress_ports(spec: ServiceSpec) -> list[dict[str, Any]]:
     """The service's ports published in ingress mode (the default)."""
     out = []
@@ -147,7 +151,7 @@ def mesh_message(snap: Snapshot) -> dict[str, Any]:
     members: dict[str, set[str]] = {}
     backends: dict[str, list[str]] = {}
     internal: set[str] = set()
-    for task in snap.tasks():
+    for task in snap.tasks_in(*LIVE_STATES):  # the state index: pending tasks cost nothing here
         service = services.get(task.service_id)
         if service is None or not task.has_address:
             continue

@@ -61,7 +61,11 @@ def parse_request(line: bytes) -> Request:
 async def _serve_lines(api: Api, reader: Any, writer: Any, allowed: frozenset[str] | None, role: str = "",
                        streams: StreamApi | None = None) -> None:
     while True:
-        line = await reader.readline()
+        try:
+            line = await reader.readline()
+        except ValueError:  # asyncio's StreamReader: a line over its limit
+            writer.write(rpc.encode_error(rpc.too_large("the request")))
+            return
         if not line:
             return
         method = "?"
@@ -78,6 +82,8 @@ async def _serve_lines(api: Api, reader: Any, writer: Any, allowed: frozenset[st
                 continue
             result = await api.call(method, params)
             out = rpc.encode_result(result)
+            if len(out) > rpc.MAX_MESSAGE:
+                raise rpc.too_large(f"the answer to {method}", len(out))
         except PyswarmError as exc:
             out = rpc.encode_error(exc)
         except ConnectionError:
@@ -170,7 +176,8 @@ class UnixApiServer:
             self._path.unlink()
         old_umask = os.umask(0o177)
         try:
-            self._server = await asyncio.start_unix_server(self._handle, path=str(self._path))
+            self._server = await asyncio.start_unix_server(self._handle, path=str(self._path),
+                                                           limit=rpc.MAX_MESSAGE + 1)
         finally:
             os.umask(old_umask)
 

@@ -28,18 +28,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 
-from pyswarm.errors import NoQuorumError
+from pyswarm.errors import ClusterError, ElectionError, NoQuorumError
 from pyswarm.models import KINDS, Cluster, Node, Service, Task, TaskState
 
+from . import disk
 from .ops import InvalidOperation
 from .ops import check as check_op
+from .tables import Frozen, RawView, Tables, slot_key
 
 log = logging.getLogger(__name__)
 
@@ -51,42 +54,99 @@ class TransactionAborted(Exception):
 
 
 class _State(SyncObjConsumer):  # type: ignore[misc]
-    """The replicated part: ``objects[kind][id] -> dict`` and an index."""
+    """The replicated part: ``objects[kind][id] -> dict`` and an index.
+
+    In memory the objects live in :class:`.tables.Tables` (copy-on-write
+    maps, indexes, typed objects cached per version); what Raft persists
+    and sends is still the plain ``{kind: {id: dict}}``."""
 
     def __init__(self, on_change: Any) -> None:
         # attributes set before SyncObjConsumer.__init__ are not serialised
         self._lock = threading.Lock()
         self._on_change = on_change
+        self._tables = Tables()
+        # (index, [(kind, id), ...]) per transaction, for planners that only
+        # look at what changed since their last pass
+        self._changes: deque[tuple[int, list[tuple[str, str]]]] = deque(maxlen=CHANGES_KEPT)
+        self._published: tuple[int, Frozen] = (0, self._tables.freeze())
         super().__init__()
-        self.objects: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in [*KINDS, "subnet"]}
         self.index = 0
 
+    def _serialize(self) -> dict[str, Any]:
+        # on pysyncobj's thread, between applies: the published view is this state
+        index, frozen = self._published
+        return {"objects": Tables.plain_of(frozen), "index": index}
+
     def _deserialize(self, data: dict[str, Any]) -> None:
+        tables = Tables.load(data.get("objects") or {})
         with self._lock:
-            super()._deserialize(data)
+            self._tables = tables
+            self.index = int(data.get("index", 0))
+            self._changes.clear()
+            self._published = (self.index, tables.freeze())
         self._on_change()
 
     @replicated  # type: ignore[untyped-decorator]
     def apply(self, ops: list[Op]) -> dict[str, Any]:
+        # no lock while applying: readers take the view published at the end
+        # of the previous transaction (a freeze is O(1)), so a 5,000-op
+        # transaction never holds up the event loop that takes a snapshot
+        touched: list[tuple[str, str]] = []
+        try:
+            changes = _apply_ops(self._tables, ops, touched)
+        except TransactionAborted as exc:
+            return {"ok": False, "error": str(exc)}
+        # an aborted transaction has written nothing: preconditions are checked first
+        self.index += 1
+        index = self.index
+        frozen = self._tables.freeze()
         with self._lock:
-            try:
-                changes = _apply_ops(self.objects, ops)
-            except TransactionAborted as exc:
-                return {"ok": False, "error": str(exc)}
-            self.index += 1
-            index = self.index
+            self._changes.append((index, touched))
+            self._published = (index, frozen)
         self._on_change()
         return {"ok": True, "index": index, "changes": changes}
 
-    def copy(self) -> tuple[int, dict[str, dict[str, dict[str, Any]]]]:
+    def freeze(self) -> tuple[int, Frozen]:
+        return self._published
+
+    def changed_since(self, since: int, until: int) -> set[tuple[str, str]] | None:
+        """(kind, id) of everything changed after index ``since`` up to
+        ``until``; None when that is older than the changes kept."""
+        if since >= until:
+            return set()
         with self._lock:
-            raw: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in [*KINDS, "subnet"]}
-            raw.update({kind: dict(objs) for kind, objs in self.objects.items()})
-            return self.index, raw
+            if not self._changes or self._changes[0][0] > since + 1:
+                return None
+            kept = [touched for index, touched in self._changes if since < index <= until]
+        out: set[tuple[str, str]] = set()
+        for touched in kept:
+            out.update(touched)
+        return out
 
 
-def _apply_ops(objects: dict[str, dict[str, dict[str, Any]]], ops: list[Op]) -> int:
+CHANGES_KEPT = 2000  # transactions
+
+
+class _PlainTables:
+    """:func:`_apply_ops` on a plain ``{kind: {id: dict}}`` (tests, tools)."""
+
+    def __init__(self, objects: dict[str, dict[str, dict[str, Any]]]) -> None:
+        self._objects = objects
+
+    def get(self, kind: str, oid: str) -> dict[str, Any] | None:
+        return self._objects.get(kind, {}).get(oid)
+
+    def put(self, kind: str, oid: str, data: dict[str, Any]) -> None:
+        self._objects.setdefault(kind, {})[oid] = data
+
+    def delete(self, kind: str, oid: str) -> bool:
+        return self._objects.get(kind, {}).pop(oid, None) is not None
+
+
+def _apply_ops(objects: dict[str, dict[str, dict[str, Any]]] | Tables, ops: list[Op],
+               touched: list[tuple[str, str]] | None = None) -> int:
     """Apply a transaction in place; check every operation and precondition first."""
+    tables: Tables | _PlainTables = objects if isinstance(objects, Tables) else _PlainTables(objects)
     for op in ops:
         try:
             check_op(op)
@@ -94,7 +154,7 @@ def _apply_ops(objects: dict[str, dict[str, dict[str, Any]]], ops: list[Op]) -> 
             raise TransactionAborted(f"invalid operation: {exc}") from None
         if op[0] == "expect":
             _, kind, oid, fieldname, value = op
-            obj = objects.get(kind, {}).get(oid)
+            obj = tables.get(kind, oid)
             if fieldname is None:
                 if (obj is None) != (value is None):
                     raise TransactionAborted(f"{kind} {oid} {'exists' if obj else 'is gone'}")
@@ -104,19 +164,22 @@ def _apply_ops(objects: dict[str, dict[str, dict[str, Any]]], ops: list[Op]) -> 
     changes = 0
     for op in ops:
         kind_ops = op[0]
+        before_task = None
+        if touched is not None and (kind_ops == "advance" or len(op) > 1 and op[1] == "task"):
+            before_task = tables.get("task", op[1] if kind_ops == "advance" else op[2])
         if kind_ops == "put":
             _, kind, oid, data = op
-            objects.setdefault(kind, {})[oid] = data
-            changes += 1
+            tables.put(kind, oid, data)
         elif kind_ops == "patch":
             _, kind, oid, fields = op
-            current = objects.get(kind, {}).get(oid)
-            if current is not None:
-                objects[kind][oid] = {**current, **fields}
-                changes += 1
+            current = tables.get(kind, oid)
+            if current is None:
+                continue
+            tables.put(kind, oid, {**current, **fields})
         elif kind_ops == "advance":
             _, oid, state, fields = op
-            current = objects["task"].get(oid)
+            kind = "task"
+            current = tables.get(kind, oid)
             if current is None:
                 continue
             if state is not None and not TaskState(current["state"]).can_move_to(TaskState(state)):
@@ -124,56 +187,145 @@ def _apply_ops(objects: dict[str, dict[str, dict[str, Any]]], ops: list[Op]) -> 
             update = dict(fields)
             if state is not None:
                 update["state"] = state
-            objects["task"][oid] = {**current, **update}
-            changes += 1
+            tables.put(kind, oid, {**current, **update})
         elif kind_ops == "delete":
             _, kind, oid = op
-            if objects.get(kind, {}).pop(oid, None) is not None:
-                changes += 1
-        elif kind_ops != "expect":
+            if not tables.delete(kind, oid):
+                continue
+        elif kind_ops == "expect":
+            continue
+        else:
             raise TransactionAborted(f"unknown operation {kind_ops!r}")
+        changes += 1
+        if touched is not None:
+            touched.append((kind, oid))
+            if kind == "task":
+                _touch_task(touched, before_task, tables.get(kind, oid))
     return changes
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """A consistent, read-only view of the store at one index."""
+def _touch_task(touched: list[tuple[str, str]], *versions: dict[str, Any] | None) -> None:
+    """A task change also touches its service and its node (as
+    ``task.service`` / ``task.node``), for planners that follow changes."""
+    for data in versions:
+        if data is not None:
+            touched.append(("task.service", str(data.get("service_id", ""))))
+            if data.get("slot"):
+                touched.append(("task.slot", slot_key(str(data.get("service_id", "")), int(data["slot"]))))
+            if data.get("node_id"):
+                touched.append(("task.node", str(data["node_id"])))
 
-    index: int
-    raw: dict[str, dict[str, dict[str, Any]]]
+
+class Snapshot:
+    """A consistent, read-only view of the store at one index, taken in
+    O(1) (:mod:`.tables`). Objects it returns are shared by every reader of
+    the same version: do not mutate them (``dataclasses.replace`` first).
+
+    ``Snapshot(index, raw)`` builds one from plain dicts (tests, tools)."""
+
+    __slots__ = ("index", "_frozen", "_store_state")
+
+    def __init__(self, index: int, raw: Mapping[str, Mapping[str, dict[str, Any]]] | None = None, *,
+                 frozen: Frozen | None = None, state: _State | None = None) -> None:
+        self.index = index
+        self._frozen = frozen if frozen is not None else Tables.load(raw or {}).freeze()
+        self._store_state = state
+
+    @property
+    def raw(self) -> RawView:
+        """kind -> id -> plain dict, read-only and without a copy."""
+        return RawView(self._frozen)
+
+    def _all(self, kind: str) -> list[Any]:
+        pm = self._frozen.kinds.get(kind)
+        if pm is None:
+            return []
+        model = KINDS[kind]
+        return [e.typed(model) for e in pm.values()]
+
+    def _one(self, kind: str, oid: str) -> Any:
+        pm = self._frozen.kinds.get(kind)
+        entry = pm.get(oid) if pm is not None else None
+        return None if entry is None else entry.typed(KINDS[kind])
+
+    def count(self, kind: str) -> int:
+        pm = self._frozen.kinds.get(kind)
+        return 0 if pm is None else len(pm)
 
     @property
     def cluster(self) -> Cluster | None:
-        for data in self.raw["cluster"].values():
-            return Cluster.from_dict(data)
+        for entry in self._frozen.kinds["cluster"].values():
+            return entry.typed(Cluster)  # type: ignore[no-any-return]
         return None
 
     def nodes(self) -> list[Node]:
-        return [Node.from_dict(d) for d in self.raw["node"].values()]
+        return self._all("node")
 
     def services(self) -> list[Service]:
-        return [Service.from_dict(d) for d in self.raw["service"].values()]
+        return self._all("service")
 
     def tasks(self) -> list[Task]:
-        return [Task.from_dict(d) for d in self.raw["task"].values()]
+        return self._all("task")
 
     def node(self, node_id: str) -> Node | None:
-        data = self.raw["node"].get(node_id)
-        return Node.from_dict(data) if data else None
+        return self._one("node", node_id)  # type: ignore[no-any-return]
 
     def service(self, service_id: str) -> Service | None:
-        data = self.raw["service"].get(service_id)
-        return Service.from_dict(data) if data else None
+        return self._one("service", service_id)  # type: ignore[no-any-return]
 
     def task(self, task_id: str) -> Task | None:
-        data = self.raw["task"].get(task_id)
-        return Task.from_dict(data) if data else None
+        return self._one("task", task_id)  # type: ignore[no-any-return]
 
     def service_by_name(self, name: str) -> Service | None:
-        for data in self.raw["service"].values():
+        for entry in self._frozen.kinds["service"].values():
+            data = entry.raw
             if data["spec"]["name"] == name or data["id"] == name:
-                return Service.from_dict(data)
+                return entry.typed(Service)  # type: ignore[no-any-return]
         return None
+
+    # -- indexes (kept by the apply: no scan) ---------------------------------
+
+    def _tasks(self, index: str, key: str) -> list[Task]:
+        pm = self._frozen.kinds["task"]
+        out = []
+        for tid in self._frozen.ids(index, key):
+            entry = pm.get(tid)
+            if entry is not None:
+                out.append(entry.typed(Task))
+        return out
+
+    def tasks_of(self, service_id: str) -> list[Task]:
+        """The tasks of one service."""
+        return self._tasks("service", service_id)
+
+    def tasks_on(self, node_id: str) -> list[Task]:
+        """The tasks that have ``node_id`` (assigned there at some point)."""
+        return self._tasks("node", node_id)
+
+    def tasks_in_slot(self, service_id: str, slot: int) -> list[Task]:
+        """The tasks of one replica slot of a replicated service."""
+        return self._tasks("slot", slot_key(service_id, slot))
+
+    def tasks_in(self, *states: TaskState) -> list[Task]:
+        """The tasks whose observed state is one of ``states``."""
+        out: list[Task] = []
+        for state in states:
+            out += self._tasks("state", state.value)
+        return out
+
+    def count_tasks(self, index: str, key: str) -> int:
+        """How many tasks ``index`` (service, node, state) holds under ``key``."""
+        return self._frozen.count(index, key)
+
+    def service_ids_with_tasks(self) -> list[str]:
+        return self._frozen.keys_of("service")
+
+    def changed_since(self, index: int) -> set[tuple[str, str]] | None:
+        """(kind, id) changed after ``index`` up to this snapshot; None when
+        unknown (too old, or a snapshot not taken from a store)."""
+        if self._store_state is None:
+            return None
+        return self._store_state.changed_since(index, self.index)
 
 
 @dataclass(frozen=True)
@@ -245,15 +397,51 @@ class Store:
         )
         self._syncobj: SyncObj | None = None
         self._conf = conf
+        self._raft_lock = threading.Lock()
+        self._guard = disk.DiskGuard(config.data_dir, self._disk_fault, self._disk_clear)
 
     def start(self) -> None:
+        """Start this replica; a damaged journal is refused with what to do
+        (:mod:`.disk`), a full or unwritable state directory is watched for."""
         self._loop = asyncio.get_running_loop()
-        self._syncobj = _SyncObj(self._config.self_addr, list(self._config.partners), self._conf, consumers=[self._state])
+        why = disk.check_journal(self._config.data_dir / "raft.journal")
+        if why is not None:
+            raise ClusterError(disk.damaged_message(self._config.data_dir, why))
+        self._guard.step(probe=True)
+        if not self.disk_error:
+            self._start_raft()
+        self._guard.start()
+
+    def _start_raft(self) -> None:
+        with self._raft_lock:
+            if self._syncobj is None:
+                self._syncobj = _SyncObj(self._config.self_addr, list(self._config.partners), self._conf,
+                                         consumers=[self._state])
+
+    def _stop_raft(self) -> None:
+        with self._raft_lock:
+            so, self._syncobj = self._syncobj, None
+        if so is not None:
+            so.destroy()
+
+    @property
+    def disk_error(self) -> str:
+        """Why this manager stopped acknowledging writes ("" when it did not)."""
+        return self._guard.reason
+
+    def _disk_fault(self, reason: str) -> None:
+        # off Raft before the journal touches a page the disk cannot back (a
+        # SIGBUS): a leader steps down, a follower stops appending
+        self._stop_raft()
+        self._notify()
+
+    def _disk_clear(self) -> None:
+        self._start_raft()
+        self._notify()
 
     def stop(self) -> None:
-        if self._syncobj is not None:
-            self._syncobj.destroy()
-            self._syncobj = None
+        self._guard.stop()
+        self._stop_raft()
 
     def _notify(self) -> None:
         loop = self._loop
@@ -268,8 +456,8 @@ class Store:
     # -- reading -------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        index, raw = self._state.copy()
-        return Snapshot(index, raw)
+        index, frozen = self._state.freeze()
+        return Snapshot(index, frozen=frozen, state=self._state)
 
     def watcher(self) -> Watcher:
         return Watcher(self)
@@ -374,6 +562,8 @@ class Store:
         ops = [list(op) for op in ops]
         if not ops:
             return {"ok": True, "index": self._state.index, "changes": 0}
+        if self.disk_error:
+            raise ClusterError(self.disk_error)
         if self._syncobj is None:
             raise NoQuorumError("the store is not running")
         loop = asyncio.get_running_loop()
@@ -382,7 +572,7 @@ class Store:
         deadline = loop.time() + min(timeout, 2.0)
         while self.leader is None:
             if loop.time() > deadline:
-                raise NoQuorumError(self._no_quorum_message("no leader"))
+                raise self._no_leader_error("no leader")
             await asyncio.sleep(0.05)
         fut: asyncio.Future[tuple[Any, Any]] = loop.create_future()
 
@@ -394,7 +584,9 @@ class Store:
         try:
             result, error = await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
-            raise NoQuorumError(self._no_quorum_message("no leader committed the change")) from None
+            raise self._no_leader_error("no leader committed the change") from None
+        if error in _ELECTION_FAILURES:
+            raise self._no_leader_error(f"write failed ({_fail_reason(error)})")
         if error != FAIL_REASON.SUCCESS:
             raise NoQuorumError(self._no_quorum_message(f"write failed ({_fail_reason(error)})"))
         if not result.get("ok"):
@@ -408,16 +600,34 @@ class Store:
         if notifier is not None:
             notifier.notify()
 
-    def _no_quorum_message(self, what: str) -> str:
+    def _reachable(self) -> tuple[int, int]:
         status = self.status()
         total = int(status.get("partner_nodes_count", 0)) + 1
         reachable = 1 + sum(1 for k, v in status.items() if k.startswith("partner_node_status_server_") and v == 2)
+        return reachable, total
+
+    def _no_quorum_message(self, what: str) -> str:
+        reachable, total = self._reachable()
         return f"no quorum: {reachable} of {total} managers reachable ({what}); reads still work"
+
+    def _no_leader_error(self, what: str) -> NoQuorumError:
+        """Without a leader: an election, when a majority of the managers is
+        reachable (it ends within about a second: retry); no quorum otherwise."""
+        reachable, total = self._reachable()
+        if reachable > total // 2:
+            return ElectionError(f"leader election in progress, retry ({what}; {reachable} of {total} "
+                                 "managers reachable)")
+        return NoQuorumError(self._no_quorum_message(what))
 
 
 def _settle(fut: asyncio.Future[tuple[Any, Any]], value: tuple[Any, Any]) -> None:
     if not fut.done():
         fut.set_result(value)
+
+
+# a write lost to a change of leader: the next leader takes it again
+_ELECTION_FAILURES = frozenset({FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.LEADER_CHANGED,
+                                FAIL_REASON.DISCARDED})
 
 
 def _fail_reason(code: Any) -> str:

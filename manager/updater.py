@@ -44,6 +44,7 @@ progress until ``monitor`` after its last task started).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections import defaultdict
@@ -66,9 +67,9 @@ from pyswarm.models import (
 )
 
 from .filters import ConstraintError, parse_constraints
-from .orchestrator import new_task
+from .orchestrator import new_task, task_data
 from .loop import Plan as LoopPlan
-from .loop import StoreLoop
+from .loop import FULL_PASS_EVERY, StoreLoop, touched_services
 from .store import Op, Snapshot
 
 log = logging.getLogger(__name__)
@@ -206,11 +207,12 @@ class _Service:
 
     def adopt_clean(self) -> None:
         for group in self.groups.values():
-            for t in group:
+            for i, t in enumerate(group):
                 if t.holds_slot and t.spec_version < self.version and self.clean(t):
                     self.ops.append(["expect", "task", t.id, "spec_version", t.spec_version])
                     self.ops.append(["patch", "task", t.id, {"spec_version": self.version}])
-                    t.spec_version = self.version
+                    # a copy: the snapshot's objects are shared and read-only
+                    group[i] = dataclasses.replace(t, spec_version=self.version)
 
     def ours(self, t: Task) -> bool:
         """A task this update made (or the orchestrator made for it, refilling a slot)."""
@@ -351,7 +353,7 @@ class _Service:
             if any(t.node_id for t in outdated):
                 task.desired_state = DESIRED_READY
                 task.message = "waiting for the old task to stop (stop-first update)"
-        self.ops.append(["put", "task", task.id, task.to_dict()])
+        self.ops.append(["put", "task", task.id, task_data(task, self.service)])
 
     def write_status(self) -> None:
         self.ops.append(["patch", "service", self.service.id, {"update_status": dict(self.status)}])
@@ -359,31 +361,53 @@ class _Service:
 
 def plan_service(service: Service, tasks: list[Task], nodes: Mapping[str, Node], now: float) -> tuple[list[Op], float]:
     """One service's operations and when to look again (pure)."""
+    if (str(service.update_status.get("state", "")) not in _IN_PROGRESS
+            and all(t.spec_version == service.version for t in tasks)):
+        return [], math.inf  # nothing outdated, no update going on: the common case, cheaply
     s = _Service(service, tasks, nodes, now)
     s.run()
     return s.ops, s.wake_at
 
 
-def plan(snapshot: Snapshot, now: float) -> Plan:
-    """Every service's update operations (pure): see the module docstring."""
-    by_service: dict[str, list[Task]] = defaultdict(list)
-    for t in snapshot.tasks():
-        by_service[t.service_id].append(t)
+def plan(snapshot: Snapshot, now: float, only: set[str] | None = None) -> Plan:
+    """Every service's update operations (pure): see the module docstring.
+    ``only``: the ids of the services to look at (None: all)."""
     nodes = {n.id: n for n in snapshot.nodes()}
     out = Plan()
-    for service in sorted(snapshot.services(), key=lambda s: s.id):
-        ops, wake_at = plan_service(service, by_service.get(service.id, []), nodes, now)
+    services = snapshot.services() if only is None else [s for s in map(snapshot.service, only) if s is not None]
+    for service in sorted(services, key=lambda s: s.id):
+        ops, wake_at = plan_service(service, snapshot.tasks_of(service.id), nodes, now)
         if ops:
             out.commits.append(ops)
         out.wake_at = min(out.wake_at, wake_at)
     return out
 
 
+_TIMED = ("updating", "rollback_started")  # states whose next step may be due by time alone
+_IN_PROGRESS = (*_TIMED, "paused", "rollback_paused")
+
+
 class Updater(StoreLoop):
-    """The leader's loop around :func:`plan`."""
+    """The leader's loop around :func:`plan`: the services a change touched
+    and the ones in an update (pauses, monitors are due by time), everything
+    every 30 s."""
 
     name = "updater"
 
+    def __init__(self, store: Any) -> None:
+        super().__init__(store)
+        self._seen = -1
+        self._full_at = 0.0
+
     def plan(self, snapshot: Snapshot, now: float) -> LoopPlan:
-        result = plan(snapshot, now)
+        changed = None if now >= self._full_at else snapshot.changed_since(self._seen)
+        # tasks become outdated only when their service changes; task changes
+        # matter to an update in progress, and those services are looked at
+        only = None if changed is None else touched_services(snapshot, changed)
+        if only is None:
+            self._full_at = now + FULL_PASS_EVERY
+        else:
+            only |= {s.id for s in snapshot.services() if s.update_status.get("state") in _IN_PROGRESS}
+        result = plan(snapshot, now, only)
+        self._seen = snapshot.index
         return result.commits, min(max(result.wake_at - now, 0.05), 1.0)

@@ -9,6 +9,7 @@ any ``PyswarmError`` as one line and exits non-zero, never with a traceback::
     ├── ClusterError          the cluster refused or cannot do it
     │   ├── NotInSwarmError / NotManagerError / AlreadyInSwarmError
     │   ├── NoQuorumError
+│   │   └── ElectionError     leader election in progress, retry
     │   └── NotFoundError
     ├── ConnectionError_      could not reach a manager or node
     ├── manager errors (manager/__init__.py)
@@ -47,6 +48,11 @@ class AlreadyInSwarmError(ClusterError):
 
 class NoQuorumError(ClusterError):
     pass
+
+
+class ElectionError(NoQuorumError):
+    """A write refused while the managers elect a leader (a majority is
+    reachable): safe writes are retried by the CLI for a few seconds."""
 
 
 class NotFoundError(ClusterError):

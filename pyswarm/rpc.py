@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +25,25 @@ _ERROR_TYPES: dict[str, type[errors.PyswarmError]] = {
     for cls in (
         errors.PyswarmError, errors.UsageError, errors.ClusterError, errors.NotInSwarmError,
         errors.NotManagerError, errors.AlreadyInSwarmError, errors.NoQuorumError,
-        errors.NotFoundError, errors.ConnectionError_,
+        errors.NotFoundError, errors.ConnectionError_, errors.ElectionError,
     )
 }
+
+# the largest request or answer the API takes or gives (a line of JSON):
+# a 1,000-service stack is a few MiB; asyncio's default of 64 KiB refused
+# a 150-service stack with "closed the connection without answering"
+MAX_MESSAGE = 32 * 2**20
+# writes the CLI may send again while a leader is elected: each sets a state
+# (the same request twice ends as once), none creates something new twice
+RETRY_SAFE = frozenset({
+    "stack.deploy", "service.scale", "service.update", "node.update", "cluster.update",
+})
+RETRY_FOR = 5.0  # seconds
+
+
+def too_large(what: str, size: int | None = None) -> errors.UsageError:
+    of = "" if size is None else f" of {size / 2**20:.1f} MiB"
+    return errors.UsageError(f"{what}{of} exceeds the API's limit of {MAX_MESSAGE // 2**20} MiB")
 
 
 def encode_request(method: str, params: dict[str, Any]) -> bytes:
@@ -53,7 +70,23 @@ def decode_response(line: bytes) -> Any:
 
 
 def call_unix(path: Path, method: str, params: dict[str, Any] | None = None, timeout: float = 60.0) -> Any:
-    """One request to the local manager; a clear error when there is none."""
+    """One request to the local manager; a clear error when there is none.
+    A :data:`RETRY_SAFE` write refused during a leader election is sent
+    again for up to :data:`RETRY_FOR` seconds."""
+    deadline = time.monotonic() + RETRY_FOR
+    while True:
+        try:
+            return _call_unix_once(path, method, params, timeout)
+        except errors.ElectionError:
+            if method not in RETRY_SAFE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def _call_unix_once(path: Path, method: str, params: dict[str, Any] | None, timeout: float) -> Any:
+    request = encode_request(method, params or {})
+    if len(request) > MAX_MESSAGE:
+        raise too_large(f"the {method} request", len(request))
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -66,7 +99,7 @@ def call_unix(path: Path, method: str, params: dict[str, Any] | None = None, tim
             ) from None
         buf = bytearray()
         try:
-            sock.sendall(encode_request(method, params or {}))
+            sock.sendall(request)
             while not buf.endswith(b"\n"):
                 chunk = sock.recv(65536)
                 if not chunk:

@@ -14,6 +14,7 @@ marked ``@method("name", RequestType)``:
     images.py     image.push/ls/shipments (given to Api as ``extra``: it needs the image service)
     streams.py    service.restart, task.restart; and the streaming methods
                   (service.logs/exec, stats, events: StreamApi, served by ..servers)
+    metrics.py    manager.metrics (loop lag, store size, Raft, disk)
 
 To add methods, write a Resource subclass (in a new module when it is a new
 resource) and list it in ``RESOURCES`` below. :meth:`Api.call` parses the
@@ -41,6 +42,7 @@ from .base import Method, Resource, Self
 from .cluster import ClusterApi
 from .info import InfoApi
 from .join import JOIN_METHODS, JoinApi
+from .metrics import ManagerApi
 from .networks import Networks
 from .nodes import Nodes
 from .objects import Objects
@@ -51,7 +53,7 @@ from .streams import Restarts
 __all__ = ["Api", "JOIN_METHODS", "Method", "RESOURCES", "Resource", "Self"]
 
 RESOURCES: tuple[type[Resource], ...] = (ClusterApi, InfoApi, Nodes, JoinApi, Services, ServiceAdmin, Objects, Networks,
-                                         Restarts)
+                                         Restarts, ManagerApi)
 
 
 class Api:

@@ -15,6 +15,7 @@ from .base import Resource, cluster_of, method
 @dataclass(frozen=True)
 class ClusterUpdate:
     task_history_limit: int | None = field(default=None, metadata=rule(min=0, max=1000))
+    max_replicas: int | None = field(default=None, metadata=rule(min=1, max=10_000_000))
 
 
 class ClusterApi(Resource):
@@ -33,16 +34,18 @@ class ClusterApi(Resource):
         """This manager's replica, as is (works without quorum: it is what
         ``init --force-new-cluster`` rebuilds a cluster from)."""
         snap = self.snap()
-        return {"index": snap.index, "objects": snap.raw}
+        return {"index": snap.index, "objects": snap.raw.plain()}
 
     @method("cluster.update", ClusterUpdate)
     async def update(self, req: ClusterUpdate) -> Any:
-        """``swarm update``: cluster settings (so far the task history limit)."""
+        """``swarm update``: cluster settings (task history limit, max replicas)."""
         cluster = cluster_of(self.snap())
         fields: dict[str, Any] = {}
         if req.task_history_limit is not None:
             fields["task_history_limit"] = req.task_history_limit
+        if req.max_replicas is not None:
+            fields["max_replicas"] = req.max_replicas  # admission (manager/limits.py)
         if not fields:
-            raise UsageError("swarm update: nothing to change (give --task-history-limit)")
+            raise UsageError("swarm update: nothing to change (give --task-history-limit or --max-replicas)")
         await self.store.commit([ops.patch("cluster", cluster.id, **fields)])
         return {"id": cluster.id, **fields}

@@ -7,6 +7,7 @@ token that authenticated the session, never from the request.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import random
 import time
@@ -90,7 +91,7 @@ class JoinApi(Resource):
         txn: list[Op] = []
         now = time.time()
         if existing is not None:
-            node = existing
+            node = dataclasses.replace(existing)  # a copy: the snapshot's objects are shared, read-only
             node.ssh_host_key = req.ssh_host_key
             node.ssh_port = req.ssh_port
             node.status = NodeStatus.UNKNOWN

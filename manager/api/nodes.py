@@ -14,9 +14,10 @@ from pyswarm.errors import NotFoundError, UsageError
 from pyswarm.models import Node, NodeAvailability, NodeRole, NodeStatus
 from pyswarm.wire import rule
 
-from .. import ops
+from .. import lag, ops
 from ..store import Op, Snapshot, TransactionAborted
 from .base import REF, REFS, NodeRef, Resource, find_node, method
+from .metrics import manager_metrics
 
 LABELS = rule(max_len=1000)
 
@@ -64,7 +65,9 @@ class Nodes(Resource):
             "availability": node.availability.value,
             "manager_status": self.manager_status(node),
             "engine_version": node.engine_version,
-            "message": node.status_message,
+            # a manager that cannot write its state says so on its own row
+            "message": (self.store.disk_error if node.id == self.me.node_id and self.store.disk_error
+                        else node.status_message),
             "self": node.id == self.me.node_id,
         }
 
@@ -78,6 +81,8 @@ class Nodes(Resource):
         node = find_node(self.snap(), req.node)
         data = node.to_dict()
         data["manager_status"] = self.manager_status(node)
+        if node.id == self.me.node_id and lag.current() is not None:
+            data["manager_metrics"] = manager_metrics(self.store)  # this manager's own figures
         return data
 
     def _reachable_managers(self, snap: Snapshot) -> list[Node]:

@@ -24,7 +24,7 @@ from pyswarm.models import DESIRED_RUNNING, Node, NodeAvailability, NodeStatus, 
 
 from .. import networks as cluster_networks
 from .. import objects as stack_objects
-from .. import ops
+from .. import limits, ops
 from ..store import Snapshot
 from .base import REFS, Resource, find_node, find_service, method
 from .services import check_placement, task_rows
@@ -53,8 +53,10 @@ class ServiceProgress:
 def check_references(snap: Snapshot, spec: ServiceSpec) -> None:
     """Refuse a spec naming a network, secret or config that does not
     exist, publishing a port another service publishes, or placing by
-    constraints or preferences the scheduler cannot evaluate."""
+    constraints or preferences the scheduler cannot evaluate, or more
+    replicas than the cluster allows (manager/limits.py)."""
     check_placement(spec)
+    limits.check_replicas(snap.cluster, [spec])
     known = {n.name for n in cluster_networks.all_networks(snap)}
     for attachment in spec.networks:
         target = str(attachment.get("target", ""))
@@ -102,18 +104,15 @@ class ServiceAdmin(Resource):
         snap = self.snap()
         refs = req.nodes or [self.me.node_id]
         ids = {find_node(snap, ref).id for ref in refs}
-        services = {t.service_id for t in snap.tasks() if t.node_id in ids}
-        return [row for row in task_rows(snap, services) if row["node_id"] in ids]
+        services = {t.service_id for node_id in ids for t in snap.tasks_on(node_id)}
+        return [row for row in task_rows(snap, services, limit=None) if row["node_id"] in ids]
 
     @method("service.progress", ServiceProgress)
     async def progress(self, req: ServiceProgress) -> Any:
         snap = self.snap()
         services = [find_service(snap, ref) for ref in req.services]
-        tasks: dict[str, list[Task]] = {}
-        for t in snap.tasks():
-            tasks.setdefault(t.service_id, []).append(t)
         nodes = snap.nodes()
-        return [progress_row(s, tasks.get(s.id, []), nodes) for s in services]
+        return [progress_row(s, snap.tasks_of(s.id), nodes) for s in services]
 
 
 def _eligible(nodes: list[Node]) -> int:

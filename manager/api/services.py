@@ -30,7 +30,7 @@ from pyswarm.wire import rule
 
 from .. import networks as cluster_networks
 from .. import objects as stack_objects
-from .. import ops
+from .. import limits, ops
 from ..store import Op, Snapshot
 from .base import REF, Resource, ServiceRef, find_service, method
 
@@ -61,6 +61,24 @@ class StackDeploy:
 @dataclass(frozen=True)
 class StackRef:
     stack: str = field(metadata=rule(max_len=256))
+
+
+PAGE_LIMIT = 10_000  # task rows an answer holds unless asked for another page (100,000 were 35 MB)
+PAGE = rule(min=1, max=PAGE_LIMIT)
+
+
+@dataclass(frozen=True)
+class StackPs:
+    stack: str = field(metadata=rule(max_len=256))
+    offset: int = field(default=0, metadata=rule(min=0))
+    limit: int = field(default=PAGE_LIMIT, metadata=PAGE)
+
+
+@dataclass(frozen=True)
+class ServicePs:
+    service: str = field(metadata=REF)
+    offset: int = field(default=0, metadata=rule(min=0))
+    limit: int = field(default=PAGE_LIMIT, metadata=PAGE)
 
 
 @dataclass(frozen=True)
@@ -106,6 +124,7 @@ class Services(Resource):
             txn += [ops.expect_absent("network", net.id), ops.put(net)]
             report.append({"network": net.name, "action": "created", "id": net.id})
         cluster_networks.check_published(snap, specs)
+        limits.check_replicas(snap.cluster, specs)
         for spec in specs:
             check_placement(spec)
             spec.stack = stack
@@ -155,11 +174,11 @@ class Services(Resource):
                 counts[s.spec.stack] = counts.get(s.spec.stack, 0) + 1
         return [{"name": name, "services": n} for name, n in sorted(counts.items())]
 
-    @method("stack.ps", StackRef)
-    async def stack_ps(self, req: StackRef) -> Any:
+    @method("stack.ps", StackPs)
+    async def stack_ps(self, req: StackPs) -> Any:
         snap = self.snap()
         services = self._stack_services(snap, req.stack)
-        return task_rows(snap, {s.id for s in services})
+        return task_rows(snap, {s.id for s in services}, req.offset, req.limit)
 
     @method("stack.rm", StackRef)
     async def stack_rm(self, req: StackRef) -> Any:
@@ -176,8 +195,8 @@ class Services(Resource):
     async def ls(self, req: ServiceList) -> Any:
         snap = self.snap()
         running: dict[str, int] = {}
-        for t in snap.tasks():
-            if t.state == TaskState.RUNNING and t.desired_state == DesiredState.RUNNING:
+        for t in snap.tasks_in(TaskState.RUNNING):  # the state index: pending tasks cost nothing
+            if t.desired_state == DesiredState.RUNNING:
                 running[t.service_id] = running.get(t.service_id, 0) + 1
         rows = []
         for s in sorted(snap.services(), key=lambda s: s.name):
@@ -198,11 +217,11 @@ class Services(Resource):
     async def inspect(self, req: ServiceRef) -> Any:
         return find_service(self.snap(), req.service).to_dict()
 
-    @method("service.ps", ServiceRef)
-    async def ps(self, req: ServiceRef) -> Any:
+    @method("service.ps", ServicePs)
+    async def ps(self, req: ServicePs) -> Any:
         snap = self.snap()
         service = find_service(snap, req.service)
-        return task_rows(snap, {service.id})
+        return task_rows(snap, {service.id}, req.offset, req.limit)
 
     @method("service.update", ServiceUpdate)
     async def update(self, req: ServiceUpdate) -> Any:
@@ -223,6 +242,7 @@ class Services(Resource):
             check_references(snap, spec)
         else:
             spec = _updated_spec(service, req)
+            limits.check_replicas(snap.cluster, [spec])
         now = time.time()
         changed: dict[str, Any] = {"updated_at": now}
         action = "unchanged"
@@ -287,6 +307,7 @@ class Services(Resource):
                 raise UsageError(f"{name}: invalid replicas value {replicas}: must be a non-negative integer (at most 1000000)")
             spec = service.spec.to_dict()
             spec["replicas"] = replicas
+            limits.check_replicas(snap.cluster, [ServiceSpec.from_dict(spec)])
             txn.append(ops.patch("service", service.id, spec=spec, updated_at=time.time()))
             done.append({"service": service.name, "replicas": replicas})
         await self.store.commit(txn)
@@ -303,12 +324,15 @@ def check_placement(spec: ServiceSpec) -> None:
         raise UsageError(f"{spec.name}: {exc}") from None
 
 
-def task_rows(snap: Snapshot, service_ids: set[str]) -> list[dict[str, Any]]:
+def task_rows(snap: Snapshot, service_ids: set[str], offset: int = 0,
+              limit: int | None = PAGE_LIMIT) -> list[dict[str, Any]]:
+    """The services' task rows, one page (``offset``, ``limit``; None: all),
+    from the by-service index."""
     nodes = {n.id: n for n in snap.nodes()}
-    tasks = [t for t in snap.tasks() if t.service_id in service_ids]
+    tasks = [t for sid in sorted(service_ids) for t in snap.tasks_of(sid)]
     tasks.sort(key=lambda t: (t.service_name, t.slot, t.node_id, -t.created_at))
     rows = []
-    for t in tasks:
+    for t in tasks[offset:None if limit is None else offset + limit]:
         node = nodes.get(t.node_id)
         rows.append({
             "id": t.id, "name": _task_display_name(t, nodes), "service": t.service_name,
@@ -359,7 +383,7 @@ def without_replicas(spec: ServiceSpec) -> dict[str, Any]:
 
 
 def _global_desired(snap: Snapshot, service: Service) -> int:
-    return len({t.node_id for t in snap.tasks() if t.service_id == service.id and t.desired_state == DesiredState.RUNNING})
+    return len({t.node_id for t in snap.tasks_of(service.id) if t.desired_state == DesiredState.RUNNING})
 
 
 def _task_display_name(task: Task, nodes: dict[str, Node]) -> str:

@@ -4,6 +4,7 @@ and the hidden commands a host runs for itself (manager run/start, worker --stdi
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from pyswarm.cli import common
@@ -100,10 +101,16 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _swarm_update(args: argparse.Namespace) -> int:
-    if args.task_history_limit is None:
-        raise UsageError("swarm update: nothing to change (give --task-history-limit)")
-    common.call("cluster.update", {"task_history_limit": args.task_history_limit})
+    if args.task_history_limit is None and args.max_replicas is None:
+        raise UsageError("swarm update: nothing to change (give --task-history-limit or --max-replicas)")
+    params = {"task_history_limit": args.task_history_limit, "max_replicas": args.max_replicas}
+    common.call("cluster.update", {k: v for k, v in params.items() if v is not None})
     print("Swarm updated.")
+    return 0
+
+
+def _manager_metrics(args: argparse.Namespace) -> int:
+    print(json.dumps(common.call("manager.metrics"), indent=2))
     return 0
 
 
@@ -147,6 +154,8 @@ def register(sub: Any) -> None:
     swarm = sub.add_parser("swarm", help="cluster settings").add_subparsers(dest="swarm_command", metavar="COMMAND", required=True)
     p = swarm.add_parser("update", help="change cluster settings")
     p.add_argument("--task-history-limit", type=int, metavar="N", help="ended tasks kept per slot (default 5)")
+    p.add_argument("--max-replicas", type=int, metavar="N",
+                   help="the most replicas a service may have (default 100000)")
     p.set_defaults(func=_swarm_update)
 
     manager = sub.add_parser("manager", help=argparse.SUPPRESS).add_subparsers(dest="manager_command", required=True)
@@ -154,6 +163,8 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_manager_run)
     p = manager.add_parser("start", help="start this host's manager as a background service")
     p.set_defaults(func=_manager_start)
+    p = manager.add_parser("metrics", help="this manager's figures: event-loop lag, store size, Raft, disk")
+    p.set_defaults(func=_manager_metrics)
 
     worker = sub.add_parser("worker", help="run the node agent (started by the manager over SSH)")
     worker.add_argument("--stdio", action="store_true", required=True, help="speak the agent protocol on stdin/stdout")

@@ -24,6 +24,20 @@ def call(method: str, params: dict[str, Any] | None = None) -> Any:
     return rpc.call_unix(cfg.socket_path(), method, params or {})
 
 
+PAGE = 10_000
+
+
+def paged(method: str, params: dict[str, Any]) -> list[Any]:
+    """Every row of a list the API answers in pages (``offset``/``limit``):
+    no single answer grows with the cluster (100,000 tasks were 35 MB)."""
+    rows: list[Any] = []
+    while True:
+        page = call(method, {**params, "offset": len(rows), "limit": PAGE})
+        rows += page
+        if len(page) != PAGE:  # the last page (or an answer that does not page: all at once)
+            return rows
+
+
 def format_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="table", metavar="FORMAT", help=FORMAT_HELP)
 

@@ -111,7 +111,7 @@ def _stack_ls(args: argparse.Namespace) -> int:
 
 
 def _stack_ps(args: argparse.Namespace) -> int:
-    common.task_table(common.call("stack.ps", {"stack": args.stack}), args)
+    common.task_table(common.paged("stack.ps", {"stack": args.stack}), args)
     return 0
 
 

@@ -145,3 +145,32 @@ def test_start_first_pair_is_kept() -> None:
     svc.version = 2
     new = make_task(svc, slot=1, state=TaskState.STARTING, node_id="n2", created_at=2.0)
     assert sorted(t.id for t in live(converge(svc, old, new))) == sorted([old.id, new.id])
+
+
+def test_scaling_down_removes_the_tasks_of_slots_that_are_gone() -> None:
+    """Swarm's task reaper: 100 -> 3 leaves what 3 replicas need, not 97
+    shut-down tasks for slots that no longer exist."""
+    node = make_node()
+    svc = make_service("web", replicas=3)
+    running = [make_task(svc, slot=s, node_id=node.id, state=TaskState.RUNNING) for s in (1, 2, 3, 4)]
+    pending = [make_task(svc, slot=s) for s in range(5, 101)]
+    ended = make_task(svc, slot=50, node_id=node.id, state=TaskState.FAILED, desired_state=DESIRED_SHUTDOWN)
+    tasks = converge(node, svc, *running, *pending, ended)
+    assert len(tasks) == 4, f"kept {len(tasks)} tasks"
+    assert tasks[running[3].id]["desired_state"] == DESIRED_SHUTDOWN, "slot 4's running task was not stopped"
+    raw = {"task": dict(tasks), "service": {svc.id: svc.to_dict()}, "node": {node.id: node.to_dict()},
+           "cluster": {}}
+    _apply_ops(raw, [["advance", running[3].id, "shutdown", {}]])
+    from pyswarm.manager.store import Snapshot
+
+    _apply_ops(raw, reconcile(Snapshot(1, raw), now=1001.0))
+    assert sorted(raw["task"]) == sorted(t.id for t in running[:3]), "a stopped task of a gone slot was kept"
+
+
+def test_a_pass_creates_at_most_its_budget_of_tasks() -> None:
+    from pyswarm.manager.orchestrator import Budget
+
+    svc = make_service("web", replicas=100)
+    budget = Budget(30)
+    ops = reconcile(make_snapshot(make_node(), svc), now=1.0, budget=budget)
+    assert sum(1 for op in ops if op[0] == "put") == 30 and budget.spent_out

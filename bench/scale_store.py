@@ -1,0 +1,119 @@
+"""Scale 3 -> N -> 3 on one manager's store and leader loops, no lab:
+
+    .venv/bin/python bench/scale_store.py [--replicas 100000]
+
+A real single-manager Raft store (pysyncobj, journal on disk), the real
+orchestrator, updater and scheduler loops and the loop-lag monitor, with 3
+ready nodes and ``max_replicas_per_node: 1``, so 3 tasks are placed and the
+rest stay pending, as in issue 11's reproduction. It prints how long the
+store takes to hold N tasks and to come back to what 3 replicas need, the
+event loop's worst lag meanwhile (the heartbeats' and DNS's loop), and the
+peer figure measured in the same run: one full deserialization of every
+task, what each planner pass cost before the store kept typed objects.
+Results: bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _wait(what: str, cond: object, timeout: float) -> float:
+    started = time.monotonic()
+    while not cond():  # type: ignore[operator]
+        if time.monotonic() - started > timeout:
+            raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+async def main(replicas: int) -> None:
+    from factories import make_node, make_service
+
+    from pyswarm.manager.daemon import SWITCH_INTERVAL
+    from pyswarm.manager.lag import LoopLag
+    from pyswarm.manager.orchestrator import Orchestrator
+    from pyswarm.manager.scheduling import Scheduler
+    from pyswarm.manager.store import RaftConfig, Store
+    from pyswarm.manager.updater import Updater
+    from pyswarm.models import Cluster, NodeStatus, Task
+
+    sys.setswitchinterval(SWITCH_INTERVAL)  # as the manager does
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(RaftConfig(f"127.0.0.1:{_free_port()}", [], Path(tmp), "bench"))
+        store.start()
+        await _wait("a leader", lambda: store.is_leader, 20)
+        lag = LoopLag()
+        lag_task = asyncio.create_task(lag.run())
+        nodes = [make_node(status=NodeStatus.READY) for _ in range(3)]
+        svc = make_service("web", replicas=3, max_replicas_per_node=1)
+        await store.commit([["put", "cluster", "c", Cluster(id="c").to_dict()],
+                            *(["put", "node", n.id, n.to_dict()] for n in nodes),
+                            ["put", "service", svc.id, svc.to_dict()]])
+        loops = [Orchestrator(store), Updater(store), Scheduler(store)]
+        tasks = [asyncio.create_task(loop.run()) for loop in loops]
+
+        def count() -> int:
+            return store.snapshot().count("task")
+
+        await _wait("3 tasks", lambda: count() == 3, 30)
+        up = svc.to_dict()
+        up["spec"]["replicas"] = replicas
+        up["version"] = svc.version  # a scale is no update
+        lag_before = lag.worst(60)
+        t_up = time.monotonic()
+        await store.commit([["put", "service", svc.id, up]])
+        await _wait(f"{replicas} tasks", lambda: count() >= replicas, 600)
+        up_s = time.monotonic() - t_up
+        lag_up = lag.worst(up_s + 1)
+        # the peer: what one pass cost when each deserialized every task
+        raws = list(store.snapshot().raw["task"].values())
+        t0 = time.perf_counter()
+        for raw in raws:
+            Task.from_dict(raw)
+        full_pass = time.perf_counter() - t0
+        await asyncio.sleep(1.5)  # that pass held this loop: keep it out of the next figure
+        down = dict(up, spec={**up["spec"], "replicas": 3})
+        t_down = time.monotonic()
+        await store.commit([["put", "service", svc.id, down]])
+        await _wait("3 tasks again", lambda: count() <= 3 + 3 * 5, 600)
+        down_s = time.monotonic() - t_down
+        lag_down = lag.worst(down_s + 1)
+        for loop in loops:
+            loop.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        lag_task.cancel()
+        store.stop()
+        raft_mb = sum(p.stat().st_size for p in Path(tmp).iterdir()) / 1e6
+    print(f"scale 3 -> {replicas}: {up_s:.1f} s until the store held them; loop lag max {lag_up * 1000:.0f} ms "
+          f"(at rest before: {lag_before * 1000:.0f} ms)")
+    print(f"scale {replicas} -> 3: {down_s:.1f} s until the store held what 3 replicas need; "
+          f"loop lag max {lag_down * 1000:.0f} ms; {count_left(store)} tasks left")
+    print(f"peer: one deserialization of every task (a planner pass before): {full_pass * 1000:.0f} ms; "
+          f"ratio of the worst loop lag to it: {max(lag_up, lag_down) / full_pass:.2f}")
+    print(f"raft directory after: {raft_mb:.1f} MB")
+
+
+def count_left(store: object) -> int:
+    return int(store.snapshot().count("task"))  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--replicas", type=int, default=100_000)
+    args = parser.parse_args()
+    asyncio.run(main(args.replicas))

@@ -1,0 +1,170 @@
+"""Issue 11 on the session lab (1 manager + 3 workers): a typo'd scale to
+tens of thousands of replicas and back does not wedge the cluster, and big
+requests go through.
+
+The big service's tasks stay pending (``max_replicas_per_node: 1`` on the
+3 workers), as in the issue's reproduction, so the engines are not asked to
+start them: what is under test is the managers' side. The size defaults to
+20,000 (the issue's 3-manager reproduction; 100,000 on one manager is
+``bench/scale_store.py``'s and ``PYSWARM_E2E_SCALE=100000``'s): on the
+shared machine 100,000 takes minutes of CPU to create, however cheap each
+pass is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dns.message
+import dns.query
+import dns.rdatatype
+import pytest
+from support import brief, cli, deployed_stacks, running, tasks, wait_for
+
+pytestmark = pytest.mark.e2e
+
+IMAGE = "pyswarm-lab/busybox:latest"
+SERVE = '["sh", "-c", "trap \'exit 0\' TERM; httpd -f -p 80 & wait"]'
+SCALE = int(os.environ.get("PYSWARM_E2E_SCALE", "20000"))
+
+
+@pytest.fixture
+def deploy(lab: Any, tmp_path: Path) -> Iterator[Any]:
+    with deployed_stacks(lab, tmp_path) as go:
+        yield go
+
+
+def metrics(lab: Any) -> dict[str, Any]:
+    return dict(json.loads(cli(lab, "manager", "metrics")))
+
+
+class DnsProbe(threading.Thread):
+    """Asks the manager's DNS for a name over and over, timing each answer."""
+
+    def __init__(self, server: str, name: str) -> None:
+        super().__init__(daemon=True)
+        self.server, self.name = server, name
+        self.times: list[float] = []
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            q = dns.message.make_query(self.name, dns.rdatatype.A)
+            started = time.perf_counter()
+            try:
+                answer = dns.query.udp(q, self.server, timeout=2)
+                if not answer.answer:
+                    self.failures.append(f"no answer for {self.name}")
+            except Exception as exc:  # a timeout is what this test looks for
+                self.failures.append(repr(exc))
+            self.times.append(time.perf_counter() - started)
+            time.sleep(0.02)
+
+    def p99(self) -> float:
+        times = sorted(self.times)
+        return times[min(len(times) - 1, int(len(times) * 0.99))] if times else float("inf")
+
+
+def node_stamps(lab: Any) -> dict[str, tuple[str, float, str]]:
+    """Each node's (status, updated_at, message): a node marked down and up
+    again in between changes its updated_at even if it reads ready now."""
+    rows = json.loads(cli(lab, "node", "ls", "--format", "json"))
+    out = {}
+    for row in rows:
+        data = json.loads(cli(lab, "node", "inspect", row["id"]))[0]
+        out[row["hostname"]] = (data["status"], data["updated_at"], data["status_message"])
+    return out
+
+
+def test_scale_to_tens_of_thousands_and_back_leaves_the_cluster_as_it_was(lab: Any, deploy: Any) -> None:
+    deploy("load", f"""
+services:
+  keep:
+    image: {IMAGE}
+    command: {SERVE}
+    deploy:
+      replicas: 2
+  big:
+    image: {IMAGE}
+    command: {SERVE}
+    deploy:
+      replicas: 3
+      placement:
+        constraints: ["node.role==worker"]
+        max_replicas_per_node: 1
+""")
+    wait_for(lambda: len(running(lab, "load_keep")) == 2 and len(running(lab, "load_big")) == 3, 60,
+             "keep 2/2 and big 3/3 running", observe=lambda: brief(tasks(lab, "load_keep") + tasks(lab, "load_big")))
+    keep_before = sorted((t["id"], t["container_id"]) for t in running(lab, "load_keep"))
+    big_before = sorted((t["id"], t["container_id"]) for t in running(lab, "load_big"))
+    nodes_before = node_stamps(lab)
+    # the peer figure: the same probe with the cluster at rest, same machine, same minute
+    rest = DnsProbe(lab.hosts[lab.managers[0]], "keep.load")
+    rest.start()
+    time.sleep(5)
+    rest.stop.set()
+    rest.join(5)
+    probe = DnsProbe(lab.hosts[lab.managers[0]], "keep.load")
+    probe.start()
+    try:
+        started = time.monotonic()
+        cli(lab, "service", "scale", f"load_big={SCALE}")
+        wait_for(lambda: metrics(lab)["tasks"] >= SCALE + 2, 300, f"the store holding {SCALE} tasks of load_big",
+                 observe=lambda: metrics(lab))
+        up = time.monotonic() - started
+        down_at = time.monotonic()
+        cli(lab, "service", "scale", "load_big=3")
+        wait_for(lambda: metrics(lab)["tasks"] <= 5 + 5 * 5, 60,
+                 "the store back to what 5 replicas (and their history) need", observe=lambda: metrics(lab))
+        down = time.monotonic() - down_at
+        wait_for(lambda: len(running(lab, "load_big")) == 3, 10, "load_big 3/3 running",
+                 observe=lambda: brief(tasks(lab, "load_big")))
+    finally:
+        probe.stop.set()
+        probe.join(5)
+    seen = metrics(lab)
+    print(f"scale to {SCALE}: {up:.1f}s, back to 3: {down:.1f}s, DNS p99 {probe.p99() * 1000:.1f} ms over "
+          f"{len(probe.times)} queries (at rest: {rest.p99() * 1000:.1f} ms over {len(rest.times)}), "
+          f"manager loop lag max {seen['loop_lag_max_60s_ms']} ms (60 s)")
+    assert node_stamps(lab) == nodes_before, "a node was marked down (or came back) meanwhile"
+    assert sorted((t["id"], t["container_id"]) for t in running(lab, "load_keep")) == keep_before, \
+        "another service's replicas were replaced"
+    assert sorted((t["id"], t["container_id"]) for t in running(lab, "load_big")) == big_before
+    assert not probe.failures, f"DNS failed meanwhile: {probe.failures[:5]}"
+    # DNS shares the manager's GIL with the planning thread: on a loaded
+    # machine a thread holding it is descheduled for 100s of ms (a bare event
+    # loop beside two busy threads lags 140 ms at p99 there, bench/RESULTS.md),
+    # so the issue's 5 ms holds only where the machine answers fast at rest
+    if rest.p99() < 0.002:
+        assert probe.p99() < 0.005, f"DNS p99 {probe.p99() * 1000:.1f} ms over {len(probe.times)} queries " \
+                                    f"(at rest {rest.p99() * 1000:.1f} ms)"
+
+
+def test_a_70_kb_config_and_a_big_stack_go_through_the_api(lab: Any, deploy: Any, tmp_path: Path) -> None:
+    """The issue's 64 KiB failures: a 70 kB config (the limit is 500 KiB) and
+    a stack file of 150 services (a request of about 100 KiB)."""
+    data = tmp_path / "big.conf"
+    data.write_text("x" * 70_000)
+    out = cli(lab, "config", "create", "load_big_conf", str(data))
+    try:
+        assert out.strip(), "config create printed nothing"
+        services = "".join(f"""
+  s{i}:
+    image: {IMAGE}
+    command: {SERVE}
+    labels: {{note: "{'y' * 500}"}}
+    deploy:
+      replicas: 0
+""" for i in range(150))
+        deploy("many", "services:" + services)
+        rows = json.loads(cli(lab, "service", "ls", "--format", "json"))
+        assert sum(1 for r in rows if r["stack"] == "many") == 150
+    finally:
+        cli(lab, "config", "rm", "load_big_conf")
