@@ -115,12 +115,12 @@ services:
     probe.start()
     try:
         started = time.monotonic()
-        cli(lab, "service", "scale", f"load_big={SCALE}")
+        cli(lab, "service", "scale", "--detach", f"load_big={SCALE}")
         wait_for(lambda: metrics(lab)["tasks"] >= SCALE + 2, 300, f"the store holding {SCALE} tasks of load_big",
                  observe=lambda: metrics(lab))
         up = time.monotonic() - started
         down_at = time.monotonic()
-        cli(lab, "service", "scale", "load_big=3")
+        cli(lab, "service", "scale", "--detach", "load_big=3")
         wait_for(lambda: metrics(lab)["tasks"] <= 5 + 5 * 5, 60,
                  "the store back to what 5 replicas (and their history) need", observe=lambda: metrics(lab))
         down = time.monotonic() - down_at
