@@ -168,3 +168,40 @@ def test_a_70_kb_config_and_a_big_stack_go_through_the_api(lab: Any, deploy: Any
         assert sum(1 for r in rows if r["stack"] == "many") == 150
     finally:
         cli(lab, "config", "rm", "load_big_conf")
+
+
+def test_a_full_raft_directory_stops_acknowledging_and_recovers(lab_factory: Any, tmp_path: Path) -> None:
+    """A small tmpfs over the manager's Raft directory, inside its lab host's
+    mount namespace, filled up: the manager steps down and refuses writes
+    with the reason (log, node ls) instead of dying of SIGBUS; nothing
+    acknowledged is lost, and it takes writes again once space is freed."""
+    small = lab_factory(managers=1, workers=1, cluster=True)
+    m = small.managers[0]
+    raft = "/var/lib/pyswarm/raft"
+
+    def sh(script: str, check: bool = True) -> Any:
+        return small.exec(m, ["sh", "-c", script], check=check, timeout=60)
+
+    def deploy(stack: str) -> Any:
+        path = tmp_path / f"{stack}.yml"
+        path.write_text(f"services:\n  web:\n    image: {IMAGE}\n    deploy:\n      replicas: 0\n")
+        return small.pyswarm(m, "stack", "deploy", "--detach", "-c", str(path), stack, check=False, timeout=60)
+
+    assert deploy("before").returncode == 0
+    sh("kill -TERM $(cat /run/pyswarm/manager.pid)")
+    wait_for(lambda: sh("test -e /run/pyswarm/manager.pid", check=False).returncode == 1, 20, "the manager to stop")
+    sh(f"mkdir -p {raft}.copy && cp -a {raft}/. {raft}.copy/ && mount -t tmpfs -o size=64m tmpfs {raft} "
+       f"&& cp -a {raft}.copy/. {raft}/")
+    small.pyswarm(m, "manager", "start", timeout=90)
+    wait_for(lambda: deploy("ready").returncode == 0, 30, "the manager taking writes on its tmpfs")
+    sh(f"dd if=/dev/zero of={raft}/filler bs=1M count=40 2>/dev/null")
+    wanted = f"no space left on {raft}"
+    wait_for(lambda: wanted in deploy("refused").stderr, 10, f"a write refused with {wanted!r}",
+             observe=lambda: deploy("refused").stderr)
+    rows = json.loads(small.pyswarm(m, "node", "ls", "--format", "json", timeout=30).stdout)
+    assert any(wanted in r["message"] for r in rows if r["self"]), rows
+    assert wanted in sh("cat /var/lib/pyswarm/manager.log").stdout
+    sh(f"rm {raft}/filler")
+    wait_for(lambda: deploy("after").returncode == 0, 30, "writes taken again once space was freed")
+    stacks = {r["name"] for r in json.loads(small.pyswarm(m, "stack", "ls", "--format", "json", timeout=30).stdout)}
+    assert {"before", "ready", "after"} <= stacks and "refused" not in stacks, stacks
