@@ -141,7 +141,11 @@ def _snapshot() -> dict[str, Any]:
 
 def _assert_nothing_left(before: dict[str, Any], lab: Lab, namespaces: dict[str, set[int]], pids: list[int]) -> None:
     after = _snapshot()
-    left = {k: sorted(after[k] - before[k]) for k in ("netns", "links", "mounts", "cgroups")}
+    # only what this lab made counts: other pytest sessions on the machine may
+    # bring their own labs up meanwhile (names and directories are per lab)
+    def ours(item: str) -> bool:
+        return item.startswith(lab.name) or item.startswith(f"/run/netns/{lab.name}-") or str(lab.dir) in item
+    left = {k: sorted(i for i in after[k] - before[k] if ours(i)) for k in ("netns", "links", "mounts", "cgroups")}
     left = {k: v for k, v in left.items() if v}
     assert not left, f"lab down left: {left}"
     assert after["iptables"] == before["iptables"], f"root iptables changed:\nbefore {before['iptables']}\nafter  {after['iptables']}"
