@@ -565,6 +565,10 @@ class Agent:
         if status == "created" and not (t.reported and t.reported.terminal):
             await self._start(t, a, c.id)  # interrupted between create and start
             return
+        seen = observe(data)
+        if seen is not None and seen.state in (TaskState.COMPLETE, TaskState.FAILED) \
+                and await self._engine_going(a.task_id):
+            return
         self._report_inspect(t, a, data)
 
     def _report_inspect(self, t: _Tracked, a: Assignment, data: dict[str, Any]) -> None:
@@ -596,6 +600,21 @@ class Agent:
         })
 
     # -- engine events -----------------------------------------------------
+
+    async def _engine_going(self, task_id: str) -> bool:
+        """A stopping dockerd stops its containers (they exit 0 on SIGTERM)
+        and still serves its open connections (the event stream, our pooled
+        ones) after it has closed its listener: their deaths, reported,
+        would read as tasks that completed by themselves, and a service with
+        ``condition: on-failure`` would lose them. So a death is reported
+        only while the engine takes a new connection; otherwise it is going
+        away, :meth:`_probe_engine` says so, and the tasks are replaced as
+        the node's, whatever the policy."""
+        if await self.docker.accepts_connections():
+            return False
+        log.warning("task %s: its container died as the engine went away; not reported as its own exit", task_id)
+        self._on_events_error("the engine refuses new connections")
+        return True
 
     def _say_engine(self, reachable: bool, reason: str = "") -> None:
         self._engine_said_down = not reachable
@@ -667,6 +686,15 @@ class Agent:
             code = int(attrs.get("exitCode", ""))
         except (TypeError, ValueError):
             return
+        self._spawn(self._report_die_if_engine_lives(t, task_id, cid, code))
+
+    async def _report_die_if_engine_lives(self, t: _Tracked, task_id: str, cid: str, code: int) -> None:
+        """Report a death from its event unless the engine is going away
+        (:meth:`_engine_going`)."""
+        if await self._engine_going(task_id):
+            return
+        if t.reported is None or t.reported.terminal or t.container_id != cid:
+            return  # a converge reported it meanwhile
         self._report(t, task_id, observe_exit(cid, code, oom=task_id in self._oom))
         self._oom.discard(task_id)
 

@@ -208,6 +208,18 @@ class DockerClient:
         except EngineUnavailableError:
             return False
 
+    async def accepts_connections(self) -> bool:
+        """True when the engine's socket takes a new connection. A stopping
+        dockerd closes its listener first and serves the connections it has
+        (the client's pooled ones, the event stream) while it stops its
+        containers, so only a fresh connection tells it is going away."""
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.socket), 5)
+        except (OSError, asyncio.TimeoutError):
+            return False
+        writer.close()
+        return True
+
     async def version(self) -> JSON:
         data = await self._call("GET", "/version")
         assert isinstance(data, dict)

@@ -363,3 +363,28 @@ def test_an_engine_down_at_start_is_reported_and_pings_answered() -> None:
             docker.start_engine()
             await s.wait_for("hello", lambda: any(m["op"] == "hello" for m in s.out), timeout=5)
     run(main())
+
+
+def test_deaths_as_the_engine_goes_away_are_not_reported_as_exits(monkeypatch: Any) -> None:
+    """dockerd stopping stops its containers (exit 0 on SIGTERM) and streams
+    their die events with its API already closed: the agent does not report
+    them as tasks that completed (an on-failure service would lose them); it
+    reports the engine gone instead."""
+    from pyswarm.worker import agent as agent_mod
+
+    monkeypatch.setattr(protocol, "ENGINE_GRACE", 0.1)
+    monkeypatch.setattr(agent_mod, "ENGINE_PROBE_EVERY", 0.05)
+
+    async def main() -> None:
+        docker = FakeDocker()
+        async with Session(docker) as s:
+            s.send(CONFIGURE)
+            s.send({"op": "assign", "tasks": [task("t1")]})
+            await s.wait_for("running", lambda: "running" in s.statuses("t1"))
+            docker.closing = True  # listener closed; the stream and pooled connections still served
+            docker.kill(docker.by_task("t1")[0]["Id"], 0)
+            await asyncio.sleep(0.3)  # the die event's report and the converge it kicks
+            docker.stop_engine()
+            await s.wait_for("engine down", lambda: any(m["op"] == "engine" for m in s.out))
+            assert s.statuses("t1")[-1] == "running" and "complete" not in s.statuses("t1"), s.out
+    run(main())

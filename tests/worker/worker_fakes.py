@@ -27,6 +27,7 @@ class FakeDocker:
         self.calls: list[tuple[str, str]] = []
         self._subscribers: list[asyncio.Queue[dict[str, Any]]] = []
         self.unreachable = ""  # set: every call fails as with the engine's socket gone
+        self.closing = False  # a stopping dockerd: no new connection, the open ones still served
         self._on_error: Callable[[str], None] | None = None
 
     # -- what tests do to the "engine" ---------------------------------------
@@ -69,12 +70,19 @@ class FakeDocker:
     def start_engine(self) -> None:
         self.unreachable = ""
 
-    async def info(self) -> EngineInfo:
+    def _gate(self) -> None:
         if self.unreachable:
             raise EngineUnavailableError(self.unreachable)
+
+    async def accepts_connections(self) -> bool:
+        return not (self.unreachable or self.closing)
+
+    async def info(self) -> EngineInfo:
+        self._gate()
         return EngineInfo("fake", 2, 4 << 30, "linux", "x86_64", "20.10.24")
 
     async def list_containers(self, labels: Mapping[str, str | None], *, all: bool = True) -> list[dict[str, Any]]:
+        self._gate()
         self.calls.append(("list", ",".join(f"{k}={v}" for k, v in labels.items())))
         out = []
         for c in self.containers.values():
