@@ -25,8 +25,8 @@ from pyswarm import protocol
 from pyswarm.models import DESIRED_RUNNING, ENGINE_UNREACHABLE, Node, NodeRole, NodeStatus, Task, TaskState
 from pyswarm.wire import BadRequest, parse
 
-from .images import ImageService, registry_auth
 from . import ops
+from .images import ImageService, registry_auth
 from .objects import task_files
 from .networks import mesh_message
 from .store import Op, Snapshot, Store
@@ -271,6 +271,7 @@ class _Session:
 
     def _close(self) -> None:
         self._ready = False
+        self.engine_down = False  # the next session's agent says it again
         if self._d.streams is not None:  # its logs/exec/stats streams end (manager/streams.py)
             self._d.streams.session_closed(self, self._end_reason)
         if self._process is not None:
@@ -422,7 +423,6 @@ class Dispatcher:
         node = session.node
         if op == "hello":
             session._ready = True
-            session.engine_down = False  # a hello comes only once the engine answered
             fields: dict[str, Any] = {
                 "status": NodeStatus.READY.value, "status_message": "",
                 "updated_at": time.time(),
