@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from pyswarm import protocol
-from pyswarm.models import DESIRED_RUNNING, Node, NodeRole, NodeStatus, Task, TaskState
+from pyswarm.models import DESIRED_RUNNING, ENGINE_UNREACHABLE, Node, NodeRole, NodeStatus, Task, TaskState
+from pyswarm.wire import BadRequest, parse
 
+from . import ops
 from .images import ImageService, registry_auth
 from .lag import STALL, LoopLag
 from .objects import task_files
@@ -155,6 +157,7 @@ class _Session:
         self._last_heard = 0.0
         self._ready = False
         self._end_reason = "session closed"
+        self.engine_down = False  # the agent said its engine is unreachable
 
     async def run(self) -> None:
         backoff = 0.2
@@ -280,6 +283,7 @@ class _Session:
 
     def _close(self) -> None:
         self._ready = False
+        self.engine_down = False  # the next session's agent says it again
         if self._d.streams is not None:  # its logs/exec/stats streams end (manager/streams.py)
             self._d.streams.session_closed(self, self._end_reason)
         if self._process is not None:
@@ -486,6 +490,20 @@ class Dispatcher:
                 self.streams.on_message(session, message)
         elif op == "error":
             log.warning("%s agent: %s", node.hostname, message.get("message"))
+        elif op == "engine":
+            try:
+                engine = parse(protocol.EngineState, {k: v for k, v in message.items() if k != "op"}, "engine")
+            except BadRequest as exc:
+                log.warning("%s: bad engine message: %s", node.hostname, exc)
+                return
+            snap = self.snapshot
+            current = snap.node(node.id) if snap else None
+            change = engine_change(current or node, engine, hello_seen=session._ready,
+                                   said_down=session.engine_down, now=time.time())
+            session.engine_down = not engine.reachable
+            if change is not None:
+                log.info("node %s: %s", node.hostname, engine.reason if not engine.reachable else "engine reachable again")
+                self._queue(change)
         # pong: hearing anything is the heartbeat
 
     def lag_note(self) -> str:
@@ -522,6 +540,25 @@ class Dispatcher:
                 self._pending = ops + self._pending
                 await asyncio.sleep(0.2)
                 self._wake.set()
+
+
+def engine_change(node: Node, state: protocol.EngineState, *, hello_seen: bool, said_down: bool,
+                  now: float) -> Op | None:
+    """The store op for an agent's word on its engine, or None: an engine
+    gone makes the node ``down`` with the reason (the scheduler skips it and
+    the orchestrator replaces its tasks, as for a node down); an engine back
+    makes it ``ready`` again only if it was down for its engine and the
+    session's hello came (before the hello, the hello itself does it).
+    ``said_down``: this session reported the engine gone (its patch may not
+    be in the snapshot yet)."""
+    if not state.reachable:
+        reason = f"{ENGINE_UNREACHABLE}: {state.reason or 'no answer'}"
+        if node.status is NodeStatus.DOWN and node.status_message == reason:
+            return None
+        return ops.patch("node", node.id, status=NodeStatus.DOWN.value, status_message=reason, updated_at=now)
+    if not hello_seen or not (said_down or node.engine_unreachable):
+        return None
+    return ops.patch("node", node.id, status=NodeStatus.READY.value, status_message="", updated_at=now)
 
 
 def _describe(exc: BaseException) -> str:

@@ -123,7 +123,8 @@ class Filter(ABC):
 
 
 class ReadyFilter(Filter):
-    """Only a node whose agent session is up can start anything."""
+    """Only a node whose agent session is up, and whose engine answers, can
+    start anything."""
 
     static = True
     node_only = True
@@ -131,6 +132,8 @@ class ReadyFilter(Filter):
     def check(self, job: Job, info: NodeInfo) -> str | None:
         if info.node.status is NodeStatus.READY:
             return None
+        if info.node.engine_unreachable:
+            return "{nodes} with the engine unreachable"
         return "{nodes} down" if info.node.status is NodeStatus.DOWN else "{nodes} not ready"
 
 

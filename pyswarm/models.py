@@ -124,6 +124,11 @@ class NodeStatus(str, Enum):
     DOWN = "down"
 
 
+# the start of a down node's status message when its agent is alive but its
+# container engine is not (pyswarm.protocol.EngineState)
+ENGINE_UNREACHABLE = "engine unreachable"
+
+
 def _convert(tp: Any, value: Any) -> Any:
     if value is None:
         return None
@@ -277,6 +282,11 @@ class Node(Model):
     created_at: float = field(default_factory=now)
     updated_at: float = field(default_factory=now)
     engine_labels: dict[str, str] = field(default_factory=dict)  # the engine's own labels (docker info)
+
+    @property
+    def engine_unreachable(self) -> bool:
+        """Down because its engine is, while its agent still answers."""
+        return self.status is NodeStatus.DOWN and self.status_message.startswith(ENGINE_UNREACHABLE)
 
 
 @dataclass

@@ -45,6 +45,7 @@ agent -> manager
   {"op": "error", "message"}                              agent-level trouble
   {"op": "image_wanted", "image", "task_id"}              a task needs an image
                                                           this node lacks
+  {"op": "engine", "reachable": bool, "reason"}           the engine went or came back
 
 Images (issue 15, docs/images.md): a task whose image is not on the node
 asks the leader before pulling; the leader answers ``ship`` when its
@@ -77,6 +78,16 @@ Each side sends a stream's data only within the credit it was granted
 (256 KiB to start), so a slow reader bounds memory on both ends; the
 manager accepts chunk/end lines only from the session that opened the stream.
 
+engine (:class:`EngineState`) is sent when the node's container engine has
+been unreachable for :data:`ENGINE_GRACE` seconds (its event stream failed
+and ``/info`` does not answer; before the hello, at once), and again with
+``reachable: true`` when it answers again. The dispatcher marks the node
+``down`` with "engine unreachable: <reason>" (the scheduler skips it, the
+orchestrator replaces its tasks, as for a node that is gone: without its
+engine the node can neither run nor watch a container), and ``ready`` when
+it is back; the agent then removes or adopts what it finds, as after any
+reconnect.
+
 Assignment: {"task_id", "service_id", "service_name", "stack", "slot",
   "node_id", "spec": ContainerSpec.to_dict(), "dns_search": [domain, ...],
   "secrets": [File, ...], "configs": [File, ...]}    (both only when used)
@@ -90,7 +101,10 @@ Containers carry these labels, so that any leader can adopt them later.
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pyswarm.wire import rule
 
 LABEL_TASK_ID = "pyswarm.task.id"
 LABEL_SERVICE_ID = "pyswarm.service.id"
@@ -98,6 +112,12 @@ LABEL_SERVICE_NAME = "pyswarm.service.name"
 LABEL_STACK = "com.docker.stack.namespace"
 LABEL_SLOT = "pyswarm.task.slot"
 LABEL_NODE_ID = "pyswarm.node.id"
+
+# how long the agent lets the engine be unreachable (a restart of dockerd,
+# say) before it tells the manager: the dispatcher's heartbeat silence for a
+# node (dead_after) is as long, so an engine fault and a node fault cost the
+# same time before the node's tasks are replaced
+ENGINE_GRACE = 2.0
 
 NETWORK_NAME = "pyswarm"
 BRIDGE_NAME = "pyswarm0"
@@ -117,3 +137,16 @@ def decode(line: bytes | str) -> dict[str, Any]:
 def search_domain(stack: str, zone: str) -> str:
     """The DNS search domain given to containers of ``stack``."""
     return f"{stack}.{zone}" if stack else zone
+
+
+@dataclass(frozen=True)
+class EngineState:
+    """agent -> manager: the node's engine became unreachable (``reason``
+    says how the agent failed to reach it) or reachable again."""
+
+    op: ClassVar[str] = "engine"
+    reachable: bool
+    reason: str = field(default="", metadata=rule(max_len=1024))
+
+    def message(self) -> dict[str, Any]:
+        return {"op": self.op, "reachable": self.reachable, "reason": self.reason}

@@ -86,6 +86,7 @@ MANAGER_TIMEOUT = 5.0  # seconds without a ping before a session counts as stale
 # the first of 100 replicas up at 2.5 s instead of 7.2 s, and all of them
 # in 24.9 s instead of 27.6 s.
 START_CONCURRENCY = 3
+ENGINE_PROBE_EVERY = 0.5  # seconds between /info tries while the event stream fails
 EVENT_FILTERS = {"type": ["container"], "label": [protocol.LABEL_TASK_ID]}
 
 
@@ -137,6 +138,8 @@ class Agent:
         self._events_ready = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
         self._hello_sent = False
+        self._engine_said_down = False  # the manager was told the engine is unreachable
+        self._engine_probe: asyncio.Task[Any] | None = None
         self._oom: set[str] = set()  # tasks whose container had an oom event
         self.last_die: dict[str, float] = {}  # task id → monotonic time of its die event
         # once the manager pings, this much silence means our session is a
@@ -217,7 +220,7 @@ class Agent:
                 self._heard = time.monotonic()
                 if not line.strip():
                     continue
-                if self._hello_sent and b'"ping"' in line:
+                if (self._hello_sent or self._engine_said_down) and b'"ping"' in line:
                     # answered here, ahead of anything queued: the dispatcher
                     # drops a session that is silent for a couple of seconds
                     try:
@@ -251,14 +254,16 @@ class Agent:
 
     async def _wait_for_engine(self, eof: asyncio.Event) -> EngineInfo | None:
         """Engine info for ``hello``; while the engine is unreachable, tell
-        the manager once and keep trying (the node stays not-ready)."""
+        the manager once (the node shows it) and keep trying; the pings are
+        answered meanwhile, so the session lives on and the node says why
+        it is down instead of "no heartbeat"."""
         delay, told = 0.5, False
         while not eof.is_set():
             try:
                 return await self.docker.info()
             except RuntimeError_ as exc:
                 if not told:
-                    self.send({"op": "error", "message": f"engine unavailable on {self.hostname}: {exc}"})
+                    self._say_engine(False, str(exc))
                     told = True
                 log.warning("engine unavailable: %s", exc)
             try:
@@ -560,6 +565,10 @@ class Agent:
         if status == "created" and not (t.reported and t.reported.terminal):
             await self._start(t, a, c.id)  # interrupted between create and start
             return
+        seen = observe(data)
+        if seen is not None and seen.state in (TaskState.COMPLETE, TaskState.FAILED) \
+                and await self._engine_going(a.task_id):
+            return
         self._report_inspect(t, a, data)
 
     def _report_inspect(self, t: _Tracked, a: Assignment, data: dict[str, Any]) -> None:
@@ -592,8 +601,55 @@ class Agent:
 
     # -- engine events -----------------------------------------------------
 
+    async def _engine_going(self, task_id: str) -> bool:
+        """A stopping dockerd stops its containers (they exit 0 on SIGTERM)
+        and still serves its open connections (the event stream, our pooled
+        ones) after it has closed its listener: their deaths, reported,
+        would read as tasks that completed by themselves, and a service with
+        ``condition: on-failure`` would lose them. So a death is reported
+        only while the engine takes a new connection; otherwise it is going
+        away, :meth:`_probe_engine` says so, and the tasks are replaced as
+        the node's, whatever the policy."""
+        if await self.docker.accepts_connections():
+            return False
+        log.warning("task %s: its container died as the engine went away; not reported as its own exit", task_id)
+        self._on_events_error("the engine refuses new connections")
+        return True
+
+    def _say_engine(self, reachable: bool, reason: str = "") -> None:
+        self._engine_said_down = not reachable
+        self.send(protocol.EngineState(reachable, reason[:1024]).message())
+
+    def _on_events_error(self, reason: str) -> None:
+        """The event stream failed: find out whether the engine is gone."""
+        if self._engine_probe is None or self._engine_probe.done():
+            self._engine_probe = self._spawn(self._probe_engine(reason))
+
+    async def _probe_engine(self, reason: str) -> None:
+        """Ask the engine for ``/info`` until it answers. Unreachable for
+        :data:`protocol.ENGINE_GRACE` seconds: tell the manager (the node
+        goes down with the reason); answering again after that: tell it too
+        (the node is ready again; the event stream's reconnect makes the
+        agent look at every container and remove or adopt it)."""
+        since = time.monotonic()
+        while True:
+            try:
+                await self.docker.info()
+            except RuntimeError_ as exc:
+                reason = str(exc) or reason
+                if not self._engine_said_down and time.monotonic() - since >= protocol.ENGINE_GRACE:
+                    log.warning("engine unreachable for %.0fs: %s", time.monotonic() - since, reason)
+                    self._say_engine(False, reason)
+                await asyncio.sleep(ENGINE_PROBE_EVERY)
+                continue
+            if self._engine_said_down:
+                log.info("engine reachable again")
+                self._say_engine(True)
+            return
+
     async def _watch_events(self) -> None:
-        async for event in self.docker.events(EVENT_FILTERS, on_connect=self._on_events_connect):
+        async for event in self.docker.events(EVENT_FILTERS, on_connect=self._on_events_connect,
+                                              on_error=self._on_events_error):
             action = str(event.get("Action") or event.get("status") or "")
             if action not in ("die", "destroy", "oom") and not is_health_event(action):
                 continue
@@ -630,6 +686,15 @@ class Agent:
             code = int(attrs.get("exitCode", ""))
         except (TypeError, ValueError):
             return
+        self._spawn(self._report_die_if_engine_lives(t, task_id, cid, code))
+
+    async def _report_die_if_engine_lives(self, t: _Tracked, task_id: str, cid: str, code: int) -> None:
+        """Report a death from its event unless the engine is going away
+        (:meth:`_engine_going`)."""
+        if await self._engine_going(task_id):
+            return
+        if t.reported is None or t.reported.terminal or t.container_id != cid:
+            return  # a converge reported it meanwhile
         self._report(t, task_id, observe_exit(cid, code, oom=task_id in self._oom))
         self._oom.discard(task_id)
 

@@ -208,6 +208,18 @@ class DockerClient:
         except EngineUnavailableError:
             return False
 
+    async def accepts_connections(self) -> bool:
+        """True when the engine's socket takes a new connection. A stopping
+        dockerd closes its listener first and serves the connections it has
+        (the client's pooled ones, the event stream) while it stops its
+        containers, so only a fresh connection tells it is going away."""
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.socket), 5)
+        except (OSError, asyncio.TimeoutError):
+            return False
+        writer.close()
+        return True
+
     async def version(self) -> JSON:
         data = await self._call("GET", "/version")
         assert isinstance(data, dict)
@@ -433,6 +445,7 @@ class DockerClient:
         filters: Mapping[str, list[str]],
         *,
         on_connect: Callable[[bool], Awaitable[None]] | None = None,
+        on_error: Callable[[str], None] | None = None,
         retry_delay: float = 0.5,
         max_retry_delay: float = 5.0,
     ) -> AsyncIterator[JSON]:
@@ -445,6 +458,8 @@ class DockerClient:
         each subscription, before any of its events are yielded: the caller
         uses the first to know it cannot miss events any more, and the later
         ones to resynchronise in case the engine's replay buffer overflowed.
+        ``on_error(reason)`` runs each time a subscription fails (the agent
+        then checks whether the engine is gone).
         """
         since: str | None = None
         connected_before = False
@@ -482,6 +497,8 @@ class DockerClient:
                 log.warning("engine event stream ended; reconnecting")
             except (aiohttp.ClientError, EngineAPIError, EngineUnavailableError, asyncio.TimeoutError) as exc:
                 log.warning("engine event stream failed (%s); reconnecting in %.1fs", exc, delay)
+                if on_error is not None:
+                    on_error(str(exc) or type(exc).__name__)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, max_retry_delay)
 

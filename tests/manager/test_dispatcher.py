@@ -19,7 +19,15 @@ from factories import make_node, make_snapshot  # noqa: E402
 
 from pyswarm import protocol  # noqa: E402
 from pyswarm.manager import dispatcher as dispatcher_mod  # noqa: E402
-from pyswarm.manager.dispatcher import MAX_PINGS_PER_SECOND, ClusterView, Dispatcher, node_configuration  # noqa: E402
+from pyswarm.manager.dispatcher import (  # noqa: E402
+    MAX_PINGS_PER_SECOND,
+    ClusterView,
+    Dispatcher,
+    engine_change,
+    node_configuration,
+)
+from pyswarm.models import NodeStatus  # noqa: E402
+from pyswarm.wire import BadRequest, parse  # noqa: E402
 
 
 class FakeSession:
@@ -97,3 +105,37 @@ def test_a_big_mesh_is_paced_and_the_latest_goes_out(monkeypatch: Any) -> None:
         assert protocol.decode(d.mesh_line)["networks"]["a"] == ips, "the pause did not publish the latest mesh"
         assert all(f.got == [1, 2] for f in fakes), fakes[0].got
     asyncio.run(go())
+
+
+def test_an_engine_gone_marks_the_node_down_with_the_reason_and_back_ready() -> None:
+    node = make_node()
+    gone = protocol.EngineState(False, "cannot reach the engine at /run/docker.sock: refused")
+    op = engine_change(node, gone, hello_seen=True, said_down=False, now=5.0)
+    assert op == ["patch", "node", node.id, {
+        "status": "down", "status_message": "engine unreachable: cannot reach the engine at /run/docker.sock: refused",
+        "updated_at": 5.0}]
+    down = make_node(id=node.id, status=NodeStatus.DOWN, status_message=op[3]["status_message"])
+    assert down.engine_unreachable
+    assert engine_change(down, gone, hello_seen=True, said_down=True, now=6.0) is None, "said twice, written twice"
+    back = protocol.EngineState(True)
+    assert engine_change(down, back, hello_seen=True, said_down=True, now=7.0) == ["patch", "node", node.id, {
+        "status": "ready", "status_message": "", "updated_at": 7.0}]
+    # the patch that marked it down is not in the snapshot yet: still back to ready
+    assert engine_change(node, back, hello_seen=True, said_down=True, now=7.0) is not None
+    # before the hello, the hello makes it ready; a node down for another reason stays down
+    assert engine_change(down, back, hello_seen=False, said_down=True, now=7.0) is None
+    other = make_node(status=NodeStatus.DOWN, status_message="no heartbeat for 2s")
+    assert engine_change(other, back, hello_seen=True, said_down=False, now=7.0) is None
+
+
+def test_an_engine_message_is_checked() -> None:
+    assert parse(protocol.EngineState, {"reachable": False, "reason": "x"}) == protocol.EngineState(False, "x")
+    for bad, field in (({"reachable": "no"}, "engine.reachable"), ({}, "engine.reachable"),
+                       ({"reachable": True, "reason": "x" * 2000}, "engine.reason"),
+                       ({"reachable": True, "why": "x"}, "engine.why")):
+        try:
+            parse(protocol.EngineState, bad, "engine")
+        except BadRequest as exc:
+            assert exc.path == field, (bad, exc)
+        else:
+            raise AssertionError(f"accepted {bad}")

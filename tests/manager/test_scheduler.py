@@ -175,6 +175,17 @@ def test_nothing_available_explains_with_counts() -> None:
     assert plan.unplaced == {t.id: msg for t in tasks}
 
 
+def test_a_node_whose_engine_is_unreachable_takes_nothing_and_says_why() -> None:
+    engine_gone = make_node(status=NodeStatus.DOWN,
+                            status_message="engine unreachable: cannot reach the engine at /run/docker.sock")
+    nodes = [engine_gone, make_node(status=NodeStatus.DOWN, status_message="no heartbeat for 2s")]
+    web = make_service("web", replicas=1)
+    tasks = make_tasks(web)
+    plan = schedule(nodes, services_of(web), tasks)
+    assert plan.assignments == []
+    assert plan.unplaced == {t.id: "no suitable node (1 node with the engine unreachable; 1 node down)" for t in tasks}
+
+
 def test_no_nodes_at_all() -> None:
     web = make_service("web", replicas=2)
     tasks = make_tasks(web)

@@ -311,3 +311,80 @@ def test_many_assigns_coalesce() -> None:
             assert len(docker.containers) == 20
             assert sum(c[0] == "create" for c in docker.calls) == 20
     run(main())
+
+
+def test_engine_loss_and_return_are_reported(monkeypatch: Any) -> None:
+    """The event stream fails and /info does not answer for the grace
+    period: the agent says the engine is unreachable, with the reason, once;
+    when /info answers again it says so. A blip shorter than the grace is
+    not reported."""
+    from pyswarm.worker import agent as agent_mod
+
+    monkeypatch.setattr(protocol, "ENGINE_GRACE", 0.3)
+    monkeypatch.setattr(agent_mod, "ENGINE_PROBE_EVERY", 0.05)
+
+    def engine_said(s: Session) -> list[dict[str, Any]]:
+        return [m for m in s.out if m["op"] == "engine"]
+
+    async def main() -> None:
+        docker = FakeDocker()
+        async with Session(docker) as s:
+            s.send(CONFIGURE)
+            await s.wait_for("hello", lambda: any(m["op"] == "hello" for m in s.out))
+            docker.stop_engine("blip")
+            await asyncio.sleep(0.1)
+            docker.start_engine()
+            await asyncio.sleep(0.5)
+            assert engine_said(s) == [], "a blip shorter than the grace was reported"
+            docker.stop_engine()
+            await s.wait_for("engine down", lambda: len(engine_said(s)) == 1)
+            assert engine_said(s)[0] == {"op": "engine", "reachable": False,
+                                         "reason": "cannot reach the engine at /run/docker.sock: refused"}
+            docker.stop_engine()  # the stream fails again while down: said once
+            await asyncio.sleep(0.4)
+            assert len(engine_said(s)) == 1, engine_said(s)
+            docker.start_engine()
+            await s.wait_for("engine back", lambda: len(engine_said(s)) == 2)
+            assert engine_said(s)[1] == {"op": "engine", "reachable": True, "reason": ""}
+    run(main())
+
+
+def test_an_engine_down_at_start_is_reported_and_pings_answered() -> None:
+    """Before the hello, an unreachable engine is said at once and the
+    session stays alive (pings answered), so the node shows why."""
+    async def main() -> None:
+        docker = FakeDocker()
+        docker.unreachable = "cannot reach the engine at /run/docker.sock: no such file"
+        async with Session(docker) as s:
+            await s.wait_for("engine down", lambda: any(m["op"] == "engine" for m in s.out))
+            assert s.out[0] == {"op": "engine", "reachable": False, "reason": docker.unreachable}
+            s.send({"op": "ping", "seq": 3})
+            await s.wait_for("pong", lambda: {"op": "pong", "seq": 3} in s.out)
+            docker.start_engine()
+            await s.wait_for("hello", lambda: any(m["op"] == "hello" for m in s.out), timeout=5)
+    run(main())
+
+
+def test_deaths_as_the_engine_goes_away_are_not_reported_as_exits(monkeypatch: Any) -> None:
+    """dockerd stopping stops its containers (exit 0 on SIGTERM) and streams
+    their die events with its API already closed: the agent does not report
+    them as tasks that completed (an on-failure service would lose them); it
+    reports the engine gone instead."""
+    from pyswarm.worker import agent as agent_mod
+
+    monkeypatch.setattr(protocol, "ENGINE_GRACE", 0.1)
+    monkeypatch.setattr(agent_mod, "ENGINE_PROBE_EVERY", 0.05)
+
+    async def main() -> None:
+        docker = FakeDocker()
+        async with Session(docker) as s:
+            s.send(CONFIGURE)
+            s.send({"op": "assign", "tasks": [task("t1")]})
+            await s.wait_for("running", lambda: "running" in s.statuses("t1"))
+            docker.closing = True  # listener closed; the stream and pooled connections still served
+            docker.kill(docker.by_task("t1")[0]["Id"], 0)
+            await asyncio.sleep(0.3)  # the die event's report and the converge it kicks
+            docker.stop_engine()
+            await s.wait_for("engine down", lambda: any(m["op"] == "engine" for m in s.out))
+            assert s.statuses("t1")[-1] == "running" and "complete" not in s.statuses("t1"), s.out
+    run(main())

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
-from pyswarm.worker import EngineConflictError, EngineNotFoundError, ImageNotFoundError
+from pyswarm.worker import EngineConflictError, EngineNotFoundError, EngineUnavailableError, ImageNotFoundError
 from pyswarm.worker.docker import EngineInfo
 
 _ids = itertools.count(1)
@@ -26,6 +26,9 @@ class FakeDocker:
         self.containers: dict[str, dict[str, Any]] = {}
         self.calls: list[tuple[str, str]] = []
         self._subscribers: list[asyncio.Queue[dict[str, Any]]] = []
+        self.unreachable = ""  # set: every call fails as with the engine's socket gone
+        self.closing = False  # a stopping dockerd: no new connection, the open ones still served
+        self._on_error: Callable[[str], None] | None = None
 
     # -- what tests do to the "engine" ---------------------------------------
 
@@ -58,10 +61,28 @@ class FakeDocker:
     async def close(self) -> None:
         pass
 
+    def stop_engine(self, reason: str = "cannot reach the engine at /run/docker.sock: refused") -> None:
+        """The engine goes away: its event stream fails and nothing answers."""
+        self.unreachable = reason
+        if self._on_error is not None:
+            self._on_error(reason)
+
+    def start_engine(self) -> None:
+        self.unreachable = ""
+
+    def _gate(self) -> None:
+        if self.unreachable:
+            raise EngineUnavailableError(self.unreachable)
+
+    async def accepts_connections(self) -> bool:
+        return not (self.unreachable or self.closing)
+
     async def info(self) -> EngineInfo:
+        self._gate()
         return EngineInfo("fake", 2, 4 << 30, "linux", "x86_64", "20.10.24")
 
     async def list_containers(self, labels: Mapping[str, str | None], *, all: bool = True) -> list[dict[str, Any]]:
+        self._gate()
         self.calls.append(("list", ",".join(f"{k}={v}" for k, v in labels.items())))
         out = []
         for c in self.containers.values():
@@ -123,8 +144,10 @@ class FakeDocker:
         filters: Mapping[str, list[str]],
         *,
         on_connect: Callable[[bool], Awaitable[None]] | None = None,
+        on_error: Callable[[str], None] | None = None,
         **_: Any,
     ) -> AsyncIterator[dict[str, Any]]:
+        self._on_error = on_error
         q: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._subscribers.append(q)
         try:
