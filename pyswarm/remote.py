@@ -187,14 +187,34 @@ def _remember_host_key(target: SSHTarget, host: str, addr: str, port: int, key: 
     return path
 
 
-class _Bridge:
-    """An SSH session running dial-stdio, pumped to a local socket."""
+@dataclass(frozen=True)
+class Ran:
+    """What a command run over SSH did."""
 
-    def __init__(self, target: SSHTarget, accept_host_key: bool, prompt: bool, command: str) -> None:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode(errors="replace")
+
+    @property
+    def error(self) -> str:
+        return " ".join(self.stderr.decode(errors="replace").split())[-800:]
+
+
+class SSHHost:
+    """One SSH connection to a host, for a synchronous caller: commands run
+    over it (:meth:`run`, ``pyswarm machine``) or one channel becomes an API
+    :class:`rpc.Connection` (:meth:`dial`). asyncssh runs on an event loop in
+    a thread of its own; :meth:`close` ends both."""
+
+    def __init__(self, target: SSHTarget, accept_host_key: bool = False, prompt: bool = True) -> None:
         self.target = target
         self.accept = accept_host_key
         self.prompt = prompt
-        self.command = command
+        self.command = REMOTE_COMMAND
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._run, name=f"ssh {target.url}", daemon=True)
         self.stderr = bytearray()
@@ -206,21 +226,54 @@ class _Bridge:
         self.loop.run_forever()
         self.loop.close()
 
-    def open(self) -> rpc.Connection:
+    def connect(self) -> SSHHost:
+        """Open the connection (host key checked, ProxyJump followed)."""
         self.thread.start()
-        future: Future[socket.socket] = asyncio.run_coroutine_threadsafe(self._open(), self.loop)
         try:
-            sock = future.result(CONNECT_TIMEOUT + 5)
+            self._wait(self._connect(), CONNECT_TIMEOUT * 2 + 5)
         except BaseException:
             self.close()
             raise
+        return self
+
+    def _wait(self, coro: Any, timeout: float) -> Any:
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise ConnectionError_(f"{self.target.url}: no answer within {timeout:.0f}s") from None
+
+    async def _connect(self) -> None:
+        self.conn = await self._ssh(self.target, 0)
+
+    def run(self, command: str, input: bytes | None = None, timeout: float = 300) -> Ran:
+        """Run ``command`` (a shell line) on the host, ``input`` on its stdin."""
+        return self._wait(self._run_command(command, input), timeout)  # type: ignore[no-any-return]
+
+    async def _run_command(self, command: str, input: bytes | None) -> Ran:
+        assert self.conn is not None
+        try:
+            done = await self.conn.run(command, input=input or b"", encoding=None, check=False)
+        except (OSError, asyncssh.Error) as exc:
+            raise ConnectionError_(f"{self.target.url}: lost the SSH connection running {command.split()[0]}: "
+                                   f"{getattr(exc, 'reason', None) or exc}") from None
+        code = done.exit_status if done.exit_status is not None else 255
+        out, err = done.stdout or b"", done.stderr or b""
+        return Ran(code, out if isinstance(out, bytes) else out.encode(), err if isinstance(err, bytes) else err.encode())
+
+    def dial(self, command: str = REMOTE_COMMAND) -> rpc.Connection:
+        """The manager's API on this host, over a channel running ``command``;
+        closing the connection closes the SSH connection too."""
+        self.command = command
+        sock: socket.socket = self._wait(self._open(), CONNECT_TIMEOUT + 5)
         return rpc.Connection(sock, self.target.url, explain=self.explain, on_close=self.close)
 
     def explain(self) -> str:
         return " ".join(self.stderr.decode(errors="replace").split())[:500]
 
     async def _open(self) -> socket.socket:
-        self.conn = await self._ssh(self.target, 0)
+        assert self.conn is not None
         process = await self.conn.create_process(self.command, encoding=None)
         mine, theirs = socket.socketpair()
         theirs.setblocking(False)
@@ -316,6 +369,12 @@ class _Bridge:
             if task is not asyncio.current_task():
                 task.cancel()
 
+    def __enter__(self) -> SSHHost:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         if not self.thread.is_alive():
             return
@@ -330,7 +389,12 @@ class _Bridge:
 def connect(target: SSHTarget, accept_host_key: bool = False, prompt: bool = True,
             command: str = REMOTE_COMMAND) -> rpc.Connection:
     """One SSH connection to ``target`` running ``command`` (dial-stdio)."""
-    return _Bridge(target, accept_host_key, prompt, command).open()
+    host = SSHHost(target, accept_host_key, prompt).connect()
+    try:
+        return host.dial(command)
+    except BaseException:
+        host.close()
+        raise
 
 
 def connect_any(targets: Sequence[SSHTarget], accept_host_key: bool = False, prompt: bool = True,

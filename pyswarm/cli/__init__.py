@@ -20,6 +20,7 @@ module and list it in ``GROUPS``:
     images.py    image push/ls/shipments (docs/images.md)
     streams.py   service logs/exec/restart/stats, stack logs, stats, events, task restart
     context.py   context create/ls/use/rm/inspect (the operator's machine)
+    machine.py   machine init/add/ls/rm (hosts made nodes over SSH)
     system.py    system dial-stdio (hidden: the remote CLI's far end)
     common.py    call() over this invocation's connection, --format, the task table
 
@@ -40,11 +41,12 @@ from types import ModuleType
 from pyswarm.errors import PyswarmError, UsageError
 from pyswarm.version import __version__
 
-from . import cluster, common, context, images, network, node, objects, service, shell, stack, streams, system
+from . import cluster, common, context, images, machine, network, node, objects, service, shell, stack, streams, system
 
 Handler = Callable[[argparse.Namespace], int]
 
-GROUPS: tuple[ModuleType, ...] = (cluster, node, stack, service, objects, network, images, context, system, shell, streams)
+GROUPS: tuple[ModuleType, ...] = (cluster, node, stack, service, objects, network, images, context, machine,
+                                  system, shell, streams)
 LOCAL_COMMANDS = frozenset({"init", "join", "leave", "lab", "manager", "worker", "system", "context"})
 
 
