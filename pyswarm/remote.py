@@ -412,7 +412,7 @@ def connect_any(targets: Sequence[SSHTarget], accept_host_key: bool = False, pro
             failures.append(str(exc))
             continue
         try:
-            conn.call("ping", timeout=10)
+            conn.call("ping", timeout=5)
         except PyswarmError as exc:
             conn.close()
             failures.append(f"{target.url}: {exc}" if target.url not in str(exc) else str(exc))
