@@ -185,7 +185,7 @@ class Outcome:
 
 
 def init(dest: str, name: str | None, advertise_addr: str | None, accept_host_key: bool,
-         progress: Progress) -> Outcome:
+         progress: Progress, api_group: str = "") -> Outcome:
     start = time.monotonic()
     ctx_name = contexts.check_name(name or parse_target(dest, scheme_required=False).host)
     changed: list[str] = []
@@ -201,7 +201,8 @@ def init(dest: str, name: str | None, advertise_addr: str | None, accept_host_ke
         if install(host, report, progress):
             changed.append("installed")
         if state is None:
-            argv = ["pyswarm", "init"] + (["--advertise-addr", advertise_addr] if advertise_addr else [])
+            argv = ["pyswarm", "init"] + (["--advertise-addr", advertise_addr] if advertise_addr else []) \
+                + (["--api-group", api_group] if api_group else [])
             progress(f"{dest}: {' '.join(argv)}")
             host.must(shlex.join(argv), "pyswarm init", timeout=120)
             changed.append("initialized")

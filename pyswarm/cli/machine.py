@@ -36,7 +36,8 @@ def _init(args: argparse.Namespace) -> int:
     if args.global_host or args.global_context:
         raise UsageError("`pyswarm machine init` creates a new cluster and its context (--name): "
                          "no --host or --context")
-    done = machine.init(args.destination, args.name, args.advertise_addr, args.accept_host_key, _progress)
+    done = machine.init(args.destination, args.name, args.advertise_addr, args.accept_host_key, _progress,
+                        api_group=args.api_group)
     verb = "is now the first manager of a new cluster" if "initialized" in done.changed else \
         "was already a manager: nothing changed" if not done.changed else "is a manager (pyswarm reinstalled)"
     print(f"{done.hostname} ({done.dest}) {verb}; context {done.context} is the current one ({done.seconds:.1f}s)")
@@ -83,6 +84,8 @@ def register(sub: Any) -> None:
     p.add_argument("destination", metavar="[USER@]HOST[:PORT]", help="as ssh takes it (aliases of the SSH config too)")
     p.add_argument("--name", help="the new context's name (default: HOST)")
     p.add_argument("--advertise-addr", help="the address other hosts reach the manager on (default: its default route's)")
+    p.add_argument("--api-group", default="", metavar="GROUP",
+                   help="besides root, members of GROUP on the host may use the manager's API (pyswarm init --api-group)")
     p.set_defaults(func=_init)
     p = cmds.add_parser("add", help="make a host a node of the context's cluster")
     p.add_argument("destination", metavar="[USER@]HOST[:PORT]")
