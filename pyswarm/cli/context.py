@@ -11,6 +11,8 @@ from typing import Any
 from pyswarm import contexts
 from pyswarm.output import print_rows
 
+from . import common
+
 
 def _create(args: argparse.Namespace) -> int:
     ctx = contexts.create(args.name, args.hosts or [], description=args.description, replace=args.force)
@@ -67,7 +69,7 @@ def register(sub: Any) -> None:
     p.add_argument("-f", "--force", action="store_true", help="replace a context of that name")
     p.set_defaults(func=_create)
     p = cmds.add_parser("ls", help="list contexts (the current one is marked *)")
-    p.add_argument("--format", choices=["table", "json"], default="table")
+    common.format_arg(p)
     p.set_defaults(func=_ls)
     p = cmds.add_parser("use", help="make a context the current one ('default': this host's manager)")
     p.add_argument("name", metavar="NAME")
