@@ -77,6 +77,7 @@ class Connection:
         self._explain = explain
         self._on_close = on_close
         self._closed = False
+        self._write_lock = threading.Lock()
 
     def __enter__(self) -> Connection:
         return self
@@ -100,7 +101,7 @@ class Connection:
         return errors.ConnectionError_(f"{what} the manager ({self.where}) during {method}"
                                        + (f": {reasons}" if reasons else ""))
 
-    def _readline(self, method: str, timeout: float) -> bytes:
+    def _readline(self, method: str, timeout: float | None) -> bytes:
         self._sock.settimeout(timeout)
         while True:
             end = self._buf.find(b"\n")
@@ -112,7 +113,7 @@ class Connection:
                 chunk = self._sock.recv(1 << 20)
             except socket.timeout:
                 raise errors.ConnectionError_(
-                    f"the manager ({self.where}) did not answer {method} within {timeout:.0f}s") from None
+                    f"the manager ({self.where}) did not answer {method} within {timeout or 0:.0f}s") from None
             except OSError as exc:
                 raise self._lost(method, "lost the connection to", str(exc.strerror or exc)) from None
             if not chunk:
@@ -159,6 +160,22 @@ class Connection:
         self._send(method, params)
         self._sock.settimeout(None)
         return self._sock
+
+    # -- a line channel (readline, write, close), for a streaming call that
+    # also sends input lines while it runs (exec): ``write`` is thread-safe
+
+    def readline(self) -> bytes:
+        """The next line, waiting as long as it takes; b"" once the far end closed."""
+        try:
+            return self._readline("a stream", None)
+        except errors.ConnectionError_:
+            if self._buf:
+                raise
+            return b""
+
+    def write(self, data: bytes) -> None:
+        with self._write_lock:
+            self._sock.sendall(data)
 
     def pending(self) -> bytes:
         """Bytes already read past the last answer (for a duplex user)."""

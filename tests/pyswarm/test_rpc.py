@@ -117,3 +117,14 @@ def test_close_runs_the_transports_cleanup_once(pair: tuple[socket.socket, socke
 def test_no_local_manager(tmp_path: Path) -> None:
     with pytest.raises(errors.NotManagerError, match="no pyswarm manager is running on this host"):
         rpc.connect_unix(tmp_path / "manager.sock")
+
+
+def test_a_connection_is_a_line_channel_for_streams_with_input(pair: tuple[socket.socket, socket.socket]) -> None:
+    client, server = pair
+    conn = rpc.Connection(client, "test")
+    conn.write(b'{"input": {"data": "x"}}\n')
+    assert server.recv(100) == b'{"input": {"data": "x"}}\n'
+    server.sendall(b'{"stream": 1}\n')
+    assert conn.readline() == b'{"stream": 1}\n'
+    server.close()
+    assert conn.readline() == b""
