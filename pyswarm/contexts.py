@@ -129,6 +129,11 @@ def create(name: str, hosts: list[str], description: str = "", cluster_id: str =
     return ctx
 
 
+def names() -> list[str]:
+    """Every context's name, ``default`` first (shell completion)."""
+    return [LOCAL, *sorted(load().items)]
+
+
 def get(name: str) -> Context:
     check_name(name)
     contexts = load()

@@ -79,17 +79,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(words)
     func: Handler = args.func
-    return _quietly(lambda: _targeted(args, func))
+    return _quietly(lambda: _targeted(args, func, _command_word(words)))
 
 
-def _targeted(args: argparse.Namespace, func: Handler) -> int:
+def _command_word(words: list[str]) -> str:
+    """The top-level command (``args.command`` may be a subcommand's own
+    positional of that name, as ``service create IMAGE COMMAND``)."""
+    rest = iter(words)
+    for word in rest:
+        if word in ("-H", "--host", "-c", "--context"):
+            next(rest, None)
+        elif not word.startswith("-"):
+            return word
+    return ""
+
+
+def _targeted(args: argparse.Namespace, func: Handler, command: str) -> int:
     """Run ``func`` with this invocation's calls going where --host/--context say."""
-    local = args.command in LOCAL_COMMANDS
+    local = command in LOCAL_COMMANDS
     if local and (args.global_host or args.global_context):
-        raise UsageError(f"`pyswarm {args.command}` acts on the host it runs on; --host and --context are "
+        raise UsageError(f"`pyswarm {command}` acts on the host it runs on; --host and --context are "
                          "for commands that talk to a manager"
                          + (" (from another machine: `pyswarm machine init/add`)"
-                            if args.command in ("init", "join") else ""))
+                            if command in ("init", "join") else ""))
     common.target(args.global_host, args.global_context, args.accept_host_key, local=local)
     return func(args)
 
