@@ -187,11 +187,17 @@ class Operator:
                               text=True).stdout.split()[1]
 
     def pyswarm(self, *args: str, check: bool = True, timeout: float = 120, input: str | None = None) -> Any:
+        return self.pyswarm_env({}, *args, check=check, timeout=timeout, input=input)
+
+    def pyswarm_env(self, env: dict[str, str], *args: str, check: bool = True, timeout: float = 120,
+                    input: str | None = None) -> Any:
+        """:meth:`pyswarm` with ``env`` over the operator's environment."""
         import subprocess
         import sys
 
         exe = str(Path(sys.executable).parent / "pyswarm")
-        result = subprocess.run([exe, *args], env=self.env(), capture_output=True, text=True, timeout=timeout,
+        result = subprocess.run([exe, *args], env={**self.env(), **env}, capture_output=True, text=True,
+                                timeout=timeout,
                                 input=input, stdin=None if input is not None else subprocess.DEVNULL)
         if check and result.returncode != 0:
             pytest.fail(f"operator$ pyswarm {' '.join(args)} exited {result.returncode}:\n"

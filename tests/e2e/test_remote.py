@@ -107,3 +107,16 @@ def test_one_ssh_connection_carries_every_request(lab: Any, operator: Operator, 
     assert cli.main(["--host", f"ssh://{m1}", "node", "inspect", *names]) == 0  # one request per node
     assert opened == [f"ssh://{m1}"]
     assert [n["hostname"] for n in json.loads(capsys.readouterr().out)] == names
+
+
+def test_proxyjump_from_the_ssh_config(lab: Any, operator: Operator) -> None:
+    m1, w1 = lab.managers[0], lab.workers[0]
+    jumped = operator.dir / "jump_config"
+    jumped.write_text(f"Host via-{w1}\n  HostName {lab.hosts[m1]}\n  ProxyJump {w1}\n"
+                      + operator.config.read_text())
+    env_config = str(jumped)
+    res = operator.pyswarm_env({"PYSWARM_SSH_CONFIG": env_config}, "--host", f"ssh://via-{w1}",
+                               "--accept-host-key", "node", "ls")
+    assert all(h in res.stdout for h in lab.hosts), res.stdout
+    again = operator.pyswarm_env({"PYSWARM_SSH_CONFIG": env_config}, "--host", f"ssh://via-{w1}", "stack", "ls")
+    assert again.stderr == "", again.stderr  # both keys (the jump's and the manager's) known now
