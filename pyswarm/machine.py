@@ -149,11 +149,27 @@ def install(host: Host, report: Any, progress: Progress) -> bool:
                f".extractall({WHEELS!r})")
     host.must(f"rm -rf {WHEELS} && mkdir -p {WHEELS} && python3 -c {shlex.quote(extract)}",
               "shipping the wheels", input=buf.getvalue())
-    pip = (f"{VENV}/bin/pip install -q --no-index --no-cache-dir --disable-pip-version-check "
-           f"--find-links {WHEELS} {shlex.quote(house.requirement)}")
-    host.must(f"python3 -m venv {VENV} && {pip} && ln -sfn {VENV}/bin/pyswarm {LINK}; rc=$?; rm -rf {WHEELS}; "
-              "exit $rc", "installing pyswarm", timeout=600)
+    args = (f"install -q --no-index --no-cache-dir --disable-pip-version-check --find-links {WHEELS} "
+            f"{shlex.quote(house.requirement)}")
+    # pip straight from the wheel ensurepip would install (a venv without pip
+    # takes a second, ensurepip's copy of pip ten); ensurepip where none is found
+    script = (f"pip=$(python3 -c {shlex.quote(_FIND_PIP_WHEEL)}); "
+              f"if [ -n \"$pip\" ]; then python3 -m venv --without-pip {VENV} && {VENV}/bin/python \"$pip/pip\" {args}; "
+              f"else python3 -m venv {VENV} && {VENV}/bin/pip {args}; fi "
+              f"&& ln -sfn {VENV}/bin/pyswarm {LINK}; rc=$?; rm -rf {WHEELS}; exit $rc")
+    host.must(script, "installing pyswarm", timeout=600)
     return True
+
+
+# the host's own pip wheel, the one ensurepip installs into a new venv (Debian
+# keeps it in /usr/share/python-wheels, CPython in ensurepip/_bundled)
+_FIND_PIP_WHEEL = """
+import ensurepip, glob, os
+found = [p.wheel_path for p in getattr(ensurepip, "_get_packages", dict)().values()
+         if getattr(p, "wheel_path", None) and os.path.basename(p.wheel_path).startswith("pip-")]
+found += sorted(glob.glob(os.path.join(os.path.dirname(ensurepip.__file__), "_bundled", "pip-*.whl")))
+print(found[0] if found else "")
+"""
 
 
 def node_state(host: Host) -> dict[str, Any] | None:
@@ -195,6 +211,10 @@ def init(dest: str, name: str | None, advertise_addr: str | None, accept_host_ke
         if state is not None and state.get("role") != "manager":
             raise MachineError(f"{dest} is already a worker of cluster {state.get('cluster_id', '?')}: "
                                f"`pyswarm machine rm {dest}` first")
+        taken = contexts.load().items.get(ctx_name)
+        if taken is not None and taken.cluster_id and (state is None or state.get("cluster_id") != taken.cluster_id):
+            raise UsageError(f"context {ctx_name!r} is another cluster's ({taken.cluster_id}): give --name NAME "
+                             "for this one (nothing was changed)")
         report = preflight(host)
         progress(f"{dest}: preflight ok ({report.host.get('distro_name')}, Python {report.host.get('python')}, "
                  f"{report.host.get('machine')})")
