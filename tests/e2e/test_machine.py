@@ -121,3 +121,17 @@ def test_machine_rm_leaves_nothing_of_pyswarm(bare: Lab, laptop: Laptop) -> None
     assert left == ["0", "0", "0"], f"left on worker1 after machine rm: {left}"
     rows = laptop.run("machine", "ls").stdout
     assert "worker1" not in rows and "manager2" in rows, rows
+
+
+def test_an_engine_that_is_down_is_named_and_nothing_changes(bare: Lab, laptop: Laptop) -> None:
+    bare.stop_daemon("worker1", "dockerd")  # worker1 is clean again after machine rm
+    try:
+        res = laptop.run("machine", "add", "worker1", check=False)
+        assert res.returncode == 1 and "Traceback" not in res.stderr, res
+        problems = [line for line in res.stderr.splitlines() if line.startswith("  - ")]
+        assert len(problems) == 1 and "engine API is unreachable" in problems[0], res.stderr
+        assert _sh(bare, "worker1", "ls -A /opt/pyswarm /usr/local/bin/pyswarm 2>/dev/null; ls -A /var/lib/pyswarm"
+                   ).split() == [], "machine add changed worker1 though its preflight failed"
+        assert "worker1" not in laptop.run("machine", "ls").stdout
+    finally:
+        bare.start_daemons("worker1", only=("dockerd",))

@@ -1,5 +1,5 @@
 """pyswarm.remote: parsing ssh:// addresses, and which known_hosts file a
-host's key is checked against and added to (the SSH itself: tests/e2e/test_remote.py)."""
+host's key is checked against and added to (the SSH itself: tests/e2e/test_remote_cli.py)."""
 
 from __future__ import annotations
 
