@@ -36,6 +36,8 @@ def target(host: str | None = None, context: str | None = None, accept_host_key:
 
 
 def connection() -> rpc.Connection:
+    if _open and _open[0].closed:  # a streaming call closed it when it ended
+        _open.pop()
     if not _open:
         if _target.get("local"):
             _open.append(rpc.connect_unix(cfg.socket_path()))
