@@ -48,7 +48,7 @@ def test_a_context_deploys_scales_and_lists(lab: Any, operator: Operator, tmp_pa
     assert "lab *" in listed and "default *" not in listed, listed
     stack = tmp_path / "remote.yml"  # on the operator's machine: the CLI reads it here
     stack.write_text("services:\n  web:\n    image: pyswarm-lab/busybox:latest\n"
-                     "    command: [\"sleep\", \"600\"]\n")
+                     "    command: [\"sh\", \"-c\", \"echo hello-from-$$HOSTNAME; sleep 600\"]\n")
     try:
         out = operator.pyswarm("stack", "deploy", "-c", str(stack), "rmt").stdout
         assert "Creating service rmt_web" in out, out
@@ -59,7 +59,10 @@ def test_a_context_deploys_scales_and_lists(lab: Any, operator: Operator, tmp_pa
             return '"replicas": "2/2"' in rows
 
         wait_for(two_running, 60, "rmt_web 2/2 in `service ls` through the context",
-                 observe=lambda: operator.pyswarm("service", "ps", "rmt_web").stdout)
+                 observe=lambda: operator.pyswarm("service", "logs", "rmt_web").stdout)
+        # a streaming answer over the same SSH connection
+        wait_for(lambda: operator.pyswarm("service", "logs", "rmt_web").stdout.count("hello-from-") == 2, 30,
+                 "both replicas' first line in `service logs` through the context")
     finally:
         operator.pyswarm("stack", "rm", "rmt", check=False)
         operator.pyswarm("context", "use", "default")
