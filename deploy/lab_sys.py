@@ -68,6 +68,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     # a host's python3 makes pyswarm's venv (bare lab hosts, `machine init`)
     "python3": ("python3-venv", DEPS),
     "systemctl": ("systemd", WHERE_PRESENT),
+    "sudo": ("sudo", WHERE_PRESENT),  # a non-root SSH user of dial-stdio and `machine` (passwordless)
     # tests and lab scripts
     "sh": ("dash", ESSENTIAL),
     "bash": ("bash", ESSENTIAL),

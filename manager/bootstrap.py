@@ -88,12 +88,19 @@ def _platform() -> dict[str, str]:
 def init(advertise_addr: str | None, foreground: bool, api_port: int = cfg.DEFAULT_API_PORT,
          raft_port: int = cfg.DEFAULT_RAFT_PORT, dns_port: int = cfg.DEFAULT_DNS_PORT,
          addr_pool: str = "10.240.0.0/16", dns_upstreams: list[str] | None = None,
-         overlay: str = "") -> str:
+         overlay: str = "", api_group: str = "") -> str:
     """Create the cluster on this host; return the node id once the manager answers.
     ``overlay`` "vxlan" carries container traffic between hosts in VXLAN
     (hosts not on one link); "" routes it (hosts on one link)."""
     if cfg.load_node_config() is not None:
         raise AlreadyInSwarmError("this node is already part of a swarm: run `pyswarm leave` first")
+    if api_group:
+        import grp
+
+        try:
+            grp.getgrnam(api_group)
+        except KeyError:
+            raise UsageError(f"--api-group {api_group}: no such group on this host (create it with groupadd)") from None
     addr = advertise_addr or default_advertise_addr()
     host_key = read_sshd_host_key()
     state = cfg.state_dir()
@@ -124,7 +131,7 @@ def init(advertise_addr: str | None, foreground: bool, api_port: int = cfg.DEFAU
         manager = cfg.ManagerConfig(
             node_id=node.id, cluster_id=cluster.id, advertise_addr=addr, api_port=api_port,
             raft_port=raft_port, dns_port=dns_port, raft_secret=cluster.raft_secret,
-            raft_peers=[f"{addr}:{raft_port}"], dns_upstreams=dns_upstreams,
+            raft_peers=[f"{addr}:{raft_port}"], dns_upstreams=dns_upstreams, api_group=api_group,
             bootstrap={"objects": [
                 ["cluster", cluster.id, cluster.to_dict()],
                 ["node", node.id, node.to_dict()],

@@ -123,7 +123,7 @@ class Manager:
         pidfile.parent.mkdir(parents=True, exist_ok=True)
         pidfile.write_text(f"{os.getpid()}\n")
         self.store.start()
-        unix = UnixApiServer(self.api, cfg.socket_path(), self.streams)
+        unix = UnixApiServer(self.api, cfg.socket_path(), self.streams, group=self.config.api_group)
         ssh = SSHApiServer(self.api, self.config.advertise_addr, self.config.api_port,
                            self.state_dir / "api_host_key", self._join_secrets, self.streams)
         upstreams = self.config.dns_upstreams

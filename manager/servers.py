@@ -164,10 +164,13 @@ async def _serve_stream(streams: StreamApi, method: str, params: dict[str, Any],
 
 
 class UnixApiServer:
-    def __init__(self, api: Api, path: Path, streams: StreamApi | None = None) -> None:
+    """Root-only (0600), or root and ``group`` (0660) when one is named."""
+
+    def __init__(self, api: Api, path: Path, streams: StreamApi | None = None, group: str = "") -> None:
         self._streams = streams
         self._api = api
         self._path = path
+        self._group = group
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -180,6 +183,16 @@ class UnixApiServer:
                                                            limit=rpc.MAX_MESSAGE + 1)
         finally:
             os.umask(old_umask)
+        if self._group:
+            import grp
+
+            try:
+                gid = grp.getgrnam(self._group).gr_gid
+            except KeyError:
+                log.error("API group %s does not exist: the API socket stays root-only", self._group)
+                return
+            os.chown(self._path, -1, gid)
+            os.chmod(self._path, 0o660)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

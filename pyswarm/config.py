@@ -80,6 +80,7 @@ class ManagerConfig(Model):
     # where DNS forwards names outside the cluster: None = this host's
     # /etc/resolv.conf, [] = nowhere (answer REFUSED)
     dns_upstreams: list[str] | None = None
+    api_group: str = ""  # besides root, this group may use the API socket (init --api-group)
     bootstrap: dict[str, Any] = field(default_factory=dict)  # first start only
 
 

@@ -1,10 +1,14 @@
 """JSON-lines request/response, the one framing of pyswarm's API.
 
 The same framing runs over the manager's unix socket (the CLI on a manager
-host) and over its SSH API port (joining hosts). A request is
+host), over an SSH channel to that socket (the CLI on the operator's machine,
+through ``pyswarm system dial-stdio`` on the manager, docs/remote.md), and
+over its SSH API port (joining hosts). A request is
 ``{"method": str, "params": {...}}``; the answer is ``{"result": ...}`` or
 ``{"error": {"type": str, "message": str}}``, and error types map back to
 :mod:`pyswarm.errors` classes so the CLI can print them as they were meant.
+A streaming answer is any number of ``{"stream": item}`` lines before that
+final one. One connection carries any number of requests, one at a time.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -69,51 +73,176 @@ def decode_response(line: bytes) -> Any:
     return data.get("result")
 
 
-def call_unix(path: Path, method: str, params: dict[str, Any] | None = None, timeout: float = 60.0) -> Any:
-    """One request to the local manager; a clear error when there is none.
-    A :data:`RETRY_SAFE` write refused during a leader election is sent
-    again for up to :data:`RETRY_FOR` seconds."""
-    deadline = time.monotonic() + RETRY_FOR
-    while True:
-        try:
-            return _call_unix_once(path, method, params, timeout)
-        except errors.ElectionError:
-            if method not in RETRY_SAFE or time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
+class Connection:
+    """A client's connection to one manager's API: many requests, one after
+    another, over one byte stream.
 
+    The stream is a socket: the manager's unix socket itself, or (for a
+    remote manager, pyswarm/remote.py) one end of a socket pair whose other
+    end an SSH channel carries to ``pyswarm system dial-stdio`` there. So a
+    CLI invocation opens one connection (one SSH handshake) however many
+    requests it makes, and everything above the byte stream is the same
+    code for both. ``where`` names the manager in errors; ``explain`` says,
+    when the stream ends early, what the far end said about it (e.g. the
+    remote dial-stdio's stderr)."""
 
-def _call_unix_once(path: Path, method: str, params: dict[str, Any] | None, timeout: float) -> Any:
-    request = encode_request(method, params or {})
-    if len(request) > MAX_MESSAGE:
-        raise too_large(f"the {method} request", len(request))
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
+    def __init__(self, sock: socket.socket, where: str, explain: Callable[[], str] | None = None,
+                 on_close: Callable[[], None] | None = None) -> None:
+        self.where = where
+        self._sock = sock
+        self._buf = bytearray()
+        self._explain = explain
+        self._on_close = on_close
+        self._closed = False
+        self._write_lock = threading.Lock()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         try:
-            sock.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise errors.NotManagerError(
-                f"no pyswarm manager is running on this host ({path}: {exc.strerror}); "
-                "run this on a manager, or start one with `pyswarm init`"
-            ) from None
-        buf = bytearray()
+            self._sock.close()
+        finally:
+            if self._on_close is not None:
+                self._on_close()
+
+    def _lost(self, method: str, what: str, why: str = "") -> errors.ConnectionError_:
+        said = self._explain() if self._explain is not None else ""
+        reasons = "; ".join(r for r in (why, said) if r)
+        return errors.ConnectionError_(f"{what} the manager ({self.where}) during {method}"
+                                       + (f": {reasons}" if reasons else ""))
+
+    def _readline(self, method: str, timeout: float | None) -> bytes:
+        self._sock.settimeout(timeout)
+        while True:
+            end = self._buf.find(b"\n")
+            if end >= 0:
+                line = bytes(self._buf[:end + 1])
+                del self._buf[:end + 1]
+                return line
+            try:
+                chunk = self._sock.recv(1 << 20)
+            except socket.timeout:
+                raise errors.ConnectionError_(
+                    f"the manager ({self.where}) did not answer {method} within {timeout or 0:.0f}s") from None
+            except OSError as exc:
+                raise self._lost(method, "lost the connection to", str(exc.strerror or exc)) from None
+            if not chunk:
+                if self._buf:
+                    raise self._lost(method, "the answer was cut short by")
+                said = self._explain() if self._explain is not None else ""
+                raise errors.ConnectionError_(
+                    f"the manager ({self.where}) closed the connection without answering {method}"
+                    + (f": {said}" if said else " (see its log)"))
+            self._buf += chunk
+
+    def _send(self, method: str, params: dict[str, Any] | None) -> None:
+        request = encode_request(method, params or {})
+        if len(request) > MAX_MESSAGE:
+            raise too_large(f"the {method} request", len(request))
         try:
-            sock.sendall(request)
-            while not buf.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-        except socket.timeout:
-            raise errors.ConnectionError_(f"the manager did not answer {method} within {timeout:.0f}s") from None
+            self._sock.sendall(request)
         except OSError as exc:
-            raise errors.ConnectionError_(f"lost the connection to the manager during {method}: {exc.strerror or exc}") from None
-        if buf and not buf.endswith(b"\n"):
-            raise errors.ConnectionError_(f"the manager's answer to {method} was cut short (did it stop?)")
-        return decode_response(bytes(buf))
-    finally:
+            raise self._lost(method, "lost the connection to", str(exc.strerror or exc)) from None
+
+    def call(self, method: str, params: dict[str, Any] | None = None, timeout: float = 60.0) -> Any:
+        """One request and its answer (a streaming answer's items are dropped).
+        A :data:`RETRY_SAFE` write refused during a leader election is sent
+        again for up to :data:`RETRY_FOR` seconds."""
+        deadline = time.monotonic() + RETRY_FOR
+        while True:
+            try:
+                return self._call_once(method, params, timeout)
+            except errors.ElectionError:
+                if method not in RETRY_SAFE or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+
+    def _call_once(self, method: str, params: dict[str, Any] | None, timeout: float) -> Any:
+        gen = self.stream(method, params, timeout)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as stop:
+                return stop.value
+
+    def stream(self, method: str, params: dict[str, Any] | None = None,
+               timeout: float = 60.0) -> Generator[Any, None, Any]:
+        """A request whose answer streams: yields each ``{"stream": item}``'s
+        item as it arrives (``timeout`` is per line) and returns the final
+        result (or raises its error)."""
+        self._send(method, params)
+        while True:
+            line = self._readline(method, timeout)
+            if line.startswith(b'{"stream"'):
+                yield json.loads(line)["stream"]
+                continue
+            return decode_response(line)
+
+    def duplex(self, method: str, params: dict[str, Any] | None = None) -> socket.socket:
+        """Send a request and hand over the raw byte stream (exec with input:
+        what both sides write after the request is theirs to frame). The
+        connection carries nothing else after this; close it when done."""
+        self._send(method, params)
+        self._sock.settimeout(None)
+        return self._sock
+
+    # -- a line channel (readline, write, close), for a streaming call that
+    # also sends input lines while it runs (exec): ``write`` is thread-safe
+
+    def readline(self) -> bytes:
+        """The next line, waiting as long as it takes; b"" once the far end closed."""
+        try:
+            return self._readline("a stream", None)
+        except errors.ConnectionError_:
+            if self._buf:
+                raise
+            return b""
+
+    def write(self, data: bytes) -> None:
+        with self._write_lock:
+            self._sock.sendall(data)
+
+    def pending(self) -> bytes:
+        """Bytes already read past the last answer (for a duplex user)."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
+
+def connect_unix(path: Path) -> Connection:
+    """A connection to the manager on this host; a clear error when there is none."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
         sock.close()
+        raise errors.NotManagerError(
+            f"no pyswarm manager is running on this host ({path}: {exc.strerror}); "
+            "run this on a manager, or start one with `pyswarm init`"
+        ) from None
+    except PermissionError:
+        sock.close()
+        raise errors.NotManagerError(
+            f"permission denied on {path}: only root (or the API group given to `pyswarm init --api-group`) "
+            "may use the manager's API") from None
+    return Connection(sock, str(path))
+
+
+def call_unix(path: Path, method: str, params: dict[str, Any] | None = None, timeout: float = 60.0) -> Any:
+    """One request to the local manager on a connection of its own."""
+    with connect_unix(path) as conn:
+        return conn.call(method, params, timeout)
 
 
 # -- streaming answers ---------------------------------------------------------

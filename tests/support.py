@@ -127,3 +127,79 @@ def running(lab: Any, service: str) -> list[dict[str, Any]]:
 def brief(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     """What a failure message shows of each task."""
     return [(t["name"], t["node"], t["desired_state"], t["current_state"], t["error"] or t["message"]) for t in rows]
+
+
+# -- the operator's machine (the root namespace) reaching lab hosts over SSH ---
+
+
+class Operator:
+    """The "laptop": an operator key and an OpenSSH config with one ``Host``
+    alias per lab host (``User root``, the key, a known_hosts file of its
+    own — never the machine's ~/.ssh), and a config directory for contexts,
+    all under ``directory``. :meth:`authorize` lets the key in as root on
+    lab hosts (:meth:`revoke` takes it out again); :meth:`pyswarm` runs the
+    CLI here, in the root namespace, with that setup."""
+
+    def __init__(self, lab: Any, directory: Path) -> None:
+        import subprocess
+
+        self.lab = lab
+        self.dir = directory
+        self.key = directory / "id_ed25519"
+        self.known_hosts = directory / "known_hosts"
+        self.config = directory / "ssh_config"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pyswarm-test-operator",
+                        "-f", str(self.key)], check=True)
+        self.public_key = (directory / "id_ed25519.pub").read_text().strip()
+        self.config.write_text("".join(f"Host {name}\n  HostName {addr}\n" for name, addr in lab.hosts.items())
+                               + f"Host *\n  User root\n  IdentityFile {self.key}\n  IdentitiesOnly yes\n"
+                               f"  UserKnownHostsFile {self.known_hosts}\n")
+        self.authorized: list[str] = []
+
+    def env(self) -> dict[str, str]:
+        import os
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSWARM_", "SSH_AUTH_SOCK", "XDG_"))}
+        env.update(PYSWARM_SSH_CONFIG=str(self.config), XDG_CONFIG_HOME=str(self.dir / "xdg"))
+        return env
+
+    def authorize(self, *hosts: str) -> None:
+        for host in hosts:
+            path = self.lab.host(host).private("/root/.ssh/authorized_keys")
+            with open(path, "a") as fh:
+                fh.write(self.public_key + "\n")
+            path.chmod(0o600)
+            self.authorized.append(host)
+
+    def revoke(self) -> None:
+        for host in self.authorized:
+            path = self.lab.host(host).private("/root/.ssh/authorized_keys")
+            if path.exists():
+                kept = [line for line in path.read_text().splitlines() if line.strip() != self.public_key]
+                path.write_text("".join(line + "\n" for line in kept))
+        self.authorized.clear()
+
+    def host_key_fingerprint(self, host: str) -> str:
+        import subprocess
+
+        pub = self.lab.host(host).private("/etc/ssh/ssh_host_ed25519_key.pub")
+        return subprocess.run(["ssh-keygen", "-lf", str(pub)], check=True, capture_output=True,
+                              text=True).stdout.split()[1]
+
+    def pyswarm(self, *args: str, check: bool = True, timeout: float = 120, input: str | None = None) -> Any:
+        return self.pyswarm_env({}, *args, check=check, timeout=timeout, input=input)
+
+    def pyswarm_env(self, env: dict[str, str], *args: str, check: bool = True, timeout: float = 120,
+                    input: str | None = None) -> Any:
+        """:meth:`pyswarm` with ``env`` over the operator's environment."""
+        import subprocess
+        import sys
+
+        exe = str(Path(sys.executable).parent / "pyswarm")
+        result = subprocess.run([exe, *args], env={**self.env(), **env}, capture_output=True, text=True,
+                                timeout=timeout,
+                                input=input, stdin=None if input is not None else subprocess.DEVNULL)
+        if check and result.returncode != 0:
+            pytest.fail(f"operator$ pyswarm {' '.join(args)} exited {result.returncode}:\n"
+                        f"{result.stdout}{result.stderr}", pytrace=False)
+        return result

@@ -19,7 +19,13 @@ module and list it in ``GROUPS``:
     shell.py     version, completion, the hidden __complete; hides hidden commands
     images.py    image push/ls/shipments (docs/images.md)
     streams.py   service logs/exec/restart/stats, stack logs, stats, events, task restart
-    common.py    call(), --format, the task table
+    context.py   context create/ls/use/rm/inspect (the operator's machine)
+    machine.py   machine init/add/ls/rm (hosts made nodes over SSH)
+    system.py    system dial-stdio (hidden: the remote CLI's far end)
+    common.py    call() over this invocation's connection, --format, the task table
+
+The global ``--host``/``--context`` pick the manager (docs/remote.md); the
+commands in ``LOCAL_COMMANDS`` act on the host they run on and refuse them.
 
 A closed pipe (``pyswarm service ps web | head``) ends the command quietly.
 """
@@ -32,19 +38,27 @@ import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-from pyswarm.errors import PyswarmError
+from pyswarm.errors import PyswarmError, UsageError
 from pyswarm.version import __version__
 
-from . import cluster, images, network, node, objects, service, shell, stack, streams
+from . import cluster, common, context, images, machine, network, node, objects, service, shell, stack, streams, system
 
 Handler = Callable[[argparse.Namespace], int]
 
-GROUPS: tuple[ModuleType, ...] = (cluster, node, stack, service, objects, network, images, shell, streams)
+GROUPS: tuple[ModuleType, ...] = (cluster, node, stack, service, objects, network, images, context, machine,
+                                  system, shell, streams)
+LOCAL_COMMANDS = frozenset({"init", "join", "leave", "lab", "manager", "worker", "system", "context"})
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyswarm", description="A Docker-Swarm-style orchestrator.")
     parser.add_argument("--version", action="version", version=f"pyswarm {__version__}")
+    parser.add_argument("-H", "--host", dest="global_host", metavar="ssh://[USER@]HOST[:PORT]",
+                        help="the manager to talk to over SSH (default: $PYSWARM_HOST, else the current context)")
+    parser.add_argument("-c", "--context", dest="global_context", metavar="NAME",
+                        help="the context to use (see `pyswarm context ls`)")
+    parser.add_argument("--accept-host-key", action="store_true",
+                        help="trust a manager's SSH host key that known_hosts does not hold (adds it there)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for group in GROUPS:
         group.register(sub)
@@ -58,12 +72,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
+    if words == ["system", "dial-stdio"]:
+        return system.dial_stdio()  # the remote CLI's far end, once per remote invocation: start fast
     if words[:1] == ["__complete"]:  # the shell's TAB: the words may look like flags
         return _quietly(lambda: shell.complete(build_parser(), words[1:]))
     parser = build_parser()
     args = parser.parse_args(words)
     func: Handler = args.func
-    return _quietly(lambda: func(args))
+    return _quietly(lambda: _targeted(args, func, _command_word(words)))
+
+
+def _command_word(words: list[str]) -> str:
+    """The top-level command (``args.command`` may be a subcommand's own
+    positional of that name, as ``service create IMAGE COMMAND``)."""
+    rest = iter(words)
+    for word in rest:
+        if word in ("-H", "--host", "-c", "--context"):
+            next(rest, None)
+        elif not word.startswith("-"):
+            return word
+    return ""
+
+
+def _targeted(args: argparse.Namespace, func: Handler, command: str) -> int:
+    """Run ``func`` with this invocation's calls going where --host/--context say."""
+    local = command in LOCAL_COMMANDS
+    if local and (args.global_host or args.global_context):
+        raise UsageError(f"`pyswarm {command}` acts on the host it runs on; --host and --context are "
+                         "for commands that talk to a manager"
+                         + (" (from another machine: `pyswarm machine init/add`)"
+                            if command in ("init", "join") else ""))
+    common.target(args.global_host, args.global_context, args.accept_host_key, local=local)
+    return func(args)
 
 
 def _quietly(run: Callable[[], int]) -> int:
@@ -84,6 +124,8 @@ def _quietly(run: Callable[[], int]) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return 141  # as a process that SIGPIPE ended
+    finally:
+        common.close()
 
 
 if __name__ == "__main__":

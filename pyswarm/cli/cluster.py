@@ -24,7 +24,7 @@ def _init(args: argparse.Namespace) -> int:
     node_id = bootstrap.init(args.advertise_addr, args.foreground, api_port=args.listen_port,
                              dns_port=args.dns_port, addr_pool=args.default_addr_pool,
                              overlay="" if args.overlay == "routes" else args.overlay,
-                             dns_upstreams=_upstreams(args.dns_upstream))
+                             dns_upstreams=_upstreams(args.dns_upstream), api_group=args.api_group)
     if args.foreground:
         from pyswarm.manager import daemon
 
@@ -130,6 +130,9 @@ def register(sub: Any) -> None:
     p.add_argument("--dns-upstream", action="append", metavar="IP[:PORT]",
                    help="where DNS forwards names outside the cluster (repeatable; default: this host's "
                         "/etc/resolv.conf; 'none' answers REFUSED instead)")
+    p.add_argument("--api-group", default="", metavar="GROUP",
+                   help="besides root, members of GROUP may use this manager's API (its socket, and so "
+                        "`pyswarm system dial-stdio` for the remote CLI)")
     p.set_defaults(func=_init)
 
     p = sub.add_parser("join", help="join a cluster as a worker")

@@ -1,7 +1,10 @@
 """What the command modules share: the call to the manager and the output helpers.
 
 Every module calls the manager through :func:`call` (looked up on this module
-at call time, so a test can replace it in one place).
+at call time, so a test can replace it in one place). The calls of one
+invocation share one :func:`connection`, opened at the first: this host's
+socket, or one SSH connection to the manager that ``--host``/``--context``
+(pyswarm/contexts.py) selects, which :func:`main` set with :func:`target`.
 """
 
 from __future__ import annotations
@@ -20,8 +23,39 @@ FORMAT_HELP = ("table (default), json (a JSON array of pyswarm's rows, for scrip
                "template: '{{.Name}}', '{{json .}}', 'table {{.ID}}\\t{{.Name}}'")
 
 
-def call(method: str, params: dict[str, Any] | None = None) -> Any:
-    return rpc.call_unix(cfg.socket_path(), method, params or {})
+_target: dict[str, Any] = {}
+_open: list[rpc.Connection] = []
+
+
+def target(host: str | None = None, context: str | None = None, accept_host_key: bool = False,
+           local: bool = False) -> None:
+    """Where this invocation's calls go (``local``: this host's manager, whatever the context)."""
+    close()
+    _target.clear()
+    _target.update(host=host, context=context, accept_host_key=accept_host_key, local=local)
+
+
+def connection() -> rpc.Connection:
+    if _open and _open[0].closed:  # a streaming call closed it when it ended
+        _open.pop()
+    if not _open:
+        if _target.get("local"):
+            _open.append(rpc.connect_unix(cfg.socket_path()))
+        else:
+            from pyswarm import contexts, remote
+
+            sel = contexts.select(_target.get("host"), _target.get("context"))
+            _open.append(remote.open_selected(sel.targets, sel.context, bool(_target.get("accept_host_key"))))
+    return _open[0]
+
+
+def close() -> None:
+    while _open:
+        _open.pop().close()
+
+
+def call(method: str, params: dict[str, Any] | None = None, timeout: float = 60.0) -> Any:
+    return connection().call(method, params or {}, timeout)
 
 
 PAGE = 10_000

@@ -13,8 +13,6 @@ import argparse
 import sys
 from typing import Any
 
-from pyswarm import config as cfg
-from pyswarm import rpc
 from pyswarm.cli import common
 from pyswarm.output import print_rows
 
@@ -29,9 +27,8 @@ def _size(n: int) -> str:
 
 
 def _push(args: argparse.Namespace) -> int:
-    rows: list[dict[str, Any]] = rpc.call_unix(cfg.socket_path(), "image.push",
-                                               {"image": args.image, "nodes": args.node or []},
-                                               timeout=PUSH_TIMEOUT)
+    rows: list[dict[str, Any]] = common.call("image.push", {"image": args.image, "nodes": args.node or []},
+                                             timeout=PUSH_TIMEOUT)
     for row in rows:
         row["layers"] = f"{row['layers_sent']}/{row['layers_total']}"
         row["sent"] = _size(int(row["bytes"]))

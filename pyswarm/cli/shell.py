@@ -104,12 +104,12 @@ def _names(method: str, key: str) -> Callable[[], list[str]]:
 
 def _contexts() -> list[str]:
     """Context names, once the context commands exist (engineer ``remote``)."""
+    from pyswarm import contexts
+
     try:
-        from pyswarm import context  # type: ignore[attr-defined]
-    except ImportError:
+        return contexts.names()
+    except PyswarmError:
         return []
-    lister = getattr(context, "names", None)
-    return list(lister()) if callable(lister) else []
 
 
 DYNAMIC: dict[tuple[str, str], Callable[[], list[str]]] = {

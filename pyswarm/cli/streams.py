@@ -26,7 +26,6 @@ import threading
 import time
 from typing import Any, TextIO
 
-from pyswarm import config as cfg
 from pyswarm import rpc
 from pyswarm.cli import common
 from pyswarm.errors import UsageError
@@ -35,8 +34,9 @@ COLOURS = (32, 33, 34, 35, 36, 91, 92, 93, 94, 95, 96)
 
 
 def stream(method: str, params: dict[str, Any]) -> rpc.StreamCall:
-    """A streaming call to the manager (looked up at call time, like :func:`common.call`)."""
-    return rpc.stream_unix(cfg.socket_path(), method, params)
+    """A streaming call to the manager (looked up at call time, like :func:`common.call`),
+    on this invocation's connection: this host's socket or SSH (docs/remote.md)."""
+    return rpc.StreamCall(common.connection(), method, params)
 
 
 # -- times ---------------------------------------------------------------------

@@ -1,0 +1,94 @@
+"""From the operator's machine: how long ``machine init`` / ``machine add`` take
+on bare hosts, and what the remote CLI costs against the same command on the
+manager (issue 12; goals: under 30 s each, under 1.5x).
+
+A bare lab of its own (1 manager + 1 worker: the system's python3, sshd and
+dockerd, no pyswarm), reached from the root namespace through the lab's SSH
+config, as a laptop reaches VMs:
+
+- ``machine init manager1``: SSH, preflight, wheels shipped and installed,
+  ``pyswarm init``, until the manager answers ready (the command waits);
+- ``machine add worker1``: the same, ``pyswarm join``, until the node is
+  ready in ``node ls``; then each again (nothing to do);
+- the round trip of ``pyswarm node ls`` and ``pyswarm service ls``: through
+  the context (one SSH connection, dial-stdio, the API) against the same
+  command run on the manager host (its unix socket), interleaved, medians.
+
+The first ``machine init`` of a run also builds the wheelhouse when the
+cache (``~/.cache/pyswarm``) has none for this source: run with ``--warm``
+to build it first so the figure is the host's, not the build's.
+
+    python bench/machine_remote.py [--rounds 5] [--warm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pyswarm.deploy.lab_core import Lab
+
+EXE = str(Path(sys.executable).parent / "pyswarm")
+
+
+def timed(argv: list[str], env: dict[str, str]) -> float:
+    start = time.monotonic()
+    res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    took = time.monotonic() - start
+    if res.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(argv[1:])} failed: {res.stdout}{res.stderr}")
+    return took
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5, help="round trips per command and side (default 5)")
+    ap.add_argument("--warm", action="store_true", help="build the wheelhouse before timing machine init")
+    args = ap.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="pyswarm-bench-machine-"))
+    lab = Lab(home / "lab", name="pswbm", subnet="10.250.160.0/24")
+    lab.up(managers=1, workers=1, cluster=False, bare=True)
+    results: dict[str, object] = {"load_before": os.getloadavg()[0]}
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSWARM_", "XDG_", "SSH_AUTH_SOCK"))}
+        env.update(PYSWARM_SSH_CONFIG=str(lab.ssh_config), XDG_CONFIG_HOME=str(home / "xdg"))
+        if args.warm:
+            from pyswarm import wheelhouse
+
+            wheelhouse.build(wheelhouse.Target.local())
+        results["machine_init_s"] = timed([EXE, "machine", "init", "manager1", "--name", "bm"], env)
+        results["machine_add_s"] = timed([EXE, "machine", "add", "worker1"], env)
+        results["machine_init_again_s"] = timed([EXE, "machine", "init", "manager1", "--name", "bm"], env)
+        results["machine_add_again_s"] = timed([EXE, "machine", "add", "worker1"], env)
+        host = lab.host("manager1")
+        for command in (["node", "ls"], ["service", "ls"]):
+            remote, local = [], []
+            for _ in range(args.rounds):
+                remote.append(timed([EXE, *command], env))
+                local.append(timed([*host.nsenter("/root"), "env", "PATH=/usr/local/bin:/usr/bin:/bin",
+                                    "pyswarm", *command], {"PATH": os.environ["PATH"]}))
+            key = "_".join(command)
+            results[f"{key}_context_median_s"] = statistics.median(remote)
+            results[f"{key}_on_manager_median_s"] = statistics.median(local)
+            results[f"{key}_ratio"] = statistics.median(remote) / statistics.median(local)
+        results["load_after"] = os.getloadavg()[0]
+    finally:
+        lab.down()
+    print(json.dumps(results, indent=2))
+    for key in ("machine_init_s", "machine_add_s"):
+        print(f"{key}: {results[key]:.1f} s (goal < 30 s)")
+    for key in ("node_ls", "service_ls"):
+        print(f"{key}: context {results[key + '_context_median_s']:.3f} s, on the manager "
+              f"{results[key + '_on_manager_median_s']:.3f} s, ratio {results[key + '_ratio']:.2f}x (goal < 1.5x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

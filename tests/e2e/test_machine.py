@@ -1,0 +1,137 @@
+"""``pyswarm machine init/add/ls/rm`` from the root namespace (the operator's
+laptop) against bare lab hosts — the system's python3, sshd and dockerd,
+none of this machine's pyswarm — over the lab's SSH config, then the
+cluster driven through the context it made (docs/remote.md)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support import wait_for
+
+from pyswarm.deploy.lab import Lab
+
+pytestmark = pytest.mark.e2e
+
+# what machine rm must leave no trace of, looked at from inside the host
+LEFTOVERS = ("ls -A /opt/pyswarm /usr/local/bin/pyswarm /run/pyswarm /etc/systemd/system/pyswarm-manager.service "
+             "2>/dev/null; ls -A /var/lib/pyswarm 2>/dev/null; grep -c pyswarm-cluster /root/.ssh/authorized_keys; "
+             "iptables-save | grep -ci pyswarm; ipset list -n | grep -c '^psw-'; ip -o link show pswvx0 2>/dev/null; "
+             "docker ps -aq --filter label=pyswarm.task.id; docker network ls -q --filter name=^pyswarm$")
+
+
+class Laptop:
+    """The operator's side: the lab's SSH config, a config dir of its own."""
+
+    def __init__(self, lab: Lab, home: Path) -> None:
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSWARM_", "SSH_AUTH_SOCK", "XDG_"))}
+        self.env.update(PYSWARM_SSH_CONFIG=str(lab.ssh_config), XDG_CONFIG_HOME=str(home))
+
+    def run(self, *args: str, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        exe = str(Path(sys.executable).parent / "pyswarm")
+        res = subprocess.run([exe, *args], env=self.env, capture_output=True, text=True, timeout=timeout,
+                             stdin=subprocess.DEVNULL)
+        if check and res.returncode != 0:
+            pytest.fail(f"laptop$ pyswarm {' '.join(args)} exited {res.returncode}:\n{res.stdout}{res.stderr}",
+                        pytrace=False)
+        return res
+
+
+@pytest.fixture(scope="module")
+def bare(lab_factory: Any) -> Lab:
+    made: Lab = lab_factory(managers=2, workers=1, bare=True)
+    return made
+
+
+@pytest.fixture(scope="module")
+def laptop(bare: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Laptop]:
+    yield Laptop(bare, tmp_path_factory.mktemp("laptop"))
+
+
+def _sh(lab: Lab, host: str, script: str) -> str:
+    return str(lab.exec(host, ["sh", "-c", script], check=False, timeout=60).stdout)
+
+
+def test_a_failed_preflight_lists_what_is_missing_and_changes_nothing(bare: Lab, laptop: Laptop) -> None:
+    bare.mask("manager1", "/usr/sbin/ipset")
+    try:
+        before = _sh(bare, "manager1", "ls -laR /opt /usr/local /var/lib/pyswarm /root 2>&1")
+        res = laptop.run("machine", "init", "manager1", "--name", "bare", check=False)
+        assert res.returncode == 1 and "Traceback" not in res.stderr, res
+        problems = [line for line in res.stderr.splitlines() if line.startswith("  - ")]
+        assert len(problems) == 1 and problems[0].startswith("  - ipset"), res.stderr
+        assert "nothing was changed" in res.stderr and "apt-get install -y ipset" in res.stderr, res.stderr
+        assert _sh(bare, "manager1", "ls -laR /opt /usr/local /var/lib/pyswarm /root 2>&1") == before
+        assert "bare" not in laptop.run("context", "ls").stdout
+    finally:
+        bare.mask("manager1", "/usr/sbin/ipset", present=True)
+
+
+def test_init_add_and_a_stack_through_the_context(bare: Lab, laptop: Laptop, tmp_path: Path) -> None:
+    out = laptop.run("machine", "init", "manager1", "--name", "bare").stdout
+    assert "is now the first manager of a new cluster; context bare is the current one" in out, out
+    assert "bare *" in laptop.run("context", "ls").stdout
+    assert "joined as a worker" in laptop.run("machine", "add", "worker1").stdout
+    assert "joined as a manager" in laptop.run("machine", "add", "manager2", "--manager").stdout
+    # a bare host got pyswarm from the wheels the laptop shipped, not this machine's venv
+    assert _sh(bare, "worker1", "readlink /usr/local/bin/pyswarm; /opt/pyswarm/venv/bin/pyswarm --version").split()[:2] \
+        == ["/opt/pyswarm/venv/bin/pyswarm", "pyswarm"]
+    before = _sh(bare, "worker1", "ls -la --time-style=full-iso /opt/pyswarm/venv/bin /var/lib/pyswarm")
+    again = laptop.run("machine", "add", "worker1")
+    assert "was already a worker: nothing changed" in again.stdout, again
+    assert _sh(bare, "worker1", "ls -la --time-style=full-iso /opt/pyswarm/venv/bin /var/lib/pyswarm") == before
+    rows = laptop.run("machine", "ls", "--format", "json").stdout
+    assert all(f'"name": "{h}"' in rows for h in bare.hosts) and rows.count('"status": "ready"') == 3, rows
+    stack = tmp_path / "web.yml"
+    stack.write_text("services:\n  web:\n    image: pyswarm-lab/busybox:latest\n    command: [\"sleep\", \"600\"]\n")
+    laptop.run("stack", "deploy", "-c", str(stack), "site")
+    laptop.run("service", "scale", "site_web=3")
+    wait_for(lambda: '"replicas": "3/3"' in laptop.run("service", "ls", "--format", "json").stdout, 90,
+             "site_web 3/3 through the context", observe=lambda: laptop.run("service", "ps", "site_web").stdout)
+
+
+def test_a_stopped_manager_and_the_cli_goes_on_through_the_next(bare: Lab, laptop: Laptop) -> None:
+    pidfile = bare.host("manager1").private("/run/pyswarm/manager.pid")
+    pid = int(pidfile.read_text())
+    os.kill(pid, 15)
+    wait_for(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],
+             30, "manager1's manager stopped")
+    try:
+        res = laptop.run("service", "ls")
+        assert "site_web" in res.stdout, res
+    finally:
+        bare.exec("manager1", ["pyswarm", "manager", "start"], timeout=90)
+    wait_for(lambda: laptop.run("--host", "ssh://manager1", "service", "ls", check=False).returncode == 0, 60,
+             "manager1 answering again")
+
+
+def test_machine_rm_leaves_nothing_of_pyswarm(bare: Lab, laptop: Laptop) -> None:
+    assert _sh(bare, "worker1", "ls /opt/pyswarm; iptables-save | grep -c PYSWARM").split()[-1] != "0"
+    laptop.run("stack", "rm", "site")
+    out = laptop.run("machine", "rm", "worker1")
+    assert "worker1 (worker1) removed" in out.stdout, out
+    left = _sh(bare, "worker1", LEFTOVERS).split()
+    assert left == ["0", "0", "0"], f"left on worker1 after machine rm: {left}"
+    rows = laptop.run("machine", "ls").stdout
+    assert "worker1" not in rows and "manager2" in rows, rows
+
+
+def test_an_engine_that_is_down_is_named_and_nothing_changes(bare: Lab, laptop: Laptop) -> None:
+    bare.stop_daemon("worker1", "dockerd")  # worker1 is clean again after machine rm
+    try:
+        res = laptop.run("machine", "add", "worker1", check=False)
+        assert res.returncode == 1 and "Traceback" not in res.stderr, res
+        problems = [line for line in res.stderr.splitlines() if line.startswith("  - ")]
+        assert len(problems) == 1 and "engine API is unreachable" in problems[0], res.stderr
+        assert _sh(bare, "worker1", "ls -A /opt/pyswarm /usr/local/bin/pyswarm 2>/dev/null; ls -A /var/lib/pyswarm"
+                   ).split() == [], "machine add changed worker1 though its preflight failed"
+        assert "worker1" not in laptop.run("machine", "ls").stdout
+    finally:
+        bare.start_daemons("worker1", only=("dockerd",))

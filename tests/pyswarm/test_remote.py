@@ -1,0 +1,65 @@
+"""pyswarm.remote: parsing ssh:// addresses, and which known_hosts file a
+host's key is checked against and added to (the SSH itself: tests/e2e/test_remote_cli.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from pyswarm import remote
+from pyswarm.errors import UsageError
+from pyswarm.remote import SSHTarget, parse_target
+
+
+@pytest.mark.parametrize("text, want", [
+    ("ssh://m1", SSHTarget("m1")),
+    ("ssh://root@m1", SSHTarget("m1", "root")),
+    ("ssh://deploy@10.0.0.5:2222", SSHTarget("10.0.0.5", "deploy", 2222)),
+    ("ssh://[fd00::1]:22", SSHTarget("fd00::1", None, 22)),
+    ("ssh://m1/", SSHTarget("m1")),
+])
+def test_parse(text: str, want: SSHTarget) -> None:
+    assert parse_target(text) == want
+    assert parse_target(want.url) == want
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("m1", "expected ssh://"), ("ssh://", "expected ssh://"), ("ssh://@m1", "empty user"),
+    ("ssh://m1:x", "port 'x'"), ("ssh://m1:0", "port '0'"), ("ssh://[fd00::1", "unclosed"),
+])
+def test_parse_refuses(text: str, problem: str) -> None:
+    with pytest.raises(UsageError, match=problem):
+        parse_target(text)
+
+
+def test_bare_destination_for_machine_commands() -> None:
+    assert parse_target("root@h:22", scheme_required=False) == SSHTarget("h", "root", 22)
+
+
+def test_pyswarm_ssh_config_replaces_the_users(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "config"
+    config.write_text(f"Host m1\n  HostName 10.0.0.1\n  UserKnownHostsFile {tmp_path}/kh\n")
+    monkeypatch.setenv("PYSWARM_SSH_CONFIG", str(config))
+    assert remote.known_hosts_files(SSHTarget("m1")) == [tmp_path / "kh"]
+    assert remote.known_hosts_files(SSHTarget("other")) == [Path.home() / ".ssh" / "known_hosts"]
+    monkeypatch.setenv("PYSWARM_SSH_CONFIG", str(tmp_path / "missing"))
+    with pytest.raises(UsageError, match="PYSWARM_SSH_CONFIG names .*missing"):
+        remote.ssh_config_paths()
+
+
+def test_an_accepted_key_is_written_where_it_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "config"
+    config.write_text(f"Host *\n  UserKnownHostsFile {tmp_path}/sub/kh\n")
+    monkeypatch.setenv("PYSWARM_SSH_CONFIG", str(config))
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    target = SSHTarget("m1", port=2222)
+    assert remote._trusted(target) is not None  # a missing file trusts nothing, and is no error
+    path = remote._remember_host_key(target, "m1", "10.0.0.1", 2222, key)
+    assert path == tmp_path / "sub" / "kh"
+    line = path.read_text()
+    assert line.startswith("[m1]:2222,[10.0.0.1]:2222 ssh-ed25519 ")
+    trusted = remote._trusted(target)
+    host_keys = asyncssh.match_known_hosts(trusted, "m1", "10.0.0.1", 2222)[0]
+    assert {k.public_data for k in host_keys} == {key.public_data}
