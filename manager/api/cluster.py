@@ -10,11 +10,13 @@ from pyswarm.wire import rule
 
 from .. import ops
 from .base import Resource, cluster_of, method
+from .security import set_autolock
 
 
 @dataclass(frozen=True)
 class ClusterUpdate:
     task_history_limit: int | None = field(default=None, metadata=rule(min=0, max=1000))
+    autolock: bool | None = None  # manager/api/security.py
 
 
 class ClusterApi(Resource):
@@ -42,7 +44,10 @@ class ClusterApi(Resource):
         fields: dict[str, Any] = {}
         if req.task_history_limit is not None:
             fields["task_history_limit"] = req.task_history_limit
-        if not fields:
-            raise UsageError("swarm update: nothing to change (give --task-history-limit)")
-        await self.store.commit([ops.patch("cluster", cluster.id, **fields)])
+        if not fields and req.autolock is None:
+            raise UsageError("swarm update: nothing to change (give --task-history-limit or --autolock)")
+        if fields:
+            await self.store.commit([ops.patch("cluster", cluster.id, **fields)])
+        if req.autolock is not None:
+            fields.update(await set_autolock(self, req.autolock))
         return {"id": cluster.id, **fields}
