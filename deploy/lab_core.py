@@ -533,6 +533,22 @@ class Lab:
 
     # ------------------------------------------------------------ faults
 
+    def host_pids(self, host: str, *words: str) -> list[int]:
+        """Processes of ``host`` (those in its mount namespace) whose
+        arguments contain every one of ``words``: its agent sessions, say."""
+        ns = os.stat(self.host(host).mnt_file).st_ino
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                if os.stat(f"/proc/{pid}/ns/mnt").st_ino != ns:
+                    continue
+            except OSError:
+                continue
+            if all(any(w.encode() in a for a in argv) for w in words):
+                found.append(int(pid))
+        return found
+
     def kill_host(self, host: str, timeout: float = 15) -> None:
         """Kill every process of ``host`` at once, as a power cut would: sshd
         and the agent's session, dockerd, containerd, the containers.

@@ -141,14 +141,16 @@ class Responder:
         hit = self._cache.get(key)
         offset: int | None = None
         if hit is _FORWARDED:
-            return FORWARD
+            if table.may_forward(client):
+                return FORWARD
+            hit = None  # a client that may not have it forwarded: REFUSED, built below
         if hit is not None:
             name, variants = hit
             offset = self.rotator.next_offset(name, len(variants)) if len(variants) > 1 else 0
             body = variants[offset]
             if body is not None:
                 return Reply(data[:2] + body)
-        reply, rotation = self._build(data, tcp, table, offset)
+        reply, rotation = self._build(data, tcp, table, offset, client)
         if reply.forward and len(self._cache) < CACHE_MAX:
             # the decision to forward depends on the same key: skip the parse next time
             self._cache[key] = _FORWARDED
@@ -166,8 +168,8 @@ class Responder:
         self._cache.clear()
         self._cache_bytes = 0
 
-    def _build(self, data: bytes, tcp: bool, table: NameTable,
-               offset: int | None) -> tuple[Reply, tuple[str, int, int] | None]:
+    def _build(self, data: bytes, tcp: bool, table: NameTable, offset: int | None,
+               client: str | None = None) -> tuple[Reply, tuple[str, int, int] | None]:
         """The reply built with dnslib, and how to cache it: (rotation key,
         number of offsets, this reply's offset), or None if not cacheable."""
         try:
@@ -208,11 +210,12 @@ class Responder:
 
         found = table.classify(qname)
         if found.kind is Kind.OUTSIDE:
-            if self.settings.forwarding:
+            if self.settings.forwarding and table.may_forward(client):
                 return FORWARD, None
             reply.header.aa = 0
             reply.header.rcode = RCODE.REFUSED
-            return Reply(bytes(reply.pack())), fixed
+            # not cached when forwarding: the same query from a node is forwarded
+            return Reply(bytes(reply.pack())), None if self.settings.forwarding else fixed
 
         rotation = self._fill(reply, question.qname, int(question.qtype), found, table, offset)
         return Reply(self._pack(reply, limit)), rotation

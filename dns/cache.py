@@ -18,7 +18,8 @@ from pyswarm.models import Cluster, Service, Task
 
 from .records import NameTable, build_table
 
-Snapshot = tuple[Cluster, Iterable[Service], Iterable[Task]]
+# the cluster, its services, its tasks, and its nodes' addresses (forwarding, NameTable.may_forward)
+Snapshot = tuple[Cluster, Iterable[Service], Iterable[Task], Iterable[str]] | tuple[Cluster, Iterable[Service], Iterable[Task]]
 
 
 class TableCache:
@@ -37,10 +38,11 @@ class TableCache:
         self._serial = self._table.serial
         self._lock = threading.Lock()
 
-    def update(self, cluster: Cluster, services: Iterable[Service], tasks: Iterable[Task]) -> NameTable:
+    def update(self, cluster: Cluster, services: Iterable[Service], tasks: Iterable[Task],
+               nodes: Iterable[str] = ()) -> NameTable:
         """Rebuild from this snapshot now; return the new table."""
         self._stale = False
-        return self._install(build_table(cluster, services, tasks))
+        return self._install(build_table(cluster, services, tasks, nodes))
 
     def _install(self, table: NameTable) -> NameTable:
         with self._lock:

@@ -108,6 +108,25 @@ class NameTable:
     pool: str = ""  # the address pool: its reverse names are ours
     view_key: frozenset[str] | None = None  # None: the whole table (clients outside the pool)
     _views: dict[frozenset[str], NameTable] = field(default_factory=dict, compare=False, repr=False)
+    # the cluster's nodes' addresses: with the pool and loopback, the clients
+    # whose queries for outside names are forwarded (:meth:`may_forward`)
+    nodes: frozenset[str] = frozenset()
+    _forward_ok: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+
+    def may_forward(self, ip: str | None) -> bool:
+        """Whether a query from ``ip`` for a name outside the zone may be
+        forwarded: only for the cluster's own containers (the pool), its
+        nodes and this host (loopback), as Docker's embedded DNS answers
+        only its own containers; anyone else gets REFUSED, so a manager is
+        no open resolver. ``None`` (no address known: a direct call) may."""
+        if ip is None:
+            return True
+        known = self._forward_ok.get(ip)
+        if known is None:
+            known = ip in self.nodes or _inside(ip, self.pool)
+            if len(self._forward_ok) < 65536:
+                self._forward_ok[ip] = known
+        return known
 
     def for_client(self, ip: str | None) -> NameTable:
         """The table as client ``ip`` may see it: a task's container sees
@@ -274,7 +293,23 @@ def srv_names(service: Service, zone: str) -> list[tuple[str, int]]:
     return out
 
 
-def build_table(cluster: Cluster, services: Iterable[Service], tasks: Iterable[Task]) -> NameTable:
+def _inside(ip: str, pool: str) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    if addr.is_loopback:
+        return True
+    try:
+        return bool(pool) and addr in ipaddress.ip_network(pool, strict=False)
+    except ValueError:
+        return False
+
+
+def build_table(cluster: Cluster, services: Iterable[Service], tasks: Iterable[Task],
+                nodes: Iterable[str] = ()) -> NameTable:
     """Build the name table for one snapshot of the store.
 
     Pure: the same snapshot always gives the same table. Tasks are matched to
@@ -341,7 +376,7 @@ def build_table(cluster: Cluster, services: Iterable[Service], tasks: Iterable[T
     parents = {p for p in parents if p == zone or p.endswith("." + zone) or p.rsplit(".", 1)[-1] in stacks}
     return NameTable(zone=zone, names=names, stacks=frozenset(stacks), parents=frozenset(parents),
                      scoped={k: tuple(v) for k, v in scoped.items()}, clients=clients,
-                     pool=cluster.addr_pool)
+                     pool=cluster.addr_pool, nodes=frozenset(nodes))
 
 
 class Rotator:

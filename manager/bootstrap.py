@@ -38,6 +38,9 @@ from pyswarm.host import (
 )
 from pyswarm.tokens import fingerprint, new_secret, parse_token
 
+from . import sealing
+from .autolock import new_unlock_key
+
 
 # -- host facts -------------------------------------------------------------------
 
@@ -88,7 +91,7 @@ def _platform() -> dict[str, str]:
 def init(advertise_addr: str | None, foreground: bool, api_port: int = cfg.DEFAULT_API_PORT,
          raft_port: int = cfg.DEFAULT_RAFT_PORT, dns_port: int = cfg.DEFAULT_DNS_PORT,
          addr_pool: str = "10.240.0.0/16", dns_upstreams: list[str] | None = None,
-         overlay: str = "", api_group: str = "") -> str:
+         overlay: str = "", api_group: str = "", autolock: bool = False) -> str:
     """Create the cluster on this host; return the node id once the manager answers.
     ``overlay`` "vxlan" carries container traffic between hosts in VXLAN
     (hosts not on one link); "" routes it (hosts on one link)."""
@@ -104,8 +107,9 @@ def init(advertise_addr: str | None, foreground: bool, api_port: int = cfg.DEFAU
     addr = advertise_addr or default_advertise_addr()
     host_key = read_sshd_host_key()
     state = cfg.state_dir()
-    state.mkdir(parents=True, exist_ok=True)
+    cfg.make_private_dir(state)
     try:
+        sealing.write_key_file(state, {"key": sealing.DataKey.new().export()})
         cluster_key = asyncssh.generate_private_key("ssh-ed25519", comment=KEY_COMMENT)
         api_key = asyncssh.generate_private_key("ssh-ed25519", comment="pyswarm-api")
         api_key_path = state / "api_host_key"
@@ -119,12 +123,13 @@ def init(advertise_addr: str | None, foreground: bool, api_port: int = cfg.DEFAU
             api_host_key_fingerprint=fingerprint(api_key.public_data),
             api_host_private_key=api_key.export_private_key().decode(),
             raft_secret=new_secret() + new_secret(), dns_upstreams=dns_upstreams,
+            autolock=autolock, unlock_key=new_unlock_key() if autolock else "",
         )
         import ipaddress
 
         subnet = str(next(ipaddress.ip_network(addr_pool).subnets(new_prefix=cluster.subnet_size)))
         node = Node(
-            id=new_id(), hostname=socket.gethostname(), addr=addr, role=NodeRole.MANAGER,
+            id=new_id(), hostname=socket.gethostname(), addr=addr, role=NodeRole.MANAGER, held_keys=True,
             status=NodeStatus.UNKNOWN, subnet=subnet, ssh_host_key=host_key,
             api_port=api_port, raft_port=raft_port, platform=_platform(),
         )

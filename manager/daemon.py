@@ -13,12 +13,16 @@ import logging
 import os
 import signal
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 
+from pyswarm import aio
 from pyswarm import config as cfg
+from pyswarm.wire import rule
 from pyswarm.dns.cache import TableCache
 from pyswarm.dns import upstreams_from_resolv_conf
 from pyswarm.dns.server import DnsServer
@@ -26,7 +30,8 @@ from pyswarm.host import retire_local_manager, running_manager_pid
 
 from pyswarm.models import NodeRole
 
-from .api import Api, Self
+from .api import Api, Method, Self
+from .api.base import Empty
 from .api.images import Images
 from .api.streams import StreamApi
 from .dispatcher import Dispatcher
@@ -37,8 +42,11 @@ from .networks import LIVE_STATES
 from .orchestrator import Orchestrator
 from .scheduling import Scheduler
 from .servers import SSHApiServer, UnixApiServer
+from . import ops, sealing
+from .autolock import LockedApi, wanted_form
 from .store import RaftConfig, Store
 from .streams import StreamHub
+from .supervise import WINDOW, Supervised, describe
 from .updater import Updater
 
 log = logging.getLogger(__name__)
@@ -46,32 +54,64 @@ log = logging.getLogger(__name__)
 SWITCH_INTERVAL = 0.001  # seconds
 
 
-class _Leading:
-    """The loops that run only on the leader."""
+@dataclass(frozen=True)
+class FailLoop:
+    """``debug.fail_loop``'s request."""
 
-    def __init__(self, store: Store, client_keys: list[Any], images: ImageService | None = None,
-                 hub: StreamHub | None = None, lag: LoopLag | None = None) -> None:
-        dispatcher = Dispatcher(store, client_keys, images=images, lag=lag)
+    loop: str = field(metadata=rule(max_len=64))
+
+
+class _Leading:
+    """The loops that run only on the leader, each supervised
+    (manager/supervise.py): restarted when it fails, and the manager gives
+    up leading when one keeps failing."""
+
+    def __init__(self, store: Store, client_keys: list[Any], on_give_up: Any,
+                 images: ImageService | None = None, hub: StreamHub | None = None,
+                 lag: LoopLag | None = None) -> None:
         self.hub = hub
-        if hub is not None:
-            hub.attach(dispatcher)  # logs/exec/stats over its sessions (manager/streams.py)
-        self.components: list[Any] = [Orchestrator(store), Updater(store), Scheduler(store), dispatcher]
-        self.tasks = [asyncio.create_task(c.run(), name=type(c).__name__) for c in self.components]
+
+        def dispatcher() -> Dispatcher:
+            d = Dispatcher(store, client_keys, images=images, lag=lag)
+            if hub is not None:
+                hub.attach(d)  # logs/exec/stats over its sessions (manager/streams.py); each restart's anew
+            return d
+
+        makers: dict[str, Any] = {
+            "orchestrator": lambda: Orchestrator(store), "updater": lambda: Updater(store),
+            "scheduler": lambda: Scheduler(store), "dispatcher": dispatcher,
+        }
+        self.loops = [Supervised(name, make, on_give_up) for name, make in makers.items()]
+        self.tasks = [aio.spawn(s.run(), s.name, log) for s in self.loops]
+        self.started = time.monotonic()
+
+    def loop(self, name: str) -> Supervised | None:
+        return next((s for s in self.loops if s.name == name), None)
+
+    def failing_since(self) -> float:
+        """The monotonic time of the latest failure of any loop (0: none)."""
+        return max((s.failures[-1] for s in self.loops if s.failures), default=0.0)
 
     async def stop(self) -> None:
         if self.hub is not None:
             self.hub.detach()
-        for c in self.components:
-            c.stop()
-        for t in self.tasks:
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for s in self.loops:
+            s.stop()
+        await aio.reap(*self.tasks)
 
 
 class Manager:
     def __init__(self, config: cfg.ManagerConfig, state_dir: Path | None = None) -> None:
         self.config = config
         self.state_dir = state_dir or cfg.state_dir()
+        cfg.harden(self.state_dir)  # state from before it was kept root-only
+        self._key_file = sealing.read_key_file(self.state_dir)
+        self._locked = self._key_file is not None and "locked" in self._key_file
+        key = None if self._locked else sealing.load_plain_key(self.state_dir)
+        if key is None and not self._locked:
+            log.warning("no data key in %s: secrets are not encrypted at rest (a cluster from before keys)",
+                        self.state_dir)
+        sealing.use(key)
         self.store = Store(RaftConfig(
             self_addr=f"{config.advertise_addr}:{config.raft_port}",
             partners=[p for p in config.raft_peers if p != f"{config.advertise_addr}:{config.raft_port}"],
@@ -95,6 +135,9 @@ class Manager:
         self.event_log = EventLog(self.store)
         self.streams = StreamApi(self.store, self.hub, self.event_log)
         self.lag = LoopLag()
+        self._gave_up = ""  # why this manager last stopped leading on its own
+        self.api.register(Method("debug.loops", Empty, self._debug_loops))
+        self.api.register(Method("debug.fail_loop", FailLoop, self._debug_fail_loop))
 
     def _dns_snapshot(self) -> Any:
         snap = self.store.snapshot()
@@ -104,7 +147,7 @@ class Manager:
 
             cluster = Cluster(id="")
         # only tasks that can have an address matter (the state index: no scan)
-        return cluster, snap.services(), snap.tasks_in(*LIVE_STATES)
+        return cluster, snap.services(), snap.tasks_in(*LIVE_STATES), [n.addr for n in snap.nodes()]
 
     def _join_secrets(self) -> tuple[str, str]:
         cluster = self.store.snapshot().cluster
@@ -122,6 +165,9 @@ class Manager:
         self._lock = _exclusive_lock(self.state_dir / "manager.lock")
         pidfile.parent.mkdir(parents=True, exist_ok=True)
         pidfile.write_text(f"{os.getpid()}\n")
+        if self._locked and not await self._wait_unlocked():
+            pidfile.unlink(missing_ok=True)
+            return
         self.store.start()
         unix = UnixApiServer(self.api, cfg.socket_path(), self.streams, group=self.config.api_group)
         ssh = SSHApiServer(self.api, self.config.advertise_addr, self.config.api_port,
@@ -137,15 +183,17 @@ class Manager:
         log.info("manager %s up: api %s:%d, raft %s, dns %s:%d", self.config.node_id,
                  self.config.advertise_addr, self.config.api_port, self.store.self_addr,
                  self.config.advertise_addr, self.config.dns_port)
-        dns_watch = asyncio.create_task(self._watch_dns())
-        events = asyncio.create_task(self.event_log.run(), name="EventLog")
-        lag_watch = asyncio.create_task(self.lag.run())
+        dns_watch = aio.spawn(self._watch_dns(), "dns watch", log)
+        key_watch = aio.spawn(self._keep_key_file(), "key file", log)
+        events = aio.spawn(self.event_log.run(), "EventLog", log)
+        lag_watch = aio.spawn(self.lag.run(), "loop lag", log)
         try:
             await self._lead_while_leader()
         finally:
             dns_watch.cancel()
             events.cancel()
             lag_watch.cancel()
+            key_watch.cancel()
             if self._leading is not None:
                 await self._leading.stop()
             await dns.stop()
@@ -156,6 +204,51 @@ class Manager:
             pidfile.unlink(missing_ok=True)
             if self.retired:
                 retire_local_manager(self.state_dir)
+
+    async def _wait_unlocked(self) -> bool:
+        """Locked (autolock): serve only ``swarm.unlock`` (and ``ping``) on
+        the unix socket until the operator gives the unlock key; False when
+        stopped first. Nothing else starts: no Raft, no DNS, no join door."""
+        opened: asyncio.Future[sealing.DataKey] = asyncio.get_running_loop().create_future()
+
+        def on_unlock(key: sealing.DataKey) -> None:
+            if not opened.done():
+                opened.set_result(key)
+
+        assert self._key_file is not None
+        locked = LockedApi(self.config.node_id, self.config.cluster_id, self._key_file, on_unlock)
+        door = UnixApiServer(locked, cfg.socket_path())
+        await door.start()
+        log.warning("manager %s is locked (autolock): waiting for `pyswarm swarm unlock`", self.config.node_id)
+        stop: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
+        waiting: set[asyncio.Future[Any]] = {opened, stop}
+        try:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            await door.stop()
+        if not opened.done():
+            return False
+        sealing.use(opened.result())
+        self._locked = False
+        log.info("unlocked: starting")
+        return True
+
+    async def _keep_key_file(self) -> None:
+        """Keep STATE/data_key in the form the cluster asks for: locked with
+        the current unlock key under autolock, plain otherwise."""
+        watcher = self.store.watcher()
+        while True:
+            await watcher.wait(timeout=5.0)
+            key = sealing.KEY
+            if key is None or not self.store.in_sync:
+                continue
+            wanted = wanted_form(key, self.store.snapshot().cluster, self._key_file)
+            if wanted is not None:
+                sealing.write_key_file(self.state_dir, wanted)
+                self._key_file = wanted
+                log.info("data key file %s", "locked with the cluster's unlock key" if "locked" in wanted
+                         else "no longer locked (autolock off)")
 
     async def _watch_dns(self) -> None:
         watcher = self.store.watcher()
@@ -185,7 +278,10 @@ class Manager:
                     keys = [asyncssh.import_private_key(k) for k in
                             (cluster.ssh_private_key, cluster.previous_ssh_private_key) if k]
                     log.info("became leader: starting orchestrator, updater, scheduler, dispatcher")
-                    self._leading = _Leading(self.store, keys, self.images, self.hub, self.lag)
+                    self._leading = _Leading(self.store, keys, self._give_up, self.images, self.hub, self.lag)
+            elif self._leading is not None and self._gave_up and \
+                    time.monotonic() - max(self._leading.failing_since(), self._leading.started) > WINDOW:
+                await self._say_why("")  # every loop has run well for a while: the trouble is over
             elif not self.store.is_leader and self._leading is not None:
                 log.info("no longer leader: stopping orchestrator, updater, scheduler, dispatcher")
                 await self._leading.stop()
@@ -194,6 +290,43 @@ class Manager:
                 await asyncio.wait_for(self._stop.wait(), 0.1)
             except asyncio.TimeoutError:
                 pass
+
+    def _give_up(self, loop: str, reason: str) -> None:
+        """A leader loop keeps failing: hand leadership to another manager,
+        and say why in the log and on this manager's node (node ls)."""
+        why = f"leader loop {loop} keeps failing ({reason})"
+        if self.store.step_down():
+            log.error("%s: stepping down as leader", why)
+            why += "; stepped down as leader"
+        else:
+            log.error("%s; no other manager to take over: restarting it at the longest pause", why)
+        aio.spawn(self._say_why(why), "say why", log)
+
+    async def _say_why(self, why: str) -> None:
+        self._gave_up = why
+        try:
+            await self.store.commit([ops.patch("node", self.config.node_id, manager_message=why)])
+        except Exception as exc:  # no quorum, say: the log has it
+            log.warning("could not record on the node why: %s", exc)
+
+    async def _debug_loops(self, request: Empty) -> Any:
+        """``debug.loops`` (root unix socket only): each leader loop's starts and last error."""
+        return describe(self._leading.loops) if self._leading is not None else []
+
+    async def _debug_fail_loop(self, request: FailLoop) -> Any:
+        """``debug.fail_loop {"loop": NAME}`` (root unix socket only): make a
+        leader loop fail now, as if it had raised; the supervisor restarts it."""
+        from pyswarm.errors import ClusterError, UsageError
+
+        if self._leading is None:
+            raise ClusterError("this manager is not the leader: no leader loop runs here")
+        name = request.loop
+        loop = self._leading.loop(name)
+        if loop is None:
+            raise UsageError(f"no leader loop {name!r} (there are: {', '.join(s.name for s in self._leading.loops)})")
+        if not loop.inject_fault():
+            raise ClusterError(f"leader loop {name} is not running right now (restarting?)")
+        return describe(self._leading.loops)
 
     async def _bootstrap(self) -> None:
         """On the first start after ``init``: write the cluster and this node."""
@@ -228,6 +361,7 @@ def _exclusive_lock(path: Path) -> Any:
 
 def main() -> int:
     """``pyswarm manager run``: the manager in the foreground."""
+    os.umask(0o077)  # the Raft journal and dumps, the log, the pid file: root-only
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
     # the planners run in a thread: let the event loop (heartbeats, DNS, API)

@@ -15,6 +15,7 @@ reconnecting with a short back-off.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections.abc import Iterable
@@ -22,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
-from pyswarm import protocol
+from pyswarm import aio, protocol
 from pyswarm.models import DESIRED_RUNNING, ENGINE_UNREACHABLE, Node, NodeRole, NodeStatus, Task, TaskState
-from pyswarm.wire import BadRequest, parse
+from pyswarm.wire import BadRequest
 
-from . import ops
+from . import ops, sealing
 from .images import ImageService, registry_auth
 from .lag import STALL, LoopLag
 from .objects import task_files
@@ -37,9 +38,6 @@ if TYPE_CHECKING:
     from .streams import StreamHub
 
 log = logging.getLogger(__name__)
-
-_AGENT_STATES = {s.value for s in TaskState}
-
 
 def node_assignments(snap: Snapshot, node_id: str, zone: str) -> list[dict[str, Any]]:
     """The whole set of tasks ``node_id`` should run, as the agent wants it
@@ -119,6 +117,7 @@ def node_configuration(snap: Snapshot, node: Node, term: int = 0, view: ClusterV
         message["manager"] = {
             "addr": node.addr, "api_port": node.api_port, "raft_port": node.raft_port,
             "raft_secret": cluster.raft_secret, "api_host_private_key": cluster.api_host_private_key,
+            "data_key": sealing.KEY.export() if sealing.KEY is not None else "",
             "raft_peers": view.raft_peers,
             "dns_upstreams": cluster.dns_upstreams,
         }
@@ -136,6 +135,12 @@ async def connect_node(node: Node, client_keys: list[Any]) -> Any:
         # and with 1,000 nodes each keepalive is another 1,000 messages/s
         agent_path=None, config=[],
     ), timeout=5)
+
+
+_GONE = "no such task"
+
+
+REFUSALS_LOGGED = 20  # per node and 10 s
 
 
 class HeartbeatLost(Exception):
@@ -158,6 +163,8 @@ class _Session:
         self._ready = False
         self._end_reason = "session closed"
         self.engine_down = False  # the agent said its engine is unreachable
+        self._refusals = 0
+        self._refusals_since = 0.0
 
     async def run(self) -> None:
         backoff = 0.2
@@ -171,6 +178,11 @@ class _Session:
                 reason = self._end_reason = _describe(exc)
                 log.info("session to %s (%s) ended: %s%s", self.node.hostname, self.node.addr, reason,
                          self._d.lag_note())
+                self._d.mark_down(self.node, reason)
+            except Exception as exc:  # a bug here must not end the node's session for good
+                reason = f"session failed: {type(exc).__name__}: {exc}"
+                log.error("session to %s (%s) failed; reconnecting", self.node.hostname, self.node.addr,
+                          exc_info=exc)
                 self._d.mark_down(self.node, reason)
             finally:
                 self._close()
@@ -192,17 +204,18 @@ class _Session:
         reader = asyncio.create_task(self._read())
         pinger = asyncio.create_task(self._ping())
         try:
-            done, _ = await asyncio.wait({reader, pinger}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({reader, pinger}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            reader.cancel()
-            pinger.cancel()
-        for finished in done:
-            finished.result()  # raises why the session ended
+            failed = await aio.reap(reader, pinger)  # both read, whichever ended first
+        if failed:
+            raise failed[0]  # why the session ended
 
     async def _read(self) -> None:
+        stdout = self._process.stdout
+        buf = b""
         while True:
-            line = await self._process.stdout.readline()
-            if not line:
+            chunk = await stdout.read(65536)
+            if not chunk:
                 stderr = b""
                 try:
                     stderr = await asyncio.wait_for(self._process.stderr.read(2000), 0.5)
@@ -210,12 +223,35 @@ class _Session:
                     pass
                 raise ValueError("agent exited" + (f": {stderr.decode(errors='replace').strip()}" if stderr else ""))
             self._last_heard = time.monotonic()
-            try:
-                message = protocol.decode(line)
-            except ValueError:
-                log.warning("%s: not a protocol line: %r", self.node.hostname, line[:200])
-                continue
-            self._d.handle(self, message)
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            if len(buf) > protocol.MAX_AGENT_LINE:
+                # a line that never ends: a broken or hostile agent; the
+                # session ends (and reconnects) rather than buffer it all
+                raise ValueError(f"agent sent a line longer than {protocol.MAX_AGENT_LINE} bytes")
+            for line in lines:
+                if not line.strip():
+                    continue
+                try:
+                    message = protocol.parse_agent(line)
+                except BadRequest as exc:
+                    self.refused(f"refused a message: {exc}")
+                    continue
+                self._d.handle(self, message)
+
+    def refused(self, what: str) -> None:
+        """Log a refusal, at most :data:`REFUSALS_LOGGED` per 10 s and node
+        (then one line with the count): a broken or hostile agent must not
+        flood the manager's log."""
+        now = time.monotonic()
+        if now - self._refusals_since > 10:
+            if self._refusals > REFUSALS_LOGGED:
+                log.warning("%s: %d more refusals in %.0fs not logged", self.node.hostname,
+                            self._refusals - REFUSALS_LOGGED, now - self._refusals_since)
+            self._refusals, self._refusals_since = 0, now
+        self._refusals += 1
+        if self._refusals <= REFUSALS_LOGGED:
+            log.warning("%s: %s", self.node.hostname, what)
 
     async def _ping(self) -> None:
         """Heartbeats: silence for ``dead_after`` ends the session. Until the
@@ -315,6 +351,7 @@ class Dispatcher:
         if images is not None:
             images.connect = self.connection
         self.client_keys = client_keys  # the cluster key, then the one it replaced (if any)
+        self._key_texts: tuple[str, ...] = ()
         self.ping_every = ping_every
         self.dead_after = dead_after
         self.hello_timeout = hello_timeout
@@ -337,16 +374,21 @@ class Dispatcher:
 
     async def run(self) -> None:
         watcher = self._store.watcher()
-        writer = asyncio.create_task(self._writer())
+        writer = aio.spawn(self._writer(), "dispatcher writer", log)
         try:
             while not self._stopped.is_set():
                 changed = await watcher.wait(timeout=1.0)
                 if self._stopped.is_set():
                     break
+                if writer.done():  # reports would pile up unrecorded: fail, and be restarted
+                    writer.result()
+                    raise RuntimeError("the dispatcher's writer stopped")
                 if not changed and self.snapshot is not None and self._term() == self.term:
                     continue  # nothing new: with 10,000 tasks a needless pass costs ~0.3 s
                 previous = self.snapshot
                 self.snapshot = self._store.snapshot()
+                cluster_now = self.snapshot.cluster
+                self._refresh_keys(cluster_now)
                 self._update_assignments(previous, self.snapshot)
                 self.view = ClusterView(self.snapshot)
                 self.term = self._term()
@@ -392,6 +434,15 @@ class Dispatcher:
             if snap.node(node_id) is None:
                 fresh.pop(node_id, None)
         self.assignments = fresh
+
+    def _refresh_keys(self, cluster: Any) -> None:
+        """Connect with the cluster's current SSH key, then the one it
+        replaced (a rotation, swarm ca --rotate): a node that has not
+        installed the new key yet is still reached, and installs it."""
+        texts = (cluster.ssh_private_key, cluster.previous_ssh_private_key) if cluster is not None else ()
+        if texts and texts != self._key_texts:
+            self._key_texts = texts
+            self.client_keys = [asyncssh.import_private_key(k) for k in texts if k]
 
     def _term(self) -> int:
         """The fencing token: Raft terms restart after --force-new-cluster,
@@ -446,63 +497,73 @@ class Dispatcher:
         for node_id, node in nodes.items():
             if node_id not in self._sessions:
                 session = _Session(self, node)
-                self._sessions[node_id] = (session, asyncio.create_task(session.run()))
+                self._sessions[node_id] = (session, aio.spawn(session.run(), f"session {node.hostname}", log))
 
     # -- what the agents say --------------------------------------------------------
 
-    def handle(self, session: _Session, message: dict[str, Any]) -> None:
-        op = message.get("op")
+    def handle(self, session: _Session, message: protocol.AgentMessage) -> None:
+        """Act on one checked message (pyswarm.protocol.parse_agent) of
+        ``session``'s node. A node speaks only for itself: a status report
+        for a task not assigned to it, or with an address outside its
+        subnet, is refused and logged (swarmkit: "cannot update a task not
+        assigned this node"), and the store, DNS and the mesh never see it."""
         node = session.node
-        if op == "hello":
+        if isinstance(message, protocol.Hello):
             session._ready = True
             if node.status != NodeStatus.READY:
                 log.info("node %s ready (was %s%s)%s", node.hostname, node.status.value,
                          f": {node.status_message}" if node.status_message else "", self.lag_note())
             fields: dict[str, Any] = {
                 "status": NodeStatus.READY.value, "status_message": "",
-                "updated_at": time.time(),
+                "updated_at": time.time(), "problems": {},  # a new agent: it says again what is wrong
             }
-            if isinstance(message.get("resources"), dict):
-                fields["resources"] = message["resources"]
-            if isinstance(message.get("platform"), dict):
-                fields["platform"] = message["platform"]
-            if message.get("engine_version"):
-                fields["engine_version"] = str(message["engine_version"])
-            if isinstance(message.get("engine_labels"), dict):
-                fields["engine_labels"] = {str(k): str(v) for k, v in message["engine_labels"].items()}
-            self._queue(["patch", "node", node.id, fields])
-        elif op == "status":
-            state = str(message.get("state", ""))
-            if state not in _AGENT_STATES:
-                log.warning("%s: unknown task state %r", node.hostname, state)
+            if message.resources is not None:
+                fields["resources"] = {"nano_cpus": message.resources.nano_cpus,
+                                       "memory_bytes": message.resources.memory_bytes}
+            if message.platform is not None:
+                fields["platform"] = dict(message.platform)
+            if message.engine_labels is not None:
+                fields["engine_labels"] = dict(message.engine_labels)
+            if message.engine_version:
+                fields["engine_version"] = message.engine_version
+            self._queue(ops.patch("node", node.id, **fields))
+        elif isinstance(message, protocol.Status):
+            refused = self._refuse_report(node, message)
+            if refused == _GONE:
+                log.debug("%s: report for task %s, which is gone", node.hostname, message.task_id)
                 return
-            fields = {"state_since": float(message.get("ts") or time.time())}
+            if refused:
+                session.refused(f"refused a report for task {message.task_id} ({message.state.value}): {refused}")
+                return
+            fields = {"state_since": message.ts or time.time()}
             for key in ("container_id", "ip", "message", "error"):
-                if message.get(key):
-                    fields[key] = str(message[key])
-            if message.get("exit_code") is not None:
-                fields["exit_code"] = int(message["exit_code"])
-            self._queue(["advance", str(message.get("task_id", "")), state, fields])
-        elif op == "image_wanted" and self.images is not None:
-            self.images.on_wanted(node, message, session.send)
-        elif op in ("chunk", "end", "credit"):
+                if getattr(message, key):
+                    fields[key] = getattr(message, key)
+            if message.exit_code is not None:
+                fields["exit_code"] = message.exit_code
+            self._queue(ops.advance(message.task_id, message.state, **fields))
+        elif isinstance(message, protocol.AgentError):
+            log.warning("%s agent: %s", node.hostname, message.message)
+        elif isinstance(message, protocol.Condition):
+            if message.problems:
+                log.warning("%s cannot: %s", node.hostname, "; ".join(f"{k}: {v}" for k, v in message.problems.items()))
+            else:
+                log.info("%s: no problems any more", node.hostname)
+            self._queue(ops.patch("node", node.id, problems=dict(message.problems)))
+        elif isinstance(message, protocol.ImageWantedMessage):
+            if self.images is not None:
+                self.images.on_wanted(node, message.as_dict(), session.send)
+        elif isinstance(message, protocol.StreamMessage):
             if self.streams is not None:
-                self.streams.on_message(session, message)
-        elif op == "error":
-            log.warning("%s agent: %s", node.hostname, message.get("message"))
-        elif op == "engine":
-            try:
-                engine = parse(protocol.EngineState, {k: v for k, v in message.items() if k != "op"}, "engine")
-            except BadRequest as exc:
-                log.warning("%s: bad engine message: %s", node.hostname, exc)
-                return
+                self.streams.on_message(session, message.raw)
+        elif isinstance(message, protocol.EngineState):
             snap = self.snapshot
             current = snap.node(node.id) if snap else None
-            change = engine_change(current or node, engine, hello_seen=session._ready,
+            change = engine_change(current or node, message, hello_seen=session._ready,
                                    said_down=session.engine_down, now=time.time())
-            session.engine_down = not engine.reachable
+            session.engine_down = not message.reachable
             if change is not None:
-                log.info("node %s: %s", node.hostname, engine.reason if not engine.reachable else "engine reachable again")
+                log.info("node %s: %s", node.hostname, message.reason if not message.reachable else "engine reachable again")
                 self._queue(change)
         # pong: hearing anything is the heartbeat
 
@@ -512,14 +573,30 @@ class Dispatcher:
             return ""
         return f" (manager loop lag: max {self.lag.worst(10.0) * 1000:.0f} ms in 10s)"
 
+    def _refuse_report(self, node: Node, report: protocol.Status) -> str:
+        """Why ``node`` may not say ``report``, or "" when it may."""
+        snap = self.snapshot
+        task = snap.task(report.task_id) if snap is not None else None
+        if task is None:
+            return _GONE  # removed meanwhile (a late receipt), or made up
+        if task.node_id != node.id:
+            return f"cannot update a task not assigned to this node (it is assigned to {task.node_id or 'no node'})"
+        if report.ip and node.subnet:
+            try:
+                inside = ipaddress.ip_address(report.ip) in ipaddress.ip_network(node.subnet, strict=False)
+            except ValueError:
+                inside = False
+            if not inside:
+                return f"address {report.ip} is outside the node's subnet {node.subnet}"
+        return ""
+
     def mark_down(self, node: Node, reason: str) -> None:
         snap = self.snapshot
         current = snap.node(node.id) if snap else None
         if current is not None and current.status == NodeStatus.DOWN and current.status_message == reason:
             return
-        self._queue(["patch", "node", node.id, {
-            "status": NodeStatus.DOWN.value, "status_message": reason, "updated_at": time.time(),
-        }])
+        self._queue(ops.patch("node", node.id, status=NodeStatus.DOWN.value, status_message=reason,
+                              updated_at=time.time()))
 
     def _queue(self, op: Op) -> None:
         self._pending.append(op)
@@ -530,14 +607,14 @@ class Dispatcher:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            ops, self._pending = self._pending, []
-            if not ops:
+            batch, self._pending = self._pending, []
+            if not batch:
                 continue
             try:
-                await self._store.commit(ops)
+                await self._store.commit(batch)
             except Exception as exc:
-                log.warning("dispatcher: could not record %d reports: %s", len(ops), exc)
-                self._pending = ops + self._pending
+                log.warning("dispatcher: could not record %d reports: %s", len(batch), exc)
+                self._pending = batch + self._pending
                 await asyncio.sleep(0.2)
                 self._wake.set()
 

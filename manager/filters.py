@@ -216,9 +216,32 @@ class HostPortFilter(Filter):
         return None
 
 
+class HostProblemFilter(Filter):
+    """What the node's agent reports it cannot do (``Node.problems``,
+    pyswarm.protocol.Condition): fail closed. A node that cannot set up
+    its container network, or whose agent cannot converge, takes no task;
+    one that cannot apply the network firewall takes no task attached to a
+    cluster network, whose isolation it could not enforce."""
+
+    static = True
+    BLOCKS_ALL = {"network": "container network not set up", "reconcile": "agent cannot converge",
+                  "events": "agent cannot watch its engine"}
+
+    def check(self, job: Job, info: NodeInfo) -> str | None:
+        problems = info.node.problems
+        if not problems:
+            return None
+        for kind, phrase in self.BLOCKS_ALL.items():
+            if kind in problems:
+                return f"{phrase} on {{nodes}}"
+        if "firewall" in problems and job.spec.networks:
+            return "network isolation not enforceable on {nodes}"
+        return None
+
+
 # Order matters only for the explanation: a node is counted under the first
 # filter that rejects it. Cheap, likely-to-reject tests come first.
-STATIC_FILTERS: tuple[Filter, ...] = (ReadyFilter(), AvailabilityFilter(), ConstraintFilter())
+STATIC_FILTERS: tuple[Filter, ...] = (ReadyFilter(), AvailabilityFilter(), HostProblemFilter(), ConstraintFilter())
 DYNAMIC_FILTERS: tuple[Filter, ...] = (ResourceFilter(), MaxReplicasFilter(), HostPortFilter())
 
 

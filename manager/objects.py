@@ -25,6 +25,7 @@ from pyswarm.compose.objects import MAX_OBJECT_BYTES
 from pyswarm.errors import NotFoundError, UsageError
 from pyswarm.models import Config, ContainerSpec, Secret, Service, new_id
 
+from .sealing import reveal
 from .store import Op, Snapshot
 
 KINDS = ("secret", "config")
@@ -116,7 +117,7 @@ def row(obj: Secret | Config, *, with_data: bool = False) -> dict[str, Any]:
     """What ``ls``/``inspect`` show: never a secret's data."""
     out: dict[str, Any] = {"id": obj.id, "name": obj.name, "labels": dict(obj.labels),
                            "created_at": obj.created_at, "updated_at": obj.updated_at,
-                           "size": len(base64.b64decode(obj.data)) if obj.data else 0}
+                           "size": len(base64.b64decode(reveal(obj.data))) if obj.data else 0}
     if with_data:
         out["data"] = obj.data
     return out
@@ -155,7 +156,7 @@ def stack_ops(snap: Snapshot, stack: str, wanted: Mapping[str, list[dict[str, An
                 ops.extend(new_ops)
                 known.add(name)
                 report.append({kind: name, "action": "created", "id": oid})
-            elif base64.b64decode(old.data) != data:
+            elif base64.b64decode(reveal(old.data)) != data:
                 problems.append(f"{kind} {name} exists with other content; {kind}s cannot change: "
                                 f"give the new version another name (`name: {name}_v2`), "
                                 "or remove the stack first")
@@ -198,7 +199,7 @@ def task_files(snap: Snapshot, spec: ContainerSpec) -> dict[str, list[dict[str, 
             files.append({
                 "name": obj.name, "target": file_target(kind, ref),
                 "uid": str(ref.get("uid", "0")), "gid": str(ref.get("gid", "0")),
-                "mode": int(ref.get("mode", 0o444)), "data": obj.data,
+                "mode": int(ref.get("mode", 0o444)), "data": reveal(obj.data),
             })
         out[kind + "s"] = files
     return out

@@ -19,12 +19,13 @@ lines both ways. That door admits only those methods.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import asyncssh
 
@@ -55,10 +56,18 @@ def parse_request(line: bytes) -> Request:
         raise BadRequest("", "the request is not UTF-8 text") from None
     except ValueError as exc:
         raise BadRequest("", f"the request is not JSON ({exc})") from None
+    except RecursionError:  # "[[[[…" deeper than Python's stack (found by bench/fuzz_boundaries.py)
+        raise BadRequest("", "the request is nested too deeply") from None
     return parse(Request, data)
 
 
-async def _serve_lines(api: Api, reader: Any, writer: Any, allowed: frozenset[str] | None, role: str = "",
+class Caller(Protocol):
+    """What a door serves: the API, or a locked manager's (manager/autolock.py)."""
+
+    async def call(self, method: str, params: Any) -> Any: ...
+
+
+async def _serve_lines(api: Caller, reader: Any, writer: Any, allowed: frozenset[str] | None, role: str = "",
                        streams: StreamApi | None = None) -> None:
     while True:
         try:
@@ -166,7 +175,7 @@ async def _serve_stream(streams: StreamApi, method: str, params: dict[str, Any],
 class UnixApiServer:
     """Root-only (0600), or root and ``group`` (0660) when one is named."""
 
-    def __init__(self, api: Api, path: Path, streams: StreamApi | None = None, group: str = "") -> None:
+    def __init__(self, api: Caller, path: Path, streams: StreamApi | None = None, group: str = "") -> None:
         self._streams = streams
         self._api = api
         self._path = path
@@ -237,14 +246,19 @@ class _JoinSSHServer(asyncssh.SSHServer):
         return False
 
     def validate_password(self, username: str, password: str) -> bool:
+        """Constant-time comparisons (hmac.compare_digest): how long a wrong
+        guess takes says nothing about how much of it was right."""
         worker, manager = self._secrets()
-        if username == "join" and worker and password == worker:
-            self.role = "worker"
-            return True
-        if username == "join" and manager and password == manager:
+        given = password.encode()
+        is_worker = bool(worker) and hmac.compare_digest(given, worker.encode())
+        is_manager = bool(manager) and hmac.compare_digest(given, manager.encode())
+        if username != "join":
+            return False
+        if is_manager:
             self.role = "manager"
-            return True
-        return False
+        elif is_worker:
+            self.role = "worker"
+        return is_worker or is_manager
 
 
 class SSHApiServer:

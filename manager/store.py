@@ -42,6 +42,7 @@ from pyswarm.models import KINDS, Cluster, Node, Service, Task, TaskState
 from . import disk
 from .ops import InvalidOperation
 from .ops import check as check_op
+from . import sealing
 from .tables import Frozen, RawView, Tables, slot_key
 
 log = logging.getLogger(__name__)
@@ -255,7 +256,7 @@ class Snapshot:
     @property
     def cluster(self) -> Cluster | None:
         for entry in self._frozen.kinds["cluster"].values():
-            return entry.typed(Cluster)  # type: ignore[no-any-return]
+            return Cluster.from_dict(sealing.open_cluster(entry.raw))  # credentials sealed at rest
         return None
 
     def nodes(self) -> list[Node]:
@@ -543,6 +544,15 @@ class Store:
         if error != FAIL_REASON.SUCCESS:
             raise NoQuorumError(self._no_quorum_message(f"membership change failed ({_fail_reason(error)})"))
 
+    def step_down(self) -> bool:
+        """Hand leadership to the most caught-up other manager (Raft's
+        TimeoutNow); False when this is not the leader or no one can take it."""
+        so = self._syncobj
+        if so is None or not so._isLeader() or not self.members:
+            return False
+        so.transferLeadership()
+        return True
+
     @property
     def self_addr(self) -> str:
         return self._config.self_addr
@@ -559,7 +569,7 @@ class Store:
         Raises :class:`TransactionAborted` when a precondition failed and
         :class:`NoQuorumError` when no leader committed it in time.
         """
-        ops = [list(op) for op in ops]
+        ops = sealing.seal_ops([list(op) for op in ops])  # credentials enter the Raft log sealed
         if not ops:
             return {"ok": True, "index": self._state.index, "changes": 0}
         if self.disk_error:

@@ -84,8 +84,29 @@ class ManagerConfig(Model):
     bootstrap: dict[str, Any] = field(default_factory=dict)  # first start only
 
 
+def make_private_dir(path: Path) -> None:
+    """``path`` (and missing parents) as a root-only directory (0700)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+def harden(root: Path) -> None:
+    """Make ``root`` and everything under it root-only (0700 directories,
+    0600 files): state written by older versions, or under a laxer umask."""
+    if not root.is_dir():
+        return
+    os.chmod(root, 0o700)
+    for base, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(base, name), 0o700)
+        for name in files:
+            p = os.path.join(base, name)
+            if not os.path.islink(p):
+                os.chmod(p, os.stat(p).st_mode & 0o700)
+
+
 def _write_json(path: Path, data: dict[str, Any], mode: int = 0o600) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as fh:

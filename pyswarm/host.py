@@ -10,6 +10,7 @@ fencing) both act on this host through here, so neither imports the other.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -71,9 +72,11 @@ def start_manager_service() -> None:
         install_manager_unit(exe)
         return
     log_path = cfg.state_dir() / "manager.log"
-    with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)  # root-only, like the state
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "ab") as log, open(os.devnull, "rb") as devnull:
         subprocess.Popen([exe, "manager", "run"], stdin=devnull, stdout=log, stderr=log,
-                         start_new_session=True, close_fds=True, env=os.environ.copy())
+                         start_new_session=True, close_fds=True, env=os.environ.copy(), umask=0o077)
 
 
 def stop_manager_process(timeout: float) -> None:
@@ -107,7 +110,7 @@ def wait_for_manager(timeout: float) -> dict[str, Any]:
     while time.monotonic() < deadline:
         try:
             answer = rpc.call_unix(cfg.socket_path(), "ping", timeout=2)
-            if answer.get("ready"):
+            if answer.get("ready") or answer.get("locked"):  # locked: up, waiting for `swarm unlock`
                 return dict(answer)
             last = None
         except PyswarmError as exc:
@@ -131,12 +134,42 @@ def running_manager_pid() -> int | None:
     return None if stat.rsplit(")", 1)[-1].split()[0] == "Z" else pid
 
 
+DATA_KEY_FILE = "data_key"  # the managers' data key (manager/sealing.py), 0600
+
+
+def write_key_file(state_dir: Path, content: dict[str, Any]) -> None:
+    """``{"key": base64}`` or, with autolock, ``{"locked": ...}`` (manager/autolock.py)."""
+    path = state_dir / DATA_KEY_FILE
+    cfg.make_private_dir(state_dir)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(content, fh)
+    os.replace(tmp, path)
+
+
+def read_key_file(state_dir: Path) -> dict[str, Any] | None:
+    """The key file's content; None when there is none."""
+    path = state_dir / DATA_KEY_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise PyswarmError(f"{path} is unreadable: {exc}") from None
+    if not isinstance(data, dict):
+        raise PyswarmError(f"{path} is not a data key file")
+    return data
+
+
 def write_manager_files(node_id: str, cluster_id: str, addr: str, manager: dict[str, Any], *,
                         api_port: int, raft_port: int, dns_port: int, dns_upstreams: list[str] | None) -> None:
     """What a host needs to run a manager of an existing cluster (join as
     manager, or promotion through the agent)."""
     state = cfg.state_dir()
-    state.mkdir(parents=True, exist_ok=True)
+    cfg.make_private_dir(state)
+    if manager.get("data_key"):
+        write_key_file(state, {"key": str(manager["data_key"])})
     key_path = state / "api_host_key"
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -155,6 +188,7 @@ def retire_local_manager(state_dir: Path) -> None:
 
     (state_dir / "manager.json").unlink(missing_ok=True)
     (state_dir / "api_host_key").unlink(missing_ok=True)
+    (state_dir / DATA_KEY_FILE).unlink(missing_ok=True)
     shutil.rmtree(state_dir / "raft", ignore_errors=True)
     node = cfg.load_node_config()
     if node is not None:
@@ -168,7 +202,7 @@ def retire_local_manager(state_dir: Path) -> None:
 
 def forget_local_state() -> None:
     state = cfg.state_dir()
-    for name in ("node.json", "manager.json", "api_host_key"):
+    for name in ("node.json", "manager.json", "api_host_key", DATA_KEY_FILE):
         (state / name).unlink(missing_ok=True)
     shutil.rmtree(state / "raft", ignore_errors=True)
     remove_cluster_key()

@@ -253,6 +253,10 @@ class Cluster(Model):
     # how container traffic crosses hosts: "" (host routes; the hosts share a
     # link) or "vxlan" (an overlay between the hosts' addresses), set at init
     overlay: str = ""
+    # autolock (manager/autolock.py): every manager's data key at rest is
+    # encrypted by unlock_key (sealed in the store, like the other credentials)
+    autolock: bool = False
+    unlock_key: str = ""
 
 
 @dataclass
@@ -282,6 +286,25 @@ class Node(Model):
     created_at: float = field(default_factory=now)
     updated_at: float = field(default_factory=now)
     engine_labels: dict[str, str] = field(default_factory=dict)  # the engine's own labels (docker info)
+    # what the node's agent reports it cannot do (pyswarm.protocol.Condition):
+    # {"firewall": "ipset: not found", ...}; the scheduler keeps off the
+    # node the tasks that need it (manager/filters.py)
+    problems: dict[str, str] = field(default_factory=dict)
+    # why this node's manager stopped leading on its own (manager/supervise.py)
+    manager_message: str = ""
+    # it has been a manager, so it has had the cluster's SSH private key: its
+    # `node rm` rotates that key (manager/api/security.py)
+    held_keys: bool = False
+
+    @property
+    def message(self) -> str:
+        """Swarm's ``Status.Message``, as ``node ls`` shows it: why the node
+        is down, what it cannot do, and why its manager gave up leading."""
+        parts = [self.status_message] if self.status_message else []
+        parts += [f"{key}: {why}" for key, why in sorted(self.problems.items())]
+        if self.manager_message:
+            parts.append(self.manager_message)
+        return "; ".join(parts)
 
     @property
     def engine_unreachable(self) -> bool:

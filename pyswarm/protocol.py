@@ -43,6 +43,7 @@ agent -> manager
    "message", "error", "ts"}                              one per change
   {"op": "pong", "seq": int}
   {"op": "error", "message"}                              agent-level trouble
+  {"op": "condition", "problems": {kind: reason}}        what the host cannot do
   {"op": "image_wanted", "image", "task_id"}              a task needs an image
                                                           this node lacks
   {"op": "engine", "reachable": bool, "reason"}           the engine went or came back
@@ -95,16 +96,31 @@ File: {"name", "target" (absolute path in the container), "uid", "gid",
   "mode", "data" (base64)}: sent only to the node that runs the task; the
   agent never logs it (pyswarm.worker.files).
 
+Every message is parsed into one of the typed classes below before anything
+acts on it (:func:`parse_agent` on the manager's side, :func:`parse_manager`
+on the agent's), with the project's one checker, :mod:`pyswarm.wire`: a
+wrong type, a value out of range, an unknown field or an oversize line is
+refused with an error naming the message and the field
+(``hello.resources.nano_cpus: expected an integer, got the string 'lots'``).
+Addresses are checked for their characters here and parsed where they are
+used (the dispatcher's subnet check, the worker's NetworkConfig and Mesh). Which node may say what (a status only for a task assigned to
+that node, an address inside that node's subnet) is the dispatcher's check,
+on top of these. A new op is a frozen dataclass registered with
+:func:`agent_op` or :func:`manager_op`.
+
 Containers carry these labels, so that any leader can adopt them later.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, TypeVar, Union
 
-from pyswarm.wire import rule
+from pyswarm import streamwire
+from pyswarm.models import TaskState
+from pyswarm.wire import BadRequest, parse, rule
 
 LABEL_TASK_ID = "pyswarm.task.id"
 LABEL_SERVICE_ID = "pyswarm.service.id"
@@ -122,12 +138,21 @@ ENGINE_GRACE = 2.0
 NETWORK_NAME = "pyswarm"
 BRIDGE_NAME = "pyswarm0"
 
+# the longest line either side reads. An agent says little (its hello is the
+# biggest message); the manager's assign carries every task's spec and the
+# data of its secrets and configs (Swarm caps one at 500 KB), and a mesh of
+# 10,000 tasks is ~150 kB
+MAX_AGENT_LINE = 256 * 1024
+MAX_MANAGER_LINE = 256 * 1024 * 1024
+
 
 def encode(message: dict[str, Any]) -> bytes:
     return (json.dumps(message, separators=(",", ":")) + "\n").encode()
 
 
 def decode(line: bytes | str) -> dict[str, Any]:
+    """A line as a JSON object with an ``op``, unchecked otherwise (for
+    peers that only route messages, like the bench's simulated nodes)."""
     data = json.loads(line)
     if not isinstance(data, dict) or "op" not in data:
         raise ValueError(f"not a protocol message: {line!r:.200}")
@@ -139,12 +164,285 @@ def search_domain(stack: str, zone: str) -> str:
     return f"{stack}.{zone}" if stack else zone
 
 
+# -- the typed messages ------------------------------------------------------------
+
+M = TypeVar("M")
+AGENT_OPS: dict[str, type[Any]] = {}
+MANAGER_OPS: dict[str, type[Any]] = {}
+
+
+def _registrar(ops: dict[str, type[Any]]) -> Callable[[str], Callable[[type[M]], type[M]]]:
+    def op(name: str) -> Callable[[type[M]], type[M]]:
+        def register(cls: type[M]) -> type[M]:
+            cls.op = name  # type: ignore[attr-defined]
+            ops[name] = cls
+            return cls
+        return register
+    return op
+
+
+agent_op = _registrar(AGENT_OPS)
+"""Register an agent -> manager message class: ``@agent_op("hello")``."""
+manager_op = _registrar(MANAGER_OPS)
+"""Register a manager -> agent message class: ``@manager_op("configure")``."""
+
+
+_ID = rule(pattern=r"[A-Za-z0-9_.-]{1,64}")  # an object id
+_NAME = rule(max_len=253)
+_IP = rule(pattern=r"[0-9A-Fa-f:.]{0,45}")  # an address or ""; parsed where it is used
+_CIDR = rule(pattern=r"[0-9A-Fa-f:.]{1,45}/[0-9]{1,3}")
+_PORT = rule(min=1, max=65535)
+_SECRET = rule(max_len=16384)  # never shown in an error: no pattern, no choices
+_NANO_CPUS_MAX = 1_000_000 * 1_000_000_000  # a million CPUs
+_BYTES_MAX = 2**62
+
+
+@dataclass(frozen=True)
+class HostResources:
+    nano_cpus: int = field(default=0, metadata=rule(min=0, max=_NANO_CPUS_MAX))
+    memory_bytes: int = field(default=0, metadata=rule(min=0, max=_BYTES_MAX))
+
+
+@agent_op("hello")
+@dataclass(frozen=True)
+class Hello:
+    """The agent's first word: what this host has."""
+
+    op: ClassVar[str]
+    hostname: str = field(default="", metadata=_NAME)
+    # None: not said (the node keeps what it had)
+    resources: HostResources | None = None
+    platform: dict[str, str] | None = field(default=None, metadata=rule(max_len=16))
+    engine_version: str = field(default="", metadata=rule(max_len=128))
+    engine_labels: dict[str, str] | None = field(default=None, metadata=rule(max_len=128))
+
+
+@agent_op("status")
+@dataclass(frozen=True)
+class Status:
+    """One task's observed state changed. The dispatcher accepts it only
+    for a task assigned to the reporting node, with an address inside that
+    node's subnet."""
+
+    op: ClassVar[str]
+    task_id: str = field(metadata=_ID)
+    state: TaskState
+    container_id: str = field(default="", metadata=rule(max_len=128))
+    ip: str = field(default="", metadata=_IP)
+    exit_code: int | None = field(default=None, metadata=rule(min=-(2**31), max=2**32))
+    message: str = field(default="", metadata=rule(max_len=1024))
+    error: str = field(default="", metadata=rule(max_len=4096))
+    ts: float | None = field(default=None, metadata=rule(min=0, max=1e11))
+
+
+@agent_op("pong")
+@dataclass(frozen=True)
+class Pong:
+    op: ClassVar[str]
+    seq: int | None = None
+
+
+@agent_op("error")
+@dataclass(frozen=True)
+class AgentError:
+    """Trouble on the agent's side that is no task's (logged by the leader)."""
+
+    op: ClassVar[str]
+    message: str = field(default="", metadata=rule(max_len=8192))
+
+
+@agent_op("condition")
+@dataclass(frozen=True)
+class Condition:
+    """Everything this host cannot do right now, by kind (firewall,
+    network, mounts, converge, or a failing agent loop), sent whole on
+    every change; {} when all is well. The node shows it (``node ls``) and
+    the scheduler keeps off it the tasks that need what it lacks."""
+
+    op: ClassVar[str]
+    problems: dict[str, str] = field(default_factory=dict, metadata=rule(max_len=16))
+
+
+@dataclass(frozen=True)
+class RouteEntry:
+    subnet: str = field(metadata=_CIDR)
+    via: str = field(metadata=_IP)
+
+
+@dataclass(frozen=True)
+class ManagerGrant:
+    """What a manager node needs to run its manager (promotion)."""
+
+    addr: str = field(default="", metadata=_IP)
+    api_port: int = field(default=2377, metadata=_PORT)
+    raft_port: int = field(default=2378, metadata=_PORT)
+    dns_port: int = field(default=53, metadata=_PORT)
+    raft_secret: str = field(default="", metadata=_SECRET)
+    api_host_private_key: str = field(default="", metadata=_SECRET)
+    data_key: str = field(default="", metadata=_SECRET)  # manager/sealing.py
+    raft_peers: list[str] = field(default_factory=list, metadata=rule(max_len=64))
+    dns_upstreams: list[str] | None = field(default=None, metadata=rule(max_len=16))
+
+
+@manager_op("configure")
+@dataclass(frozen=True)
+class Configure:
+    """The node's place in the cluster; ``term`` fences deposed leaders."""
+
+    op: ClassVar[str]
+    subnet: str = field(metadata=_CIDR)
+    pool: str = field(metadata=_CIDR)
+    node_id: str = field(default="", metadata=rule(max_len=64))
+    cluster_id: str = field(default="", metadata=rule(max_len=64))
+    routes: list[RouteEntry] = field(default_factory=list)
+    dns: list[str] = field(default_factory=list, metadata=rule(max_len=64))
+    zone: str = field(default="pyswarm", metadata=_NAME)
+    term: int | None = field(default=None, metadata=rule(min=0))
+    authorized_key: str = field(default="", metadata=rule(max_len=16384))
+    overlay: Literal["", "vxlan"] = ""
+    addr: str = field(default="", metadata=_IP)
+    manager: ManagerGrant | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The message as the worker's parsers (NetworkConfig, promotion) read it."""
+        import dataclasses
+
+        return {"op": self.op, **dataclasses.asdict(self)}
+
+
+@manager_op("assign")
+@dataclass(frozen=True)
+class Assign:
+    """The node's whole desired task set; each entry is checked by the
+    worker (pyswarm.worker.tasks.Assignment.parse), whose errors never show
+    secret data."""
+
+    op: ClassVar[str]
+    tasks: list[Any] = field(metadata=rule(max_len=100_000))
+
+
+@dataclass(frozen=True)
+class IngressEntry:
+    port: str = field(metadata=rule(pattern=r"[0-9]{1,5}(-[0-9]{1,5})?"))
+    service: str = field(default="", metadata=_NAME)
+    protocol: str = field(default="tcp", metadata=rule(choices=("tcp", "udp")))
+    backends: list[str] = field(default_factory=list)
+
+
+@manager_op("mesh")
+@dataclass(frozen=True)
+class MeshMessage:
+    """Isolation sets and ingress, checked again by pyswarm.worker.ingress.Mesh."""
+
+    op: ClassVar[str]
+    gateways: list[str] = field(default_factory=list)
+    networks: dict[str, list[str]] | None = None
+    ingress: list[IngressEntry] = field(default_factory=list)
+    internal: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        import dataclasses
+
+        return {"op": self.op, **dataclasses.asdict(self)}
+
+
+@manager_op("ping")
+@dataclass(frozen=True)
+class Ping:
+    op: ClassVar[str]
+    seq: int | None = None
+
+
+class _AsDict:
+    def as_dict(self) -> dict[str, Any]:
+        """The message as the parsers of pyswarm/images.py read it (they check it again)."""
+        import dataclasses
+
+        return {"op": getattr(self, "op"), **dataclasses.asdict(self)}  # type: ignore[call-overload]
+
+
+@agent_op("image_wanted")
+@dataclass(frozen=True)
+class ImageWantedMessage(_AsDict):
+    """A task needs ``image`` and this node lacks it (pyswarm/images.py ImageWanted)."""
+
+    op: ClassVar[str]
+    image: str = field(metadata=rule(max_len=4096))
+    task_id: str = field(default="", metadata=rule(max_len=64))
+
+
+@manager_op("image_plan")
+@dataclass(frozen=True)
+class ImagePlanMessage(_AsDict):
+    """How ``image`` will get to the node (pyswarm/images.py ImagePlan)."""
+
+    op: ClassVar[str]
+    image: str = field(metadata=rule(max_len=4096))
+    plan: str = field(default="", metadata=rule(max_len=16))
+    source: str = field(default="", metadata=rule(max_len=255))
+    reason: str = field(default="", metadata=rule(max_len=4096))
+
+
+@manager_op("image_done")
+@dataclass(frozen=True)
+class ImageDoneMessage(_AsDict):
+    """A shipment ended (pyswarm/images.py ImageDone)."""
+
+    op: ClassVar[str]
+    image: str = field(metadata=rule(max_len=4096))
+    error: str = field(default="", metadata=rule(max_len=4096))
+
+
+AgentMessage = Union[Hello, Status, Pong, AgentError, Condition, ImageWantedMessage, "EngineState", "StreamMessage"]
+ManagerMessage = Union[Configure, Assign, MeshMessage, Ping, ImagePlanMessage, ImageDoneMessage, "StreamMessage"]
+
+
+@dataclass(frozen=True)
+class StreamMessage:
+    """A logs/exec/stats frame (issue 13): pyswarm/streamwire.py parses and
+    checks these itself (Chunk.parse, Open.parse, ...) on their hot path;
+    here only the line's size, its JSON and its op are checked."""
+
+    op: str
+    raw: dict[str, Any]
+
+
+def parse_agent(line: bytes | str) -> Any:
+    """One line from an agent as its typed message; :class:`BadRequest` if not."""
+    return _parse(line, AGENT_OPS, MAX_AGENT_LINE, "agent", streamwire.TO_MANAGER)
+
+
+def parse_manager(line: bytes | str) -> Any:
+    """One line from the manager as its typed message; :class:`BadRequest` if not."""
+    return _parse(line, MANAGER_OPS, MAX_MANAGER_LINE, "manager", streamwire.TO_AGENT)
+
+
+def _parse(line: bytes | str, ops: dict[str, type[Any]], limit: int, side: str, streams: Any) -> Any:
+    if len(line) > limit:
+        raise BadRequest(f"{side} message", f"{len(line)} bytes, at most {limit}")
+    try:
+        data = json.loads(line)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise BadRequest(f"{side} message", f"not JSON ({type(exc).__name__}: {str(exc)[:80]})") from None
+    if not isinstance(data, dict):
+        raise BadRequest(f"{side} message", f"not a JSON object ({type(data).__name__})")
+    op = data.get("op")
+    if isinstance(op, str) and op in streams:
+        return StreamMessage(op, data)
+    data.pop("op", None)
+    cls = ops.get(op) if isinstance(op, str) else None
+    if cls is None:
+        raise BadRequest(f"{side} message.op", f"unknown op {str(op)[:40]!r}")
+    return parse(cls, data, str(op))
+
+
+@agent_op("engine")
 @dataclass(frozen=True)
 class EngineState:
     """agent -> manager: the node's engine became unreachable (``reason``
     says how the agent failed to reach it) or reachable again."""
 
-    op: ClassVar[str] = "engine"
+    op: ClassVar[str]
     reachable: bool
     reason: str = field(default="", metadata=rule(max_len=1024))
 

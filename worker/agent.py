@@ -41,6 +41,7 @@ from typing import Any
 from pyswarm import protocol, streamwire
 from pyswarm.images import CHANNEL_COMMAND, CHANNEL_ENV
 from pyswarm.models import TaskState
+from pyswarm.wire import BadRequest
 from pyswarm.worker import (
     EngineAPIError,
     EngineConflictError,
@@ -152,6 +153,9 @@ class Agent:
         # logs, exec and stats the manager opens (worker/streams.py)
         engine = getattr(docker, "socket", None)
         self.streams = StreamServer(self.send, f"unix://{engine}" if engine else None)
+        # what this host cannot do right now, by kind (see :meth:`_problem`)
+        self._problems: dict[str, str] = {}
+        self._failing: dict[str, str] = {}  # task id -> why its last converge failed
 
     # -- session -----------------------------------------------------------
 
@@ -175,10 +179,12 @@ class Agent:
                 "engine_labels": dict(info.labels),
             })
             self._hello_sent = True
-            self._spawn(self._watch_events())
+            if self._problems:
+                self.send({"op": "condition", "problems": dict(self._problems)})
+            self._spawn(self._supervised("events", self._watch_events))
             if not await _first(self._events_ready.wait(), eof.wait()):
                 return 0
-            self._spawn(self._reconcile_loop())
+            self._spawn(self._supervised("reconcile", self._reconcile_loop))
             while (line := await queue.get()) is not None:
                 self._dispatch(line)
             return 0
@@ -207,6 +213,43 @@ class Agent:
             log.error("internal error: %r", exc, exc_info=exc)
             self.send({"op": "error", "message": f"agent internal error: {exc!r}"})
 
+    async def _supervised(self, name: str, loop: Callable[[], Any]) -> None:
+        """Run one of the agent's endless loops, restarting it when it fails
+        (with a growing pause); while it fails, the node says so
+        (problem ``name``, shown by ``node ls``)."""
+        pause = 0.5
+        while True:
+            started = time.monotonic()
+            try:
+                await loop()
+                why = "ended"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                why = f"{type(exc).__name__}: {exc}"
+                log.error("agent loop %s failed: %s", name, why, exc_info=exc)
+            self._problem(name, f"agent loop {name} failed ({why}); restarting it")
+            if time.monotonic() - started > 60:
+                pause = 0.5
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 10.0)
+
+    def _problem(self, kind: str, why: str) -> None:
+        """Record (``why``) or clear ("") something this host cannot do, and
+        tell the manager the whole set when it changes: the node shows it
+        (``node ls``) and the scheduler keeps tasks that need it away
+        (manager/filters.py HostProblemFilter). Kinds: firewall (the mesh:
+        isolation, ingress), network (the node's bridge and routes), mounts,
+        converge, and the names of the agent's loops (events, reconcile)."""
+        if self._problems.get(kind, "") == why:
+            return
+        if why:
+            self._problems[kind] = why[:1000]
+        else:
+            self._problems.pop(kind, None)
+        if self._hello_sent:
+            self.send({"op": "condition", "problems": dict(self._problems)})
+
     def send(self, message: dict[str, Any]) -> None:
         try:
             self._send(message)
@@ -224,11 +267,11 @@ class Agent:
                     # answered here, ahead of anything queued: the dispatcher
                     # drops a session that is silent for a couple of seconds
                     try:
-                        msg = protocol.decode(line)
-                    except ValueError:
-                        msg = {}
-                    if msg.get("op") == "ping":
-                        self.send({"op": "pong", "seq": msg.get("seq")})
+                        msg = protocol.parse_manager(line)
+                    except BadRequest:
+                        msg = None
+                    if isinstance(msg, protocol.Ping):
+                        self.send({"op": "pong", "seq": msg.seq})
                         if self._watchdog is None:
                             self._watchdog = self._spawn(self._watch_manager(queue))
                         continue
@@ -277,46 +320,44 @@ class Agent:
 
     def _dispatch(self, line: bytes) -> None:
         try:
-            msg = protocol.decode(line)
-        except ValueError as exc:
+            msg = protocol.parse_manager(line)
+        except BadRequest as exc:  # names the op and the field
             self.send({"op": "error", "message": f"bad message: {exc}"})
             return
-        op = msg.get("op")
-        if op == "ping":
-            self.send({"op": "pong", "seq": msg.get("seq")})
-        elif op == "configure":
+        if isinstance(msg, protocol.Ping):
+            self.send({"op": "pong", "seq": msg.seq})
+        elif isinstance(msg, protocol.Configure):
             self._on_configure(msg)
-        elif op == "assign":
+        elif isinstance(msg, protocol.Assign):
             self._on_assign(msg)
-        elif op == "mesh":
+        elif isinstance(msg, protocol.MeshMessage):
             self._on_mesh(msg)
-        elif op in ("image_plan", "image_done"):
-            problem = self.images.on_message(msg)
+        elif isinstance(msg, (protocol.ImagePlanMessage, protocol.ImageDoneMessage)):
+            problem = self.images.on_message(msg.as_dict())
             if problem:
                 self.send({"op": "error", "message": problem})
-        elif op in streamwire.TO_AGENT:
+        elif isinstance(msg, protocol.StreamMessage):
             if not self._fenced:  # a deposed leader gets no logs, exec or stats either
-                self.streams.handle(msg)
-        else:
-            self.send({"op": "error", "message": f"unknown op {op!r}"})
+                self.streams.handle(msg.raw)
 
-    def _on_configure(self, msg: dict[str, Any]) -> None:
-        if self._fenced or not promotion.accept_term(msg.get("term")):
+    def _on_configure(self, msg: protocol.Configure) -> None:
+        if self._fenced or not promotion.accept_term(msg.term):
             self._fenced = True
-            self.send({"op": "error", "message": f"{self.hostname}: ignoring a deposed leader (term {msg.get('term')})"})
+            self.send({"op": "error", "message": f"{self.hostname}: ignoring a deposed leader (term {msg.term})"})
             return
-        if isinstance(msg.get("manager"), dict):
-            self._spawn(self._become_manager(msg))
+        raw = msg.as_dict()
+        if msg.manager is not None:
+            self._spawn(self._become_manager(raw))
         else:
             self._spawn(self._retire_stray_manager())
-        if msg.get("authorized_key"):
+        if msg.authorized_key:
             try:
-                if promotion.ensure_cluster_key(str(msg["authorized_key"]), str(msg.get("cluster_id", ""))):
+                if promotion.ensure_cluster_key(msg.authorized_key, msg.cluster_id):
                     log.info("installed the cluster's new SSH key")
             except OSError as exc:
                 self.send({"op": "error", "message": f"{self.hostname}: could not update authorized_keys: {exc}"})
         try:
-            cfg = NetworkConfig.from_message(msg)
+            cfg = NetworkConfig.from_message(raw)
         except ValueError as exc:
             self.send({"op": "error", "message": str(exc)})
             return
@@ -325,9 +366,11 @@ class Agent:
     async def _configure(self, cfg: NetworkConfig) -> None:
         async with self._config_lock:
             if self.network is not None:
-                for problem in await self.network.configure(cfg):
+                problems = await self.network.configure(cfg)
+                for problem in problems:
                     log.warning("configure: %s", problem)
                     self.send({"op": "error", "message": f"configure on {self.hostname}: {problem}"})
+                self._problem("network", "; ".join(problems))
             self._dns = cfg.dns
             self._net_cfg = cfg
             await self._apply_mesh_locked()  # our chains' contents, for this pool
@@ -352,11 +395,11 @@ class Agent:
             return
         log.info("promotion: %s", done)
 
-    def _on_mesh(self, msg: dict[str, Any]) -> None:
+    def _on_mesh(self, msg: protocol.MeshMessage) -> None:
         """Isolation sets and ingress rules (worker/ingress.py); a burst of
         meshes costs one apply of the latest."""
         try:
-            self._mesh = Mesh.from_message(msg)
+            self._mesh = Mesh.from_message(msg.as_dict())
         except ValueError as exc:
             self.send({"op": "error", "message": str(exc)})
             return
@@ -378,16 +421,15 @@ class Agent:
         except RuntimeError_ as exc:
             log.warning("mesh: %s", exc)
             self.send({"op": "error", "message": f"mesh on {self.hostname}: {exc}"})
+            self._problem("firewall", f"cannot apply the network firewall: {exc}")
+        else:
+            self._problem("firewall", "")
 
-    def _on_assign(self, msg: dict[str, Any]) -> None:
+    def _on_assign(self, msg: protocol.Assign) -> None:
         if self._fenced:
             return
-        tasks = msg.get("tasks")
-        if not isinstance(tasks, list):
-            self.send({"op": "error", "message": "assign without a tasks list"})
-            return
         desired: dict[str, Assignment] = {}
-        for raw in tasks:
+        for raw in msg.tasks:
             try:
                 a = Assignment.parse(raw)
             except (ValueError, TypeError) as exc:
@@ -411,8 +453,11 @@ class Agent:
             except RuntimeError_ as exc:
                 log.warning("reconcile: %s", exc)
                 self.send({"op": "error", "message": f"reconcile on {self.hostname}: {exc}"})
+                self._problem("reconcile", f"cannot list this host's containers: {exc}")
                 await asyncio.sleep(2.0)
                 self._reconcile_wanted.set()
+            else:
+                self._problem("reconcile", "")
 
     async def _reconcile_once(self, desired: dict[str, Assignment]) -> None:
         raw = await self.docker.list_containers({protocol.LABEL_TASK_ID: None})
@@ -464,12 +509,27 @@ class Agent:
                 else:
                     for assignment, c in plan.adopt:
                         await self._adopt(t, assignment, c)
+                self._converged(task_id, "")
             except RuntimeError_ as exc:
                 log.warning("task %s: %s", task_id, exc)
                 self.send({"op": "error", "message": f"task {task_id} on {self.hostname}: {exc}"})
+            except Exception as exc:  # a bug: say so, and look again later rather than never
+                log.error("task %s: converge failed", task_id, exc_info=exc)
+                self._converged(task_id, f"{type(exc).__name__}: {exc}")
+                asyncio.get_running_loop().call_later(5.0, self.kick, task_id)
             finally:
                 if a is None and not t.queued and self._tracked.get(task_id) is t:
                     del self._tracked[task_id]
+
+    def _converged(self, task_id: str, error: str) -> None:
+        """Track tasks whose converge failed; the node shows it while any does."""
+        if error:
+            self._failing[task_id] = error
+        elif self._failing.pop(task_id, None) is None:
+            return
+        first = next(iter(self._failing.items()), None)
+        self._problem("converge", "" if first is None else
+                      f"{len(self._failing)} task(s) cannot converge; task {first[0]}: {first[1]}")
 
     async def _remove(self, c: ExistingContainer) -> None:
         if c.state in LIVE_STATES:
@@ -494,6 +554,12 @@ class Agent:
             return
         if t.reported is not None and t.reported.terminal:
             return  # rejected before: do not retry under the same task id
+        firewall = self._problems.get("firewall")
+        if firewall and self._mesh is not None and self._mesh.networks is not None:
+            # fail closed: the cluster isolates networks and this host cannot
+            self._report(t, a.task_id, Observed(TaskState.REJECTED, "", message="rejected",
+                                                error=f"node {self.hostname} cannot isolate networks: {firewall}"))
+            return
         def preparing(message: str) -> None:
             self._report(t, a.task_id, Observed(TaskState.PREPARING, "", message=message))
 
@@ -509,7 +575,9 @@ class Agent:
         except RuntimeError_ as exc:
             self._report(t, a.task_id, Observed(TaskState.REJECTED, "", message="preparing failed",
                                                 error=f"{exc} (on node {self.hostname})"))
+            self._problem("mounts", f"task {a.task_id}: {exc}")
             return
+        self._problem("mounts", "")
         async with self._start_slots:
             await self._create_and_start(t, a, files)
         if t.reported == TaskState.RUNNING:  # older builds of the service past the kept ones go
@@ -699,6 +767,7 @@ class Agent:
         self._oom.discard(task_id)
 
     async def _on_events_connect(self, reconnected: bool) -> None:
+        self._problem("events", "")
         if not reconnected:
             self._events_ready.set()
             return

@@ -30,9 +30,13 @@ def _term_path() -> Any:
 
 
 def accept_term(term: Any) -> bool:
-    """Record ``term`` if it is the newest seen; False if it is older."""
-    if not isinstance(term, int):
+    """Record ``term`` if it is the newest seen; False if it is older, or
+    not an integer (fencing never guesses: pyswarm.protocol.Configure
+    already refuses one)."""
+    if term is None:
         return True  # a manager that does not send terms: nothing to fence with
+    if isinstance(term, bool) or not isinstance(term, int):
+        return False
     path = _term_path()
     try:
         seen = int(path.read_text().strip() or 0)
@@ -41,9 +45,11 @@ def accept_term(term: Any) -> bool:
     if term < seen:
         return False
     if term > seen:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        cfg.make_private_dir(path.parent)
         tmp = path.with_name(f"agent-term.{os.getpid()}")
-        tmp.write_text(f"{term}\n")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{term}\n")
         os.replace(tmp, path)
     return True
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import sys
 import time
 from typing import Any
@@ -40,6 +41,7 @@ class FakeAgent:
         self.process = process
         self.index = index
         self.reported: set[str] = set()
+        self.subnet = ipaddress.ip_network("10.240.0.0/24")
 
     def send(self, message: dict[str, Any]) -> None:
         self.process.stdout.write(protocol.encode(message))
@@ -57,7 +59,10 @@ class FakeAgent:
                     continue  # no firewall to program: not worth parsing (10,000 tasks: ~150 kB a line)
                 msg = protocol.decode(line)
                 op = msg.get("op")
-                if op == "ping":
+                if op == "configure":
+                    # the dispatcher refuses an address outside the node's subnet
+                    self.subnet = ipaddress.ip_network(str(msg.get("subnet")), strict=False)
+                elif op == "ping":
                     self.send({"op": "pong", "seq": msg.get("seq")})
                 elif op == "assign":
                     now = time.time()
@@ -68,7 +73,7 @@ class FakeAgent:
                         self.reported.add(tid)
                         n = len(self.reported)
                         self.send({"op": "status", "task_id": tid, "state": "running", "container_id": "sim" + tid,
-                                   "ip": f"10.{128 + self.index // 256}.{self.index % 256}.{n % 250 + 2}", "ts": now})
+                                   "ip": str(self.subnet[n % 250 + 2]), "ts": now})
         except (asyncssh.Error, OSError, ValueError):
             pass
         finally:

@@ -15,6 +15,7 @@ marked ``@method("name", RequestType)``:
     streams.py    service.restart, task.restart; and the streaming methods
                   (service.logs/exec, stats, events: StreamApi, served by ..servers)
     metrics.py    manager.metrics (loop lag, store size, Raft, disk)
+    security.py   swarm.unlock_key, swarm.unlock (autolock; docs/security.md)
 
 To add methods, write a Resource subclass (in a new module when it is a new
 resource) and list it in ``RESOURCES`` below. :meth:`Api.call` parses the
@@ -47,13 +48,14 @@ from .networks import Networks
 from .nodes import Nodes
 from .objects import Objects
 from .service_admin import ServiceAdmin
+from .security import Security
 from .services import Services
 from .streams import Restarts
 
 __all__ = ["Api", "JOIN_METHODS", "Method", "RESOURCES", "Resource", "Self"]
 
 RESOURCES: tuple[type[Resource], ...] = (ClusterApi, InfoApi, Nodes, JoinApi, Services, ServiceAdmin, Objects, Networks,
-                                         Restarts, ManagerApi)
+                                         Restarts, ManagerApi, Security)
 
 
 class Api:
@@ -68,6 +70,12 @@ class Api:
                 if m.name in self._methods:
                     raise RuntimeError(f"API method {m.name} is defined twice")
                 self._methods[m.name] = m
+
+    def register(self, m: Method) -> None:
+        """Add a method served by another component (the daemon's debug.*)."""
+        if m.name in self._methods:
+            raise RuntimeError(f"API method {m.name} is defined twice")
+        self._methods[m.name] = m
 
     @property
     def method_names(self) -> list[str]:

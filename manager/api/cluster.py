@@ -10,12 +10,14 @@ from pyswarm.wire import rule
 
 from .. import ops
 from .base import Resource, cluster_of, method
+from .security import set_autolock
 
 
 @dataclass(frozen=True)
 class ClusterUpdate:
     task_history_limit: int | None = field(default=None, metadata=rule(min=0, max=1000))
     max_replicas: int | None = field(default=None, metadata=rule(min=1, max=10_000_000))
+    autolock: bool | None = None  # manager/api/security.py
 
 
 class ClusterApi(Resource):
@@ -45,7 +47,10 @@ class ClusterApi(Resource):
             fields["task_history_limit"] = req.task_history_limit
         if req.max_replicas is not None:
             fields["max_replicas"] = req.max_replicas  # admission (manager/limits.py)
-        if not fields:
-            raise UsageError("swarm update: nothing to change (give --task-history-limit or --max-replicas)")
-        await self.store.commit([ops.patch("cluster", cluster.id, **fields)])
+        if not fields and req.autolock is None:
+            raise UsageError("swarm update: nothing to change (give --task-history-limit, --max-replicas or --autolock)")
+        if fields:
+            await self.store.commit([ops.patch("cluster", cluster.id, **fields)])
+        if req.autolock is not None:
+            fields.update(await set_autolock(self, req.autolock))
         return {"id": cluster.id, **fields}

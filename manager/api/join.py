@@ -16,10 +16,10 @@ from typing import Any, Literal
 
 from pyswarm.errors import UsageError
 from pyswarm.models import Node, NodeRole, NodeStatus, new_id
-from pyswarm.tokens import Token
+from pyswarm.tokens import Token, new_secret
 from pyswarm.wire import rule
 
-from .. import ops
+from .. import ops, sealing
 from ..store import Op, Snapshot, TransactionAborted
 from .base import Resource, cluster_of, method
 
@@ -34,6 +34,7 @@ HOSTNAME = rule(pattern=r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
 @dataclass(frozen=True)
 class JoinTokenRequest:
     role: Literal["worker", "manager"] = "worker"
+    rotate: bool = False  # a new secret: the old token stops working; joined nodes are unaffected
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,9 @@ class JoinApi(Resource):
     async def token(self, req: JoinTokenRequest) -> Any:
         cluster = cluster_of(self.snap())
         secret = cluster.manager_token_secret if req.role == "manager" else cluster.worker_token_secret
+        if req.rotate:
+            secret = new_secret()
+            await self.store.commit([ops.patch("cluster", cluster.id, **{f"{req.role}_token_secret": secret})])
         token = Token(cluster.api_host_key_fingerprint, secret)
         return {"token": str(token), "addr": f"{self.me.advertise_addr}:{self.me.api_port}"}
 
@@ -90,6 +94,13 @@ class JoinApi(Resource):
         existing = next((n for n in snap.nodes() if n.hostname == req.hostname and n.addr == req.addr), None)
         txn: list[Op] = []
         now = time.time()
+        if existing is not None and existing.ssh_host_key and \
+                existing.ssh_host_key.split()[:2] != req.ssh_host_key.split()[:2]:
+            # the pinned key is what the leader trusts with this node's
+            # secrets: a join token must not be enough to change it
+            raise UsageError(
+                f"node {existing.hostname} ({req.addr}) is already in the cluster with another SSH host key; "
+                f"if this host was reinstalled, remove the old node first (`pyswarm node rm {existing.hostname}`)")
         if existing is not None:
             node = dataclasses.replace(existing)  # a copy: the snapshot's objects are shared, read-only
             node.ssh_host_key = req.ssh_host_key
@@ -110,6 +121,7 @@ class JoinApi(Resource):
             txn.append(ops.expect_absent("subnet", subnet))
             txn.append(ops.put_raw("subnet", subnet, {"node_id": node.id}))
         if role == NodeRole.MANAGER:
+            node.held_keys = True
             node.api_port = req.api_port or node.api_port
             node.raft_port = req.raft_port or node.raft_port
         txn.append(ops.put(node))
@@ -122,6 +134,7 @@ class JoinApi(Resource):
             answer["manager"] = {
                 "raft_secret": cluster.raft_secret,
                 "api_host_private_key": cluster.api_host_private_key,
+                "data_key": sealing.KEY.export() if sealing.KEY is not None else "",
                 "raft_peers": sorted({raft_addr, *manager_raft_addrs(snap)}),
             }
         return answer

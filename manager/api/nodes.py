@@ -16,6 +16,7 @@ from pyswarm.wire import rule
 
 from .. import lag, ops
 from ..store import Op, Snapshot, TransactionAborted
+from .security import rotate_ssh_key
 from .base import REF, REFS, NodeRef, Resource, find_node, method
 from .metrics import manager_metrics
 
@@ -67,7 +68,7 @@ class Nodes(Resource):
             "engine_version": node.engine_version,
             # a manager that cannot write its state says so on its own row
             "message": (self.store.disk_error if node.id == self.me.node_id and self.store.disk_error
-                        else node.status_message),
+                        else node.message),
             "self": node.id == self.me.node_id,
         }
 
@@ -102,7 +103,8 @@ class Nodes(Resource):
             if node.status != NodeStatus.READY:
                 raise UsageError(f"node {node.hostname} is {node.status.value}: only a ready node can be promoted "
                                  "(its agent starts the manager)")
-            await self.store.commit([ops.patch("node", node.id, role=NodeRole.MANAGER.value, updated_at=time.time())])
+            await self.store.commit([ops.patch("node", node.id, role=NodeRole.MANAGER.value, held_keys=True,
+                                               updated_at=time.time())])
             # the new membership counts the new manager, so it commits once that
             # manager runs and has caught up; wait for it before the next one,
             # or two new members at once could hold the quorum hostage
@@ -159,6 +161,10 @@ class Nodes(Resource):
             if node.subnet:
                 txn.append(ops.delete("subnet", node.subnet))
             await self.store.commit(txn)
+            if node.held_keys or node.role == NodeRole.MANAGER:
+                # it has had the cluster's SSH private key: a new one, so that
+                # its copy opens no node's authorized_keys any more
+                await rotate_ssh_key(self)
             snap = self.snap()
             removed.append(node.hostname)
         return removed

@@ -7,7 +7,7 @@ import argparse
 import json
 from typing import Any
 
-from pyswarm.cli import common
+from pyswarm.cli import common, security
 from pyswarm import config as cfg
 from pyswarm.errors import UsageError
 
@@ -24,7 +24,8 @@ def _init(args: argparse.Namespace) -> int:
     node_id = bootstrap.init(args.advertise_addr, args.foreground, api_port=args.listen_port,
                              dns_port=args.dns_port, addr_pool=args.default_addr_pool,
                              overlay="" if args.overlay == "routes" else args.overlay,
-                             dns_upstreams=_upstreams(args.dns_upstream), api_group=args.api_group)
+                             dns_upstreams=_upstreams(args.dns_upstream), api_group=args.api_group,
+                             autolock=args.autolock)
     if args.foreground:
         from pyswarm.manager import daemon
 
@@ -36,6 +37,9 @@ def _init(args: argparse.Namespace) -> int:
     print("To add a worker to this swarm, run the following command:\n")
     print(f"    pyswarm join --token {token['token']} {token['addr']}\n")
     print("To add a manager to this swarm, run 'pyswarm join-token manager' and follow the instructions.")
+    if args.autolock:
+        print()
+        security.print_unlock_key(common.call("swarm.unlock_key", {})["key"])
     return 0
 
 
@@ -55,7 +59,9 @@ def _join(args: argparse.Namespace) -> int:
 
 
 def _join_token(args: argparse.Namespace) -> int:
-    token = common.call("join_token", {"role": args.role})
+    token = common.call("join_token", {"role": args.role, "rotate": args.rotate})
+    if args.rotate and not args.quiet:
+        print(f"Successfully rotated {args.role} join token.\n")
     if args.quiet:
         print(token["token"])
     else:
@@ -85,13 +91,16 @@ def _manager_start(args: argparse.Namespace) -> int:
         raise UsageError("this host is not a manager (no manager state); see `pyswarm init` and `pyswarm join`")
     pid = host.running_manager_pid()
     if pid is not None:
-        host.wait_for_manager(timeout=60)
-        print(f"manager already running (pid {pid})")
+        answer = host.wait_for_manager(timeout=60)
+        print(f"manager already running (pid {pid})" + _locked_note(answer))
         return 0
     host.start_manager_service()
-    host.wait_for_manager(timeout=60)
-    print("manager started")
+    print("manager started" + _locked_note(host.wait_for_manager(timeout=60)))
     return 0
+
+
+def _locked_note(ping: dict[str, Any]) -> str:
+    return "; it is locked (autolock): unlock it with `pyswarm swarm unlock`" if ping.get("locked") else ""
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -101,11 +110,20 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _swarm_update(args: argparse.Namespace) -> int:
-    if args.task_history_limit is None and args.max_replicas is None:
-        raise UsageError("swarm update: nothing to change (give --task-history-limit or --max-replicas)")
-    params = {"task_history_limit": args.task_history_limit, "max_replicas": args.max_replicas}
-    common.call("cluster.update", {k: v for k, v in params.items() if v is not None})
+    if args.task_history_limit is None and args.max_replicas is None and args.autolock is None:
+        raise UsageError("swarm update: nothing to change (give --task-history-limit, --max-replicas or --autolock)")
+    params: dict[str, Any] = {}
+    if args.task_history_limit is not None:
+        params["task_history_limit"] = args.task_history_limit
+    if args.max_replicas is not None:
+        params["max_replicas"] = args.max_replicas
+    if args.autolock is not None:
+        params["autolock"] = args.autolock == "true"
+    answer = common.call("cluster.update", params)
     print("Swarm updated.")
+    if answer.get("unlock_key"):
+        print()
+        security.print_unlock_key(answer["unlock_key"])
     return 0
 
 
@@ -124,6 +142,8 @@ def register(sub: Any) -> None:
     p.add_argument("--listen-port", type=int, default=cfg.DEFAULT_API_PORT, help="API (SSH) port, default 2377")
     p.add_argument("--dns-port", type=int, default=cfg.DEFAULT_DNS_PORT, help="DNS port, default 53")
     p.add_argument("--default-addr-pool", default="10.240.0.0/16", help="container address pool, a /24 per node")
+    p.add_argument("--autolock", action="store_true",
+                   help="keep restarted managers locked until `pyswarm swarm unlock` (docs/security.md)")
     p.add_argument("--overlay", choices=["routes", "vxlan"], default="routes",
                    help="how container traffic crosses hosts: host routes (default; the hosts share a link) "
                         "or a VXLAN overlay between the hosts' addresses")
@@ -148,6 +168,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("join-token", help="print the command that joins a host")
     p.add_argument("role", choices=["worker", "manager"])
     p.add_argument("-q", "--quiet", action="store_true", help="print the token only")
+    p.add_argument("--rotate", action="store_true",
+                   help="make a new token (the old one stops admitting hosts; joined nodes are unaffected)")
     p.set_defaults(func=_join_token)
 
     p = sub.add_parser("leave", help="make this node leave the cluster")
@@ -159,7 +181,10 @@ def register(sub: Any) -> None:
     p.add_argument("--task-history-limit", type=int, metavar="N", help="ended tasks kept per slot (default 5)")
     p.add_argument("--max-replicas", type=int, metavar="N",
                    help="the most replicas a service may have (default 100000)")
+    p.add_argument("--autolock", choices=["true", "false"],
+                   help="keep restarted managers locked until `pyswarm swarm unlock` (docs/security.md)")
     p.set_defaults(func=_swarm_update)
+    security.register_swarm(swarm)
 
     manager = sub.add_parser("manager", help=argparse.SUPPRESS).add_subparsers(dest="manager_command", required=True)
     p = manager.add_parser("run", help="run the manager daemon in the foreground")

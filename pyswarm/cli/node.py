@@ -18,7 +18,7 @@ def _node_ls(args: argparse.Namespace) -> int:
     print_rows(rows, args.format, [
         ("ID", "id_display"), ("HOSTNAME", "hostname"), ("ADDRESS", "address"), ("ROLE", "role"),
         ("STATUS", "status"), ("AVAILABILITY", "availability"), ("MANAGER STATUS", "manager_status"),
-        ("ENGINE VERSION", "engine_version"),
+        ("ENGINE VERSION", "engine_version"), ("MESSAGE", "message"),
     ], drop=("id_display",), fields=docker_node, quiet="id" if args.quiet else None)
     return 0
 

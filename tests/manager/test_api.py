@@ -43,8 +43,10 @@ def test_join_gives_each_node_its_own_subnet_and_keeps_it_on_rejoin(tmp_path: Pa
         a = await api.call("join", {"hostname": "w1", "addr": "10.0.0.2", "ssh_host_key": "k1"})
         b = await api.call("join", {"hostname": "w2", "addr": "10.0.0.3", "ssh_host_key": "k2"})
         assert a["subnet"] != b["subnet"], f"two nodes got {a['subnet']}"
-        again = await api.call("join", {"hostname": "w1", "addr": "10.0.0.2", "ssh_host_key": "k1b"})
+        again = await api.call("join", {"hostname": "w1", "addr": "10.0.0.2", "ssh_host_key": "k1"})
         assert again == a, f"rejoin changed identity: {again} != {a}"
+        with pytest.raises(UsageError, match="another SSH host key.*node rm w1"):  # not a silent re-pin
+            await api.call("join", {"hostname": "w1", "addr": "10.0.0.2", "ssh_host_key": "k1b"})
         rows = await api.call("node.ls", {})
         assert sorted(r["hostname"] for r in rows) == ["w1", "w2"]
     with_api(tmp_path, body)

@@ -17,7 +17,10 @@ if _TESTS not in sys.path:
 
 from factories import make_node, make_snapshot  # noqa: E402
 
+import pytest  # noqa: E402
+
 from pyswarm import protocol  # noqa: E402
+from pyswarm.wire import BadRequest  # noqa: E402
 from pyswarm.manager import dispatcher as dispatcher_mod  # noqa: E402
 from pyswarm.manager.dispatcher import (  # noqa: E402
     MAX_PINGS_PER_SECOND,
@@ -139,3 +142,78 @@ def test_an_engine_message_is_checked() -> None:
             assert exc.path == field, (bad, exc)
         else:
             raise AssertionError(f"accepted {bad}")
+
+
+# -- what a node may say -------------------------------------------------------------
+
+
+class _Said:
+    """The session ``handle`` is given: only its node matters."""
+
+    refused = dispatcher_mod._Session.refused  # the real, rate-limited log of refusals
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self._ready = False
+        self._refusals = 0
+        self._refusals_since = 0.0
+
+
+def _reports_of(d: Dispatcher, node: Any, *messages: dict[str, Any]) -> list[Any]:
+    d._pending = []
+    for m in messages:
+        d.handle(_Said(node), protocol.parse_agent(protocol.encode(m)))  # type: ignore[arg-type]
+    return d._pending
+
+
+def test_a_node_speaks_only_for_its_own_tasks(caplog: Any) -> None:
+    from factories import make_service, make_task
+
+    from pyswarm.models import TaskState
+
+    mine, other = make_node(subnet="10.240.1.0/24"), make_node(subnet="10.240.2.0/24")
+    service = make_service("web")
+    theirs = make_task(service, node_id=other.id, state=TaskState.RUNNING, ip="10.240.2.7")
+    own = make_task(service, node_id=mine.id, state=TaskState.ASSIGNED)
+    d = Dispatcher(store=None, client_keys=[])  # type: ignore[arg-type]
+    d.snapshot = make_snapshot(mine, other, service, theirs, own)
+    status = {"op": "status", "state": "running", "ip": "10.240.1.9", "container_id": "c1"}
+    with caplog.at_level("WARNING"):
+        assert _reports_of(d, mine, {**status, "task_id": theirs.id}) == []
+    assert "cannot update a task not assigned to this node" in caplog.text and theirs.id in caplog.text
+    # its own task, but an address outside its subnet: refused too
+    assert _reports_of(d, mine, {**status, "task_id": own.id, "ip": "10.240.2.7"}) == []
+    assert "outside the node's subnet 10.240.1.0/24" in caplog.text
+    # a task nobody has (removed meanwhile): dropped, quietly
+    assert _reports_of(d, mine, {**status, "task_id": "gone"}) == []
+    ok = _reports_of(d, mine, {**status, "task_id": own.id})
+    assert [op[:3] for op in ok] == [["advance", own.id, "running"]] and ok[0][3]["ip"] == "10.240.1.9"
+
+
+def test_hello_stores_only_checked_fields() -> None:
+    node = make_node()
+    d = Dispatcher(store=None, client_keys=[])  # type: ignore[arg-type]
+    d.snapshot = make_snapshot(node)
+    with pytest.raises(BadRequest, match="hello.role: unknown field"):
+        _reports_of(d, node, {"op": "hello", "hostname": "x", "role": "manager"})
+    [op] = _reports_of(d, node, {"op": "hello", "hostname": "x", "resources": {"nano_cpus": 4_000_000_000},
+                                 "engine_version": "27"})
+    assert op[:3] == ["patch", "node", node.id]
+    assert set(op[3]) == {"status", "status_message", "updated_at", "resources", "engine_version", "problems"}
+    assert op[3]["resources"] == {"nano_cpus": 4_000_000_000, "memory_bytes": 0}
+
+
+def test_refusals_are_logged_but_never_flood_the_log(caplog: Any) -> None:
+    from factories import make_task
+
+    node, other = make_node(subnet="10.240.1.0/24"), make_node(subnet="10.240.2.0/24")
+    theirs = make_task(node_id=other.id)
+    d = Dispatcher(store=None, client_keys=[])  # type: ignore[arg-type]
+    d.snapshot = make_snapshot(node, other, theirs)
+    session = _Said(node)
+    with caplog.at_level("WARNING"):
+        for _ in range(500):
+            d.handle(session, protocol.parse_agent(protocol.encode(  # type: ignore[arg-type]
+                {"op": "status", "task_id": theirs.id, "state": "running"})))
+    assert d._pending == []
+    assert 0 < len(caplog.records) <= dispatcher_mod.REFUSALS_LOGGED, len(caplog.records)

@@ -339,3 +339,29 @@ def test_thousand_tasks_over_hundred_nodes_is_fast() -> None:
     assert len(plan.assignments) == 1000
     assert sorted(Counter(a.node_id for a in plan.assignments).values()) == [10] * 100
     assert elapsed < 0.5, f"{elapsed:.3f}s"  # typically a few ms; loose for slow CI
+
+
+def test_a_node_that_cannot_isolate_takes_no_task_of_a_network() -> None:
+    """Fail closed (Node.problems, reported by the agent): no firewall, no
+    task attached to a cluster network; no container network, no task."""
+    good = make_node()
+    no_ipset = make_node(problems={"firewall": "cannot apply the network firewall: ipset: not found"})
+    no_net = make_node(problems={"network": "ip route replace: failed"})
+    isolated = make_service("web", replicas=3, networks=[{"target": "demo_default", "aliases": ["web"]}])
+    shared = make_service("old", replicas=2)  # deployed before networks: isolates nothing
+    web_tasks, old_tasks = make_tasks(isolated), make_tasks(shared)
+    plan = schedule([good, no_ipset, no_net], services_of(isolated, shared), web_tasks + old_tasks)
+    assert plan.unplaced == {}
+    node_of = {a.task_id: a.node_id for a in plan.assignments}
+    assert {node_of[t.id] for t in web_tasks} == {good.id}, "a task of an isolated network went where it is not enforced"
+    assert {node_of[t.id] for t in old_tasks} <= {good.id, no_ipset.id}
+    assert no_net.id not in node_of.values(), "a node without its container network got a task"
+
+
+def test_why_a_node_that_cannot_isolate_is_passed_over() -> None:
+    no_ipset = make_node(problems={"firewall": "ipset: not found"})
+    isolated = make_service("web", replicas=1, networks=[{"target": "demo_default", "aliases": ["web"]}])
+    tasks = make_tasks(isolated)
+    plan = schedule([no_ipset, make_node(problems={"reconcile": "boom"})], services_of(isolated), tasks)
+    assert plan.unplaced == {tasks[0].id: "no suitable node (network isolation not enforceable on 1 node; "
+                                          "agent cannot converge on 1 node)"}

@@ -387,4 +387,64 @@ def test_deaths_as_the_engine_goes_away_are_not_reported_as_exits(monkeypatch: A
             docker.stop_engine()
             await s.wait_for("engine down", lambda: any(m["op"] == "engine" for m in s.out))
             assert s.statuses("t1")[-1] == "running" and "complete" not in s.statuses("t1"), s.out
+
+
+def _conditions(s: Session) -> list[dict[str, str]]:
+    return [m["problems"] for m in s.out if m["op"] == "condition"]
+
+
+class FailingFirewall:
+    """A host without ipset: every mesh apply fails, as MeshFirewall would."""
+
+    def __init__(self) -> None:
+        self.ok = False
+
+    async def apply(self, mesh: Any, pool: str, dns: Any = ()) -> None:
+        from pyswarm.worker import NetworkSetupError
+
+        if not self.ok:
+            raise NetworkSetupError("ipset restore: [Errno 2] No such file or directory: 'ipset'")
+
+
+def test_a_host_that_cannot_isolate_says_so_and_starts_no_task() -> None:
+    async def main() -> None:
+        docker = FakeDocker()
+        async with Session(docker) as s:
+            firewall = FailingFirewall()
+            s.agent.firewall = firewall  # type: ignore[assignment]
+            s.send(CONFIGURE)
+            s.send({"op": "mesh", "gateways": ["10.240.1.1"], "networks": {"psw-000000000001": []}})
+            await s.wait_for("a firewall condition", lambda: any("firewall" in c for c in _conditions(s)))
+            assert "ipset" in _conditions(s)[-1]["firewall"]
+            s.send({"op": "assign", "tasks": [task("t1")]})
+            await s.wait_for("t1 rejected", lambda: "rejected" in s.statuses("t1"))
+            [report] = [m for m in s.out if m["op"] == "status" and m["task_id"] == "t1"]
+            assert "cannot isolate networks" in report["error"] and "ipset" in report["error"], report
+            assert not any(c[0] == "create" for c in docker.calls), "a container was made on a host that cannot isolate"
+            firewall.ok = True  # ipset installed: the next mesh clears the condition
+            s.send({"op": "mesh", "gateways": ["10.240.1.1"], "networks": {"psw-000000000001": ["10.240.1.2"]}})
+            await s.wait_for("the condition cleared", lambda: _conditions(s)[-1] == {})
+    run(main())
+
+
+def test_a_failing_agent_loop_is_restarted_and_reported() -> None:
+    async def main() -> None:
+        docker = FakeDocker()
+        real = docker.list_containers
+        failures = [TypeError("boom")]
+
+        async def flaky(labels: Any, **kw: Any) -> Any:
+            if failures and labels == {protocol.LABEL_TASK_ID: None}:
+                raise failures.pop()
+            return await real(labels, **kw)
+
+        docker.list_containers = flaky  # type: ignore[method-assign]
+        async with Session(docker) as s:
+            s.send(CONFIGURE)
+            s.send({"op": "assign", "tasks": [task("t1")]})
+            await s.wait_for("a reconcile condition", lambda: any("reconcile" in c for c in _conditions(s)))
+            assert "TypeError: boom" in _conditions(s)[0]["reconcile"]
+            s.send({"op": "assign", "tasks": [task("t1"), task("t2", 2)]})  # the restarted loop converges
+            await s.wait_for("t2 running", lambda: "running" in s.statuses("t2"), timeout=10)
+            await s.wait_for("the condition cleared", lambda: _conditions(s)[-1] == {})
     run(main())
