@@ -27,6 +27,7 @@ from typing import Any
 import asyncssh
 
 from pyswarm import protocol
+from pyswarm.errors import ConnectionError_
 from pyswarm.manager import bootstrap
 
 
@@ -98,7 +99,7 @@ async def handle(process: asyncssh.SSHServerProcess[bytes]) -> None:
     await FakeAgent(process, node_index(process)).run()
 
 
-async def join_all(token: str, manager: str, nodes: int, host_key: str, port: int, concurrency: int = 16) -> None:
+async def join_all(token: str, manager: str, nodes: int, host_key: str, port: int, concurrency: int = 4) -> None:
     host, api_port = bootstrap._split_addr(manager)
     sem = asyncio.Semaphore(concurrency)
 
@@ -109,7 +110,16 @@ async def join_all(token: str, manager: str, nodes: int, host_key: str, port: in
             })
 
         async with sem:
-            await bootstrap._join_calls(host, api_port, token, calls)
+            # a connect that timed out never reached the join call (10 s to
+            # the SSH handshake): retry it, as a loaded machine needs at 1,000 joins
+            for attempt in range(8):
+                try:
+                    await bootstrap._join_calls(host, api_port, token, calls)
+                    return
+                except ConnectionError_ as exc:
+                    if "timed out" not in str(exc) or attempt == 7:
+                        raise
+                    await asyncio.sleep(1 + attempt)
 
     started = time.monotonic()
     await asyncio.gather(*(one(i) for i in range(nodes)))
