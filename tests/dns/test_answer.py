@@ -6,6 +6,7 @@ are answered to anyone."""
 
 from __future__ import annotations
 
+import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
@@ -49,3 +50,40 @@ def test_names_inside_the_zone_are_answered_to_anyone() -> None:
     r = responder()
     assert ask(r, "web.demo.pyswarm", "203.0.113.7") == "NOERROR"
     assert ask(r, "nope.demo.pyswarm", "203.0.113.7") == "NXDOMAIN"
+
+
+# -- garbage (issue 10): the query path answers or drops, never raises ---------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+CLIENTS = st.sampled_from(["10.240.1.2", "203.0.113.7", "127.0.0.1", "::1", "not-an-ip", ""])
+NAMES = st.sampled_from(["web", "web.demo", "tasks.web.demo", "demo_web", "example.com", "x" * 63, ".", "a..b"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.binary(max_size=600), client=CLIENTS, tcp=st.booleans())
+def test_random_bytes_get_a_reply_or_nothing_never_an_exception(data: bytes, client: str, tcp: bool) -> None:
+    reply = responder().respond(data, tcp=tcp, client=client)
+    if reply.data is not None:
+        parsed = dns.message.from_wire(reply.data)  # what comes back is valid DNS
+        assert parsed.flags & dns.flags.QR
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=NAMES, qtype=st.integers(min_value=0, max_value=65535), client=CLIENTS,
+       flip=st.lists(st.tuples(st.integers(min_value=0, max_value=511), st.integers(min_value=0, max_value=255)),
+                     max_size=4))
+def test_mangled_queries_get_a_reply_or_nothing(name: str, qtype: int, client: str, flip: list[tuple[int, int]]) -> None:
+    """A real query with bytes overwritten: truncated labels, bad counts, odd types."""
+    try:
+        wire = bytearray(dns.message.make_query(name, dns.rdatatype.A).to_wire())
+    except Exception:  # dnspython refuses some names itself: nothing to send
+        return
+    wire[-4:-2] = qtype.to_bytes(2, "big")
+    for at, value in flip:
+        if at < len(wire):
+            wire[at] = value
+    reply = responder().respond(bytes(wire), client=client)
+    if reply.data is not None:
+        dns.message.from_wire(reply.data)
