@@ -534,10 +534,12 @@ def registry_auth(snap: Snapshot, spec: Any) -> dict[str, str]:
     if not name:
         return {}
     from .objects import by_name
+    from .sealing import reveal
 
     secret = by_name(snap, "secret").get(str(name))
     if secret is None:
         return {}
     import base64
 
-    return {"registry_auth": base64.b64decode(secret.data).decode(errors="replace")}
+    # secret data rests sealed in the store (manager/sealing.py): open it for the node
+    return {"registry_auth": base64.b64decode(reveal(secret.data)).decode(errors="replace")}
