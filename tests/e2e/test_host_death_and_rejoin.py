@@ -155,8 +155,15 @@ services:
     cli(small, "node", "rm", "--force", old_id)
     wait_for(lambda: host not in {r["hostname"] for r in json.loads(cli(small, "node", "ls", "--format", "json"))},
              10, f"{host} gone from node ls")
-    rows = wait_for(lambda: [t for t in tasks(small, "gl_agent") if t["id"] == old_task and t["desired_state"] != "running"],
-                    15, f"{host}'s global task no longer desired running", observe=lambda: brief(tasks(small, "gl_agent")))
+    def let_go() -> list[dict[str, Any]]:
+        # no longer desired running, or already reaped: its node is gone, so
+        # is its slot (the task reaper, issue 11)
+        rows = tasks(small, "gl_agent")
+        if old_task not in {t["id"] for t in rows}:
+            return [{"current_state": "removed by the task reaper"}]
+        return [t for t in rows if t["id"] == old_task and t["desired_state"] != "running"]
+    rows = wait_for(let_go, 15, f"{host}'s global task no longer desired running",
+                    observe=lambda: brief(tasks(small, "gl_agent")))
     assert len(running(small, "gl_agent")) == n - 1, brief(tasks(small, "gl_agent"))
     print(f"\n{host} left and removed: its global task is {rows[0]['current_state']}")
 
