@@ -1,9 +1,9 @@
 """``pyswarm events``: what happens in the cluster, read from the store's changes.
 
 Every manager keeps an :class:`EventLog`: after each change of its replica
-it compares the objects that changed (the store replaces an object's dict
-on every write, so an identity check finds them without comparing the rest)
-and records services created/updated/removed, task state changes with their
+it compares the objects the store says changed since its last look
+(``changed_since``; the store replaces an object's dict on every write, so
+an identity check tells a real change) and records services created/updated/removed, task state changes with their
 messages, nodes up/down/drained/promoted and leader changes.
 
 The log is in memory and bounded (:data:`LIMIT` events), on each manager,
@@ -51,57 +51,73 @@ class ClusterEvent:
 
 
 Raw = Mapping[str, Mapping[str, dict[str, Any]]]  # a snapshot's raw view (manager/tables.py)
+Found = tuple[str, str, str, str, str, dict[str, Any]]  # (type, action, id, name, message, attrs)
 
 
-def diff(old: Raw, new: Raw, nodes: Mapping[str, dict[str, Any]]) -> list[tuple[str, str, str, str, str, dict[str, Any]]]:
-    """(type, action, id, name, message, attrs) for what changed from ``old`` to ``new``."""
-    out: list[tuple[str, str, str, str, str, dict[str, Any]]] = []
-    before, after = old.get("service", {}), new.get("service", {})
-    for sid, svc in after.items():
-        prev = before.get(sid)
-        name = str((svc.get("spec") or {}).get("name", sid[:12]))
-        if prev is None:
-            out.append(("service", "create", sid, name, "", {}))
-        elif prev is not svc and prev != svc:
-            msg = _service_change(prev, svc)
-            if msg:
-                out.append(("service", "update", sid, name, msg, {"version": svc.get("version", 0)}))
-    for sid, svc in before.items():
-        if sid not in after:
-            out.append(("service", "remove", sid, str((svc.get("spec") or {}).get("name", sid[:12])), "", {}))
-    before, after = old.get("task", {}), new.get("task", {})
-    for tid, task in after.items():
-        prev = before.get(tid)
-        if prev is not None and (prev is task or prev.get("state") == task.get("state")):
-            continue
-        slot = task.get("slot") or str(task.get("node_id", ""))[:12]
-        name = f"{task.get('service_name', '')}.{slot}"
-        node = nodes.get(str(task.get("node_id", "")), {})
-        attrs = {"service": task.get("service_name", ""), "node": node.get("hostname", ""),
-                 "state": task.get("state", ""), "desired_state": task.get("desired_state", "")}
-        if task.get("exit_code") is not None:
-            attrs["exit_code"] = task.get("exit_code")
-        message = str(task.get("error") or task.get("message") or "")
-        out.append(("task", "create" if prev is None else str(task.get("state", "")), tid, name, message, attrs))
-    before, after = old.get("node", {}), new.get("node", {})
-    for nid, node in after.items():
-        prev = before.get(nid)
-        name = str(node.get("hostname", nid[:12]))
-        if prev is None:
-            out.append(("node", "create", nid, name, "", {"role": node.get("role", "")}))
-            continue
-        if prev is node:
-            continue
-        if prev.get("status") != node.get("status"):
-            action = {"ready": "up", "down": "down"}.get(str(node.get("status")), str(node.get("status")))
-            out.append(("node", action, nid, name, str(node.get("status_message") or ""), {}))
-        if prev.get("availability") != node.get("availability"):
-            out.append(("node", str(node.get("availability")), nid, name, "", {}))
-        if prev.get("role") != node.get("role"):
-            out.append(("node", "promote" if node.get("role") == "manager" else "demote", nid, name, "", {}))
-    for nid, node in before.items():
-        if nid not in after:
-            out.append(("node", "remove", nid, str(node.get("hostname", nid[:12])), "", {}))
+def diff(old: Raw, new: Raw, nodes: Mapping[str, dict[str, Any]],
+         only: set[tuple[str, str]] | None = None) -> list[Found]:
+    """(type, action, id, name, message, attrs) for what changed from ``old``
+    to ``new``. ``only``: the (kind, id) pairs the store says changed in
+    between (:meth:`Snapshot.changed_since`), so that the cost follows the
+    change: a task's report at 100,000 tasks looks at one task, not at all of
+    them. None: compare everything (the first look, or changes too old)."""
+    out: list[Found] = []
+    for kind, events_of in (("service", _service_events), ("task", _task_events), ("node", _node_events)):
+        before, after = old.get(kind, {}), new.get(kind, {})
+        if only is None:
+            ids: list[str] = [*after, *(oid for oid in before if oid not in after)]
+        else:
+            ids = sorted(oid for k, oid in only if k == kind)
+        for oid in ids:
+            prev, now = before.get(oid), after.get(oid)
+            if prev is not now:
+                out += events_of(oid, prev, now, nodes)
+    return out
+
+
+def _service_events(sid: str, prev: dict[str, Any] | None, svc: dict[str, Any] | None,
+                    nodes: Mapping[str, dict[str, Any]]) -> list[Found]:
+    if svc is None:
+        assert prev is not None
+        return [("service", "remove", sid, str((prev.get("spec") or {}).get("name", sid[:12])), "", {})]
+    name = str((svc.get("spec") or {}).get("name", sid[:12]))
+    if prev is None:
+        return [("service", "create", sid, name, "", {})]
+    msg = _service_change(prev, svc) if prev != svc else ""
+    return [("service", "update", sid, name, msg, {"version": svc.get("version", 0)})] if msg else []
+
+
+def _task_events(tid: str, prev: dict[str, Any] | None, task: dict[str, Any] | None,
+                 nodes: Mapping[str, dict[str, Any]]) -> list[Found]:
+    if task is None or (prev is not None and prev.get("state") == task.get("state")):
+        return []  # a removed task (the reaper's) says nothing, as before
+    slot = task.get("slot") or str(task.get("node_id", ""))[:12]
+    name = f"{task.get('service_name', '')}.{slot}"
+    node = nodes.get(str(task.get("node_id", "")), {})
+    attrs = {"service": task.get("service_name", ""), "node": node.get("hostname", ""),
+             "state": task.get("state", ""), "desired_state": task.get("desired_state", "")}
+    if task.get("exit_code") is not None:
+        attrs["exit_code"] = task.get("exit_code")
+    message = str(task.get("error") or task.get("message") or "")
+    return [("task", "create" if prev is None else str(task.get("state", "")), tid, name, message, attrs)]
+
+
+def _node_events(nid: str, prev: dict[str, Any] | None, node: dict[str, Any] | None,
+                 nodes: Mapping[str, dict[str, Any]]) -> list[Found]:
+    if node is None:
+        assert prev is not None
+        return [("node", "remove", nid, str(prev.get("hostname", nid[:12])), "", {})]
+    name = str(node.get("hostname", nid[:12]))
+    if prev is None:
+        return [("node", "create", nid, name, "", {"role": node.get("role", "")})]
+    out: list[Found] = []
+    if prev.get("status") != node.get("status"):
+        action = {"ready": "up", "down": "down"}.get(str(node.get("status")), str(node.get("status")))
+        out.append(("node", action, nid, name, str(node.get("status_message") or ""), {}))
+    if prev.get("availability") != node.get("availability"):
+        out.append(("node", str(node.get("availability")), nid, name, "", {}))
+    if prev.get("role") != node.get("role"):
+        out.append(("node", "promote" if node.get("role") == "manager" else "demote", nid, name, "", {}))
     return out
 
 
@@ -130,6 +146,7 @@ class EventLog:
         self._subscribers: set[asyncio.Queue[ClusterEvent | None]] = set()
         self._stopped = asyncio.Event()
         self._raw: Raw | None = None
+        self._index = 0  # the store index ``_raw`` was taken at
         self._leader: str | None = None
 
     def stop(self) -> None:
@@ -149,9 +166,11 @@ class EventLog:
         snap = self._store.snapshot()
         now = time.time()
         if self._raw is not None:
-            for kind, action, oid, name, message, attrs in diff(self._raw, snap.raw, snap.raw.get("node", {})):
+            only = snap.changed_since(self._index)
+            for kind, action, oid, name, message, attrs in diff(self._raw, snap.raw, snap.raw.get("node", {}), only):
                 self._record(ClusterEvent(next(self._seq), now, kind, action, oid, name, message, attrs))
         self._raw = snap.raw
+        self._index = snap.index
         leader = self._store.leader
         if leader != self._leader and self._raw is not None:
             if self._leader is not None or leader is not None:

@@ -80,6 +80,28 @@ class ProcSampler:
         self._thread.join()
 
 
+def _profile(pid: int, phase: str, seconds: float) -> subprocess.Popen[bytes] | None:
+    """With PYSWARM_FP_PYSPY=DIR, py-spy samples the leader during ``phase``
+    into DIR/fp-PHASE-PID.txt (collapsed stacks: `sort -k2 -n` or a flame
+    graph tool reads them); the figures are then taken with the sampler on."""
+    out = os.environ.get("PYSWARM_FP_PYSPY")
+    if not out:
+        return None
+    spy = Path(sys.executable).with_name("py-spy")
+    return subprocess.Popen([str(spy), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "50",
+                             "--format", "raw", "--nonblocking", "-o", f"{out}/fp-{phase}-{pid}.txt"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _stop_profile(spy: subprocess.Popen[bytes] | None) -> None:
+    if spy is not None:
+        spy.send_signal(2)  # py-spy writes what it has on SIGINT
+        try:
+            spy.wait(30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+
+
 def measure(nodes: int, tasks: int, progress: Callable[[str], None], timeout: float = 300) -> dict[str, Any]:
     lab = Lab(LAB_DIR, name="pswbfp", subnet="10.250.11.0/24")
     lab.up(managers=1, workers=0, cluster=False)
@@ -130,6 +152,7 @@ def measure(nodes: int, tasks: int, progress: Callable[[str], None], timeout: fl
         stack = Path(LAB_DIR) / "fp.yml"
         stack.write_text(f"services:\n  web:\n    image: {IMAGE}\n    deploy:\n      replicas: {tasks}\n"
                          f"      placement:\n        constraints: [\"node.role==worker\"]\n")
+        spy = _profile(pid, "converge", timeout)
         t0 = time.monotonic()
         lab.pyswarm(host, "stack", "deploy", "-c", str(stack), "fp", timeout=120)
 
@@ -147,8 +170,11 @@ def measure(nodes: int, tasks: int, progress: Callable[[str], None], timeout: fl
                 break
             time.sleep(1)
         t1 = time.monotonic()
+        _stop_profile(spy)
+        spy = _profile(pid, "rest", 20)
         time.sleep(20)
         t2 = time.monotonic()
+        _stop_profile(spy)
         procs.stop()
         out["rss_peak_mb"] = max(s[1] for s in procs.samples)
         out["rss_end_mb"] = procs.samples[-1][1]
