@@ -40,6 +40,7 @@ from pyswarm.errors import ClusterError, ElectionError, NoQuorumError
 from pyswarm.models import KINDS, Cluster, Node, Service, Task, TaskState
 
 from . import disk
+from .compaction import Compaction
 from .ops import InvalidOperation
 from .ops import check as check_op
 from . import sealing
@@ -70,12 +71,17 @@ class _State(SyncObjConsumer):  # type: ignore[misc]
         # look at what changed since their last pass
         self._changes: deque[tuple[int, list[tuple[str, str]]]] = deque(maxlen=CHANGES_KEPT)
         self._published: tuple[int, Frozen] = (0, self._tables.freeze())
+        self.dumped_objects = 0  # in the last dump written or read (manager/compaction.py)
         super().__init__()
         self.index = 0
+
+    def live_objects(self) -> int:
+        return sum(len(pm) for pm in self._tables.kinds.values())
 
     def _serialize(self) -> dict[str, Any]:
         # on pysyncobj's thread, between applies: the published view is this state
         index, frozen = self._published
+        self.dumped_objects = sum(len(pm) for pm in frozen.kinds.values())
         return {"objects": Tables.plain_of(frozen), "index": index}
 
     def _deserialize(self, data: dict[str, Any]) -> None:
@@ -85,6 +91,7 @@ class _State(SyncObjConsumer):  # type: ignore[misc]
             self.index = int(data.get("index", 0))
             self._changes.clear()
             self._published = (self.index, tables.freeze())
+        self.dumped_objects = self.live_objects()
         self._on_change()
 
     @replicated  # type: ignore[untyped-decorator]
@@ -346,11 +353,28 @@ class _SyncObj(SyncObj):  # type: ignore[misc]
     under load. This sends each tick's new entries right away, in one
     message per follower: batched throughput with unbatched latency."""
 
+    def __init__(self, self_addr: str, partners: list[str], conf: SyncObjConf, state: _State) -> None:
+        # set before SyncObj's own attributes are listed: not in the dump
+        self.compaction = Compaction(conf.fullDumpFile, state.live_objects, lambda: state.dumped_objects)
+        super().__init__(self_addr, partners, conf, consumers=[state])
+
     def _checkCommandsToApply(self) -> None:
         before = self._SyncObj__getCurrentLogIndex()
         super()._checkCommandsToApply()
         if self._isLeader() and self._SyncObj__getCurrentLogIndex() != before:
             self._SyncObj__sendAppendEntries()
+
+    def _SyncObj__tryLogCompaction(self) -> None:
+        """pysyncobj's rules (entries, time), and ours (bytes, live state)."""
+        why = self.compaction.due(self._SyncObj__raftLog)
+        if why:
+            log.info("raft: compacting now: %s", why)
+            self.forceLogCompaction()
+        super()._SyncObj__tryLogCompaction()
+
+    def _SyncObj__deleteEntriesTo(self, to_index: int) -> None:
+        super()._SyncObj__deleteEntriesTo(to_index)
+        self.compaction.compacted(self._SyncObj__raftLog)
 
 
 class Store:
@@ -416,8 +440,7 @@ class Store:
     def _start_raft(self) -> None:
         with self._raft_lock:
             if self._syncobj is None:
-                self._syncobj = _SyncObj(self._config.self_addr, list(self._config.partners), self._conf,
-                                         consumers=[self._state])
+                self._syncobj = _SyncObj(self._config.self_addr, list(self._config.partners), self._conf, self._state)
 
     def _stop_raft(self) -> None:
         with self._raft_lock:
