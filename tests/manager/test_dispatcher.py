@@ -217,3 +217,62 @@ def test_refusals_are_logged_but_never_flood_the_log(caplog: Any) -> None:
                 {"op": "status", "task_id": theirs.id, "state": "running"})))
     assert d._pending == []
     assert 0 < len(caplog.records) <= dispatcher_mod.REFUSALS_LOGGED, len(caplog.records)
+
+
+class CountingSession(FakeSession):
+    """Counts the pushes of its node's configure and task set."""
+
+    def __init__(self, d: Dispatcher) -> None:
+        super().__init__(d)
+        self.pushes = 0
+
+    def push(self) -> None:
+        self.pushes += 1
+
+    def stop(self) -> None:
+        pass
+
+
+def test_a_task_change_pushes_to_its_node_only(tmp_path: Path) -> None:
+    """On a real store: a task placed on one node is pushed to that node's
+    session alone (with 1,000 nodes, every session compared its whole
+    configure and task set on each change); a change to a node, whose
+    route is in everyone's configure, is pushed to all."""
+    from factories import make_service, make_task
+    from test_store import free_port, started
+
+    from pyswarm.manager import ops
+    from pyswarm.models import TaskState
+
+    async def go() -> None:
+        store = await started(tmp_path, free_port())
+        d = Dispatcher(store, client_keys=[])
+        try:
+            nodes = [make_node(hostname=f"w{i}", ssh_host_key="ssh-ed25519 AAAA", subnet=f"10.240.{i}.0/24")
+                     for i in range(3)]
+            await store.commit([ops.put(n) for n in nodes])
+            fakes = [CountingSession(d) for _ in nodes]
+            parked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            d._sessions = {n.id: (f, parked) for n, f in zip(nodes, fakes)}  # type: ignore[dict-item]
+            running = asyncio.create_task(d.run())
+
+            async def pushed(want: list[int]) -> None:
+                for _ in range(200):
+                    if [f.pushes for f in fakes] == want:
+                        return
+                    await asyncio.sleep(0.05)
+                raise AssertionError(f"pushes per node {[f.pushes for f in fakes]}, wanted {want}")
+
+            await pushed([1, 1, 1])  # the first pass: everyone
+            svc = make_service("web")
+            await store.commit([ops.put(svc), ops.put(make_task(svc, node_id=nodes[1].id, state=TaskState.ASSIGNED))])
+            await pushed([1, 2, 1])
+            await asyncio.sleep(0.3)
+            assert [f.pushes for f in fakes] == [1, 2, 1], "a session without a change was pushed"
+            await store.commit([ops.patch("node", nodes[2].id, availability="drain")])
+            await pushed([2, 3, 2])
+            d.stop()
+            await asyncio.wait_for(running, 10)
+        finally:
+            store.stop()
+    asyncio.run(go())
