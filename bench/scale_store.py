@@ -10,7 +10,9 @@ store takes to hold N tasks and to come back to what 3 replicas need, the
 event loop's worst lag meanwhile (the heartbeats' and DNS's loop), and the
 peer figure measured in the same run: one full deserialization of every
 task, what each planner pass cost before the store kept typed objects.
-Results: bench/RESULTS.md.
+It also prints the Raft journal file and dump on disk at 3, at N, right
+after the way down and once compaction has settled (manager/compaction.py),
+each against the size at N. Results: bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -39,6 +41,19 @@ async def _wait(what: str, cond: object, timeout: float) -> float:
             raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
         await asyncio.sleep(0.05)
     return time.monotonic() - started
+
+
+def raft_files(data_dir: Path) -> tuple[int, int]:
+    """(journal file bytes, dump bytes) on disk."""
+    out = []
+    for name in ("raft.journal", "raft.dump"):
+        path = data_dir / name
+        out.append(path.stat().st_size if path.exists() else 0)
+    return out[0], out[1]
+
+
+def _mb(sizes: tuple[int, int]) -> str:
+    return f"journal {sizes[0] / 1e6:.1f} MB, dump {sizes[1] / 1e6:.2f} MB"
 
 
 async def main(replicas: int) -> None:
@@ -71,6 +86,7 @@ async def main(replicas: int) -> None:
             return store.snapshot().count("task")
 
         await _wait("3 tasks", lambda: count() == 3, 30)
+        at_3 = raft_files(Path(tmp))
         up = svc.to_dict()
         up["spec"]["replicas"] = replicas
         up["version"] = svc.version  # a scale is no update
@@ -80,6 +96,8 @@ async def main(replicas: int) -> None:
         await _wait(f"{replicas} tasks", lambda: count() >= replicas, 600)
         up_s = time.monotonic() - t_up
         lag_up = lag.worst(up_s + 1)
+        await asyncio.sleep(5)  # the scheduler's last commits, and a compaction the journal asked for
+        at_n = raft_files(Path(tmp))
         # the peer: what one pass cost when each deserialized every task
         raws = list(store.snapshot().raw["task"].values())
         t0 = time.perf_counter()
@@ -93,6 +111,16 @@ async def main(replicas: int) -> None:
         await _wait("3 tasks again", lambda: count() <= 3 + 3 * 5, 600)
         down_s = time.monotonic() - t_down
         lag_down = lag.worst(down_s + 1)
+        at_down = raft_files(Path(tmp))
+        t_settle = time.monotonic()
+        # the journal back to what 3 tasks need: a dump of them, the file cut
+        settled = True
+        try:
+            await _wait("compaction", lambda: raft_files(Path(tmp))[0] <= 2 << 20 and raft_files(Path(tmp))[1] < 1e6, 120)
+        except SystemExit:
+            settled = False
+        settle_s = time.monotonic() - t_settle
+        after = raft_files(Path(tmp))
         for loop in loops:
             loop.stop()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -106,6 +134,9 @@ async def main(replicas: int) -> None:
     print(f"peer: one deserialization of every task (a planner pass before): {full_pass * 1000:.0f} ms; "
           f"ratio of the worst loop lag to it: {max(lag_up, lag_down) / full_pass:.2f}")
     print(f"raft directory after: {raft_mb:.1f} MB")
+    print(f"raft files at 3: {_mb(at_3)}; at {replicas}: {_mb(at_n)}; right after the way down: {_mb(at_down)}")
+    print(f"raft files {'settled' if settled else 'NOT settled'} {settle_s:.1f} s later: {_mb(after)}; "
+          f"ratio to {replicas}: journal {after[0] / max(1, at_n[0]):.3f}, dump {after[1] / max(1, at_n[1]):.3f}")
 
 
 def count_left(store: object) -> int:

@@ -39,27 +39,48 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-def node_assignments(snap: Snapshot, node_id: str, zone: str) -> list[dict[str, Any]]:
+# task id -> (its stored spec dict, its node, its assignment): see node_assignments
+AssignmentCache = dict[str, tuple[object, str, dict[str, Any]]]
+
+
+def node_assignments(snap: Snapshot, node_id: str, zone: str,
+                     cache: AssignmentCache | None = None) -> list[dict[str, Any]]:
     """The whole set of tasks ``node_id`` should run, as the agent wants it
-    (from the store's by-node index: no scan of the other nodes' tasks)."""
+    (from the store's by-node index: no scan of the other nodes' tasks).
+    ``cache``: assignments built before, reused while the task's stored spec
+    is the same dict and its node the same (a state report replaces the
+    task's dict, not its spec); the caller empties it when a secret, config
+    or the cluster changes. Rebuilding a node's 100 tasks' specs on each of
+    their reports was a fifth of the leader's time converging 100,000."""
     out = []
+    raw_tasks = snap.raw["task"] if cache is not None else None
     for task in snap.tasks_on(node_id):
         if task.desired_state != DESIRED_RUNNING or task.state.terminal:
             continue
         if task.state.rank < TaskState.ASSIGNED.rank:
             continue
+        if raw_tasks is not None and cache is not None:
+            spec = raw_tasks[task.id].get("spec")
+            hit = cache.get(task.id)
+            if hit is not None and hit[0] is spec and hit[1] == node_id:
+                out.append(hit[2])
+                continue
         # secret/config data only to the node of a task that uses it
-        out.append({**_assignment(task, zone), **task_files(snap, task.spec), **registry_auth(snap, task.spec)})
+        a = {**_assignment(task, zone), **task_files(snap, task.spec), **registry_auth(snap, task.spec)}
+        if raw_tasks is not None and cache is not None:
+            cache[task.id] = (spec, node_id, a)
+        out.append(a)
     out.sort(key=lambda a: str(a["task_id"]))
     return out
 
 
-def assignments_by_node(snap: Snapshot, zone: str, only: Iterable[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+def assignments_by_node(snap: Snapshot, zone: str, only: Iterable[str] | None = None,
+                        cache: AssignmentCache | None = None) -> dict[str, list[dict[str, Any]]]:
     """Every node's task set (``only``: just these nodes'). The dispatcher
     rebuilds only the nodes a store change touched: with 100,000 tasks a
     rebuild of all of them per change took the event loop for seconds."""
     nodes = [n.id for n in snap.nodes()] if only is None else only
-    return {node_id: node_assignments(snap, node_id, zone) for node_id in nodes}
+    return {node_id: node_assignments(snap, node_id, zone, cache) for node_id in nodes}
 
 
 def _assignment(task: Task, zone: str) -> dict[str, Any]:
@@ -357,6 +378,7 @@ class Dispatcher:
         self.hello_timeout = hello_timeout
         self.snapshot: Snapshot | None = None
         self.assignments: dict[str, list[dict[str, Any]]] = {}
+        self._assignment_cache: AssignmentCache = {}
         self.view: ClusterView | None = None
         # the mesh (manager/networks.py) is the same for every node: encoded
         # once per change, sent to the sessions that have an older version
@@ -434,14 +456,21 @@ class Dispatcher:
         zone = cluster.zone if cluster else "pyswarm"
         changed = None if previous is None else snap.changed_since(previous.index)
         if changed is None or any(kind in ("cluster", "secret", "config") for kind, _ in changed):
-            self.assignments = assignments_by_node(snap, zone)
+            self._assignment_cache = {}
+            self.assignments = assignments_by_node(snap, zone, cache=self._assignment_cache)
             return None
         touched = {oid for kind, oid in changed if kind in ("task.node", "node")}
         fresh = dict(self.assignments)
-        fresh.update(assignments_by_node(snap, zone, [n for n in touched if snap.node(n) is not None]))
+        fresh.update(assignments_by_node(snap, zone, [n for n in touched if snap.node(n) is not None],
+                                         self._assignment_cache))
         for node_id in touched:
             if snap.node(node_id) is None:
                 fresh.pop(node_id, None)
+            # what left a node's set leaves the cache
+            kept = {a["task_id"] for a in fresh.get(node_id, ())}
+            for a in self.assignments.get(node_id, ()):
+                if a["task_id"] not in kept:
+                    self._assignment_cache.pop(a["task_id"], None)
         self.assignments = fresh
         return None if any(kind == "node" for kind, _ in changed) else touched
 

@@ -276,3 +276,31 @@ def test_a_task_change_pushes_to_its_node_only(tmp_path: Path) -> None:
         finally:
             store.stop()
     asyncio.run(go())
+
+
+def test_assignments_are_reused_until_the_task_spec_or_node_changes() -> None:
+    """A state report replaces a task's stored dict but not its spec: the
+    node's assignment for it is the one built before, not rebuilt."""
+    from factories import make_service, make_task
+
+    from pyswarm.manager.dispatcher import node_assignments
+    from pyswarm.manager.store import Snapshot, _apply_ops
+    from pyswarm.manager.tables import Tables
+    from pyswarm.models import TaskState
+
+    node = make_node()
+    svc = make_service("web")
+    t1, t2 = (make_task(svc, node_id=node.id, state=TaskState.ASSIGNED, slot=i) for i in (1, 2))
+    tables = Tables()
+    _apply_ops(tables, [["put", "node", node.id, node.to_dict()], ["put", "task", t1.id, t1.to_dict()],
+                        ["put", "task", t2.id, t2.to_dict()]])
+    cache: dispatcher_mod.AssignmentCache = {}
+    first = node_assignments(Snapshot(1, frozen=tables.freeze()), node.id, "pyswarm", cache)
+    _apply_ops(tables, [["advance", t1.id, "running", {"ip": "10.240.0.5"}]])
+    moved = dict(t2.to_dict(), spec={**t2.to_dict()["spec"], "image": "other:2"})
+    _apply_ops(tables, [["put", "task", t2.id, moved]])
+    second = node_assignments(Snapshot(2, frozen=tables.freeze()), node.id, "pyswarm", cache)
+    by_id = {a["task_id"]: a for a in second}
+    assert by_id[t1.id] is next(a for a in first if a["task_id"] == t1.id), "rebuilt after a state report"
+    assert by_id[t2.id]["spec"]["image"] == "other:2", f"a changed spec was served from the cache: {by_id[t2.id]}"
+    assert second == node_assignments(Snapshot(2, frozen=tables.freeze()), node.id, "pyswarm"), "cache differs"
