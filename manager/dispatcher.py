@@ -154,8 +154,16 @@ async def connect_node(node: Node, client_keys: list[Any]) -> Any:
         client_keys=client_keys, known_hosts=([host_key], [], []),
         # no SSH keepalives: the pings below detect a dead session sooner,
         # and with 1,000 nodes each keepalive is another 1,000 messages/s
-        agent_path=None, config=[],
+        agent_path=None, config=[], encryption_algs=ENCRYPTION_ALGS,
     ), timeout=5)
+
+
+# AES-GCM first (OpenSSH offers it by default): in asyncssh it costs ~7 us a
+# small packet against chacha20-poly1305's ~51 us (its default first), and
+# a third of the time for a 32 kB one; a ping or an assign to 1,000 nodes
+# pays it twice per message. chacha20 and CTR remain for hosts without it.
+ENCRYPTION_ALGS = ["aes256-gcm@openssh.com", "aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com",
+                   "aes256-ctr", "aes192-ctr", "aes128-ctr"]
 
 
 _GONE = "no such task"
