@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
+import socket
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -184,6 +185,12 @@ def mesh_message(snap: Snapshot) -> dict[str, Any]:
 
 
 def _ip_key(ip: str) -> tuple[int, int]:
+    # inet_pton first: ipaddress.ip_address took ~1 s of the event loop per
+    # mesh at 100,000 tasks (every dispatcher pass sorts every address)
+    try:
+        return (4, int.from_bytes(socket.inet_pton(socket.AF_INET, ip), "big"))
+    except OSError:
+        pass
     try:
         a = ipaddress.ip_address(ip)
         return (a.version, int(a))
