@@ -153,6 +153,7 @@ def measure(nodes: int, tasks: int, progress: Callable[[str], None], timeout: fl
         stack.write_text(f"services:\n  web:\n    image: {IMAGE}\n    deploy:\n      replicas: {tasks}\n"
                          f"      placement:\n        constraints: [\"node.role==worker\"]\n")
         spy = _profile(pid, "converge", timeout)
+        load_start = os.getloadavg()[0]
         t0 = time.monotonic()
         lab.pyswarm(host, "stack", "deploy", "-c", str(stack), "fp", timeout=120)
 
@@ -180,9 +181,13 @@ def measure(nodes: int, tasks: int, progress: Callable[[str], None], timeout: fl
         out["rss_end_mb"] = procs.samples[-1][1]
         out["cpu_converging_pct"] = procs.cpu_pct(t0, t1)
         out["cpu_idle_pct"] = procs.cpu_pct(t1 + 1, t2)
+        out["cpu_converging_s"] = round(out["cpu_converging_pct"] * (t1 - t0) / 100, 1)  # leader CPU seconds
+        out["load_start"] = load_start
+        out["load_end"] = os.getloadavg()[0]
         conv = f"{out['converge_s']} s" if out["converge_s"] is not None else f"not within {timeout:g} s ({out['running']} running)"
         progress(f"  {nodes} nodes x {tasks} tasks: converged {conv}; leader RSS peak {out['rss_peak_mb']:.0f} MB, "
-                 f"CPU {out['cpu_converging_pct']:.0f}% converging, {out['cpu_idle_pct']:.0f}% at rest")
+                 f"CPU {out['cpu_converging_pct']:.0f}% converging ({out['cpu_converging_s']} CPU s), "
+                 f"{out['cpu_idle_pct']:.0f}% at rest; load average {load_start:.1f} at the deploy, {out['load_end']:.1f} at the end")
     finally:
         if sim is not None and sim.poll() is None:
             sim.kill()
@@ -195,5 +200,6 @@ def run(sizes: str, progress: Callable[[str], None]) -> dict[str, Any]:
     result: dict[str, Any] = {"method": METHOD, "sizes": []}
     for size in sizes.split(","):
         nodes, tasks = (int(x) for x in size.lower().split("x"))
-        result["sizes"].append(measure(nodes, tasks, progress))
+        # PYSWARM_FP_TIMEOUT: seconds to wait for the nodes and for convergence (default 300)
+        result["sizes"].append(measure(nodes, tasks, progress, float(os.environ.get("PYSWARM_FP_TIMEOUT", "300"))))
     return result
