@@ -176,19 +176,13 @@ class Tables:
                 tables.put(kind, oid, data)
         return tables
 
-    def plain(self) -> dict[str, PMap]:
+    def plain(self) -> dict[str, RawDump]:
         """What Raft persists: kind -> map of plain dicts (pickled as dicts)."""
         return self.plain_of(self.freeze())
 
     @staticmethod
-    def plain_of(frozen: Frozen) -> dict[str, PMap]:
-        out: dict[str, PMap] = {}
-        for kind, pm in frozen.kinds.items():
-            raws = PMap(-1)
-            for oid, entry in pm.items():
-                raws.set(oid, entry.raw)
-            out[kind] = raws
-        return out
+    def plain_of(frozen: Frozen) -> dict[str, RawDump]:
+        return {kind: RawDump(pm) for kind, pm in frozen.kinds.items()}
 
     def freeze(self) -> Frozen:
         frozen = Frozen(dict(self.kinds), dict(self.indexes))
@@ -248,6 +242,24 @@ class Tables:
             return members
         index.set(key, members)
         return members
+
+
+class RawDump:
+    """One kind of a frozen view that pickles as ``{id: plain dict}``. The
+    dicts are listed while pickling, which pysyncobj does in its forked
+    child: building them on the Raft thread before the fork held the GIL
+    (and the event loop) for each of 100,000 tasks at every compaction."""
+
+    __slots__ = ("_pm",)
+
+    def __init__(self, pm: PMap) -> None:
+        self._pm = pm
+
+    def items(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        return ((oid, e.raw) for oid, e in self._pm.items())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (list(self.items()),))
 
 
 class Frozen:

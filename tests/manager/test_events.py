@@ -43,7 +43,7 @@ async def _seeded(store: Store, tasks: int) -> tuple[EventLog, Any, list[Any]]:
     placed = make_tasks(svc, node_id=node.id, state=TaskState.ASSIGNED)
     await store.commit([ops.put(node), ops.put(svc)])
     for i in range(0, tasks, 500):
-        await store.commit([ops.put(t) for t in placed[i:i + 500]])
+        await store.commit([ops.put(t) for t in placed[i:i + 500]], timeout=60)  # a loaded machine
     log = EventLog(store)
     log.observe()  # the first look: the baseline; only who leads is news
     assert [e.action for e in log.events] == ["leader"], f"the first look recorded the store as new: {log.events}"
