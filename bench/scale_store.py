@@ -7,16 +7,9 @@ orchestrator, updater and scheduler loops and the loop-lag monitor, with 3
 ready nodes and ``max_replicas_per_node: 1``, so 3 tasks are placed and the
 rest stay pending, as in issue 11's reproduction. It prints how long the
 store takes to hold N tasks and to come back to what 3 replicas need, the
-event loop's worst lag meanwhile (the heartbeats' loop), and the peer
-figure measured in the same run: one full deserialization of every task,
-what each planner pass cost before the store kept typed objects.
-
-DNS is wired as the manager wires it (manager/daemon.py: its own process,
-fed the table's changes), with a service ``keep.load`` of 2 running
-replicas; a probe in another process asks for it every 20 ms, and the bench
-prints the p99 during the scale against the p99 at rest just before, in the
-same run. ``--dns-in-process`` answers from the manager's event loop
-instead, as before issue 11's fix (the peer of the fix).
+event loop's worst lag meanwhile (the heartbeats' and DNS's loop), and the
+peer figure measured in the same run: one full deserialization of every
+task, what each planner pass cost before the store kept typed objects.
 Results: bench/RESULTS.md.
 """
 
@@ -24,14 +17,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
-import os
 import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -51,32 +41,8 @@ async def _wait(what: str, cond: object, timeout: float) -> float:
     return time.monotonic() - started
 
 
-def _probe(port: int, name: str, out: Any, stop: Any) -> None:  # pragma: no cover - child process
-    """Ask ``name`` every 20 ms; send back (monotonic start, seconds, answered)."""
-    import dns.message
-    import dns.query
-    import dns.rdatatype
-
-    times = []
-    while not stop.is_set():
-        q = dns.message.make_query(name, dns.rdatatype.A)
-        at, t0 = time.monotonic(), time.perf_counter()
-        try:
-            ok = bool(dns.query.udp(q, "127.0.0.1", port=port, timeout=2).answer)
-        except Exception:
-            ok = False
-        times.append((at, time.perf_counter() - t0, ok))
-        time.sleep(0.02)
-    out.send(times)
-
-
-def _p99(xs: list[float]) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(len(xs) * 0.99))] if xs else float("nan")
-
-
-async def main(replicas: int, in_process: bool) -> None:
-    from factories import make_node, make_service, make_task
+async def main(replicas: int) -> None:
+    from factories import make_node, make_service
 
     from pyswarm.manager.daemon import SWITCH_INTERVAL
     from pyswarm.manager.lag import LoopLag
@@ -84,11 +50,7 @@ async def main(replicas: int, in_process: bool) -> None:
     from pyswarm.manager.scheduling import Scheduler
     from pyswarm.manager.store import RaftConfig, Store
     from pyswarm.manager.updater import Updater
-    from pyswarm.dns.cache import TableCache
-    from pyswarm.dns.process import DnsProcess
-    from pyswarm.dns.server import DnsServer
-    from pyswarm.manager.daemon import dns_snapshot, feed_dns
-    from pyswarm.models import Cluster, NodeStatus, Task, TaskState
+    from pyswarm.models import Cluster, NodeStatus, Task
 
     sys.setswitchinterval(SWITCH_INTERVAL)  # as the manager does
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,55 +61,27 @@ async def main(replicas: int, in_process: bool) -> None:
         lag_task = asyncio.create_task(lag.run())
         nodes = [make_node(status=NodeStatus.READY) for _ in range(3)]
         svc = make_service("web", replicas=3, max_replicas_per_node=1)
-        keep = make_service("keep", stack="load", replicas=2)
-        kept = [make_task(keep, slot=i + 1, node_id=nodes[i].id, state=TaskState.RUNNING, ip=f"10.240.0.{i + 10}")
-                for i in range(2)]
         await store.commit([["put", "cluster", "c", Cluster(id="c").to_dict()],
                             *(["put", "node", n.id, n.to_dict()] for n in nodes),
-                            ["put", "service", svc.id, svc.to_dict()], ["put", "service", keep.id, keep.to_dict()],
-                            *(["put", "task", t.id, t.to_dict()] for t in kept)])
-        dns_port = _free_port()
-        if in_process:  # as before: the loader runs on the first query after a change, on this loop
-            cache = TableCache(loader=lambda: dns_snapshot(store))
-            server = DnsServer(cache.get, ["127.0.0.1"], dns_port)
-            await server.start()
-
-            async def invalidate() -> None:
-                watcher = store.watcher()
-                while True:
-                    if await watcher.wait(timeout=5.0):
-                        cache.invalidate()
-            feeding = asyncio.create_task(invalidate())
-        else:
-            child = DnsProcess(["127.0.0.1"], dns_port)
-            await child.start()
-            feeding = asyncio.create_task(feed_dns(store, child))
+                            ["put", "service", svc.id, svc.to_dict()]])
         loops = [Orchestrator(store), Updater(store), Scheduler(store)]
         tasks = [asyncio.create_task(loop.run()) for loop in loops]
 
         def count() -> int:
             return store.snapshot().count("task")
 
-        await _wait("3 tasks", lambda: count() == 3 + 2, 30)
-        ctx = multiprocessing.get_context("spawn")
-        stop, (receive, send) = ctx.Event(), ctx.Pipe()
-        prober = ctx.Process(target=_probe, args=(dns_port, "keep.load", send, stop))
-        prober.start()
-        await asyncio.sleep(2)  # the probe's imports
-        rest_from = time.monotonic()
-        await asyncio.sleep(10)
+        await _wait("3 tasks", lambda: count() == 3, 30)
         up = svc.to_dict()
         up["spec"]["replicas"] = replicas
         up["version"] = svc.version  # a scale is no update
         lag_before = lag.worst(60)
         t_up = time.monotonic()
         await store.commit([["put", "service", svc.id, up]])
-        await _wait(f"{replicas} tasks", lambda: count() >= replicas + 2, 600)
+        await _wait(f"{replicas} tasks", lambda: count() >= replicas, 600)
         up_s = time.monotonic() - t_up
         lag_up = lag.worst(up_s + 1)
         # the peer: what one pass cost when each deserialized every task
         raws = list(store.snapshot().raw["task"].values())
-        pass_from = time.monotonic()
         t0 = time.perf_counter()
         for raw in raws:
             Task.from_dict(raw)
@@ -156,18 +90,9 @@ async def main(replicas: int, in_process: bool) -> None:
         down = dict(up, spec={**up["spec"], "replicas": 3})
         t_down = time.monotonic()
         await store.commit([["put", "service", svc.id, down]])
-        await _wait("3 tasks again", lambda: count() <= 3 + 3 * 5 + 2, 600)
+        await _wait("3 tasks again", lambda: count() <= 3 + 3 * 5, 600)
         down_s = time.monotonic() - t_down
         lag_down = lag.worst(down_s + 1)
-        busy_until = time.monotonic()
-        stop.set()
-        probed = await asyncio.get_running_loop().run_in_executor(None, receive.recv)
-        prober.join()
-        feeding.cancel()
-        if in_process:
-            await server.stop()
-        else:
-            await child.stop()
         for loop in loops:
             loop.stop()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -181,15 +106,6 @@ async def main(replicas: int, in_process: bool) -> None:
     print(f"peer: one deserialization of every task (a planner pass before): {full_pass * 1000:.0f} ms; "
           f"ratio of the worst loop lag to it: {max(lag_up, lag_down) / full_pass:.2f}")
     print(f"raft directory after: {raft_mb:.1f} MB")
-    rest = [d for at, d, _ in probed if rest_from <= at < t_up]
-    # not the bench's own deserialization pass (it holds the loop on purpose)
-    busy = [d for at, d, _ in probed if t_up <= at < pass_from or t_down <= at < busy_until]
-    failed = sum(1 for _, _, ok in probed if not ok)
-    where = "in the manager's process" if in_process else "in its own process"
-    print(f"DNS {where}: p99 {_p99(busy) * 1000:.2f} ms during the scale ({len(busy)} queries, max "
-          f"{max(busy, default=0) * 1000:.1f} ms) against {_p99(rest) * 1000:.2f} ms at rest before "
-          f"({len(rest)} queries): ratio {_p99(busy) / _p99(rest):.1f}; {failed} unanswered")
-    print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 def count_left(store: object) -> int:
@@ -199,7 +115,5 @@ def count_left(store: object) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--replicas", type=int, default=100_000)
-    parser.add_argument("--dns-in-process", action="store_true",
-                        help="answer DNS on the manager's event loop (before issue 11's fix), not in a process")
     args = parser.parse_args()
-    asyncio.run(main(args.replicas, args.dns_in_process))
+    asyncio.run(main(args.replicas))
