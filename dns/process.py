@@ -240,12 +240,6 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the manager decides when DNS stops
-    nice = int(os.environ.get("PYSWARM_DNS_NICE", "0"))
-    if nice:
-        try:
-            os.setpriority(os.PRIO_PROCESS, 0, nice)
-        except OSError:
-            pass
     try:
         config = wire.parse(ChildConfig, json.loads(args[0]) if args else None)
     except (ValueError, wire.BadRequest) as exc:
