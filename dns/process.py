@@ -42,11 +42,13 @@ from pyswarm import wire
 from . import feed
 from .errors import DnsBindError, DnsError
 from .records import NameTable
+from .server import ADDRESS_IN_USE, DnsServer
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 30.0  # seconds for the child to import and bind (a loaded machine is slow)
 RESTART_BACKOFF = (0.1, 0.5, 1.0, 2.0, 5.0)
+IN_USE_GRACE = 5.0  # seconds a port in use is tried again at start
 LINE_LIMIT = 256 << 20  # bytes of one message (a chunk of CHUNK entries is a few MB)
 
 
@@ -84,7 +86,20 @@ class DnsProcess:
 
     async def start(self) -> None:
         """Start the child and wait until it listens; raise
-        :class:`DnsBindError` (naming address, port and cause) if it cannot."""
+        :class:`DnsBindError` (naming address, port and cause) if it cannot.
+
+        A port in use is tried again for a few seconds: the child of a
+        manager that was just killed may still be closing its sockets."""
+        deadline = time.monotonic() + IN_USE_GRACE
+        while True:
+            try:
+                return await self._start()
+            except DnsBindError as exc:
+                if exc.reason != ADDRESS_IN_USE or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.25)
+
+    async def _start(self) -> None:
         self._stopping = False
         proc = await asyncio.create_subprocess_exec(
             *self._argv(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -190,7 +205,6 @@ def _say(message: dict[str, Any]) -> None:
 
 
 async def _serve(config: ChildConfig) -> int:
-    from .server import DnsServer
 
     receiver = feed.Receiver()
     server = DnsServer(receiver, config.addresses, config.port, upstreams=config.upstreams)
