@@ -7,8 +7,8 @@ The big service's tasks stay pending (``max_replicas_per_node: 1`` on the
 start them: what is under test is the managers' side. The size defaults to
 20,000 (the issue's 3-manager reproduction; 100,000 on one manager is
 ``bench/scale_store.py``'s and ``PYSWARM_E2E_SCALE=100000``'s): on the
-shared machine 100,000 takes minutes of CPU to create, however cheap each
-pass is.
+shared machine 100,000 took more than 5 minutes to create at load 20-70
+(bench/RESULTS.md), far over this test's share of CI.
 """
 
 from __future__ import annotations
