@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -32,21 +31,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def _wait(what: str, cond: object, timeout: float) -> float:
-    started = time.monotonic()
-    while not cond():  # type: ignore[operator]
-        if time.monotonic() - started > timeout:
-            raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(0.05)
-    return time.monotonic() - started
+from scale_store import _free_port, _wait  # noqa: E402  the same store set-up as its peer bench
 
 
 def _probe(port: int, name: str, out: Any, stop: Any) -> None:  # pragma: no cover - child process
