@@ -31,6 +31,8 @@ _BIND_HINTS = {
     errno.EACCES: "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
 }
 
+ADDRESS_IN_USE = _BIND_HINTS[errno.EADDRINUSE]  # the reason of a DnsBindError for a port in use
+
 
 class _UdpListener:
     """One UDP socket read straight from the event loop's selector.

@@ -25,7 +25,7 @@ from pyswarm import config as cfg
 from pyswarm.wire import rule
 from pyswarm.dns.cache import TableCache
 from pyswarm.dns import upstreams_from_resolv_conf
-from pyswarm.dns.server import DnsServer
+from pyswarm.dns.process import DnsProcess
 from pyswarm.host import retire_local_manager, running_manager_pid
 
 from pyswarm.models import NodeRole
@@ -100,6 +100,32 @@ class _Leading:
         await aio.reap(*self.tasks)
 
 
+def dns_snapshot(store: Store) -> Any:
+    """What the DNS table is built from: only tasks that can have an address
+    matter (the state index: pending tasks cost nothing here)."""
+    snap = store.snapshot()
+    cluster = snap.cluster
+    if cluster is None:
+        from pyswarm.models import Cluster
+
+        cluster = Cluster(id="")
+    return cluster, snap.services(), snap.tasks_in(*LIVE_STATES), [n.addr for n in snap.nodes()]
+
+
+async def feed_dns(store: Store, dns: DnsProcess) -> None:
+    """Send the DNS process the table after each store change. A rebuild
+    that changes no name keeps the table object, and then nothing is sent."""
+    cache = TableCache()
+    watcher = store.watcher()
+    try:
+        while True:
+            dns.publish(cache.update(*dns_snapshot(store)))
+            await dns.drain()
+            await watcher.wait(timeout=5.0)
+    finally:
+        watcher.close()
+
+
 class Manager:
     def __init__(self, config: cfg.ManagerConfig, state_dir: Path | None = None) -> None:
         self.config = config
@@ -130,7 +156,6 @@ class Manager:
         self._stop = asyncio.Event()
         self.retired = False
         self._leading: _Leading | None = None
-        self._dns_cache = TableCache(loader=self._dns_snapshot)
         self.hub = StreamHub()
         self.event_log = EventLog(self.store)
         self.streams = StreamApi(self.store, self.hub, self.event_log)
@@ -138,16 +163,6 @@ class Manager:
         self._gave_up = ""  # why this manager last stopped leading on its own
         self.api.register(Method("debug.loops", Empty, self._debug_loops))
         self.api.register(Method("debug.fail_loop", FailLoop, self._debug_fail_loop))
-
-    def _dns_snapshot(self) -> Any:
-        snap = self.store.snapshot()
-        cluster = snap.cluster
-        if cluster is None:
-            from pyswarm.models import Cluster
-
-            cluster = Cluster(id="")
-        # only tasks that can have an address matter (the state index: no scan)
-        return cluster, snap.services(), snap.tasks_in(*LIVE_STATES), [n.addr for n in snap.nodes()]
 
     def _join_secrets(self) -> tuple[str, str]:
         cluster = self.store.snapshot().cluster
@@ -175,15 +190,18 @@ class Manager:
         upstreams = self.config.dns_upstreams
         if upstreams is None:
             upstreams = [f"{h}:{p}" for h, p in upstreams_from_resolv_conf(exclude=[self.config.advertise_addr])]
-        dns = DnsServer(self._dns_cache.get, [self.config.advertise_addr], self.config.dns_port,
-                        upstreams=upstreams)
+        # in a process of its own: the planners and Raft applies hold this
+        # one's interpreter for long stretches (dns/process.py says why)
+        dns = DnsProcess([self.config.advertise_addr], self.config.dns_port, upstreams=upstreams)
+        dns.publish(TableCache().update(*dns_snapshot(self.store)))  # answered from the first query on
         await unix.start()
         await ssh.start()
         await dns.start()
         log.info("manager %s up: api %s:%d, raft %s, dns %s:%d", self.config.node_id,
                  self.config.advertise_addr, self.config.api_port, self.store.self_addr,
                  self.config.advertise_addr, self.config.dns_port)
-        dns_watch = aio.spawn(self._watch_dns(), "dns watch", log)
+        dns_watch = aio.spawn(feed_dns(self.store, dns), "dns watch", log)
+        dns_keeper = aio.spawn(dns.run(), "dns process", log)
         key_watch = aio.spawn(self._keep_key_file(), "key file", log)
         events = aio.spawn(self.event_log.run(), "EventLog", log)
         lag_watch = aio.spawn(self.lag.run(), "loop lag", log)
@@ -191,6 +209,7 @@ class Manager:
             await self._lead_while_leader()
         finally:
             dns_watch.cancel()
+            dns_keeper.cancel()
             events.cancel()
             lag_watch.cancel()
             key_watch.cancel()
@@ -249,12 +268,6 @@ class Manager:
                 self._key_file = wanted
                 log.info("data key file %s", "locked with the cluster's unlock key" if "locked" in wanted
                          else "no longer locked (autolock off)")
-
-    async def _watch_dns(self) -> None:
-        watcher = self.store.watcher()
-        while True:
-            if await watcher.wait(timeout=5.0):
-                self._dns_cache.invalidate()
 
     def _demoted(self) -> bool:
         """True once the store says this host is no longer a manager (demoted,

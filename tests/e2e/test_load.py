@@ -7,8 +7,8 @@ The big service's tasks stay pending (``max_replicas_per_node: 1`` on the
 start them: what is under test is the managers' side. The size defaults to
 20,000 (the issue's 3-manager reproduction; 100,000 on one manager is
 ``bench/scale_store.py``'s and ``PYSWARM_E2E_SCALE=100000``'s): on the
-shared machine 100,000 takes minutes of CPU to create, however cheap each
-pass is.
+shared machine 100,000 took more than 5 minutes to create at load 20-70
+(bench/RESULTS.md), far over this test's share of CI.
 """
 
 from __future__ import annotations
@@ -116,34 +116,46 @@ services:
     try:
         started = time.monotonic()
         cli(lab, "service", "scale", "--detach", f"load_big={SCALE}")
-        wait_for(lambda: metrics(lab)["tasks"] >= SCALE + 2, 300, f"the store holding {SCALE} tasks of load_big",
-                 observe=lambda: metrics(lab))
+        # polled every second: each CLI call is a Python start, CPU the manager needs
+        wait_for(lambda: metrics(lab)["tasks"] >= SCALE + 2, 600, f"the store holding {SCALE} tasks of load_big",
+                 interval=1.0, observe=lambda: metrics(lab))
         up = time.monotonic() - started
         down_at = time.monotonic()
         cli(lab, "service", "scale", "--detach", "load_big=3")
-        wait_for(lambda: metrics(lab)["tasks"] <= 5 + 5 * 5, 60,
-                 "the store back to what 5 replicas (and their history) need", observe=lambda: metrics(lab))
-        down = time.monotonic() - down_at
-        wait_for(lambda: len(running(lab, "load_big")) == 3, 10, "load_big 3/3 running",
+        # the issue's "3 replicas are running again within 10 s" of the scale back
+        wait_for(lambda: len(running(lab, "load_big")) == 3, max(1.0, down_at + 10 - time.monotonic()),
+                 "load_big 3/3 running within 10 s of the scale back to 3",
                  observe=lambda: brief(tasks(lab, "load_big")))
+        back = time.monotonic() - down_at
+        wait_for(lambda: metrics(lab)["tasks"] <= 5 + 5 * 5, 120,
+                 "the store back to what 5 replicas (and their history) need", interval=1.0,
+                 observe=lambda: metrics(lab))
+        down = time.monotonic() - down_at
     finally:
         probe.stop.set()
         probe.join(5)
     seen = metrics(lab)
-    print(f"scale to {SCALE}: {up:.1f}s, back to 3: {down:.1f}s, DNS p99 {probe.p99() * 1000:.1f} ms over "
-          f"{len(probe.times)} queries (at rest: {rest.p99() * 1000:.1f} ms over {len(rest.times)}), "
-          f"manager loop lag max {seen['loop_lag_max_60s_ms']} ms (60 s)")
+    print(f"scale to {SCALE}: {up:.1f}s, 3/3 running {back:.1f}s after the scale back, store back to 3: "
+          f"{down:.1f}s, DNS p99 {probe.p99() * 1000:.1f} ms over {len(probe.times)} queries (at rest: "
+          f"{rest.p99() * 1000:.1f} ms over {len(rest.times)}), manager loop lag max "
+          f"{seen['loop_lag_max_60s_ms']} ms (60 s), load average {os.getloadavg()[0]:.1f}")
     assert node_stamps(lab) == nodes_before, "a node was marked down (or came back) meanwhile"
     assert sorted((t["id"], t["container_id"]) for t in running(lab, "load_keep")) == keep_before, \
         "another service's replicas were replaced"
     assert sorted((t["id"], t["container_id"]) for t in running(lab, "load_big")) == big_before
     assert not probe.failures, f"DNS failed meanwhile: {probe.failures[:5]}"
-    # The issue's goal is a p99 of 5 ms meanwhile; it is NOT met yet (160 ms
-    # on a quiet machine, 140-650 ms loaded: DNS shares the manager's GIL with
-    # the planning thread; issue 11 stays open for it). What this asserts is
-    # the wedge that was: DNS stalling for seconds while the leader planned.
-    assert probe.p99() < 1.0, f"DNS p99 {probe.p99() * 1000:.1f} ms over {len(probe.times)} queries " \
-                              f"(at rest {rest.p99() * 1000:.1f} ms)"
+    # DNS answers from a process of its own (dns/process.py), so the
+    # manager's planning and applies no longer hold it up. The issue's 5 ms
+    # p99 is asserted where the machine itself allows it (under 2 ms at rest,
+    # same probe, same minute); on a loaded shared machine the probe's own
+    # scheduling sets the tail, and what is asserted is that the scale adds
+    # little to it (the old in-process DNS: 200-1,240 ms against 15 ms at rest).
+    figures = f"DNS p99 {probe.p99() * 1000:.1f} ms over {len(probe.times)} queries " \
+              f"(at rest {rest.p99() * 1000:.1f} ms, load average {os.getloadavg()[0]:.1f})"
+    if rest.p99() <= 0.002:
+        assert probe.p99() <= 0.005, figures
+    else:
+        assert probe.p99() <= max(0.1, 5 * rest.p99()), figures
 
 
 def test_a_70_kb_config_and_a_big_stack_go_through_the_api(lab: Any, deploy: Any, tmp_path: Path) -> None:
