@@ -9,7 +9,7 @@ PYTEST  := $(VENV)/bin/pytest
 # Every command the code runs comes from one of these; deploy/lab_sys.py TOOLS says
 # which package gives which command, and tests/deploy/test_tools.py checks both agree.
 APT_PACKAGES := docker.io openssh-server openssh-client busybox-static iproute2 iptables ipset mount \
-                python3-venv make procps psmisc docker-registry
+                python3-venv make procps psmisc docker-registry sudo
 BENCH_APT_PACKAGES := dnsperf dnsmasq-base bind9-dnsutils wrk curl git
 
 .PHONY: demo test deps bench-deps venv lab-down lint clean bench dist

@@ -38,13 +38,30 @@ from pyswarm.deploy.lab_core import Lab
 EXE = str(Path(sys.executable).parent / "pyswarm")
 
 
-def timed(argv: list[str], env: dict[str, str]) -> float:
+def timed(argv: list[str], env: dict[str, str], steps: list[tuple[float, str]] | None = None) -> float:
+    """Seconds ``argv`` took; with ``steps``, each line it printed on stderr
+    (``machine``'s progress: one line as each step starts) with its offset."""
     start = time.monotonic()
-    res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    assert proc.stderr is not None and proc.stdout is not None
+    err = []
+    for line in proc.stderr:
+        err.append(line)
+        if steps is not None:
+            steps.append((time.monotonic() - start, line.strip()))
+    out = proc.stdout.read()
+    code = proc.wait(600)
     took = time.monotonic() - start
-    if res.returncode != 0:
-        raise SystemExit(f"bench: {' '.join(argv[1:])} failed: {res.stdout}{res.stderr}")
+    if code != 0:
+        raise SystemExit(f"bench: {' '.join(argv[1:])} failed: {out}{''.join(err)}")
     return took
+
+
+def step_table(steps: list[tuple[float, str]], total: float) -> list[str]:
+    """Each step's share: from its progress line to the next (the last to the end)."""
+    ends = [t for t, _ in steps[1:]] + [total]
+    return [f"  {end - t:6.2f} s  {line[:100]}" for (t, line), end in zip(steps, ends)]
 
 
 def main() -> int:
@@ -63,8 +80,12 @@ def main() -> int:
             from pyswarm import wheelhouse
 
             wheelhouse.build(wheelhouse.Target.local())
-        results["machine_init_s"] = timed([EXE, "machine", "init", "manager1", "--name", "bm"], env)
-        results["machine_add_s"] = timed([EXE, "machine", "add", "worker1"], env)
+        init_steps: list[tuple[float, str]] = [(0.0, "start, SSH connection (until the next line)")]
+        add_steps: list[tuple[float, str]] = [(0.0, "start, SSH connection (until the next line)")]
+        results["machine_init_s"] = timed([EXE, "machine", "init", "manager1", "--name", "bm"], env, init_steps)
+        results["machine_add_s"] = timed([EXE, "machine", "add", "worker1"], env, add_steps)
+        results["machine_init_steps"] = step_table(init_steps, float(results["machine_init_s"]))  # type: ignore[arg-type]
+        results["machine_add_steps"] = step_table(add_steps, float(results["machine_add_s"]))  # type: ignore[arg-type]
         results["machine_init_again_s"] = timed([EXE, "machine", "init", "manager1", "--name", "bm"], env)
         results["machine_add_again_s"] = timed([EXE, "machine", "add", "worker1"], env)
         host = lab.host("manager1")
@@ -84,6 +105,7 @@ def main() -> int:
     print(json.dumps(results, indent=2))
     for key in ("machine_init_s", "machine_add_s"):
         print(f"{key}: {results[key]:.1f} s (goal < 30 s)")
+        print("\n".join(results[key.replace("_s", "_steps")]))  # type: ignore[arg-type]
     for key in ("node_ls", "service_ls"):
         print(f"{key}: context {results[key + '_context_median_s']:.3f} s, on the manager "
               f"{results[key + '_on_manager_median_s']:.3f} s, ratio {results[key + '_ratio']:.2f}x (goal < 1.5x)")

@@ -580,6 +580,12 @@ class Lab:
                 raise LabError(f"{host}: {daemon} (pid {pid}) still running {timeout:g}s after SIGTERM")
             time.sleep(0.05)
 
+    def add_user(self, host: str, name: str, groups: Sequence[str] = (), sudo: bool = False) -> None:
+        """A login user ``name`` on bare ``host`` that the lab's operator key
+        (``lab ssh-config``) logs in as: ``ssh NAME@HOST`` (deploy/lab_host.py)."""
+        key = (lab_ssh.ssh_dir(self.dir) / lab_ssh.KEY_NAME).with_suffix(".pub").read_text()
+        self.host(host).add_user(name, key, groups, sudo)
+
     def mask(self, host: str, path: str, present: bool = False) -> None:
         """Make the file ``path`` absent inside ``host`` (``present=True``: back again)."""
         self.host(host).mask(path, present)

@@ -42,18 +42,32 @@ HOST_BINDS: tuple[tuple[str, str], ...] = (
     ("/var/log/pyswarm", "var-log-pyswarm"),
     ("/run", "run"),
 )
-FILE_BINDS = {"/etc/hosts", "/root/.bashrc"}
+FILE_BINDS = {"/etc/hosts", "/root/.bashrc", "/etc/passwd", "/etc/group", "/etc/shadow"}
 # A bare host (``lab up --bare``) also owns these, bound before HOST_BINDS (which
 # go over /root): an empty /opt and /usr/local, and a home with no pyenv in it.
 BARE_BINDS: tuple[tuple[str, str], ...] = (
     ("/root", "root-home"),
     ("/opt", "opt"),
     ("/usr/local", "usr-local"),
+    # its own users (LabHost.add_user: a sudo user, an API group's member):
+    # copies of the machine's user database, homes and sudoers.d
+    ("/home", "home"),
+    ("/etc/passwd", "etc-passwd"),
+    ("/etc/group", "etc-group"),
+    ("/etc/shadow", "etc-shadow"),
+    ("/etc/sudoers.d", "etc-sudoers.d"),
 )
+USER_DB = ("/etc/passwd", "/etc/group", "/etc/shadow")
 USR_LOCAL_DIRS = ("bin", "etc", "games", "include", "lib", "man", "sbin", "share", "src")
 
 DAEMONS = ("sshd", "dockerd")
 STD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def free_id_lines(lines: Sequence[str]) -> int:
+    """The lowest id from 2000 up that no line of a passwd/group file uses."""
+    taken = {int(f[2]) for f in (ln.split(":") for ln in lines) if len(f) > 2 and f[2].isdigit()}
+    return next(i for i in range(2000, 60000) if i not in taken)
 
 
 def host_path(bare: bool = False) -> str:
@@ -159,6 +173,9 @@ class LabHost:
             for mountpoint in (".ssh", ".bashrc"):  # where HOST_BINDS go inside the private home
                 p = self.dir / "root-home" / mountpoint
                 p.touch() if mountpoint == ".bashrc" else p.mkdir(mode=0o700, exist_ok=True)
+            for db in USER_DB:
+                shutil.copy2(db, self.private(db))
+            os.chmod(self.dir / "etc-sudoers.d", 0o750)
         (self.dir / "log").mkdir(exist_ok=True)
         (self.dir / "docker").mkdir(exist_ok=True)
         os.chmod(self.dir / "root-ssh", 0o700)
@@ -268,6 +285,41 @@ class LabHost:
                 d = sorted(waiting)[0]
                 raise LabError(f"{self.name}: {d} not ready in time; last lines of {self.log(d)}:\n{tail(self.log(d))}")
             time.sleep(0.05)
+
+    def add_user(self, name: str, key: str, groups: Sequence[str] = (), sudo: bool = False) -> None:
+        """A login user of a bare host (its own /etc/passwd, /etc/group,
+        /etc/shadow, /home and /etc/sudoers.d): ``key`` (a public key line) in
+        its authorized_keys, a member of ``groups`` (made when missing), and
+        with ``sudo`` passwordless sudo. The machine's own users are untouched."""
+        if not self.bare:
+            raise LabError(f"{self.name}: only a bare host has a user database of its own")
+        passwd, group, shadow = (self.private(db) for db in USER_DB)
+        users = passwd.read_text().splitlines()
+        if any(line.split(":")[0] == name for line in users):
+            raise LabError(f"{self.name}: user {name} exists already")
+        uid = free_id_lines(users)
+        lines = group.read_text().splitlines()
+        for g in (name, *groups):
+            if not any(ln.split(":")[0] == g for ln in lines):
+                lines.append(f"{g}:x:{free_id_lines(lines)}:")
+        lines = [ln + ("" if ln.endswith(":") else ",") + name if ln.split(":")[0] in groups else ln for ln in lines]
+        group.write_text("\n".join(lines) + "\n")
+        gid = next(int(ln.split(":")[2]) for ln in lines if ln.split(":")[0] == name)
+        with open(passwd, "a") as fh:
+            fh.write(f"{name}:x:{uid}:{gid}::/home/{name}:/bin/sh\n")
+        with open(shadow, "a") as fh:  # "*": no password, yet not locked (sshd refuses locked accounts)
+            fh.write(f"{name}:*:19000:0:99999:7:::\n")
+        home = self.private(f"/home/{name}")
+        (home / ".ssh").mkdir(parents=True, mode=0o700)
+        (home / ".ssh" / "authorized_keys").write_text(key.strip() + "\n")
+        for p in (home, home / ".ssh", home / ".ssh" / "authorized_keys"):
+            os.chown(p, uid, gid)
+        os.chmod(home, 0o750)
+        os.chmod(home / ".ssh" / "authorized_keys", 0o600)
+        if sudo:
+            rule = self.private(f"/etc/sudoers.d/{name}")
+            rule.write_text(f"{name} ALL=(ALL) NOPASSWD: ALL\n")
+            os.chmod(rule, 0o440)
 
     def mask(self, path: str, present: bool = False) -> None:
         """Make the file ``path`` absent inside the host (``present``: back again),

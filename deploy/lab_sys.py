@@ -68,7 +68,8 @@ TOOLS: dict[str, tuple[str, str]] = {
     # a host's python3 makes pyswarm's venv (bare lab hosts, `machine init`)
     "python3": ("python3-venv", DEPS),
     "systemctl": ("systemd", WHERE_PRESENT),
-    "sudo": ("sudo", WHERE_PRESENT),  # a non-root SSH user of dial-stdio and `machine` (passwordless)
+    # a non-root SSH user of dial-stdio and `machine` (passwordless); the bare lab hosts' sudo user (tests/e2e/test_machine.py)
+    "sudo": ("sudo", DEPS),
     # tests and lab scripts
     "sh": ("dash", ESSENTIAL),
     "bash": ("bash", ESSENTIAL),

@@ -34,6 +34,7 @@ from .api import Api, Method, Self
 from .api.base import Empty
 from .api.images import Images
 from .api.streams import StreamApi
+from .demotion import Demotions
 from .dispatcher import Dispatcher
 from .events import EventLog
 from .images import ImageService
@@ -156,6 +157,7 @@ class Manager:
         self._stop = asyncio.Event()
         self.retired = False
         self._leading: _Leading | None = None
+        self.demotions = Demotions(self.store, config.node_id)
         self.hub = StreamHub()
         self.event_log = EventLog(self.store)
         self.streams = StreamApi(self.store, self.hub, self.event_log)
@@ -284,6 +286,7 @@ class Manager:
                 log.info("this node is no longer a manager: stopping the manager for good")
                 self.retired = True
                 return
+            await self.demotions.settle()
             if self.store.is_leader and self._leading is None and self.store.in_sync:
                 await self._bootstrap()
                 cluster = self.store.snapshot().cluster

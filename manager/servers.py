@@ -202,6 +202,11 @@ class UnixApiServer:
                 return
             os.chown(self._path, -1, gid)
             os.chmod(self._path, 0o660)
+            # the group must also get through the (root-only) directory to
+            # reach the socket: search only (0710), no listing
+            parent = self._path.parent
+            os.chown(parent, -1, gid)
+            os.chmod(parent, (parent.stat().st_mode & 0o7777) | 0o010)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -10,29 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pyswarm.models import Model
+from pyswarm.paths import (  # re-exported: callers keep reading them from here
+    pyswarm_executable as pyswarm_executable, run_dir as run_dir, socket_path as socket_path, state_dir as state_dir,
+)
 
 DEFAULT_API_PORT = 2377
 DEFAULT_RAFT_PORT = 2378
 DEFAULT_DNS_PORT = 53
-
-
-def state_dir() -> Path:
-    return Path(os.environ.get("PYSWARM_STATE_DIR", "/var/lib/pyswarm"))
-
-
-def run_dir() -> Path:
-    return Path(os.environ.get("PYSWARM_RUN_DIR", "/run/pyswarm"))
-
-
-def socket_path() -> Path:
-    return run_dir() / "manager.sock"
 
 
 def ssh_dir() -> Path:
@@ -42,16 +31,6 @@ def ssh_dir() -> Path:
 
 def sshd_host_key_path() -> Path:
     return Path(os.environ.get("PYSWARM_SSHD_HOST_KEY", "/etc/ssh/ssh_host_ed25519_key.pub"))
-
-
-def pyswarm_executable() -> str:
-    """The absolute path of this installation's ``pyswarm`` script, for the
-    forced command in authorized_keys and for starting the manager."""
-    beside = Path(sys.executable).parent / "pyswarm"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("pyswarm")
-    return os.path.abspath(found) if found else str(beside)
 
 
 @dataclass

@@ -25,18 +25,28 @@ import sys
 import threading
 from pathlib import Path
 
-from pyswarm import config as cfg
+from pyswarm.paths import pyswarm_executable, socket_path
 
 EXIT_NO_MANAGER = 3
 EXIT_DENIED = 4
 
 
 def _who_may(path: Path) -> str:
+    """Who the socket admits, as far as this user can see: the socket's
+    own mode, or (when this user cannot even get through to it) that of its
+    directory, which the manager opens to the API group for search."""
     try:
         st = path.stat()
+        group_may = st.st_mode & 0o060 == 0o060
+    except PermissionError:
+        try:
+            st = path.parent.stat()
+        except OSError:
+            return "root"
+        group_may = bool(st.st_mode & 0o010)
     except OSError:
         return "root"
-    if st.st_mode & 0o060 == 0o060 and st.st_gid != 0:
+    if group_may and st.st_gid != 0:
         import grp
 
         try:
@@ -59,7 +69,7 @@ def _connect(path: Path) -> socket.socket | int:
             if subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0:
                 os.environ["PYSWARM_DIAL_SUDO"] = "1"
                 os.execvp("sudo", ["sudo", "-n", "--preserve-env=PYSWARM_DIAL_SUDO,PYSWARM_RUN_DIR",
-                                   cfg.pyswarm_executable(), "system", "dial-stdio"])
+                                   pyswarm_executable(), "system", "dial-stdio"])
             hint = f"{user} has no passwordless sudo (`sudo -n true` asks for a password)"
         else:
             hint = f"log in as root, or give {user} passwordless sudo"
@@ -109,7 +119,7 @@ def pump(sock: socket.socket, stdin_fd: int, stdout_fd: int) -> None:
 
 
 def main() -> int:
-    got = _connect(cfg.socket_path())
+    got = _connect(socket_path())
     if isinstance(got, int):
         return got
     with got:

@@ -149,7 +149,12 @@ def install(host: Host, report: Any, progress: Progress) -> bool:
                f".extractall({WHEELS!r})")
     host.must(f"rm -rf {WHEELS} && mkdir -p {WHEELS} && python3 -c {shlex.quote(extract)}",
               "shipping the wheels", input=buf.getvalue())
-    args = (f"install -q --no-index --no-cache-dir --disable-pip-version-check --find-links {WHEELS} "
+    progress(f"{host.dest}: wheels shipped; making the venv and installing them")
+    # --no-compile: pip's byte-compiling of every module of ~25 wheels was
+    # more than half of the install (52 s against 23 s at load ~17, see
+    # bench/RESULTS.md); Python compiles what it imports on first use instead
+    # (root writes the __pycache__), which is a fraction of it
+    args = (f"install -q --no-index --no-cache-dir --no-compile --disable-pip-version-check --find-links {WHEELS} "
             f"{shlex.quote(house.requirement)}")
     # pip straight from the wheel ensurepip would install (a venv without pip
     # takes a second, ensurepip's copy of pip ten); ensurepip where none is found
@@ -206,6 +211,7 @@ def init(dest: str, name: str | None, advertise_addr: str | None, accept_host_ke
     ctx_name = contexts.check_name(name or parse_target(dest, scheme_required=False).host)
     changed: list[str] = []
     host = open_host(dest, accept_host_key)
+    progress(f"{dest}: connected{' (as root through sudo)' if host.sudo else ''}; preflight")
     try:
         state = node_state(host)
         if state is not None and state.get("role") != "manager":
@@ -226,6 +232,7 @@ def init(dest: str, name: str | None, advertise_addr: str | None, accept_host_ke
             progress(f"{dest}: {' '.join(argv)}")
             host.must(shlex.join(argv), "pyswarm init", timeout=120)
             changed.append("initialized")
+            progress(f"{dest}: manager started; waiting until it is ready")
         else:
             progress(f"{dest}: already a manager of cluster {state.get('cluster_id')}")
         with host.ssh.dial() as conn:
@@ -267,6 +274,7 @@ def add(dest: str, manager: bool, ctx: contexts.Context, conn: rpc.Connection, a
     role = "manager" if manager else "worker"
     changed: list[str] = []
     host = open_host(dest, accept_host_key)
+    progress(f"{dest}: connected{' (as root through sudo)' if host.sudo else ''}; preflight")
     try:
         info = conn.call("join.info")
         state = node_state(host)
@@ -286,6 +294,7 @@ def add(dest: str, manager: bool, ctx: contexts.Context, conn: rpc.Connection, a
             host.must(shlex.join(["pyswarm", "join", "--token", token["token"], token["addr"]]), "pyswarm join",
                       timeout=180)
             changed.append("joined")
+            progress(f"{dest}: joined; waiting until the node is ready")
         elif state.get("role") != role:
             raise MachineError(f"{dest} is already a {state.get('role')} of this cluster: "
                                f"`pyswarm node {'promote' if manager else 'demote'} {the_hostname}` changes that")

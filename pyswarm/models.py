@@ -295,6 +295,9 @@ class Node(Model):
     # it has been a manager, so it has had the cluster's SSH private key: its
     # `node rm` rotates that key (manager/api/security.py)
     held_keys: bool = False
+    # `node demote` asked for (manager/demotion.py): the leader moves
+    # leadership off it, takes it out of Raft, and only then makes it a worker
+    demoting: bool = False
 
     @property
     def message(self) -> str:

@@ -45,7 +45,10 @@ def accept_term(term: Any) -> bool:
     if term < seen:
         return False
     if term > seen:
-        cfg.make_private_dir(path.parent)
+        # made root-only when missing, but an existing one is left as it is:
+        # the manager opens it to the --api-group for its socket (the file
+        # itself is 0600)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = path.with_name(f"agent-term.{os.getpid()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:

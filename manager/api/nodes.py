@@ -6,11 +6,12 @@ store, and refuse what would cost the remaining managers their majority.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyswarm.errors import NotFoundError, UsageError
+from pyswarm.errors import NoQuorumError, NotFoundError, UsageError
 from pyswarm.models import Node, NodeAvailability, NodeRole, NodeStatus
 from pyswarm.wire import rule
 
@@ -21,6 +22,7 @@ from .base import REF, REFS, NodeRef, Resource, find_node, method
 from .metrics import manager_metrics
 
 LABELS = rule(max_len=1000)
+DEMOTE_TIMEOUT = 45.0  # seconds: a leadership transfer, then a membership change
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ class Nodes(Resource):
                 raise UsageError(f"node {node.hostname} is {node.status.value}: only a ready node can be promoted "
                                  "(its agent starts the manager)")
             await self.store.commit([ops.patch("node", node.id, role=NodeRole.MANAGER.value, held_keys=True,
-                                               updated_at=time.time())])
+                                               demoting=False, updated_at=time.time())])
             # the new membership counts the new manager, so it commits once that
             # manager runs and has caught up; wait for it before the next one,
             # or two new members at once could hold the quorum hostage
@@ -128,8 +130,10 @@ class Nodes(Resource):
 
     async def _demote(self, snap: Snapshot, node: Node) -> None:
         """Refuse a demotion that would leave the remaining managers without
-        a majority of them reachable; otherwise change the role first (so the
-        demoted manager still hears of it and stops itself), then Raft."""
+        a majority of them reachable; otherwise mark the node demoting and
+        wait while the leader settles it (manager/demotion.py: leadership
+        off it, out of Raft, then its role), so the membership change has
+        committed before the demoted manager stops."""
         managers = [n for n in snap.nodes() if n.role == NodeRole.MANAGER]
         if len(managers) == 1:
             raise UsageError(f"{node.hostname} is the last manager: a cluster needs one "
@@ -140,8 +144,25 @@ class Nodes(Resource):
             raise UsageError(
                 f"demoting {node.hostname} would lose quorum: {len(reachable)} of the {remaining} remaining "
                 f"managers are reachable and {remaining // 2 + 1} are needed; bring the others back first")
-        await self.store.commit([ops.patch("node", node.id, role=NodeRole.WORKER.value, updated_at=time.time())])
-        await self.store.change_membership("remove", f"{node.addr}:{node.raft_port}", wait=10)
+        await self.store.commit([ops.patch("node", node.id, demoting=True, updated_at=time.time())])
+        deadline = time.monotonic() + DEMOTE_TIMEOUT
+        cut_off_since: float | None = None
+        while True:
+            now = self.snap().node(node.id)
+            if now is None or now.role != NodeRole.MANAGER:
+                return
+            if node.id == self.me.node_id:
+                # demoting this very manager: once the leader has taken it out
+                # of Raft it hears nothing more, its own role change included
+                cut_off = self.store.leader is None or not self.store.has_quorum
+                cut_off_since = (cut_off_since or time.monotonic()) if cut_off else None
+                if cut_off_since is not None and time.monotonic() - cut_off_since > 3:
+                    return
+            if time.monotonic() > deadline:
+                raise NoQuorumError(f"{node.hostname} was not demoted within {DEMOTE_TIMEOUT:.0f}s "
+                                    "(the leader moves leadership off it, then takes it out of Raft); "
+                                    "see the managers' logs")
+            await asyncio.sleep(0.1)
 
     @method("node.rm", NodeRemove)
     async def rm(self, req: NodeRemove) -> Any:

@@ -39,18 +39,29 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 
 from pyswarm.errors import PyswarmError, UsageError
-from pyswarm.version import __version__
-
-from . import cluster, common, context, images, machine, network, node, objects, service, shell, stack, streams, system
 
 Handler = Callable[[argparse.Namespace], int]
 
-GROUPS: tuple[ModuleType, ...] = (cluster, node, stack, service, objects, network, images, context, machine,
-                                  system, shell, streams)
+# imported when a parser is built, not with this package: `system dial-stdio`
+# (the remote CLI's far end, started once per remote invocation) needs none
+# of them, and all of them cost a loaded host over a second
+GROUP_NAMES = ("cluster", "node", "stack", "service", "objects", "network", "images", "context", "machine",
+               "system", "shell", "streams")
 LOCAL_COMMANDS = frozenset({"init", "join", "leave", "lab", "manager", "worker", "system", "context"})
 
 
+def groups() -> tuple[ModuleType, ...]:
+    """The command groups' modules, in the order ``pyswarm --help`` lists them."""
+    import importlib
+
+    return tuple(importlib.import_module(f"{__name__}.{name}") for name in GROUP_NAMES)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from pyswarm.version import __version__
+
+    from . import shell
+
     parser = argparse.ArgumentParser(prog="pyswarm", description="A Docker-Swarm-style orchestrator.")
     parser.add_argument("--version", action="version", version=f"pyswarm {__version__}")
     parser.add_argument("-H", "--host", dest="global_host", metavar="ssh://[USER@]HOST[:PORT]",
@@ -60,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--accept-host-key", action="store_true",
                         help="trust a manager's SSH host key that known_hosts does not hold (adds it there)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in GROUPS:
+    for group in groups():
         group.register(sub)
 
     from pyswarm.deploy import lab
@@ -73,7 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     if words == ["system", "dial-stdio"]:
-        return system.dial_stdio()  # the remote CLI's far end, once per remote invocation: start fast
+        from pyswarm import dial_stdio  # the remote CLI's far end, once per remote invocation: start fast
+
+        return dial_stdio.main()
+    if words == ["--version"]:  # what `machine init/add` asks a host's venv first: no parser needed
+        from pyswarm.version import __version__
+
+        print(f"pyswarm {__version__}")
+        return 0
+    from . import shell
+
     if words[:1] == ["__complete"]:  # the shell's TAB: the words may look like flags
         return _quietly(lambda: shell.complete(build_parser(), words[1:]))
     parser = build_parser()
@@ -102,6 +122,8 @@ def _targeted(args: argparse.Namespace, func: Handler, command: str) -> int:
                          "for commands that talk to a manager"
                          + (" (from another machine: `pyswarm machine init/add`)"
                             if command in ("init", "join") else ""))
+    from . import common
+
     common.target(args.global_host, args.global_context, args.accept_host_key, local=local)
     return func(args)
 
@@ -125,6 +147,8 @@ def _quietly(run: Callable[[], int]) -> int:
         os.close(devnull)
         return 141  # as a process that SIGPIPE ended
     finally:
+        from . import common
+
         common.close()
 
 

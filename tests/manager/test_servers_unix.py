@@ -31,8 +31,12 @@ def test_root_only_by_default(tmp_path: Path) -> None:
 
 def test_the_api_group_may_use_it(tmp_path: Path) -> None:
     group = grp.getgrgid(os.getgid()).gr_name
-    st = _serve(tmp_path / "m.sock", group)
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    st = _serve(run / "m.sock", group)
     assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == os.getgid()
+    # and the group gets through a root-only directory to it (search, not listing)
+    assert stat.S_IMODE(run.stat().st_mode) == 0o710 and run.stat().st_gid == os.getgid()
 
 
 def test_a_missing_group_leaves_it_root_only(tmp_path: Path) -> None:
