@@ -133,7 +133,7 @@ class Manager:
         self._dns_cache = TableCache(loader=self._dns_snapshot)
         self.hub = StreamHub()
         self.event_log = EventLog(self.store)
-        self.streams = StreamApi(self.store, self.hub, self.event_log)
+        self.streams = StreamApi(self.store, self.hub, self.event_log, self.images)
         self.lag = LoopLag()
         self._gave_up = ""  # why this manager last stopped leading on its own
         self.api.register(Method("debug.loops", Empty, self._debug_loops))

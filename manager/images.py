@@ -194,6 +194,12 @@ class Shipment:
     layers_sent: int = 0
     layers_total: int = 0
     seconds: float = 0.0
+    # where the seconds went: the node's channel answering `have` (its
+    # process start and layer inventory), the bytes into the session, the
+    # node's load after the last byte
+    seconds_have: float = 0.0
+    seconds_send: float = 0.0
+    seconds_load: float = 0.0
     error: str = ""
     reason: str = ""  # push | task
     at: float = field(default_factory=time.time)
@@ -224,10 +230,13 @@ async def ship_to(conn: Any, spool: Spool, node: str, reason: str = "push") -> S
     full = False
     try:
         while True:
+            begun = time.monotonic()
             proc = await conn.create_process(CHANNEL_COMMAND, encoding=None)
             try:
                 proc.stdin.write(ChannelRequest("have", image=spool.ref, image_id=spool.image_id).to_line())
                 have = HaveReply.from_line(await _read_line(proc, "have", REPLY_TIMEOUT))
+                mark = time.monotonic()
+                shipment.seconds_have += round(mark - begun, 3)
                 if have.present:
                     proc.stdin.write_eof()
                     shipment.result = "present"
@@ -239,7 +248,10 @@ async def ship_to(conn: Any, spool: Spool, node: str, reason: str = "push") -> S
                     await proc.stdin.drain()
                 proc.stdin.write_eof()
                 shipment.layers_sent = len(needed)
+                sent = time.monotonic()
+                shipment.seconds_send += round(sent - mark, 3)
                 reply = LoadReply.from_line(await _read_line(proc, "load", None))
+                shipment.seconds_load += round(time.monotonic() - sent, 3)
             finally:
                 proc.close()
             if reply.ok:
