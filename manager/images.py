@@ -200,6 +200,7 @@ class Shipment:
     seconds_have: float = 0.0
     seconds_send: float = 0.0
     seconds_load: float = 0.0
+    node_cpu: float = 0.0  # CPU seconds of the node's channel process (its start, inventory, the bytes)
     error: str = ""
     reason: str = ""  # push | task
     at: float = field(default_factory=time.time)
@@ -271,6 +272,7 @@ async def ship_to(conn: Any, source: Spool | Pending, node: str, reason: str = "
                 shipment.seconds_send += round(sent - mark, 3)
                 reply = LoadReply.from_line(await _read_line(proc, "load", None))
                 shipment.seconds_load += round(time.monotonic() - sent, 3)
+                shipment.node_cpu += reply.cpu
             finally:
                 proc.close()
             if reply.ok:
@@ -351,6 +353,20 @@ class ImageService:
 
         return await connect_node(node, keys), True
 
+    async def _byte_connection(self, node: Node) -> tuple[Any, bool]:
+        """The connection a shipment's bytes take: an ``ssh`` process of its
+        own where there is a client (manager/openssh.py: the encryption off
+        this manager's one event loop), else the node's asyncssh connection."""
+        from . import openssh
+
+        cluster = self._store.snapshot().cluster
+        if cluster is not None and cluster.ssh_private_key and openssh.available():
+            try:
+                return openssh.OpenSSHConnection(node, cluster.ssh_private_key, self.spool_dir), True
+            except (asyncssh.Error, ValueError, OSError) as exc:
+                log.warning("%s: shipping over asyncssh (cannot set up ssh: %s)", node.hostname, exc)
+        return await self._connection(node)
+
     # -- spools ------------------------------------------------------------------
 
     async def _spool(self, ref: str) -> Spool:
@@ -395,7 +411,7 @@ class ImageService:
     async def _ship(self, spool: Spool | Pending, node: Node, reason: str) -> Shipment:
         async with self._slots:
             try:
-                conn, owned = await self._connection(node)
+                conn, owned = await self._byte_connection(node)
             except (asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
                 shipment = Shipment(spool.ref, node.hostname, "failed", error=f"cannot reach {node.hostname}: {exc}",
                                     reason=reason)
@@ -423,6 +439,7 @@ class ImageService:
         if data is None:
             raise NotFoundError(f"image {ref} is not on this manager's engine")
         future = asyncio.ensure_future(self._spool(ref))
+        cpu = time.process_time()
         try:
             shipments = list(await asyncio.gather(*(self._ship(Pending(ref, str(data.get("Id", "")), future), n, "push")
                                                     for n in nodes)))
@@ -436,6 +453,8 @@ class ImageService:
                 future.cancel()
             elif not future.cancelled() and future.exception() is None:
                 self._release(future.result())
+            log.info("image push %s to %d nodes: %.2fs of this manager's CPU", ref, len(nodes),
+                     time.process_time() - cpu)
         return shipments
 
     async def ls(self) -> list[dict[str, Any]]:

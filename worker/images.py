@@ -22,6 +22,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -120,7 +121,7 @@ async def serve_channel(docker: DockerClient, reader: Reader, write: Callable[[b
         write(LoadReply(False, error=str(exc)).to_line())
         return 1
     log.info("loaded %s (%d bytes)", ", ".join(loaded), counted[0])
-    write(LoadReply(True, tuple(loaded)).to_line())
+    write(LoadReply(True, tuple(loaded), cpu=round(time.process_time(), 3)).to_line())
     return 0
 
 
