@@ -17,7 +17,7 @@ save` archive size times the nodes). The ssh for the peer is a key of the
 bench's own, added for the run to the lab hosts' authorized_keys (the lab's
 private copy of /root/.ssh, never the machine's) and removed after.
 
-    .venv/bin/python bench/image_ship.py [--lab-dir DIR] [--keep]
+    .venv/bin/python bench/image_ship.py [--lab-dir DIR] [--keep] [--repeat N]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -110,6 +111,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lab-dir", help="use this running lab (1 manager + at least 5 workers)")
     ap.add_argument("--keep", action="store_true", help="leave the bench's own lab up")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of each, the first ship's order alternating")
     args = ap.parse_args()
     own = args.lab_dir is None
     lab = Lab(args.lab_dir or "/var/lib/pyswarm-lab-bench-ship", name="psbship", subnet="10.250.198.0/24")
@@ -125,15 +127,19 @@ def main() -> int:
         build(lab, ctx, "2", change=True)
         v1, v2 = f"{IMAGE}:1", f"{IMAGE}:2"
         changed = LAYERS[-1] << 20
-        # first ship: from nothing but the base
-        drop(lab, workers, [v1, v2])
-        results["first_peer"] = peer_round(lab, workers, v1, key)
-        drop(lab, workers, [v1, v2])
-        results["first_pyswarm"] = pyswarm_round(lab, workers, v1)
-        # one changed layer: every worker holds v1
-        results["change_pyswarm"] = pyswarm_round(lab, workers, v2)
-        drop(lab, workers, [v2])
-        results["change_peer"] = peer_round(lab, workers, v2, key)
+        for i in range(args.repeat):
+            # first ship: from nothing but the base; the order alternates
+            # between repeats (the machine's load drifts within a run)
+            order = ("peer", "pyswarm") if i % 2 == 0 else ("pyswarm", "peer")
+            for who in order:
+                drop(lab, workers, [v1, v2])
+                results.setdefault(f"first_{who}", []).append(
+                    peer_round(lab, workers, v1, key) if who == "peer" else pyswarm_round(lab, workers, v1))
+            # one changed layer: every worker holds v1
+            give(lab, workers, v1)
+            results.setdefault("change_pyswarm", []).append(pyswarm_round(lab, workers, v2))
+            drop(lab, workers, [v2])
+            results.setdefault("change_peer", []).append(peer_round(lab, workers, v2, key))
         results["load_after"] = load_average()
     finally:
         remove_key(lab, workers)
@@ -143,13 +149,15 @@ def main() -> int:
     mb = 1 << 20
     print(f"image: {sum(LAYERS)} MB in {len(LAYERS)} layers on busybox, to {len(workers)} workers; "
           f"load average {results['load_before']} before, {results['load_after']} after")
-    print("| round | pyswarm s | pyswarm MB sent | peer s | peer MB sent | time ratio | bytes ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| round | repeat | pyswarm s | pyswarm MB sent | peer s | peer MB sent | time ratio | bytes ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name in ("first", "change"):
-        ps, pb = results[f"{name}_pyswarm"]
-        qs, qb = results[f"{name}_peer"]
-        print(f"| {name} | {ps:.1f} | {pb / mb:.1f} | {qs:.1f} | {qb / mb:.1f} | {ps / qs:.2f} | {pb / qb:.3f} |")
-    per_node = results["change_pyswarm"][1] / len(workers)
+        ratios = []
+        for i, ((ps, pb), (qs, qb)) in enumerate(zip(results[f"{name}_pyswarm"], results[f"{name}_peer"]), 1):
+            ratios.append(ps / qs)
+            print(f"| {name} | {i} | {ps:.1f} | {pb / mb:.1f} | {qs:.1f} | {qb / mb:.1f} | {ps / qs:.2f} | {pb / qb:.3f} |")
+        print(f"| {name} | median | | | | | {statistics.median(ratios):.2f} | |")
+    per_node = results["change_pyswarm"][-1][1] / len(workers)
     print(f"after the change: {per_node / mb:.2f} MB per node for a {changed / mb:.0f} MB layer "
           f"({per_node / changed:.3f}x the changed layer)")
     return 0

@@ -160,7 +160,7 @@ class Manager:
         self.demotions = Demotions(self.store, config.node_id)
         self.hub = StreamHub()
         self.event_log = EventLog(self.store)
-        self.streams = StreamApi(self.store, self.hub, self.event_log)
+        self.streams = StreamApi(self.store, self.hub, self.event_log, self.images)
         self.lag = LoopLag()
         self._gave_up = ""  # why this manager last stopped leading on its own
         self.api.register(Method("debug.loops", Empty, self._debug_loops))

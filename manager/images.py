@@ -64,7 +64,7 @@ from .store import Snapshot, Store
 
 log = logging.getLogger(__name__)
 
-PARALLEL = 4  # nodes receiving at once from this manager
+PARALLEL = 8  # nodes receiving at once from this manager (4 made a 5th node wait a whole shipment)
 CHUNK = 1 << 20
 REPLY_TIMEOUT = 60.0  # seconds for a node's channel to say what it has
 SPOOL_LINGER = 120.0  # seconds a spool is kept for the next node that wants the image
@@ -194,6 +194,13 @@ class Shipment:
     layers_sent: int = 0
     layers_total: int = 0
     seconds: float = 0.0
+    # where the seconds went: the node's channel answering `have` (its
+    # process start and layer inventory), the bytes into the session, the
+    # node's load after the last byte
+    seconds_have: float = 0.0
+    seconds_send: float = 0.0
+    seconds_load: float = 0.0
+    node_cpu: float = 0.0  # CPU seconds of the node's channel process (its start, inventory, the bytes)
     error: str = ""
     reason: str = ""  # push | task
     at: float = field(default_factory=time.time)
@@ -215,19 +222,41 @@ async def _read_line(proc: Any, what: str, timeout: float | None) -> bytes:
     return line
 
 
-async def ship_to(conn: Any, spool: Spool, node: str, reason: str = "push") -> Shipment:
-    """Send ``spool``'s image to the node behind ``conn``, only the layers it
+@dataclass
+class Pending:
+    """A spool still being saved: the node's channel can start (its process,
+    its layer inventory) while the engine exports, since ``have`` needs only
+    the image's ID; the layers wait for the spool."""
+
+    ref: str
+    image_id: str
+    future: asyncio.Future[Spool]
+
+    async def get(self) -> Spool:
+        try:
+            return await asyncio.shield(self.future)
+        except (PyswarmError, OSError) as exc:
+            raise ShipError(f"cannot save {self.ref}: {exc}") from None
+
+
+async def ship_to(conn: Any, source: Spool | Pending, node: str, reason: str = "push") -> Shipment:
+    """Send the image to the node behind ``conn``, only the layers it
     lacks. If the load fails although layers were left out (the node lost
     one since it answered), try once more with every layer."""
-    shipment = Shipment(spool.ref, node, layers_total=len(spool.chains), reason=reason)
+    shipment = Shipment(source.ref, node, reason=reason)
     started = time.monotonic()
     full = False
     try:
         while True:
+            begun = time.monotonic()
             proc = await conn.create_process(CHANNEL_COMMAND, encoding=None)
             try:
-                proc.stdin.write(ChannelRequest("have", image=spool.ref, image_id=spool.image_id).to_line())
+                proc.stdin.write(ChannelRequest("have", image=source.ref, image_id=source.image_id).to_line())
                 have = HaveReply.from_line(await _read_line(proc, "have", REPLY_TIMEOUT))
+                spool = source if isinstance(source, Spool) else await source.get()
+                shipment.layers_total = len(spool.chains)
+                mark = time.monotonic()
+                shipment.seconds_have += round(mark - begun, 3)
                 if have.present:
                     proc.stdin.write_eof()
                     shipment.result = "present"
@@ -239,7 +268,11 @@ async def ship_to(conn: Any, spool: Spool, node: str, reason: str = "push") -> S
                     await proc.stdin.drain()
                 proc.stdin.write_eof()
                 shipment.layers_sent = len(needed)
+                sent = time.monotonic()
+                shipment.seconds_send += round(sent - mark, 3)
                 reply = LoadReply.from_line(await _read_line(proc, "load", None))
+                shipment.seconds_load += round(time.monotonic() - sent, 3)
+                shipment.node_cpu += reply.cpu
             finally:
                 proc.close()
             if reply.ok:
@@ -320,6 +353,20 @@ class ImageService:
 
         return await connect_node(node, keys), True
 
+    async def _byte_connection(self, node: Node) -> tuple[Any, bool]:
+        """The connection a shipment's bytes take: an ``ssh`` process of its
+        own where there is a client (manager/openssh.py: the encryption off
+        this manager's one event loop), else the node's asyncssh connection."""
+        from . import openssh
+
+        cluster = self._store.snapshot().cluster
+        if cluster is not None and cluster.ssh_private_key and openssh.available():
+            try:
+                return openssh.OpenSSHConnection(node, cluster.ssh_private_key, self.spool_dir), True
+            except (asyncssh.Error, ValueError, OSError) as exc:
+                log.warning("%s: shipping over asyncssh (cannot set up ssh: %s)", node.hostname, exc)
+        return await self._connection(node)
+
     # -- spools ------------------------------------------------------------------
 
     async def _spool(self, ref: str) -> Spool:
@@ -361,10 +408,10 @@ class ImageService:
 
     # -- shipping -------------------------------------------------------------------
 
-    async def _ship(self, spool: Spool, node: Node, reason: str) -> Shipment:
+    async def _ship(self, spool: Spool | Pending, node: Node, reason: str) -> Shipment:
         async with self._slots:
             try:
-                conn, owned = await self._connection(node)
+                conn, owned = await self._byte_connection(node)
             except (asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
                 shipment = Shipment(spool.ref, node.hostname, "failed", error=f"cannot reach {node.hostname}: {exc}",
                                     reason=reason)
@@ -383,20 +430,32 @@ class ImageService:
 
     async def push(self, ref: str, node_refs: list[str]) -> list[Shipment]:
         """``pyswarm image push``: ``ref`` from this manager's engine to the
-        named nodes (every ready node when none is named)."""
+        named nodes (every ready node when none is named). The nodes' channels
+        open while the engine saves the image (:class:`Pending`)."""
         check_ref(ref)
         snap = self._store.snapshot()
         nodes = _pick_nodes(snap, node_refs)
+        data = await self.docker.inspect_image(ref)
+        if data is None:
+            raise NotFoundError(f"image {ref} is not on this manager's engine")
+        future = asyncio.ensure_future(self._spool(ref))
+        cpu = time.process_time()
         try:
-            spool = await self._spool(ref)
+            shipments = list(await asyncio.gather(*(self._ship(Pending(ref, str(data.get("Id", "")), future), n, "push")
+                                                    for n in nodes)))
+            await future  # its failure is the push's
         except (NotFoundError, UsageError):
             raise
         except (PyswarmError, ShipError, OSError) as exc:
             raise UsageError(f"image {ref}: {exc}") from None
-        try:
-            return list(await asyncio.gather(*(self._ship(spool, n, "push") for n in nodes)))
         finally:
-            self._release(spool)
+            if not future.done():
+                future.cancel()
+            elif not future.cancelled() and future.exception() is None:
+                self._release(future.result())
+            log.info("image push %s to %d nodes: %.2fs of this manager's CPU", ref, len(nodes),
+                     time.process_time() - cpu)
+        return shipments
 
     async def ls(self) -> list[dict[str, Any]]:
         """Which nodes hold which images of the cluster's services (asked

@@ -16,10 +16,15 @@ runs without BuildKit) over aiohttp, like the agent's engine calls. Why:
 - **Nothing changes on failure.** Every image is built before the stack is
   sent to the manager; a failed build raises :class:`BuildError` with the
   failing step's output, and the deploy stops there.
-- **A seam for remote CLIs.** :class:`Builder` is what ``stack deploy``
-  needs; :class:`EngineBuilder` is the local engine's. A CLI on an
-  operator's laptop without an engine would send the context to a
-  manager's engine instead (remote contexts; not built here).
+- **Where.** :class:`Builder` is what ``stack deploy`` needs.
+  :class:`EngineBuilder` is the engine of the machine the CLI runs on,
+  used when it answers; :class:`ManagerBuilder` streams the context over
+  the CLI's API connection to the manager it reached (``--host ssh://``,
+  a context) and that manager's engine builds (manager/builds.py), for an
+  operator's machine without an engine, or when told (``--builder
+  manager``, ``PYSWARM_BUILDER=manager``). A remote CLI that built with its
+  own engine sends the image to the manager (``image.load``): automatic
+  shipping reads a manager's engine, never the operator's.
 """
 
 from __future__ import annotations
@@ -39,10 +44,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from pyswarm import rpc
 from pyswarm.compose.build import BuildSpec
 from pyswarm.errors import UsageError
 from pyswarm.images import LABEL_BUILD_HASH
 
+# the /build query keys build_params sends: all a manager building for a remote CLI accepts
+BUILD_QUERY_KEYS = frozenset({"t", "dockerfile", "rm", "forcerm", "labels", "buildargs", "target", "cachefrom",
+                              "networkmode", "shmsize", "extrahosts", "platform", "nocache", "pull"})
+UPLOAD_CHUNK = 256 << 10  # bytes of a context (or an image) per input line to a manager
+UPLOAD_WINDOW = 8  # chunks sent and not yet acknowledged by the manager
+BUILDERS = ("auto", "local", "manager")  # --builder / PYSWARM_BUILDER
 INLINE_DOCKERFILE = ".pyswarm-inline.Dockerfile"
 OUTSIDE_DOCKERFILE = ".pyswarm.Dockerfile"
 CHUNK = 1 << 20
@@ -293,34 +305,148 @@ class EngineBuilder:
                     log: Log | None) -> str:
         from pyswarm.worker import RuntimeError_
 
-        step: list[str] = []  # the output of the step running now
-        image_id = ""
+        progress = BuildProgress(service, log)
         try:
             async for msg in self.docker.build_image(build_params(spec, ref, context.dockerfile, tag_hash),
                                                      context.chunks()):
-                text = str(msg.get("stream") or "")
-                if text:
-                    if text.startswith("Step "):
-                        step = []
-                    step.append(text.rstrip("\n"))
-                    if log is not None:
-                        log(text.rstrip("\n"))
-                aux = msg.get("aux")
-                if isinstance(aux, dict) and aux.get("ID"):
-                    image_id = str(aux["ID"])
-                if msg.get("error"):
-                    shown = "\n".join(line for line in step if line.strip())
-                    raise BuildError(f"service {service}: build failed: {msg['error']}" +
-                                     (f"\n{shown}" if shown and log is None else ""))
+                progress.feed(msg)
         except RuntimeError_ as exc:
             raise BuildError(f"service {service}: cannot build with the engine at {self.docker.socket} "
                              f"(pyswarm builds with the engine of the machine the CLI runs on): {exc}") from None
+        image_id = progress.image_id
         if not image_id:
             data = await self.docker.inspect_image(ref)
             image_id = str((data or {}).get("Id", ""))
         if not image_id:
             raise BuildError(f"service {service}: the engine finished the build but has no image {ref}")
         return image_id
+
+
+class BuildProgress:
+    """What the engine says while it builds, read the same way wherever the
+    engine is (this machine's, or a manager's relayed over the API): each
+    ``stream`` line to ``log`` (when asked), the image ID from ``aux``, and
+    an ``error`` raised as :class:`BuildError` with the failing step's output
+    (the lines since its ``Step N/M``) when the output was not shown."""
+
+    def __init__(self, service: str, log: Log | None) -> None:
+        self.service = service
+        self.log = log
+        self.step: list[str] = []
+        self.image_id = ""
+
+    def feed(self, msg: dict[str, Any]) -> None:
+        text = str(msg.get("stream") or "")
+        if text:
+            if text.startswith("Step "):
+                self.step = []
+            self.step.append(text.rstrip("\n"))
+            if self.log is not None:
+                self.log(text.rstrip("\n"))
+        aux = msg.get("aux")
+        if isinstance(aux, dict) and aux.get("ID"):
+            self.image_id = str(aux["ID"])
+        if msg.get("error"):
+            raise self.failed(str(msg["error"]))
+
+    def failed(self, error: str) -> BuildError:
+        shown = "\n".join(line for line in self.step if line.strip())
+        return BuildError(f"service {self.service}: build failed: {error}" +
+                          (f"\n{shown}" if shown and self.log is None else ""))
+
+
+Connect = Callable[[], rpc.Connection]
+
+
+def upload(conn: rpc.Connection, method: str, params: dict[str, Any], file: IO[bytes],
+           on_item: Callable[[dict[str, Any]], None]) -> Any:
+    """A streaming call that sends ``file`` as it goes: input lines of
+    :data:`UPLOAD_CHUNK` bytes, at most :data:`UPLOAD_WINDOW` ahead of the
+    manager's ``ack`` items; every other item goes to ``on_item``. Returns
+    the call's answer (its error raises)."""
+    import base64
+
+    file.seek(0)
+    call = rpc.StreamCall(conn, method, params)
+    items = iter(call)
+    sent = acked = 0
+    eof = False
+    while True:
+        while not eof and sent - acked < UPLOAD_WINDOW:
+            chunk = file.read(UPLOAD_CHUNK)
+            if chunk:
+                call.send({"data": base64.b64encode(chunk).decode()})
+                sent += 1
+            else:
+                call.send({"eof": True})
+                eof = True
+        item = next(items, None)
+        if item is None:
+            return call.result
+        if isinstance(item, dict) and isinstance(item.get("ack"), int):
+            acked = item["ack"]
+        elif isinstance(item, dict):
+            on_item(item)
+
+
+class ManagerBuilder:
+    """The engine of the manager the CLI reached: the context goes over the
+    CLI's API connection (manager/builds.py), the engine's output comes back."""
+
+    def __init__(self, connect: Connect) -> None:
+        self.connect = connect
+        self.where = ""
+
+    async def image_hash(self, ref: str) -> str | None:
+        got = await asyncio.to_thread(self.connect().call, "image.built", {"image": ref})
+        return None if got is None else str(got.get("hash", ""))
+
+    async def build(self, service: str, spec: BuildSpec, ref: str, context: Context, tag_hash: str,
+                    log: Log | None) -> str:
+        return await asyncio.to_thread(self._build, service, spec, ref, context, tag_hash, log)
+
+    def _build(self, service: str, spec: BuildSpec, ref: str, context: Context, tag_hash: str,
+               log: Log | None) -> str:
+        progress = BuildProgress(service, log)
+        failure: list[BuildError] = []
+
+        def on_item(item: dict[str, Any]) -> None:
+            msg = item.get("build")
+            if isinstance(msg, dict) and not failure:
+                try:
+                    progress.feed(msg)
+                except BuildError as exc:
+                    failure.append(exc)  # read on to the answer: the connection serves the deploy next
+
+        query = [[k, v] for k, v in build_params(spec, ref, context.dockerfile, tag_hash)]
+        answer = upload(self.connect(), "image.build",
+                        {"service": service, "image": ref, "query": query, "size": context.size},
+                        context.file, on_item)
+        if failure:
+            raise failure[0]
+        self.where = str((answer or {}).get("builder", ""))
+        image_id = str((answer or {}).get("id", "")) or progress.image_id
+        if not image_id:
+            raise BuildError(f"service {service}: the manager's engine finished the build but has no image {ref}")
+        return image_id
+
+
+async def send_image(docker: Any, connect: Connect, ref: str, say: Log | None) -> None:
+    """A remote CLI built ``ref`` with its own engine: the manager it reached
+    gets it (``docker save`` here, ``image.load`` there) unless it holds it already."""
+    data = await docker.inspect_image(ref)
+    if data is None:
+        raise BuildError(f"image {ref} is not on this machine's engine")
+    there = await asyncio.to_thread(connect().call, "image.built", {"image": ref})
+    if there is not None and there.get("id") == data.get("Id"):
+        return
+    if say is not None:
+        say(f"Sending {ref} to the manager")
+    with tempfile.TemporaryFile() as fh:
+        async for chunk in docker.save_image(ref):
+            await asyncio.to_thread(fh.write, chunk)
+        size = fh.tell()
+        await asyncio.to_thread(upload, connect(), "image.load", {"image": ref, "size": size}, fh, lambda _: None)
 
 
 @dataclass
@@ -367,10 +493,39 @@ async def build_services(builds: dict[str, BuildSpec], given: dict[str, str], mo
     return out
 
 
-def build_stack_images(stack: Any, mode: str, verbose: bool) -> None:
+def pick_builder(choice: str, connect: Connect | None) -> str:
+    """``local`` or ``manager``: ``auto`` is this machine's engine when it
+    answers, else the manager's (for a remote CLI, or a manager host whose
+    engine is elsewhere)."""
+    choice = choice or os.environ.get("PYSWARM_BUILDER", "") or "auto"
+    if choice not in BUILDERS:
+        raise UsageError(f"unknown builder {choice!r} (PYSWARM_BUILDER or --builder): "
+                         f"expected one of {', '.join(BUILDERS)}")
+    if choice != "auto":
+        if choice == "manager" and connect is None:
+            raise UsageError("--builder manager needs a manager to talk to")
+        return choice
+    if connect is None:
+        return "local"
+
+    async def answers() -> bool:
+        from pyswarm.worker.docker import DockerClient
+
+        try:
+            async with DockerClient() as docker:
+                return bool(await docker.ping())
+        except Exception:  # noqa: BLE001 - a DOCKER_HOST we cannot use is no engine
+            return False
+
+    return "local" if asyncio.run(answers()) else "manager"
+
+
+def build_stack_images(stack: Any, mode: str, verbose: bool, builder: str = "", remote: bool = False,
+                       connect: Connect | None = None) -> None:
     """``stack deploy``'s build step: build, then point each built service's
     spec at its image. Output goes to stderr: one line per image built, the
-    engine's whole output with ``verbose``."""
+    engine's whole output with ``verbose``. ``remote``: the CLI talks to a
+    manager on another machine (``connect`` opens the API connection)."""
     if not stack.builds:
         return
     given = {s.name: s.container.image for s in stack.services
@@ -379,12 +534,22 @@ def build_stack_images(stack: Any, mode: str, verbose: bool) -> None:
     def err(line: str) -> None:
         print(line, file=sys.stderr)
 
+    where = pick_builder(builder, connect)
+
     async def run() -> dict[str, Built]:
-        builder = EngineBuilder()
+        if where == "manager":
+            assert connect is not None
+            return await build_services(stack.builds, given, mode, ManagerBuilder(connect),
+                                        err if verbose else None, err)
+        local = EngineBuilder()
         try:
-            return await build_services(stack.builds, given, mode, builder, err if verbose else None, err)
+            built = await build_services(stack.builds, given, mode, local, err if verbose else None, err)
+            if remote and connect is not None and mode != "plan":
+                for b in built.values():
+                    await send_image(local.docker, connect, b.ref, err)
+            return built
         finally:
-            await builder.close()
+            await local.close()
 
     built = asyncio.run(run())
     for spec in stack.services:

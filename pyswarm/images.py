@@ -68,6 +68,10 @@ class Engine(Protocol):
 
     def save_image(self, ref: str) -> AsyncIterator[bytes]: ...
 
+    def build_image(self, params: list[tuple[str, str]], body: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def load_image(self, body: AsyncIterator[bytes]) -> list[str]: ...
+
     async def close(self) -> None: ...
 
 
@@ -206,16 +210,22 @@ class LoadReply:
     ok: bool
     loaded: tuple[str, ...] = ()
     error: str = ""
+    cpu: float = 0.0  # CPU seconds the node's channel process used (where a shipment's time goes)
 
     @classmethod
     def from_line(cls, line: bytes) -> LoadReply:
         data = decode_line(line, "load reply")
         if data["op"] != "loaded" or not isinstance(data.get("ok"), bool):
             raise MessageError("load reply: expected op 'loaded' with a boolean 'ok'")
-        return cls(bool(data["ok"]), _str_list(data.get("loaded"), "loaded"), _text(data.get("error"), "error"))
+        cpu = data.get("cpu", 0.0)
+        if not isinstance(cpu, (int, float)) or isinstance(cpu, bool) or not 0 <= cpu < 1e6:
+            raise MessageError("load reply: cpu: expected seconds")
+        return cls(bool(data["ok"]), _str_list(data.get("loaded"), "loaded"), _text(data.get("error"), "error"),
+                   float(cpu))
 
     def to_line(self) -> bytes:
-        return encode_line({"op": "loaded", "ok": self.ok, "loaded": list(self.loaded), "error": self.error})
+        return encode_line({"op": "loaded", "ok": self.ok, "loaded": list(self.loaded), "error": self.error,
+                            "cpu": self.cpu})
 
 
 @dataclass(frozen=True)

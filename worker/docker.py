@@ -288,22 +288,24 @@ class DockerClient:
         assert isinstance(data, dict)
         return data
 
-    async def pull_image(self, ref: str, auth: str = "") -> None:
-        """Pull ``ref``; raises :class:`EngineAPIError` (or a timeout as
-        :class:`EngineUnavailableError`) when the registry refuses or is
-        unreachable. The progress stream reports errors in-band, so it is read
-        to the end."""
+    async def _progress(self, path: str, what: str, *, params: Any = None, body: Any = None,
+                        headers: Mapping[str, str] | None = None,
+                        timeout: aiohttp.ClientTimeout | None = None) -> AsyncIterator[JSON]:
+        """``POST path`` and the engine's JSON progress messages as they come.
+
+        The one reader of the streams that pull, load and build answer with:
+        a status >= 400 raises the engine's error; each line is a JSON
+        object (``stream``, ``status``, ``aux``, ``error``…), lines that are
+        not are skipped. An ``error`` message is yielded like any other:
+        what it means (and what to say around it) is the caller's."""
         await self._negotiate()
-        repo, tag = split_image(ref)
         session = self._get_session()
-        t = aiohttp.ClientTimeout(total=self.pull_timeout)
+        t = timeout or aiohttp.ClientTimeout(total=None, sock_connect=10)
         try:
-            async with session.post(
-                self._url("/images/create"), params={"fromImage": repo, "tag": tag}, timeout=t,
-                headers={"X-Registry-Auth": auth} if auth else None,  # never logged
-            ) as resp:
+            async with session.post(self._url(path), params=params, data=body, headers=headers,
+                                    timeout=t) as resp:
                 if resp.status >= 400:
-                    raise _api_error(resp.status, await resp.read(), f"pull {ref}")
+                    raise _api_error(resp.status, await resp.read(), what)
                 async for line in resp.content:
                     if not line.strip():
                         continue
@@ -311,10 +313,24 @@ class DockerClient:
                         msg = json.loads(line)
                     except ValueError:
                         continue
-                    if isinstance(msg, dict) and msg.get("error"):
-                        raise EngineAPIError(500, str(msg.get("error")))
+                    if isinstance(msg, dict):
+                        yield msg
         except aiohttp.ClientConnectionError as exc:
             raise EngineUnavailableError(f"cannot reach the engine at {self.socket}: {exc}") from exc
+
+    async def pull_image(self, ref: str, auth: str = "") -> None:
+        """Pull ``ref``; raises :class:`EngineAPIError` (or a timeout as
+        :class:`EngineUnavailableError`) when the registry refuses or is
+        unreachable. The progress stream reports errors in-band, so it is read
+        to the end."""
+        repo, tag = split_image(ref)
+        try:
+            async for msg in self._progress(
+                    "/images/create", f"pull {ref}", params={"fromImage": repo, "tag": tag},
+                    headers={"X-Registry-Auth": auth} if auth else None,  # never logged
+                    timeout=aiohttp.ClientTimeout(total=self.pull_timeout)):
+                if msg.get("error"):
+                    raise EngineAPIError(500, str(msg.get("error")))
         except asyncio.TimeoutError as exc:
             raise EngineUnavailableError(f"pull {ref}: no answer in {self.pull_timeout:.0f}s") from exc
 
@@ -369,52 +385,22 @@ class DockerClient:
     async def load_image(self, body: AsyncIterator[bytes]) -> list[str]:
         """``docker load`` from a stream of tar bytes; returns what the engine
         says it loaded. Its errors come in-band and raise :class:`EngineAPIError`."""
-        await self._negotiate()
-        session = self._get_session()
-        t = aiohttp.ClientTimeout(total=None, sock_connect=10)
         loaded: list[str] = []
-        try:
-            async with session.post(self._url("/images/load"), params={"quiet": "1"}, data=body,
-                                    headers={"Content-Type": "application/x-tar"}, timeout=t) as resp:
-                if resp.status >= 400:
-                    raise _api_error(resp.status, await resp.read(), "load")
-                async for line in resp.content:
-                    try:
-                        msg = json.loads(line)
-                    except ValueError:
-                        continue
-                    if not isinstance(msg, dict):
-                        continue
-                    if msg.get("error"):
-                        raise EngineAPIError(500, str(msg["error"]))
-                    stream = str(msg.get("stream") or "").strip()
-                    for prefix in ("Loaded image: ", "Loaded image ID: "):
-                        if stream.startswith(prefix):
-                            loaded.append(stream[len(prefix):])
-        except aiohttp.ClientConnectionError as exc:
-            raise EngineUnavailableError(f"cannot reach the engine at {self.socket}: {exc}") from exc
+        async for msg in self._progress("/images/load", "load", params={"quiet": "1"}, body=body,
+                                        headers={"Content-Type": "application/x-tar"}):
+            if msg.get("error"):
+                raise EngineAPIError(500, str(msg["error"]))
+            stream = str(msg.get("stream") or "").strip()
+            for prefix in ("Loaded image: ", "Loaded image ID: "):
+                if stream.startswith(prefix):
+                    loaded.append(stream[len(prefix):])
         return loaded
 
-    async def build_image(self, params: list[tuple[str, str]], body: AsyncIterator[bytes]) -> AsyncIterator[JSON]:
+    def build_image(self, params: list[tuple[str, str]], body: AsyncIterator[bytes]) -> AsyncIterator[JSON]:
         """``POST /build`` with a tar of the context: the engine's progress
         messages (``stream``, ``aux``, ``error``) as they come."""
-        await self._negotiate()
-        session = self._get_session()
-        t = aiohttp.ClientTimeout(total=None, sock_connect=10)
-        try:
-            async with session.post(self._url("/build"), params=params, data=body,
-                                    headers={"Content-Type": "application/x-tar"}, timeout=t) as resp:
-                if resp.status >= 400:
-                    raise _api_error(resp.status, await resp.read(), "build")
-                async for line in resp.content:
-                    try:
-                        msg = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(msg, dict):
-                        yield msg
-        except aiohttp.ClientConnectionError as exc:
-            raise EngineUnavailableError(f"cannot reach the engine at {self.socket}: {exc}") from exc
+        return self._progress("/build", "build", params=params, body=body,
+                              headers={"Content-Type": "application/x-tar"})
 
     # -- networks ----------------------------------------------------------
 

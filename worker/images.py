@@ -22,6 +22,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -120,7 +121,7 @@ async def serve_channel(docker: DockerClient, reader: Reader, write: Callable[[b
         write(LoadReply(False, error=str(exc)).to_line())
         return 1
     log.info("loaded %s (%d bytes)", ", ".join(loaded), counted[0])
-    write(LoadReply(True, tuple(loaded)).to_line())
+    write(LoadReply(True, tuple(loaded), cpu=round(time.process_time(), 3)).to_line())
     return 0
 
 
@@ -136,13 +137,12 @@ class _Stdin:
         threading.Thread(target=self._run, args=(fd,), name="stdin", daemon=True).start()
 
     def _run(self, fd: int) -> None:
+        _grow_pipe(fd)
         while True:
-            try:
-                chunk = os.read(fd, CHUNK)
-            except OSError:
-                chunk = b""
-            asyncio.run_coroutine_threadsafe(self._queue.put(chunk), self._loop).result()
-            if not chunk:
+            chunk, eof = _read_ready(fd)
+            for block in ((chunk, b"") if eof and chunk else (chunk,)):
+                asyncio.run_coroutine_threadsafe(self._queue.put(block), self._loop).result()
+            if eof or not chunk:
                 return
 
     async def _fill(self) -> bool:
@@ -166,6 +166,44 @@ class _Stdin:
             await self._fill()
         out, self._buf = self._buf[:n], self._buf[n:]
         return out
+
+
+def _grow_pipe(fd: int) -> None:
+    """A 1 MiB pipe where stdin is one (sshd writes into it): fewer, bigger reads."""
+    import fcntl
+
+    try:
+        fcntl.fcntl(fd, 1031, CHUNK)  # F_SETPIPE_SZ
+    except OSError:
+        pass
+
+
+def _read_ready(fd: int) -> tuple[bytes, bool]:
+    """One read that waits, then whatever else is there already, up to
+    :data:`CHUNK`: a pipe gives at most what sshd wrote last (32-64 KiB),
+    and each block handed to the loop costs a thread switch, so 100 MB was
+    thousands of them. Never waits for more than one read (the request line
+    comes alone, and its answer must not wait on a full block). Returns the
+    bytes and whether stdin ended after them."""
+    import select
+
+    try:
+        first = os.read(fd, CHUNK)
+    except OSError:
+        return b"", True
+    if not first:
+        return b"", True
+    parts, size = [first], len(first)
+    try:
+        while size < CHUNK and select.select([fd], [], [], 0)[0]:
+            more = os.read(fd, CHUNK - size)
+            if not more:
+                return b"".join(parts), True
+            parts.append(more)
+            size += len(more)
+    except (OSError, ValueError):
+        pass
+    return b"".join(parts), False
 
 
 async def _serve_stdio(out_fd: int) -> int:

@@ -3,9 +3,8 @@
 These are served by the manager the CLI reached, never forwarded: the image
 comes from *this* machine's engine (where the operator's CLI runs), and the
 connections to the nodes are this manager's (the dispatcher's on the
-leader). A remote CLI whose own engine holds the image would have to stream
-it to a manager first: that is the seam for remote contexts (engineer
-``remote``), not done here.
+leader). ``image.built`` and the streaming ``image.build``
+(manager/builds.py) build on this manager's engine for a remote CLI.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from pyswarm.images import MAX_REF, MessageError, check_ref
 from pyswarm.errors import UsageError
 from pyswarm.wire import rule
 
+from ..builds import built_hash
 from ..images import ImageService
 from ..store import Store
 from .base import Resource, Self, method
@@ -26,6 +26,11 @@ from .base import Resource, Self, method
 class ImagePush:
     image: str = field(metadata=rule(max_len=MAX_REF))
     nodes: list[str] = field(default_factory=list, metadata=rule(max_len=10_000))
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    image: str = field(metadata=rule(max_len=MAX_REF))
 
 
 class Images(Resource):
@@ -43,6 +48,16 @@ class Images(Resource):
             if not n or len(n) > 256:
                 raise UsageError(f"nodes[{i}]: expected a node name or id")
         return [s.to_dict() for s in await self.images.push(req.image, list(req.nodes))]
+
+    @method("image.built", ImageRef)
+    async def built(self, req: ImageRef) -> Any:
+        """The build hash of an image on this manager's engine, for a remote
+        CLI's ``stack deploy`` deciding what to build (manager/builds.py)."""
+        try:
+            check_ref(req.image)
+        except MessageError as exc:
+            raise UsageError(str(exc)) from None
+        return await built_hash(self.images, req.image)
 
     @method("image.ls")
     async def ls(self, req: object) -> Any:

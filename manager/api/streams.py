@@ -22,8 +22,9 @@ from pyswarm.wire import parse
 
 from .. import events as cluster_events
 from .. import ops
-from .. import execstats, logs
+from .. import builds, execstats, logs
 from ..forward import LeaderDoor
+from ..images import ImageService
 from ..orchestrator import new_task
 from ..store import Store
 from ..streams import StreamHub
@@ -34,13 +35,16 @@ LEADER_ONLY = frozenset({"service.logs", "service.exec", "stats"})
 
 
 class StreamApi:
-    methods = LEADER_ONLY | {"events"}
+    # image.build/load run on the engine of the manager reached (manager/builds.py)
+    methods = LEADER_ONLY | {"events", "image.build", "image.load"}
     forwarded = LEADER_ONLY  # what a follower may hand on to the leader
 
-    def __init__(self, store: Store, hub: StreamHub, event_log: cluster_events.EventLog) -> None:
+    def __init__(self, store: Store, hub: StreamHub, event_log: cluster_events.EventLog,
+                 images: ImageService | None = None) -> None:
         self._store = store
         self.hub = hub
         self.event_log = event_log
+        self.images = images
 
     def must_forward(self, method: str) -> bool:
         return method in LEADER_ONLY and not self._store.is_leader
@@ -79,6 +83,10 @@ class StreamApi:
             return execstats.stats(self._store, self.hub, parse(execstats.StatsRequest, params))
         if method == "events":
             return cluster_events.events(self.event_log, parse(cluster_events.EventsRequest, params))
+        if method == "image.build" and self.images is not None:
+            return builds.build(self._store, self.images, parse(builds.BuildRequest, params), inputs)
+        if method == "image.load" and self.images is not None:
+            return builds.load(self._store, self.images, parse(builds.LoadRequest, params), inputs)
         raise UsageError(f"unknown streaming method {method!r}")
 
 

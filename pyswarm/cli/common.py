@@ -49,6 +49,15 @@ def connection() -> rpc.Connection:
     return _open[0]
 
 
+def is_remote() -> bool:
+    """Does this invocation talk to a manager on another machine (--host, a context)?"""
+    if _target.get("local"):
+        return False
+    from pyswarm import contexts
+
+    return bool(contexts.select(_target.get("host"), _target.get("context")).targets)
+
+
 def close() -> None:
     while _open:
         _open.pop().close()

@@ -30,7 +30,8 @@ def _stack_deploy(args: argparse.Namespace) -> int:
     if stack.builds:  # before anything is sent; --dry-run only says what it would build
         from pyswarm.build import build_stack_images
 
-        build_stack_images(stack, "plan" if args.dry_run else args.build_mode, args.build_output)
+        build_stack_images(stack, "plan" if args.dry_run else args.build_mode, args.build_output,
+                           args.builder, common.is_remote(), common.connection)
     objects = {kind: [{"name": o.name, "external": o.external, "labels": o.labels,
                        "data": base64.b64encode(o.data).decode()} for o in getattr(stack, kind)]
                for kind in ("secrets", "configs")}
@@ -151,6 +152,9 @@ def register(sub: Any) -> None:
     p.add_argument("--no-build", dest="build_mode", action="store_const", const="never",
                    help="build nothing: use the images already built")
     p.add_argument("--build-output", action="store_true", help="print the engine's build output")
+    p.add_argument("--builder", choices=("auto", "local", "manager"), default="",
+                   help="whose engine builds: this machine's (local), the reached manager's (manager), or "
+                        "auto (default, or PYSWARM_BUILDER): this machine's when it answers, else the manager's")
     p.add_argument("--with-registry-auth", action="store_true",
                    help="send this machine's registry credentials (~/.docker/config.json) to the nodes that pull")
     p.add_argument("stack", metavar="STACK")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import brief, cli, deployed_stacks, live, running, tasks, wait_until
+from support import Operator, brief, cli, deployed_stacks, live, running, tasks, wait_for, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -166,3 +166,95 @@ def test_a_node_that_joins_later_gets_the_image_when_a_task_lands_there(lab_fact
     assert _has_image(small, late, ref), f"{late} runs a task of {ref} but its engine lacks the image"
     sent = [s for s in _shipments(small, ref) if s["result"] == "sent" and s["node"] == late]
     assert sent and sent[-1]["reason"] == "task", _shipments(small, ref)
+
+
+REMOTE_STACK = "rbld"
+REMOTE_DOCKERFILE = """FROM pyswarm-lab/busybox:latest
+ARG NOTE=none
+COPY . /ctx
+RUN echo "$NOTE" > /note
+CMD ["sleep", "3600"]
+"""
+REMOTE_FILE = """
+services:
+  app:
+    build: {context: ./app, args: {NOTE: from-the-operator}}
+    deploy: {replicas: 2}
+"""
+
+
+def test_a_remote_cli_without_an_engine_builds_on_the_manager(lab: Any, tmp_path: Path,
+                                                              tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The operator's machine (the root namespace) has no engine (DOCKER_HOST
+    names a socket that does not exist): `stack deploy` through a context
+    streams the context (.dockerignore applied) to the manager, whose engine
+    builds it; the nodes that run it get the image; a failing build shows
+    its step and changes nothing."""
+    op = Operator(lab, tmp_path_factory.mktemp("operator"))
+    op.authorize(*lab.managers)
+    m1 = lab.managers[0]
+    no_engine = {"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "Dockerfile").write_text(REMOTE_DOCKERFILE)
+    (app / "keep.txt").write_bytes(os.urandom(50_000))
+    (app / "big.bin").write_bytes(os.urandom(2_000_000))
+    (app / ".dockerignore").write_text("big.bin\n")
+    stack = tmp_path / "stack.yml"
+    stack.write_text(REMOTE_FILE)
+    service = f"{REMOTE_STACK}_app"
+
+    def deploy(*extra: str, check: bool = True) -> Any:
+        return op.pyswarm_env(no_engine, "--context", "bld", "stack", "deploy", *extra, "-c", str(stack),
+                              REMOTE_STACK, timeout=180, check=check)
+
+    refs: list[str] = []
+    try:
+        op.pyswarm("--host", f"ssh://{m1}", "--accept-host-key", "stack", "ls")
+        op.pyswarm("context", "create", "bld", "--host", f"ssh://{m1}")
+        out = deploy()
+        assert f"Building {service} ({service}:" in out.stderr, out.stderr
+        assert "Step 1/" not in out.stderr, out.stderr  # quiet unless asked
+        rows = _settled(lab, service, 2, f"{service}:")
+        refs.append(rows[0]["image"])
+        seen = lab.docker(m1, "run", "--rm", refs[0], "sh", "-c", "ls -a /ctx; cat /note", timeout=60).stdout
+        assert "keep.txt" in seen and "Dockerfile" in seen and "from-the-operator" in seen, seen
+        assert "big.bin" not in seen, seen  # .dockerignore kept it on the operator's machine
+        for t in rows:
+            assert _has_image(lab, t["node"], refs[0]), t
+        assert [s for s in _shipments(lab, refs[0]) if s["result"] == "sent"] or \
+            {t["node"] for t in rows} <= set(lab.managers)
+
+        # the same again: nothing built, nothing updated
+        again = deploy()
+        assert "Building" not in again.stderr and f"Unchanged service {service}" in again.stdout, again
+
+        # a failing build: its step's output shown, nothing changed
+        (app / "Dockerfile").write_text(REMOTE_DOCKERFILE.replace(
+            "RUN echo", "RUN echo failing-step-output && false\nRUN echo"))
+        failed = deploy(check=False)
+        assert failed.returncode != 0, failed
+        assert f"service {service}: build failed: The command" in failed.stderr, failed.stderr
+        assert "\nfailing-step-output" in failed.stderr and "Traceback" not in failed.stderr, failed.stderr
+        after = live(tasks(lab, service))
+        assert sorted((t["id"], t["image"]) for t in after) == sorted((t["id"], t["image"]) for t in rows)
+
+        # --build-output streams the engine's output back
+        (app / "Dockerfile").write_text(REMOTE_DOCKERFILE)
+        (app / "keep.txt").write_bytes(os.urandom(50_000))
+        shown = deploy("--build-output")
+        assert "Step 1/6 : FROM pyswarm-lab/busybox:latest" in shown.stderr, shown.stderr
+        assert f"Updating service {service}" in shown.stdout, shown.stdout
+        refs.append(_settled(lab, service, 2, f"{service}:")[0]["image"])
+        assert refs[1] != refs[0]
+    finally:
+        op.pyswarm("--context", "bld", "stack", "rm", REMOTE_STACK, check=False)
+        op.revoke()
+
+        def gone() -> bool:
+            return all(not lab.docker(h, "ps", "-aq", "--filter", f"label=com.docker.stack.namespace={REMOTE_STACK}",
+                                      timeout=30).stdout.strip() for h in lab.hosts)
+        wait_for(gone, 60, f"stack {REMOTE_STACK}'s containers removed")
+        for host in lab.hosts:
+            lab.exec(host, ["sh", "-c", f"docker images -q --filter reference='{service}' | xargs -r docker rmi -f"],
+                     check=False)

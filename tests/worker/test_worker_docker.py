@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from pyswarm.worker import (
+    EngineAPIError,
     EngineConflictError,
     EngineNotFoundError,
     EngineUnavailableError,
@@ -32,6 +33,7 @@ class FakeEngine:
         self.event_requests: list[dict[str, str]] = []
         self.drop_first_stream = True
         self.pull_auth: list[str] = []
+        self.bodies: list[bytes] = []
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -43,6 +45,8 @@ class FakeEngine:
         app.router.add_get("/v{v}/images/{name:.*}/json", self.image)
         app.router.add_post("/v{v}/images/create", self.pull)
         app.router.add_get("/v{v}/events", self.events)
+        app.router.add_post("/v{v}/images/load", self.load)
+        app.router.add_post("/v{v}/build", self.build)
         return app
 
     async def ping(self, request: web.Request) -> web.StreamResponse:
@@ -77,6 +81,29 @@ class FakeEngine:
         await resp.write(json.dumps({"error": f"pull access denied for {request.query['fromImage']}"}).encode() + b"\n")
         await resp.write_eof()
         return resp
+
+    async def _lines(self, request: web.Request, lines: list[bytes]) -> web.StreamResponse:
+        self.bodies.append(await request.read())
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        for line in lines:
+            await resp.write(line)
+        await resp.write_eof()
+        return resp
+
+    async def load(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Content-Type") != "application/x-tar":
+            return web.json_response({"message": "not a tar"}, status=400)
+        if self.bodies:  # the second load fails in-band, as a corrupt archive does
+            return await self._lines(request, [b'{"stream":"Loading layer"}\n', b'{"error":"unexpected EOF"}\n'])
+        return await self._lines(request, [b'{"stream":"Loaded image: app:1\\n"}\n', b"\n", b"not json\n",
+                                           b'{"stream":"Loaded image ID: sha256:2\\n"}\n'])
+
+    async def build(self, request: web.Request) -> web.StreamResponse:
+        if request.query.get("t") == "bad:1":
+            return web.json_response({"message": "dockerfile parse error line 1"}, status=500)
+        return await self._lines(request, [b'{"stream":"Step 1/1 : FROM x\\n"}\n', b'[1]\n',
+                                           b'{"aux":{"ID":"sha256:3"}}\n', b'{"error":"boom"}\n'])
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         self.event_requests.append(dict(request.query))
@@ -159,6 +186,29 @@ def test_pull_sends_registry_auth_and_names_the_registry_that_refuses(tmp_path: 
         with pytest.raises(ImageNotFoundError, match="registry docker.io may want credentials: `docker login docker.io`"):
             await client.ensure_image("me/private:1", "node7")
         assert engine.pull_auth == ["QVVUSA==", ""]
+    run_with(engine, tmp_path, body)
+
+
+async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for p in parts:
+        yield p
+
+
+def test_load_and_build_read_the_progress_stream(tmp_path: Path) -> None:
+    """load and build (and pull, above) share one reader of the engine's
+    JSON progress stream: blank and non-object lines are skipped, in-band
+    errors are load's to raise and build's to hand on, HTTP errors raise."""
+    engine = FakeEngine()
+
+    async def body(client: DockerClient) -> None:
+        assert await client.load_image(_chunks(b"ta", b"r")) == ["app:1", "sha256:2"]
+        assert engine.bodies == [b"tar"]
+        with pytest.raises(EngineAPIError, match="unexpected EOF"):
+            await client.load_image(_chunks(b"x"))
+        msgs = [m async for m in client.build_image([("t", "ok:1")], _chunks(b"ctx"))]
+        assert msgs == [{"stream": "Step 1/1 : FROM x\n"}, {"aux": {"ID": "sha256:3"}}, {"error": "boom"}]
+        with pytest.raises(EngineAPIError, match="dockerfile parse error"):
+            [m async for m in client.build_image([("t", "bad:1")], _chunks(b"ctx"))]
     run_with(engine, tmp_path, body)
 
 

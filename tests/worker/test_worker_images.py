@@ -80,3 +80,27 @@ def test_garbage_keeps_the_newest_builds_and_what_is_used() -> None:
     removed = asyncio.run(collect_garbage(cast(Any, engine), "demo_web", set(), keep=2))
     assert removed == ["demo_web:v1"]
     assert asyncio.run(collect_garbage(cast(Any, engine), "other_svc", set(), keep=2)) == []
+
+
+def test_stdin_reads_gather_what_is_there_but_never_wait_for_more() -> None:
+    import os
+
+    from pyswarm.worker.images import CHUNK, _read_ready
+
+    r, w = os.pipe()
+    try:
+        os.write(w, b'{"op": "have"}\n')
+        assert _read_ready(r) == (b'{"op": "have"}\n', False)  # alone: answered without waiting for a block
+        for _ in range(3):
+            os.write(w, b"x" * 20_000)
+        assert _read_ready(r) == (b"x" * 60_000, False)  # three writes, one block
+        os.write(w, b"end")
+        os.close(w)
+        w = -1
+        assert _read_ready(r) == (b"end", True)  # and the end seen with it
+        assert _read_ready(r) == (b"", True)
+        assert CHUNK >= 1 << 20
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
