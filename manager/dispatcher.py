@@ -595,8 +595,11 @@ class Dispatcher:
         current = snap.node(node.id) if snap else None
         if current is not None and current.status == NodeStatus.DOWN and current.status_message == reason:
             return
-        self._queue(ops.patch("node", node.id, status=NodeStatus.DOWN.value, status_message=reason,
-                              updated_at=time.time()))
+        now = time.time()
+        fields: dict[str, Any] = {"status": NodeStatus.DOWN.value, "status_message": reason, "updated_at": now}
+        if current is None or current.status != NodeStatus.DOWN:
+            fields["down_since"] = now  # the grace before its tasks are lost starts (healing.lost_at)
+        self._queue(ops.patch("node", node.id, **fields))
 
     def _queue(self, op: Op) -> None:
         self._pending.append(op)
@@ -632,7 +635,10 @@ def engine_change(node: Node, state: protocol.EngineState, *, hello_seen: bool, 
         reason = f"{ENGINE_UNREACHABLE}: {state.reason or 'no answer'}"
         if node.status is NodeStatus.DOWN and node.status_message == reason:
             return None
-        return ops.patch("node", node.id, status=NodeStatus.DOWN.value, status_message=reason, updated_at=now)
+        if node.status is NodeStatus.DOWN:  # already down: its grace started then
+            return ops.patch("node", node.id, status=NodeStatus.DOWN.value, status_message=reason, updated_at=now)
+        return ops.patch("node", node.id, status=NodeStatus.DOWN.value, status_message=reason, updated_at=now,
+                         down_since=now)
     if not hello_seen or not (said_down or node.engine_unreachable):
         return None
     return ops.patch("node", node.id, status=NodeStatus.READY.value, status_message="", updated_at=now)

@@ -38,6 +38,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyswarm import config as cfg
 from pyswarm import protocol, streamwire
 from pyswarm.images import CHANNEL_COMMAND, CHANNEL_ENV
 from pyswarm.models import TaskState
@@ -49,7 +50,7 @@ from pyswarm.worker import (
     ImageNotFoundError,
     RuntimeError_,
 )
-from pyswarm.worker import promotion
+from pyswarm.worker import fence, promotion
 from pyswarm.worker.docker import DockerClient, EngineInfo
 from pyswarm.worker.health import is_health_event
 from pyswarm.worker.files import DEFAULT_ROOT, make_bind_sources, remove_task_files, write_task_files
@@ -115,6 +116,7 @@ class Agent:
         stop_grace: int = STOP_GRACE,
         dns_drain: float = DNS_DRAIN,
         files_root: str = DEFAULT_ROOT,
+        lease: fence.Lease | None = None,
     ) -> None:
         self.docker = docker
         self._send = send
@@ -131,6 +133,8 @@ class Agent:
         self.firewall = MeshFirewall(network.run) if network is not None else None
         self._configured = False
         self._fenced = False  # a deposed leader's session: ignore what it says
+        self._accepted = False  # a configure of a current leader came: its pings renew the lease (fence.py)
+        self.lease = lease  # the host's fencing lease (worker/fence.py); None: no fencing (unit tests)
         self._config_lock = asyncio.Lock()
         self._pending: dict[str, Assignment] | None = None  # latest assign received
         self._desired: dict[str, Assignment] | None = None  # latest assign applied
@@ -164,6 +168,8 @@ class Agent:
         manager hung up, which is the normal way for a session to end)."""
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         eof = asyncio.Event()
+        if self.lease is not None:  # a manager with the cluster's key just reached this host
+            self.lease.renew()
         self._spawn(self._pump(lines, queue, eof))
         try:
             info = await self._wait_for_engine(eof)
@@ -272,6 +278,7 @@ class Agent:
                         msg = None
                     if isinstance(msg, protocol.Ping):
                         self.send({"op": "pong", "seq": msg.seq})
+                        self._renew_lease()
                         if self._watchdog is None:
                             self._watchdog = self._spawn(self._watch_manager(queue))
                         continue
@@ -280,18 +287,30 @@ class Agent:
             eof.set()
             queue.put_nowait(None)
 
+    def _renew_lease(self) -> None:
+        if self.lease is not None and self._accepted and not self._fenced:
+            self.lease.renew()
+
     async def _watch_manager(self, queue: asyncio.Queue[bytes | None]) -> None:
-        """End the session when the manager has gone silent. The dispatcher
-        pings every 0.5 s and gives up on us after 2 s; an agent whose link
-        was cut would otherwise live on beside the next session's agent and
-        could act on its old assignment (say, when the engine's event
-        stream reconnects). Containers are left as they are: the next
-        session adopts or removes them."""
+        """End the session when the manager has gone silent, or when no
+        current leader has renewed the host's lease for
+        :data:`protocol.AGENT_LEASE` (only a deposed one pings us). The
+        dispatcher pings every 0.5 s and gives up on us after 2 s; an agent
+        whose link was cut would otherwise live on beside the next session's
+        agent and could act on its old assignment (say, when the engine's
+        event stream reconnects). The process then lingers and fences
+        (worker/fence.py): unless a newer session renews the lease in time,
+        it stops the task containers before the leader replaces them."""
         while True:
             await asyncio.sleep(self.manager_timeout / 5)
             silent = time.monotonic() - self._heard
             if silent > self.manager_timeout:
                 log.warning("no word from the manager for %.1fs: ending this session", silent)
+                queue.put_nowait(None)
+                return
+            if self.lease is not None and time.time() - self.lease.renewed_at() >= protocol.AGENT_LEASE:
+                log.warning("no current leader has reached this host for %.0fs: ending this session",
+                            protocol.AGENT_LEASE)
                 queue.put_nowait(None)
                 return
 
@@ -326,6 +345,7 @@ class Agent:
             return
         if isinstance(msg, protocol.Ping):
             self.send({"op": "pong", "seq": msg.seq})
+            self._renew_lease()
         elif isinstance(msg, protocol.Configure):
             self._on_configure(msg)
         elif isinstance(msg, protocol.Assign):
@@ -345,6 +365,8 @@ class Agent:
             self._fenced = True
             self.send({"op": "error", "message": f"{self.hostname}: ignoring a deposed leader (term {msg.term})"})
             return
+        self._accepted = True
+        self._renew_lease()
         raw = msg.as_dict()
         if msg.manager is not None:
             self._spawn(self._become_manager(raw))
@@ -642,7 +664,17 @@ class Agent:
     def _report_inspect(self, t: _Tracked, a: Assignment, data: dict[str, Any]) -> None:
         seen = observe(data)
         if seen is not None:
-            self._report(t, a.task_id, seen)
+            self._report(t, a.task_id, self._unless_fenced(seen))
+
+    def _unless_fenced(self, seen: Observed) -> Observed:
+        """A container this host's fence stopped did not end by itself: its
+        task was stopped by the cluster (``shutdown``), so the orchestrator
+        refills the slot whatever the restart policy (worker/fence.py)."""
+        if self.lease is not None and seen.state in (TaskState.COMPLETE, TaskState.FAILED) \
+                and seen.container_id in self.lease.fenced():
+            return Observed(TaskState.SHUTDOWN, seen.container_id, message="stopped by its node",
+                            error=f"no manager reached the node for {protocol.AGENT_LEASE:g}s (fenced)")
+        return seen
 
     def _report(self, t: _Tracked, task_id: str, seen: Observed, *, force: bool = False) -> None:
         if t.reported is not None and not t.reported.can_move_to(seen.state) and not force:
@@ -763,7 +795,7 @@ class Agent:
             return
         if t.reported is None or t.reported.terminal or t.container_id != cid:
             return  # a converge reported it meanwhile
-        self._report(t, task_id, observe_exit(cid, code, oom=task_id in self._oom))
+        self._report(t, task_id, self._unless_fenced(observe_exit(cid, code, oom=task_id in self._oom)))
         self._oom.discard(task_id)
 
     async def _on_events_connect(self, reconnected: bool) -> None:
@@ -882,9 +914,15 @@ async def serve_stdio(proto_fd: int) -> int:
     writer = _StdioWriter(proto_fd, broken)
     docker = DockerClient()
     hostname = socket.gethostname()
-    agent = Agent(docker, writer, hostname=hostname, network=HostNetwork(docker, hostname))
+    lease = fence.Lease(cfg.run_dir())
+    agent = Agent(docker, writer, hostname=hostname, network=HostNetwork(docker, hostname), lease=lease)
     try:
-        return await agent.run(_stdin_lines(0, stop))
+        code = await agent.run(_stdin_lines(0, stop))
+        writer.close()
+        # the session is over; unless a newer one renews the lease in time,
+        # stop the task containers before the leader replaces them
+        log.info("session ended; %s", await fence.linger(docker, lease, time.time()))
+        return code
     finally:
         await docker.close()
         writer.close()

@@ -116,9 +116,12 @@ def test_an_engine_gone_marks_the_node_down_with_the_reason_and_back_ready() -> 
     op = engine_change(node, gone, hello_seen=True, said_down=False, now=5.0)
     assert op == ["patch", "node", node.id, {
         "status": "down", "status_message": "engine unreachable: cannot reach the engine at /run/docker.sock: refused",
-        "updated_at": 5.0}]
+        "updated_at": 5.0, "down_since": 5.0}]
     down = make_node(id=node.id, status=NodeStatus.DOWN, status_message=op[3]["status_message"])
     assert down.engine_unreachable
+    # down already (for another reason): its grace started then, not now
+    other_reason = make_node(id=node.id, status=NodeStatus.DOWN, status_message="no heartbeat for 2s")
+    assert "down_since" not in engine_change(other_reason, gone, hello_seen=True, said_down=False, now=6.0)[3]
     assert engine_change(down, gone, hello_seen=True, said_down=True, now=6.0) is None, "said twice, written twice"
     back = protocol.EngineState(True)
     assert engine_change(down, back, hello_seen=True, said_down=True, now=7.0) == ["patch", "node", node.id, {
