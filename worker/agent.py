@@ -135,6 +135,8 @@ class Agent:
         self._fenced = False  # a deposed leader's session: ignore what it says
         self._accepted = False  # a configure of a current leader came: its pings renew the lease (fence.py)
         self.lease = lease  # the host's fencing lease (worker/fence.py); None: no fencing (unit tests)
+        self.manager_addrs: tuple[str, ...] = ()
+        self._sole_manager = False  # this host runs the cluster's only manager
         self._config_lock = asyncio.Lock()
         self._pending: dict[str, Assignment] | None = None  # latest assign received
         self._desired: dict[str, Assignment] | None = None  # latest assign applied
@@ -287,6 +289,14 @@ class Agent:
             eof.set()
             queue.put_nowait(None)
 
+    async def reaches_a_manager(self) -> bool:
+        """Whether this host is not cut off from the managers (fencing's
+        second condition, worker/fence.py). The host of the only manager
+        is never cut off from the only leader there can be."""
+        if self._sole_manager:
+            return True
+        return await fence.reaches_a_manager(self.manager_addrs)
+
     def _renew_lease(self) -> None:
         if self.lease is not None and self._accepted and not self._fenced:
             self.lease.renew()
@@ -394,6 +404,10 @@ class Agent:
                     self.send({"op": "error", "message": f"configure on {self.hostname}: {problem}"})
                 self._problem("network", "; ".join(problems))
             self._dns = cfg.dns
+            # the other managers' hosts (their DNS): whom fencing probes; this
+            # host's own address answers even when its link is down
+            self.manager_addrs = tuple(a for a in cfg.dns if a != cfg.addr)
+            self._sole_manager = bool(cfg.addr) and cfg.dns == (cfg.addr,)
             self._net_cfg = cfg
             await self._apply_mesh_locked()  # our chains' contents, for this pool
             # configured even after a problem: tasks then fail with their own
@@ -670,11 +684,12 @@ class Agent:
         """A container this host's fence stopped did not end by itself: its
         task was stopped by the cluster (``shutdown``), so the orchestrator
         refills the slot whatever the restart policy (worker/fence.py)."""
-        if self.lease is not None and seen.state in (TaskState.COMPLETE, TaskState.FAILED) \
-                and seen.container_id in self.lease.fenced():
-            return Observed(TaskState.SHUTDOWN, seen.container_id, message="stopped by its node",
-                            error=f"no manager reached the node for {protocol.AGENT_LEASE:g}s (fenced)")
-        return seen
+        if self.lease is None or seen.state not in (TaskState.COMPLETE, TaskState.FAILED):
+            return seen
+        why = self.lease.fenced().get(seen.container_id)
+        if why is None:
+            return seen
+        return Observed(TaskState.SHUTDOWN, seen.container_id, message="stopped by its node", error=why)
 
     def _report(self, t: _Tracked, task_id: str, seen: Observed, *, force: bool = False) -> None:
         if t.reported is not None and not t.reported.can_move_to(seen.state) and not force:
@@ -714,7 +729,23 @@ class Agent:
             return False
         log.warning("task %s: its container died as the engine went away; not reported as its own exit", task_id)
         self._on_events_error("the engine refuses new connections")
+        self._record_engine_stopped()
         return True
+
+    def _record_engine_stopped(self) -> None:
+        """The engine is going away and stops every container as it goes:
+        record the ones we ran, so their exits read as the node's doing
+        (``shutdown``) when the engine is back, and their slots are refilled
+        whatever the restart policy (worker/fence.py)."""
+        if self.lease is None:
+            return
+        ids = [t.container_id for t in self._tracked.values()
+               if t.container_id and t.reported == TaskState.RUNNING]
+        if ids:
+            try:
+                self.lease.record(ids, fence.ENGINE_STOPPED)
+            except OSError as exc:
+                log.warning("cannot record the containers the engine stopped: %s", exc)
 
     def _say_engine(self, reachable: bool, reason: str = "") -> None:
         self._engine_said_down = not reachable
@@ -739,6 +770,7 @@ class Agent:
                 reason = str(exc) or reason
                 if not self._engine_said_down and time.monotonic() - since >= protocol.ENGINE_GRACE:
                     log.warning("engine unreachable for %.0fs: %s", time.monotonic() - since, reason)
+                    self._record_engine_stopped()
                     self._say_engine(False, reason)
                 await asyncio.sleep(ENGINE_PROBE_EVERY)
                 continue
@@ -921,7 +953,7 @@ async def serve_stdio(proto_fd: int) -> int:
         writer.close()
         # the session is over; unless a newer one renews the lease in time,
         # stop the task containers before the leader replaces them
-        log.info("session ended; %s", await fence.linger(docker, lease, time.time()))
+        log.info("session ended; %s", await fence.linger(docker, lease, time.time(), agent.reaches_a_manager))
         return code
     finally:
         await docker.close()
