@@ -89,6 +89,7 @@ MANAGER_TIMEOUT = 5.0  # seconds without a ping before a session counts as stale
 # in 24.9 s instead of 27.6 s.
 START_CONCURRENCY = 3
 ENGINE_PROBE_EVERY = 0.5  # seconds between /info tries while the event stream fails
+CONFIGURE_RETRY = 5.0  # seconds between network setups while the last one had problems
 EVENT_FILTERS = {"type": ["container"], "label": [protocol.LABEL_TASK_ID]}
 
 
@@ -137,6 +138,7 @@ class Agent:
         self.lease = lease  # the host's fencing lease (worker/fence.py); None: no fencing (unit tests)
         self.manager_addrs: tuple[str, ...] = ()
         self._sole_manager = False  # this host runs the cluster's only manager
+        self._ended = False  # the session is over (the process may linger: worker/fence.py)
         self._config_lock = asyncio.Lock()
         self._pending: dict[str, Assignment] | None = None  # latest assign received
         self._desired: dict[str, Assignment] | None = None  # latest assign applied
@@ -202,6 +204,7 @@ class Agent:
     async def _shutdown(self) -> None:
         """Cancel everything in flight; containers are left exactly as they
         are (an interrupted create is adopted or removed by the next session)."""
+        self._ended = True
         tasks = list(self._background)
         for t in tasks:
             t.cancel()
@@ -398,11 +401,20 @@ class Agent:
     async def _configure(self, cfg: NetworkConfig) -> None:
         async with self._config_lock:
             if self.network is not None:
-                problems = await self.network.configure(cfg)
+                try:
+                    problems = await self.network.configure(cfg)
+                except RuntimeError_ as exc:
+                    # the engine went away meanwhile (EngineUnavailableError is
+                    # no NetworkSetupError): this used to end the configure
+                    # as an internal error with the session never configured,
+                    # so the node stayed ready and started no task again
+                    problems = [f"network setup on {self.hostname}: {exc}"]
                 for problem in problems:
                     log.warning("configure: %s", problem)
                     self.send({"op": "error", "message": f"configure on {self.hostname}: {problem}"})
                 self._problem("network", "; ".join(problems))
+                if problems:  # the node takes no task while it has them: try again
+                    asyncio.get_running_loop().call_later(CONFIGURE_RETRY, self._configure_again, cfg)
             self._dns = cfg.dns
             # the other managers' hosts (their DNS): whom fencing probes; this
             # host's own address answers even when its link is down
@@ -415,6 +427,10 @@ class Agent:
             # will not come again
             self._configured = True
             self._reconcile_wanted.set()
+
+    def _configure_again(self, cfg: NetworkConfig) -> None:
+        if not self._ended and self._net_cfg is cfg and self._problems.get("network"):  # no newer one, not fixed
+            self._spawn(self._configure(cfg))
 
     async def _retire_stray_manager(self) -> None:
         try:

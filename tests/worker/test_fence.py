@@ -171,3 +171,4 @@ def test_containers_a_stopping_engine_took_are_reported_stopped_by_the_node(tmp_
             await s.wait_for("t1 reported", lambda: s.statuses("t1")[-1] != "running", timeout=5)
             assert s.statuses("t1")[-1] == "shutdown" and "complete" not in s.statuses("t1"), s.out
     run(main())
+
