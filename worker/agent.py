@@ -138,6 +138,7 @@ class Agent:
         self.lease = lease  # the host's fencing lease (worker/fence.py); None: no fencing (unit tests)
         self.manager_addrs: tuple[str, ...] = ()
         self._sole_manager = False  # this host runs the cluster's only manager
+        self._peer_addrs: tuple[str, ...] = ()  # the other nodes' hosts, on a manager's host only
         self._ended = False  # the session is over (the process may linger: worker/fence.py)
         self._config_lock = asyncio.Lock()
         self._pending: dict[str, Assignment] | None = None  # latest assign received
@@ -295,10 +296,15 @@ class Agent:
     async def reaches_a_manager(self) -> bool:
         """Whether this host is not cut off from the managers (fencing's
         second condition, worker/fence.py). The host of the only manager
-        is never cut off from the only leader there can be."""
+        is never cut off from the only leader there can be. A manager's
+        host that reaches no other manager but still reaches other nodes
+        is a survivor of a lost quorum (as in ``init --force-new-cluster``'s
+        case), not a host cut off: it keeps its containers too."""
         if self._sole_manager:
             return True
-        return await fence.reaches_a_manager(self.manager_addrs)
+        if await fence.reaches_a_manager(self.manager_addrs):
+            return True
+        return bool(self._peer_addrs) and await fence.reaches_a_manager(self._peer_addrs)
 
     def _renew_lease(self) -> None:
         if self.lease is not None and self._accepted and not self._fenced:
@@ -420,6 +426,9 @@ class Agent:
             # host's own address answers even when its link is down
             self.manager_addrs = tuple(a for a in cfg.dns if a != cfg.addr)
             self._sole_manager = bool(cfg.addr) and cfg.dns == (cfg.addr,)
+            # a manager's host also asks the other nodes (reaches_a_manager)
+            self._peer_addrs = tuple(r.via for r in cfg.routes if r.via not in cfg.dns) \
+                if cfg.addr and cfg.addr in cfg.dns else ()
             self._net_cfg = cfg
             await self._apply_mesh_locked()  # our chains' contents, for this pool
             # configured even after a problem: tasks then fail with their own

@@ -172,3 +172,40 @@ def test_containers_a_stopping_engine_took_are_reported_stopped_by_the_node(tmp_
             assert s.statuses("t1")[-1] == "shutdown" and "complete" not in s.statuses("t1"), s.out
     run(main())
 
+
+
+def test_whom_a_host_asks_before_it_fences(monkeypatch: Any) -> None:
+    """A worker asks the managers' hosts; a manager's host the other
+    managers, then the other nodes (the survivor of a lost quorum reaches
+    its workers: it is not cut off); the only manager's host never fences."""
+    asked: list[tuple[str, ...]] = []
+    answering: set[str] = set()
+
+    async def fake(addrs: Any, port: int = 22, timeout: float = 1.0) -> bool:
+        asked.append(tuple(addrs))
+        return bool(set(addrs) & answering)
+    monkeypatch.setattr(fence, "reaches_a_manager", fake)
+    routes = [{"subnet": "10.240.2.0/24", "via": "10.99.0.2"}, {"subnet": "10.240.3.0/24", "via": "10.99.0.21"}]
+
+    async def configured(addr: str, dns: list[str]) -> Any:
+        s = Session(FakeDocker())
+        async with s:
+            s.send({**CONFIGURE, "addr": addr, "dns": dns, "routes": routes})
+            s.send({"op": "ping", "seq": 1})
+            await s.wait_for("pong", lambda: any(m["op"] == "pong" for m in s.out))
+            await s.wait_for("configured", lambda: s.agent._configured)
+        return s.agent
+
+    async def main() -> None:
+        worker = await configured("10.99.0.21", ["10.99.0.1", "10.99.0.2"])
+        assert not await worker.reaches_a_manager() and asked == [("10.99.0.1", "10.99.0.2")]
+        asked.clear()
+        manager = await configured("10.99.0.1", ["10.99.0.1", "10.99.0.2"])
+        assert not await manager.reaches_a_manager()
+        assert asked == [("10.99.0.2",), ("10.99.0.21",)], "its own address answers even when cut off"
+        answering.add("10.99.0.21")
+        assert await manager.reaches_a_manager(), "a quorum's survivor that reaches its workers fenced"
+        asked.clear()
+        sole = await configured("10.99.0.1", ["10.99.0.1"])
+        assert await sole.reaches_a_manager() and asked == []
+    run(main())
