@@ -207,12 +207,12 @@ class _Session:
                 reason = self._end_reason = _describe(exc)
                 log.info("session to %s (%s) ended: %s%s", self.node.hostname, self.node.addr, reason,
                          self._d.lag_note())
-                self._d.mark_down(self.node, reason)
+                self._d.mark_down(self.node, reason, was_ready=self._ready)
             except Exception as exc:  # a bug here must not end the node's session for good
                 reason = f"session failed: {type(exc).__name__}: {exc}"
                 log.error("session to %s (%s) failed; reconnecting", self.node.hostname, self.node.addr,
                           exc_info=exc)
-                self._d.mark_down(self.node, reason)
+                self._d.mark_down(self.node, reason, was_ready=self._ready)
             finally:
                 self._close()
             if self._stopped:
@@ -561,7 +561,7 @@ class Dispatcher:
                 log.info("node %s ready (was %s%s)%s", node.hostname, node.status.value,
                          f": {node.status_message}" if node.status_message else "", self.lag_note())
             fields: dict[str, Any] = {
-                "status": NodeStatus.READY.value, "status_message": "",
+                "status": NodeStatus.READY.value, "status_message": "", "down_since": 0.0,
                 "updated_at": time.time(), "problems": {},  # a new agent: it says again what is wrong
             }
             if message.resources is not None:
@@ -637,13 +637,23 @@ class Dispatcher:
                 return f"address {report.ip} is outside the node's subnet {node.subnet}"
         return ""
 
-    def mark_down(self, node: Node, reason: str) -> None:
+    def mark_down(self, node: Node, reason: str, was_ready: bool = False) -> None:
+        """``was_ready``: the session that ended had the agent's hello (the
+        node was ready, whatever a snapshot that lags our own patches says)."""
         snap = self.snapshot
         current = snap.node(node.id) if snap else None
-        if current is not None and current.status == NodeStatus.DOWN and current.status_message == reason:
+        if not was_ready and current is not None and current.status == NodeStatus.DOWN \
+                and current.status_message == reason:
             return
-        self._queue(ops.patch("node", node.id, status=NodeStatus.DOWN.value, status_message=reason,
-                              updated_at=time.time()))
+        now = time.time()
+        fields: dict[str, Any] = {"status": NodeStatus.DOWN.value, "status_message": reason, "updated_at": now}
+        if was_ready or current is None or current.status != NodeStatus.DOWN:
+            # the grace before its tasks are lost starts (healing.lost_at). A
+            # down_since left from an earlier outage would end it at once: the
+            # soak saw a node's tasks orphaned 2 s after a link cut that
+            # followed an engine outage, their containers still running
+            fields["down_since"] = now
+        self._queue(ops.patch("node", node.id, **fields))
 
     def _queue(self, op: Op) -> None:
         self._pending.append(op)
@@ -679,10 +689,15 @@ def engine_change(node: Node, state: protocol.EngineState, *, hello_seen: bool, 
         reason = f"{ENGINE_UNREACHABLE}: {state.reason or 'no answer'}"
         if node.status is NodeStatus.DOWN and node.status_message == reason:
             return None
-        return ops.patch("node", node.id, status=NodeStatus.DOWN.value, status_message=reason, updated_at=now)
+        if node.status is NodeStatus.DOWN and not (hello_seen and not said_down):
+            # already down (and not ready since in this session): its grace started then
+            return ops.patch("node", node.id, status=NodeStatus.DOWN.value, status_message=reason, updated_at=now)
+        return ops.patch("node", node.id, status=NodeStatus.DOWN.value, status_message=reason, updated_at=now,
+                         down_since=now)
     if not hello_seen or not (said_down or node.engine_unreachable):
         return None
-    return ops.patch("node", node.id, status=NodeStatus.READY.value, status_message="", updated_at=now)
+    return ops.patch("node", node.id, status=NodeStatus.READY.value, status_message="", updated_at=now,
+                     down_since=0.0)
 
 
 def _describe(exc: BaseException) -> str:

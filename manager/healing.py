@@ -6,11 +6,13 @@ global node). Kept apart so the rules — the part that decides whether a
 cluster keeps its promises after a fault — read in one place and are tested
 one by one.
 
-* **Lost tasks.** A task whose node is ``down`` (the dispatcher heard no
-  heartbeat) or no longer in the store cannot be relied on: it is marked
-  ``orphaned`` with desired state ``shutdown`` and its slot is refilled at
-  once on another node, whatever the restart policy says (the task did not
-  fail; its host did). When the node comes back, its agent receives an
+* **Lost tasks.** A task whose node has been ``down`` (the dispatcher heard
+  no heartbeat) for ``protocol.LOST_GRACE`` seconds, or is no longer in the
+  store, cannot be relied on: it is marked ``orphaned`` with desired state
+  ``shutdown`` and its slot is refilled at once on another node, whatever
+  the restart policy says (the task did not fail; its host did). The grace
+  is the fence: the node's agent stops its containers by itself before it
+  ends (``protocol.AGENT_LEASE``), so a slot never runs twice. When the node comes back, its agent receives an
   assignment without the task and removes the stale container.
 * **Restart policy** (``deploy.restart_policy``): a task that ended on its
   own (``complete``, ``failed``, ``rejected``) is replaced when the
@@ -36,6 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pyswarm import protocol
 from pyswarm.compose.units import parse_duration
 from pyswarm.models import (
     DESIRED_SHUTDOWN,
@@ -95,14 +98,31 @@ class Replacement:
     message: str = "pending task scheduling"
 
 
-def lost_reason(task: Task, nodes: Mapping[str, Node]) -> str | None:
+def down_since(node: Node) -> float:
+    """When ``node`` went down (``updated_at`` for a node marked down before
+    the field existed)."""
+    return node.down_since or node.updated_at
+
+
+def lost_at(node: Node) -> float | None:
+    """When the tasks of ``node`` count as lost: :data:`protocol.LOST_GRACE`
+    after it went down (None: it is not down). By then its agent has stopped
+    their containers by itself (its lease, ``protocol.AGENT_LEASE``, ran
+    out), so a replacement never runs beside the old one (fencing)."""
+    if node.status is not NodeStatus.DOWN:
+        return None
+    return down_since(node) + protocol.LOST_GRACE
+
+
+def lost_reason(task: Task, nodes: Mapping[str, Node], now: float) -> str | None:
     """Why a non-terminal task on a node can no longer be counted on, or None."""
     if not task.node_id or task.state.terminal:
         return None
     node = nodes.get(task.node_id)
     if node is None:
         return "node left the cluster"
-    if node.status is NodeStatus.DOWN:
+    due = lost_at(node)
+    if due is not None and now >= due:
         return f"node {node.hostname} down" + (f": {node.status_message}" if node.status_message else "")
     return None
 

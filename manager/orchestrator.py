@@ -208,7 +208,7 @@ def reconcile(snapshot: Snapshot, now: float, only: Iterable[str] | None = None,
     for service in wanted:
         tasks = []
         for t in snapshot.tasks_of(service.id):
-            reason = healing.lost_reason(t, by_id)
+            reason = healing.lost_reason(t, by_id, now)
             if reason is not None:
                 ops += healing.orphan(t, reason, now)
                 t = healing.orphaned(t)  # the rest of the pass sees it as history
@@ -283,7 +283,7 @@ def reconcile_slots(snapshot: Snapshot, now: float, slots: Mapping[str, Iterable
                 break
             group = []
             for t in snapshot.tasks_in_slot(sid, slot):
-                reason = healing.lost_reason(t, nodes)
+                reason = healing.lost_reason(t, nodes, now)
                 if reason is not None:
                     ops += healing.orphan(t, reason, now)
                     t = healing.orphaned(t)
@@ -313,10 +313,22 @@ class Orchestrator(StoreLoop):
         self._seen = -1
         self._full_at = 0.0
         self._resume: dict[str, int] = {}
+        # down nodes whose tasks are not lost yet -> when they will be
+        # (healing.lost_at): nothing in the store changes then, so the loop
+        # wakes for it and looks at those nodes' services
+        self._lost_due: dict[str, float] = {}
 
     def plan(self, snapshot: Snapshot, now: float) -> Plan:
         budget = Budget(NEW_TASKS_PER_PASS)
         changed = None if now >= self._full_at else snapshot.changed_since(self._seen)
+        due_now = {nid for nid, due in self._lost_due.items() if now >= due}
+        self._lost_due = {}
+        for node in snapshot.nodes():
+            due = healing.lost_at(node)
+            if due is not None and due > now:
+                self._lost_due[node.id] = due
+        if changed is not None and due_now:
+            changed = set(changed) | {("node", nid) for nid in due_now}
         if changed is None:
             self._full_at = now + FULL_PASS_EVERY
             ops = reconcile(snapshot, now, None, budget)
@@ -328,7 +340,10 @@ class Orchestrator(StoreLoop):
                                    budget, resume)
         self._resume = budget.resume
         self._seen = snapshot.index
-        return chunked(ops), 0.0 if budget.spent_out else FULL_PASS_EVERY
+        wait = FULL_PASS_EVERY
+        if self._lost_due:
+            wait = max(0.0, min(wait, min(self._lost_due.values()) - now))
+        return chunked(ops), 0.0 if budget.spent_out else wait
 
 
 def touched_slots(snapshot: Snapshot, changed: set[tuple[str, str]]) -> tuple[set[str], dict[str, set[int]]]:

@@ -285,6 +285,9 @@ class Node(Model):
     raft_port: int = 2378  # managers only
     created_at: float = field(default_factory=now)
     updated_at: float = field(default_factory=now)
+    # when it last went from not down to down (the dispatcher): its tasks
+    # are replaced protocol.LOST_GRACE seconds later (manager/healing.py)
+    down_since: float = 0.0
     engine_labels: dict[str, str] = field(default_factory=dict)  # the engine's own labels (docker info)
     # what the node's agent reports it cannot do (pyswarm.protocol.Condition):
     # {"firewall": "ipset: not found", ...}; the scheduler keeps off the

@@ -135,6 +135,21 @@ LABEL_NODE_ID = "pyswarm.node.id"
 # same time before the node's tasks are replaced
 ENGINE_GRACE = 2.0
 
+# Fencing (why no slot runs twice across a link cut; worker/fence.py). A
+# node's agents keep a host-wide lease: every ping of an accepted session
+# (and the start of a new one) renews it; when it is AGENT_LEASE seconds old
+# and no manager's host answers at all (the host is cut off, not the
+# managers leaderless), the agent stops every task container here, with
+# FENCE_STOP_GRACE seconds between SIGTERM and SIGKILL (after a probe of up
+# to 1 s). The leader replaces the tasks of a down node only once it has
+# been down for LOST_GRACE seconds; it is marked down ~2 s (the heartbeat's
+# dead_after) after its last pong, so the old containers are stopped
+# ~2 s + LOST_GRACE - AGENT_LEASE - 1 s - FENCE_STOP_GRACE = 4 s before
+# their replacements are even scheduled. Nomad's stop_after_client_disconnect.
+AGENT_LEASE = 8.0
+FENCE_STOP_GRACE = 1
+LOST_GRACE = 12.0
+
 NETWORK_NAME = "pyswarm"
 BRIDGE_NAME = "pyswarm0"
 

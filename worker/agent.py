@@ -38,6 +38,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyswarm import config as cfg
 from pyswarm import protocol, streamwire
 from pyswarm.images import CHANNEL_COMMAND, CHANNEL_ENV
 from pyswarm.models import TaskState
@@ -49,7 +50,7 @@ from pyswarm.worker import (
     ImageNotFoundError,
     RuntimeError_,
 )
-from pyswarm.worker import promotion
+from pyswarm.worker import fence, promotion
 from pyswarm.worker.docker import DockerClient, EngineInfo
 from pyswarm.worker.health import is_health_event
 from pyswarm.worker.files import DEFAULT_ROOT, make_bind_sources, remove_task_files, write_task_files
@@ -88,6 +89,7 @@ MANAGER_TIMEOUT = 5.0  # seconds without a ping before a session counts as stale
 # in 24.9 s instead of 27.6 s.
 START_CONCURRENCY = 3
 ENGINE_PROBE_EVERY = 0.5  # seconds between /info tries while the event stream fails
+CONFIGURE_RETRY = 5.0  # seconds between network setups while the last one had problems
 EVENT_FILTERS = {"type": ["container"], "label": [protocol.LABEL_TASK_ID]}
 
 
@@ -115,6 +117,7 @@ class Agent:
         stop_grace: int = STOP_GRACE,
         dns_drain: float = DNS_DRAIN,
         files_root: str = DEFAULT_ROOT,
+        lease: fence.Lease | None = None,
     ) -> None:
         self.docker = docker
         self._send = send
@@ -131,6 +134,12 @@ class Agent:
         self.firewall = MeshFirewall(network.run) if network is not None else None
         self._configured = False
         self._fenced = False  # a deposed leader's session: ignore what it says
+        self._accepted = False  # a configure of a current leader came: its pings renew the lease (fence.py)
+        self.lease = lease  # the host's fencing lease (worker/fence.py); None: no fencing (unit tests)
+        self.manager_addrs: tuple[str, ...] = ()
+        self._sole_manager = False  # this host runs the cluster's only manager
+        self._peer_addrs: tuple[str, ...] = ()  # the other nodes' hosts, on a manager's host only
+        self._ended = False  # the session is over (the process may linger: worker/fence.py)
         self._config_lock = asyncio.Lock()
         self._pending: dict[str, Assignment] | None = None  # latest assign received
         self._desired: dict[str, Assignment] | None = None  # latest assign applied
@@ -164,6 +173,8 @@ class Agent:
         manager hung up, which is the normal way for a session to end)."""
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         eof = asyncio.Event()
+        if self.lease is not None:  # a manager with the cluster's key just reached this host
+            self.lease.renew()
         self._spawn(self._pump(lines, queue, eof))
         try:
             info = await self._wait_for_engine(eof)
@@ -194,6 +205,7 @@ class Agent:
     async def _shutdown(self) -> None:
         """Cancel everything in flight; containers are left exactly as they
         are (an interrupted create is adopted or removed by the next session)."""
+        self._ended = True
         tasks = list(self._background)
         for t in tasks:
             t.cancel()
@@ -272,6 +284,7 @@ class Agent:
                         msg = None
                     if isinstance(msg, protocol.Ping):
                         self.send({"op": "pong", "seq": msg.seq})
+                        self._renew_lease()
                         if self._watchdog is None:
                             self._watchdog = self._spawn(self._watch_manager(queue))
                         continue
@@ -280,18 +293,43 @@ class Agent:
             eof.set()
             queue.put_nowait(None)
 
+    async def reaches_a_manager(self) -> bool:
+        """Whether this host is not cut off from the managers (fencing's
+        second condition, worker/fence.py). The host of the only manager
+        is never cut off from the only leader there can be. A manager's
+        host that reaches no other manager but still reaches other nodes
+        is a survivor of a lost quorum (as in ``init --force-new-cluster``'s
+        case), not a host cut off: it keeps its containers too."""
+        if self._sole_manager:
+            return True
+        if await fence.reaches_a_manager(self.manager_addrs):
+            return True
+        return bool(self._peer_addrs) and await fence.reaches_a_manager(self._peer_addrs)
+
+    def _renew_lease(self) -> None:
+        if self.lease is not None and self._accepted and not self._fenced:
+            self.lease.renew()
+
     async def _watch_manager(self, queue: asyncio.Queue[bytes | None]) -> None:
-        """End the session when the manager has gone silent. The dispatcher
-        pings every 0.5 s and gives up on us after 2 s; an agent whose link
-        was cut would otherwise live on beside the next session's agent and
-        could act on its old assignment (say, when the engine's event
-        stream reconnects). Containers are left as they are: the next
-        session adopts or removes them."""
+        """End the session when the manager has gone silent, or when no
+        current leader has renewed the host's lease for
+        :data:`protocol.AGENT_LEASE` (only a deposed one pings us). The
+        dispatcher pings every 0.5 s and gives up on us after 2 s; an agent
+        whose link was cut would otherwise live on beside the next session's
+        agent and could act on its old assignment (say, when the engine's
+        event stream reconnects). The process then lingers and fences
+        (worker/fence.py): unless a newer session renews the lease in time,
+        it stops the task containers before the leader replaces them."""
         while True:
             await asyncio.sleep(self.manager_timeout / 5)
             silent = time.monotonic() - self._heard
             if silent > self.manager_timeout:
                 log.warning("no word from the manager for %.1fs: ending this session", silent)
+                queue.put_nowait(None)
+                return
+            if self.lease is not None and time.time() - self.lease.renewed_at() >= protocol.AGENT_LEASE:
+                log.warning("no current leader has reached this host for %.0fs: ending this session",
+                            protocol.AGENT_LEASE)
                 queue.put_nowait(None)
                 return
 
@@ -326,6 +364,7 @@ class Agent:
             return
         if isinstance(msg, protocol.Ping):
             self.send({"op": "pong", "seq": msg.seq})
+            self._renew_lease()
         elif isinstance(msg, protocol.Configure):
             self._on_configure(msg)
         elif isinstance(msg, protocol.Assign):
@@ -345,6 +384,8 @@ class Agent:
             self._fenced = True
             self.send({"op": "error", "message": f"{self.hostname}: ignoring a deposed leader (term {msg.term})"})
             return
+        self._accepted = True
+        self._renew_lease()
         raw = msg.as_dict()
         if msg.manager is not None:
             self._spawn(self._become_manager(raw))
@@ -366,12 +407,28 @@ class Agent:
     async def _configure(self, cfg: NetworkConfig) -> None:
         async with self._config_lock:
             if self.network is not None:
-                problems = await self.network.configure(cfg)
+                try:
+                    problems = await self.network.configure(cfg)
+                except RuntimeError_ as exc:
+                    # the engine went away meanwhile (EngineUnavailableError is
+                    # no NetworkSetupError): this used to end the configure
+                    # as an internal error with the session never configured,
+                    # so the node stayed ready and started no task again
+                    problems = [f"network setup on {self.hostname}: {exc}"]
                 for problem in problems:
                     log.warning("configure: %s", problem)
                     self.send({"op": "error", "message": f"configure on {self.hostname}: {problem}"})
                 self._problem("network", "; ".join(problems))
+                if problems:  # the node takes no task while it has them: try again
+                    asyncio.get_running_loop().call_later(CONFIGURE_RETRY, self._configure_again, cfg)
             self._dns = cfg.dns
+            # the other managers' hosts (their DNS): whom fencing probes; this
+            # host's own address answers even when its link is down
+            self.manager_addrs = tuple(a for a in cfg.dns if a != cfg.addr)
+            self._sole_manager = bool(cfg.addr) and cfg.dns == (cfg.addr,)
+            # a manager's host also asks the other nodes (reaches_a_manager)
+            self._peer_addrs = tuple(r.via for r in cfg.routes if r.via not in cfg.dns) \
+                if cfg.addr and cfg.addr in cfg.dns else ()
             self._net_cfg = cfg
             await self._apply_mesh_locked()  # our chains' contents, for this pool
             # configured even after a problem: tasks then fail with their own
@@ -379,6 +436,10 @@ class Agent:
             # will not come again
             self._configured = True
             self._reconcile_wanted.set()
+
+    def _configure_again(self, cfg: NetworkConfig) -> None:
+        if not self._ended and self._net_cfg is cfg and self._problems.get("network"):  # no newer one, not fixed
+            self._spawn(self._configure(cfg))
 
     async def _retire_stray_manager(self) -> None:
         try:
@@ -642,7 +703,18 @@ class Agent:
     def _report_inspect(self, t: _Tracked, a: Assignment, data: dict[str, Any]) -> None:
         seen = observe(data)
         if seen is not None:
-            self._report(t, a.task_id, seen)
+            self._report(t, a.task_id, self._unless_fenced(seen))
+
+    def _unless_fenced(self, seen: Observed) -> Observed:
+        """A container this host's fence stopped did not end by itself: its
+        task was stopped by the cluster (``shutdown``), so the orchestrator
+        refills the slot whatever the restart policy (worker/fence.py)."""
+        if self.lease is None or seen.state not in (TaskState.COMPLETE, TaskState.FAILED):
+            return seen
+        why = self.lease.fenced().get(seen.container_id)
+        if why is None:
+            return seen
+        return Observed(TaskState.SHUTDOWN, seen.container_id, message="stopped by its node", error=why)
 
     def _report(self, t: _Tracked, task_id: str, seen: Observed, *, force: bool = False) -> None:
         if t.reported is not None and not t.reported.can_move_to(seen.state) and not force:
@@ -682,7 +754,23 @@ class Agent:
             return False
         log.warning("task %s: its container died as the engine went away; not reported as its own exit", task_id)
         self._on_events_error("the engine refuses new connections")
+        self._record_engine_stopped()
         return True
+
+    def _record_engine_stopped(self) -> None:
+        """The engine is going away and stops every container as it goes:
+        record the ones we ran, so their exits read as the node's doing
+        (``shutdown``) when the engine is back, and their slots are refilled
+        whatever the restart policy (worker/fence.py)."""
+        if self.lease is None:
+            return
+        ids = [t.container_id for t in self._tracked.values()
+               if t.container_id and t.reported == TaskState.RUNNING]
+        if ids:
+            try:
+                self.lease.record(ids, fence.ENGINE_STOPPED)
+            except OSError as exc:
+                log.warning("cannot record the containers the engine stopped: %s", exc)
 
     def _say_engine(self, reachable: bool, reason: str = "") -> None:
         self._engine_said_down = not reachable
@@ -707,6 +795,7 @@ class Agent:
                 reason = str(exc) or reason
                 if not self._engine_said_down and time.monotonic() - since >= protocol.ENGINE_GRACE:
                     log.warning("engine unreachable for %.0fs: %s", time.monotonic() - since, reason)
+                    self._record_engine_stopped()
                     self._say_engine(False, reason)
                 await asyncio.sleep(ENGINE_PROBE_EVERY)
                 continue
@@ -763,7 +852,7 @@ class Agent:
             return
         if t.reported is None or t.reported.terminal or t.container_id != cid:
             return  # a converge reported it meanwhile
-        self._report(t, task_id, observe_exit(cid, code, oom=task_id in self._oom))
+        self._report(t, task_id, self._unless_fenced(observe_exit(cid, code, oom=task_id in self._oom)))
         self._oom.discard(task_id)
 
     async def _on_events_connect(self, reconnected: bool) -> None:
@@ -882,9 +971,15 @@ async def serve_stdio(proto_fd: int) -> int:
     writer = _StdioWriter(proto_fd, broken)
     docker = DockerClient()
     hostname = socket.gethostname()
-    agent = Agent(docker, writer, hostname=hostname, network=HostNetwork(docker, hostname))
+    lease = fence.Lease(cfg.run_dir())
+    agent = Agent(docker, writer, hostname=hostname, network=HostNetwork(docker, hostname), lease=lease)
     try:
-        return await agent.run(_stdin_lines(0, stop))
+        code = await agent.run(_stdin_lines(0, stop))
+        writer.close()
+        # the session is over; unless a newer one renews the lease in time,
+        # stop the task containers before the leader replaces them
+        log.info("session ended; %s", await fence.linger(docker, lease, time.time(), agent.reaches_a_manager))
+        return code
     finally:
         await docker.close()
         writer.close()

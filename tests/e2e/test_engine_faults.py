@@ -78,7 +78,7 @@ services:
         def healed() -> list[dict[str, Any]]:
             web = running(lab, "ef_web")
             return web if len(web) == 3 and all(t["node"] != victim for t in web) else []
-        web = wait_for(healed, 30, f"3 web replicas running without {victim}",
+        web = wait_for(healed, 60, f"3 web replicas running without {victim}",
                        observe=lambda: brief(tasks(lab, "ef_web")))
         healed_after = max(t["since"] for t in web) - stopped_at
         # dockerd stops its containers as it exits (SIGTERM: these exit 0)

@@ -94,7 +94,7 @@ def test_dead_worker_host_is_replaced_and_its_return_leaves_no_stale_container(s
         web = running(small, "hd_web")
         ok = len(web) == 4 and all(t["node"] != victim for t in web)
         return web if ok and len(running(small, "hd_agent")) == n - 1 else []
-    web = wait_for(healed, 30, "4 web replicas running without worker2, agents on the others",
+    web = wait_for(healed, 60, "4 web replicas running without worker2, agents on the others",
                    observe=lambda: brief(live(tasks(small, "hd_web"))))
     healed_after = max(t["since"] for t in web) - killed_at
     rows = tasks(small, "hd_web") + tasks(small, "hd_agent")

@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,10 @@ IMAGE = "pyswarm-lab/busybox:latest"
 SERVE = '["sh", "-c", "trap \'exit 0\' TERM; httpd -f -p 80 & wait"]'
 
 
-def containers(lab: Any, host: str, service: str) -> list[tuple[str, str]]:
-    """(container id, task id) of the service's live containers on ``host``'s own engine."""
-    out = lab.docker(host, "ps", "--filter", f"label=pyswarm.service.name={service}",
+def containers(lab: Any, host: str, service: str, *, stopped: bool = False) -> list[tuple[str, str]]:
+    """(container id, task id) of the service's live containers (``stopped``:
+    and the others) on ``host``'s own engine."""
+    out = lab.docker(host, "ps", *(["-a"] if stopped else []), "--filter", f"label=pyswarm.service.name={service}",
                      "--format", '{{.ID}} {{.Label "pyswarm.task.id"}}', timeout=30).stdout
     return [tuple(line.split()) for line in out.splitlines() if line.strip()]  # type: ignore[misc]
 
@@ -167,7 +169,30 @@ def _link(lab: Any, host: str, state: str) -> None:
     subprocess.run(["ip", "link", "set", lab.host(host).veth, state], check=True, timeout=10)
 
 
-def test_worker_host_cut_off_is_replaced_and_returns_without_duplicates(lab: Any, deploy: Any) -> None:
+def _engine_times(lab: Any, host: str, ids: list[str]) -> dict[str, tuple[bool, float, float]]:
+    """container id -> (running, started, finished) from ``host``'s engine
+    (wall clock; finished is 0 while it runs)."""
+    out = lab.docker(host, "inspect", "--format",
+                     "{{.Id}} {{.State.Running}} {{.State.StartedAt}} {{.State.FinishedAt}}", *ids, timeout=30).stdout
+    found = {}
+    for ref, line in zip(ids, out.splitlines(), strict=True):
+        _, up, started, finished = line.split()
+        found[ref] = (up == "true", _rfc3339(started), _rfc3339(finished))
+    return found
+
+
+def _rfc3339(text: str) -> float:
+    if text.startswith("0001-"):
+        return 0.0
+    head, _, frac = text.rstrip("Z").partition(".")
+    return datetime.fromisoformat(head).replace(tzinfo=timezone.utc).timestamp() + float(f"0.{frac or 0}")
+
+
+def test_worker_host_cut_off_is_fenced_replaced_and_returns_without_duplicates(lab: Any, deploy: Any) -> None:
+    """A worker cut off from the manager stops its own task containers
+    (its lease, protocol.AGENT_LEASE) before the leader replaces them
+    (protocol.LOST_GRACE after it went down): on the engines' own clocks,
+    every replacement starts after the container it replaces stopped."""
     deploy("hf", f"""
 services:
   web:
@@ -186,8 +211,10 @@ services:
              "6 web replicas and one agent per node running",
              observe=lambda: brief(tasks(lab, "hf_web") + tasks(lab, "hf_agent")))
     victim = "worker3"
-    lost = {t["id"] for t in running(lab, "hf_web") if t["node"] == victim}
+    lost = {t["id"]: t["slot"] for t in running(lab, "hf_web") if t["node"] == victim}
     assert lost, "the spread put nothing on worker3"
+    old = {task: cid for cid, task in containers(lab, victim, "hf_web")}
+    assert set(old) == set(lost), (old, lost)
 
     cut_at = time.time()
     _link(lab, victim, "down")
@@ -200,13 +227,28 @@ services:
             web = running(lab, "hf_web")
             ok = len(web) == 6 and all(t["node"] != victim for t in web)
             return web if ok and len(running(lab, "hf_agent")) == n - 1 else []
-        web = wait_for(healed, 30, "6 web replicas running without worker3, agents on the others",
+        web = wait_for(healed, 60, "6 web replicas running without worker3, agents on the others",
                        observe=lambda: brief(live(tasks(lab, "hf_web"))))
         healed_after = max(t["since"] for t in web) - cut_at
         rows = tasks(lab, "hf_web")
         assert {t["current_state"] for t in rows if t["id"] in lost} == {"orphaned"}, brief(rows)
-        print(f"\n{victim} cut off: marked down after {down_after:.2f}s, "
-              f"its {len(lost)} replicas running elsewhere after {healed_after:.2f}s")
+        # the cut-off engine, read in place: its containers were stopped by the node itself
+        fenced = _engine_times(lab, victim, list(old.values()))
+        assert not any(up for up, _, _ in fenced.values()), f"{victim} still runs {fenced}"
+        margins = []
+        for t in web:
+            if t["slot"] not in lost.values():
+                continue
+            stale = next(task for task, slot in lost.items() if slot == t["slot"])
+            new_cid = next(cid for cid, task in containers(lab, t["node"], "hf_web") if task == t["id"])
+            _, started, _ = _engine_times(lab, t["node"], [new_cid])[new_cid]
+            stopped = fenced[old[stale]][2]
+            margins.append(started - stopped)
+        assert len(margins) == len(lost) and min(margins) > 0, \
+            f"a replacement started before the container it replaces stopped: margins {margins}"
+        print(f"\n{victim} cut off: marked down after {down_after:.2f}s, its {len(lost)} replicas stopped by "
+              f"itself {max(f for _, _, f in fenced.values()) - cut_at:.2f}s after the cut and running elsewhere "
+              f"after {healed_after:.2f}s (each {min(margins):.2f}s or more after its old container stopped)")
     finally:
         _link(lab, victim, "up")
 
@@ -214,11 +256,11 @@ services:
     wait_for(lambda: node(lab, victim)["status"] == "ready", 60, f"{victim} ready again")
 
     def converged() -> bool:
-        on_victim = {task for _, task in containers(lab, victim, "hf_web")}
-        return not on_victim & lost and len(running(lab, "hf_agent")) == n
+        on_victim = {task for _, task in containers(lab, victim, "hf_web", stopped=True)}
+        return not on_victim & set(lost) and len(running(lab, "hf_agent")) == n
     wait_for(converged, 30, f"{victim}'s stale web containers removed and its agent task back",
              observe=lambda: (containers(lab, victim, "hf_web"), brief(live(tasks(lab, "hf_agent")))))
-    print(f"{victim} back: stale containers gone {time.time() - back_at:.2f}s after the link came up")
+    print(f"{victim} back: converged {time.time() - back_at:.2f}s after the link came up")
 
     # never two containers for one slot, and exactly the desired count, on the engines themselves
     per_task: Counter[str] = Counter()

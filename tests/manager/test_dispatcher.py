@@ -116,13 +116,19 @@ def test_an_engine_gone_marks_the_node_down_with_the_reason_and_back_ready() -> 
     op = engine_change(node, gone, hello_seen=True, said_down=False, now=5.0)
     assert op == ["patch", "node", node.id, {
         "status": "down", "status_message": "engine unreachable: cannot reach the engine at /run/docker.sock: refused",
-        "updated_at": 5.0}]
+        "updated_at": 5.0, "down_since": 5.0}]
     down = make_node(id=node.id, status=NodeStatus.DOWN, status_message=op[3]["status_message"])
     assert down.engine_unreachable
+    # down already (for another reason, no hello since): its grace started then, not now
+    other_reason = make_node(id=node.id, status=NodeStatus.DOWN, status_message="no heartbeat for 2s", down_since=1.0)
+    assert "down_since" not in engine_change(other_reason, gone, hello_seen=False, said_down=False, now=6.0)[3]
+    # ... but after this session's hello the node was ready, whatever a lagging snapshot says:
+    # an old down_since would end the grace at once
+    assert engine_change(other_reason, gone, hello_seen=True, said_down=False, now=6.0)[3]["down_since"] == 6.0
     assert engine_change(down, gone, hello_seen=True, said_down=True, now=6.0) is None, "said twice, written twice"
     back = protocol.EngineState(True)
     assert engine_change(down, back, hello_seen=True, said_down=True, now=7.0) == ["patch", "node", node.id, {
-        "status": "ready", "status_message": "", "updated_at": 7.0}]
+        "status": "ready", "status_message": "", "updated_at": 7.0, "down_since": 0.0}]
     # the patch that marked it down is not in the snapshot yet: still back to ready
     assert engine_change(node, back, hello_seen=True, said_down=True, now=7.0) is not None
     # before the hello, the hello makes it ready; a node down for another reason stays down
@@ -199,7 +205,7 @@ def test_hello_stores_only_checked_fields() -> None:
     [op] = _reports_of(d, node, {"op": "hello", "hostname": "x", "resources": {"nano_cpus": 4_000_000_000},
                                  "engine_version": "27"})
     assert op[:3] == ["patch", "node", node.id]
-    assert set(op[3]) == {"status", "status_message", "updated_at", "resources", "engine_version", "problems"}
+    assert set(op[3]) == {"status", "status_message", "down_since", "updated_at", "resources", "engine_version", "problems"}
     assert op[3]["resources"] == {"nano_cpus": 4_000_000_000, "memory_bytes": 0}
 
 

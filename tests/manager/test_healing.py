@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from factories import make_node, make_service, make_snapshot, make_task  # noqa: E402
 
+from pyswarm import protocol  # noqa: E402
 from pyswarm.manager.healing import RestartPolicy, replacement  # noqa: E402
 from pyswarm.manager.orchestrator import reconcile  # noqa: E402
 from pyswarm.manager.store import Snapshot, _apply_ops  # noqa: E402
@@ -68,8 +69,11 @@ def test_tasks_on_a_down_node_are_orphaned_and_replaced_elsewhere() -> None:
     t1 = make_task(svc, slot=1, node_id=a.id, state=TaskState.RUNNING)
     t2 = make_task(svc, slot=2, node_id=b.id, state=TaskState.RUNNING)
     w = World(a, b, svc, t1, t2)
-    w.set_node(a.id, status=NodeStatus.DOWN.value, status_message="no heartbeat for 2s")
-    w.converge()
+    w.set_node(a.id, status=NodeStatus.DOWN.value, status_message="no heartbeat for 2s", down_since=990.0)
+    # within the grace its agent may still run it (it fences itself before the grace ends)
+    w.converge(now=990.0 + protocol.LOST_GRACE - 0.1)
+    assert w.raw["task"][t1.id]["state"] == "running" and sorted(t.slot for t in w.live()) == [1, 2]
+    w.converge(now=990.0 + protocol.LOST_GRACE)
     lost = Task.from_dict(w.raw["task"][t1.id])
     assert lost.state == TaskState.ORPHANED and lost.desired_state == DESIRED_SHUTDOWN
     assert "down" in lost.message, lost.message
@@ -96,7 +100,7 @@ def test_global_service_leaves_a_down_node_and_returns_with_it() -> None:
     assert sorted(t.node_id for t in w.live()) == sorted([a.id, b.id])
     for t in w.live():
         w.set_task(t.id, state="running")
-    w.set_node(b.id, status="down")
+    w.set_node(b.id, status="down", down_since=1000.0 - protocol.LOST_GRACE)
     w.converge()
     assert [t.node_id for t in w.live()] == [a.id], "no replacement on another node for a global task"
     assert {t.state for t in w.tasks() if t.node_id == b.id} == {TaskState.ORPHANED}

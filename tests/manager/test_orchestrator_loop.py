@@ -16,12 +16,13 @@ _TESTS = str(Path(__file__).resolve().parents[1])
 if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
 
-from factories import make_service  # noqa: E402
+from factories import make_node, make_service, make_task  # noqa: E402
 from test_store import free_port, started  # noqa: E402
 
+from pyswarm import protocol  # noqa: E402
 from pyswarm.manager import orchestrator  # noqa: E402
 from pyswarm.manager.orchestrator import Orchestrator  # noqa: E402
-from pyswarm.models import Cluster, TaskState  # noqa: E402
+from pyswarm.models import Cluster, NodeStatus, TaskState  # noqa: E402
 
 
 async def until(what: str, cond: object, timeout: float = 30) -> None:
@@ -61,6 +62,42 @@ def test_scale_up_in_bounded_passes_then_back_down(tmp_path: Path, monkeypatch: 
             await store.commit([["put", "service", svc.id, small]])
             await until("what 3 replicas need", lambda: store.snapshot().count("task") == 3)
             assert sorted(t.slot for t in store.snapshot().tasks()) == [1, 2, 3]
+        finally:
+            loop.stop()
+            await asyncio.wait_for(runner, 10)
+            store.stop()
+    asyncio.run(go())
+
+
+def test_the_tasks_of_a_down_node_are_lost_when_its_grace_ends(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing in the store changes when a down node's grace runs out
+    (protocol.LOST_GRACE: its agent fences itself meanwhile), so the loop
+    wakes for it; before that its task is neither orphaned nor replaced."""
+    monkeypatch.setattr(protocol, "LOST_GRACE", 1.5)
+
+    async def go() -> None:
+        store = await started(tmp_path, free_port())
+        loop = Orchestrator(store)
+        runner = asyncio.create_task(loop.run())
+        try:
+            node = make_node()
+            svc = make_service("web", replicas=1)
+            task = make_task(svc, slot=1, node_id=node.id, state=TaskState.RUNNING)
+            await store.commit([["put", "cluster", "c", Cluster(id="c").to_dict()],
+                                ["put", "node", node.id, node.to_dict()],
+                                ["put", "service", svc.id, svc.to_dict()],
+                                ["put", "task", task.id, task.to_dict()]])
+            down_at = time.time()
+            await store.commit([["patch", "node", node.id, {"status": NodeStatus.DOWN.value, "down_since": down_at,
+                                                            "status_message": "no heartbeat for 2s"}]])
+            await asyncio.sleep(0.8)
+            assert [t.state for t in store.snapshot().tasks()] == [TaskState.RUNNING], "lost within its grace"
+            await until("the task orphaned once the grace ended", lambda: any(
+                t.state is TaskState.ORPHANED for t in store.snapshot().tasks()), timeout=10)
+            lost_after = next(t for t in store.snapshot().tasks() if t.id == task.id).state_since - down_at
+            assert 1.5 <= lost_after < 5, f"orphaned {lost_after:.2f}s after the node went down"
+            assert len([t for t in store.snapshot().tasks() if t.holds_slot]) == 1, "its slot was not refilled"
         finally:
             loop.stop()
             await asyncio.wait_for(runner, 10)

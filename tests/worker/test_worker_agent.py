@@ -448,3 +448,43 @@ def test_a_failing_agent_loop_is_restarted_and_reported() -> None:
             await s.wait_for("t2 running", lambda: "running" in s.statuses("t2"), timeout=10)
             await s.wait_for("the condition cleared", lambda: _conditions(s)[-1] == {})
     run(main())
+
+
+class _FlakyNetwork:
+    """A host network whose first setup meets a vanished engine."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def configure(self, cfg: Any) -> list[str]:
+        from pyswarm.worker import EngineUnavailableError
+
+        self.calls += 1
+        if self.calls == 1:
+            raise EngineUnavailableError("cannot reach the engine at /run/docker.sock: refused")
+        return []
+
+
+def test_a_network_setup_that_meets_a_vanished_engine_is_retried(monkeypatch: Any) -> None:
+    """It used to end as an internal error with the session never
+    configured: the node stayed ready and started no task again (one cause
+    of the soak's services short of replicas after its last fault)."""
+    from pyswarm.worker import agent as agent_mod
+
+    monkeypatch.setattr(agent_mod, "CONFIGURE_RETRY", 0.1)
+
+    async def main() -> None:
+        docker = FakeDocker()
+        s = Session(docker)
+        net = _FlakyNetwork()
+        s.agent.network = cast(Any, net)
+        async with s:
+            s.send(CONFIGURE)
+            s.send({"op": "assign", "tasks": [task("t1")]})
+            await s.wait_for("the problem said", lambda: any(
+                "network" in m.get("problems", {}) for m in s.out if m["op"] == "condition"))
+            await s.wait_for("t1 running", lambda: "running" in s.statuses("t1"))
+            await s.wait_for("the problem cleared by a retry", lambda: net.calls == 2 and [
+                m["problems"] for m in s.out if m["op"] == "condition"][-1] == {})
+            assert not any("internal error" in str(m.get("message", "")) for m in s.out), s.out
+    run(main())

@@ -1,0 +1,188 @@
+"""Fencing: a node no manager has reached for a while stops its task containers.
+
+The leader replaces the tasks of a node that has been ``down`` for
+:data:`protocol.LOST_GRACE` seconds. A node is down for the leader when its
+session went silent, which is also what a node whose *link* was cut sees
+from its side: its containers go on running, and without fencing its slots
+ran twice until the link came back (and longer under load: 174 slot pairs
+in the soak, bench/RESULTS.md). So the node's side keeps a lease, shorter
+than the leader's grace (:data:`protocol.AGENT_LEASE`): when no leader has
+reached this host for that long *and* no manager's host answers at all (a
+TCP connect to its sshd, accepted or refused: :func:`reaches_a_manager`),
+whichever agent process is still here stops every task container with
+:data:`protocol.FENCE_STOP_GRACE` between SIGTERM and SIGKILL, before the
+replacements are even scheduled (Nomad's ``stop_after_client_disconnect``).
+A host that still reaches a manager is not cut off: the managers have no
+leader (a failover, a lost quorum, all of them restarting), so nobody can
+replace its tasks, and stopping them would only break a cluster that Swarm
+keeps running through the same.
+
+The lease is host-wide, a file's mtime under the run directory, because an
+agent process lives for one SSH session: a leader failover ends every
+session at once, and the new leader's sessions start new agents. Every
+agent renews it when it starts (a manager with the cluster's key has just
+reached us) and on every ping of a session whose ``configure`` it accepted
+(a deposed leader's pings do not count). An agent whose session ended does
+not exit at once: it waits until another agent renews the lease (a newer
+session took over: it exits and leaves everything as it is) or the lease
+runs out (it fences, then exits).
+
+The containers it stops are recorded (:meth:`Lease.record`), so the next agent
+reports their tasks as ``shutdown`` by the cluster, not as tasks that
+completed by themselves: their slots are then refilled whatever the restart
+policy (a ``condition: on-failure`` service would otherwise keep them dead).
+The agent records the same way the containers a stopping engine takes with
+it: with the grace, a dockerd restart shorter than it no longer orphans the
+node's tasks first, and their exit 0 on SIGTERM read as completions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from pyswarm import config as cfg
+from pyswarm import protocol
+from pyswarm.worker.tasks import LIVE_STATES
+
+log = logging.getLogger("pyswarm.worker.fence")
+
+CHECK_EVERY = 0.25  # seconds between looks at the lease
+PROBE_EVERY = 1.0  # seconds between probes of the managers' hosts once the lease ran out
+PROBE_TIMEOUT = 1.0
+RECORD_LIMIT = 10_000  # container ids kept in the record of fenced ones
+FENCED = "no manager reached the node (fenced)"
+ENGINE_STOPPED = "the engine stopped it as it went away"
+
+
+class Lease:
+    """The host's lease and the record of fenced containers, files in
+    ``directory`` (the run directory: gone with a reboot, as the containers are)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "agent-lease"
+        self.record_path = directory / "fenced"
+        self._cache: tuple[float, dict[str, str]] = (-1.0, {})
+
+    def renew(self) -> float:
+        """Renew the lease; returns its time."""
+        try:
+            os.utime(self.path)
+        except FileNotFoundError:
+            cfg.make_private_dir(self.path.parent)
+            self.path.touch(mode=0o600)
+        except OSError as exc:
+            log.warning("cannot renew the lease %s: %s", self.path, exc)
+        return time.time()
+
+    def renewed_at(self) -> float:
+        """When any agent on this host last renewed the lease (0: never)."""
+        try:
+            return self.path.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    def record(self, container_ids: list[str], why: str = FENCED) -> None:
+        """Add ``container_ids`` to the record of containers this node
+        stopped (written before they are stopped: the next agent may
+        already watch their deaths), with ``why`` (one line)."""
+        known = {**self.fenced(), **{cid: why.replace("\n", " ") for cid in container_ids}}
+        kept = list(known.items())[-RECORD_LIMIT:]
+        cfg.make_private_dir(self.record_path.parent)
+        tmp = self.record_path.with_name(f"fenced.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write("".join(f"{cid} {reason}\n" for cid, reason in kept))
+        os.replace(tmp, self.record_path)
+
+    def fenced(self) -> dict[str, str]:
+        """Container id -> why this node stopped it (cached by the record's
+        mtime: read on every container death)."""
+        try:
+            mtime = self.record_path.stat().st_mtime
+        except OSError:
+            return {}
+        if mtime != self._cache[0]:
+            try:
+                text = self.record_path.read_text()
+            except OSError:
+                return self._cache[1]
+            found = {}
+            for line in text.splitlines():
+                cid, _, reason = line.strip().partition(" ")
+                if cid:
+                    found[cid] = reason or FENCED
+            self._cache = (mtime, found)
+        return self._cache[1]
+
+
+async def fence(docker: Any, lease: Lease, silent: float) -> int:
+    """Stop every running task container on this host; returns how many."""
+    raw = await docker.list_containers({protocol.LABEL_TASK_ID: None}, all=False)
+    ids = [str(c.get("Id")) for c in raw if c.get("Id") and c.get("State") in LIVE_STATES]
+    if not ids:
+        return 0
+    log.warning("no manager has reached this host for %.1fs (lease %gs): stopping its %d task container(s)",
+                silent, protocol.AGENT_LEASE, len(ids))
+    lease.record(ids)
+
+    async def stop(cid: str) -> None:
+        try:
+            await docker.stop_container(cid, protocol.FENCE_STOP_GRACE)
+        except Exception as exc:  # gone meanwhile, or the engine is: nothing else to do
+            log.warning("fence: stop %s: %s", cid[:12], exc)
+    await asyncio.gather(*(stop(cid) for cid in ids))
+    return len(ids)
+
+
+async def reaches_a_manager(addrs: list[str] | tuple[str, ...], port: int = 22, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether this host reaches any manager's host at all: a TCP connect
+    to its sshd that is accepted *or refused* (the host answered). A host
+    that reaches one is not cut off: the managers lost their leader or
+    their quorum, or are restarting, and no leader can replace our tasks
+    meanwhile; nobody needs us to stop. No address known: False."""
+    async def one(addr: str) -> bool:
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(addr, port), timeout)
+        except ConnectionRefusedError:
+            return True
+        except (OSError, asyncio.TimeoutError):
+            return False
+        writer.close()
+        return True
+    return any(await asyncio.gather(*(one(a) for a in addrs))) if addrs else False
+
+
+async def linger(docker: Any, lease: Lease, ended_at: float,
+                 reachable: Callable[[], Awaitable[bool]] | None = None) -> str:
+    """After this agent's session ended at ``ended_at`` (wall clock): wait
+    until another agent renews the lease ("taken over") or it runs out
+    while ``reachable`` says no manager's host answers ("fenced", after
+    stopping the containers). While one answers (a leader failover, a lost
+    quorum, every manager restarting) it goes on waiting."""
+    said = False
+    while True:
+        last = lease.renewed_at()
+        if last > ended_at:
+            return "taken over"
+        silent = time.time() - last
+        if silent < protocol.AGENT_LEASE:
+            await asyncio.sleep(min(CHECK_EVERY, protocol.AGENT_LEASE - silent))
+            continue
+        if reachable is not None and await reachable():
+            if not said:
+                log.warning("no leader has reached this host for %.0fs, but a manager's host answers: "
+                            "not fencing (no leader can replace our tasks while it cannot reach us)", silent)
+                said = True
+            await asyncio.sleep(PROBE_EVERY)
+            continue
+        try:
+            await fence(docker, lease, silent)
+        except Exception as exc:  # the engine is gone: its containers went with it
+            log.warning("fence: cannot list this host's containers: %s", exc)
+        return "fenced"
