@@ -18,9 +18,12 @@ BENCH_APT_PACKAGES := dnsperf dnsmasq-base bind9-dnsutils wrk curl git
 demo: deps venv
 	bash deploy/demo.sh
 
-## test: the whole suite (unit and end-to-end on the lab); fails when no test ran
+## test: the whole suite (unit and end-to-end on the lab); fails when no test ran.
+##       TEST_WORKERS pytest-xdist workers (default 2, 0 for one process), each a
+##       pytest session with a lab slot of its own; whole modules per worker
+TEST_WORKERS ?= 2
 test: deps venv
-	bash deploy/run-tests.sh
+	bash deploy/run-tests.sh -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 ## bench: pyswarm against Docker Swarm on a lab of its own (root; all scenarios take ~30 min;
 ##        ONLY=deploy,scale,failure,failover,update,dns,footprint for some, ROUNDS=N, default 3)

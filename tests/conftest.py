@@ -52,6 +52,43 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         raise pytest.UsageError(f"test modules share a basename (rename one of each): {listed}")
 
 
+# The longest modules, longest first (`make test` runs with --durations; the
+# figures of the last run are in bench/RESULTS.md, "CI: make test"). Under
+# `make test`'s pytest-xdist (-n 2 --dist loadfile) each worker takes the next
+# whole module in collection order, so starting the long ones first keeps one
+# worker from being left with a long module at the end while the other idles.
+LONGEST_FIRST = (
+    "e2e/test_readme_real_hosts.py",
+    "e2e/test_machine.py",
+    "e2e/test_load.py",
+    "e2e/test_managers.py",
+    "e2e/test_host_death_and_rejoin.py",
+    "e2e/test_host_preflight.py",
+    "e2e/test_update.py",
+)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Order modules: LONGEST_FIRST, then the other end-to-end modules, then
+    the rest; tests keep their order inside a module (module fixtures and
+    tests that build on the one before rely on it). The order is the same
+    in every xdist worker, which xdist requires."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    first_seen: dict[Path, int] = {}
+
+    def key(item: pytest.Item) -> tuple[int, int]:
+        seen = first_seen.setdefault(item.path, len(first_seen))
+        try:
+            rel = item.path.resolve().relative_to(_TESTS).as_posix()
+        except ValueError:
+            rel = str(item.path)
+        if rel in rank:
+            return (0, rank[rel])
+        return (1 if item.get_closest_marker("e2e") else 2, seen)
+
+    items.sort(key=key)  # stable: a module's tests stay in their order
+
+
 E2E_LAB_DIR = "/var/lib/pyswarm-lab-e2e{slot}"
 SLOTS = 10
 EXTRA_LABS = 25  # per session: 10.252.<slot*25 + k>.0/24, k < 25

@@ -2,8 +2,8 @@
 hosts, driven over its stdin/stdout exactly as the dispatcher drives it.
 
 This module brings up its own small lab *without* a cluster (1 manager host,
-unused, + 2 workers), named apart from the session's (``pswaPID``,
-10.251.x.0/24): on a cluster lab the
+unused, + 2 workers), named apart from the session's (an extra lab from
+``new_lab_spec``, tests/conftest.py): on a cluster lab the
 leader's dispatcher already runs an agent on every host, and two agents on one
 engine would each remove the other's containers.
 """
@@ -186,14 +186,15 @@ def ps(lab: Any, host: str) -> dict[str, dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def agent_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def agent_lab(tmp_path_factory: pytest.TempPathFactory, new_lab_spec: Any) -> Iterator[Any]:
     _skip_unless_root()
     from pyswarm.deploy.lab_core import Lab
 
-    # named and addressed per run, so that two runs of the suite side by side
-    # (two checkouts, or CI next to a developer) do not collide
-    pid = os.getpid()
-    lab = Lab(tmp_path_factory.mktemp("agentlab"), name=f"pswa{pid % 100000}", subnet=f"10.251.{pid % 250}.0/24")
+    # named and addressed from this session's lab slot (tests/conftest.py), so
+    # that runs side by side (two checkouts, CI next to a developer, or
+    # `make test`'s xdist workers) never collide, as a subnet from the pid could
+    name, subnet = new_lab_spec()
+    lab = Lab(tmp_path_factory.mktemp("agentlab"), name=name, subnet=subnet)
     try:
         lab.up(managers=1, workers=2, cluster=False)
         yield lab
