@@ -37,7 +37,7 @@ ASK_AGAIN_AFTER = 30.0  # seconds: a dump that was asked for and never finished 
 JOURNAL_FLOOR = 8 << 20  # bytes: a journal this small is never a reason
 JOURNAL_PER_DUMP = 8  # the dump is gzipped: ~5-10x smaller than the state's pickles in the journal
 DUMP_PER_LIVE = 2
-DUMP_SLACK = 1000  # objects
+DUMP_SLACK = 200  # objects: a dump of a small state may hold this many dead ones
 FILE_MIN = 1 << 20  # bytes the journal file keeps even when nearly empty
 FILE_SLACK = 2  # the file is cut when it is over this many times what it is cut to
 

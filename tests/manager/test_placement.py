@@ -178,3 +178,25 @@ def test_ten_thousand_tasks_with_spread_and_host_ports_stay_fast() -> None:
     elapsed = time.perf_counter() - t0
     assert len(plan.assignments) == 6000 and not plan.unplaced
     assert elapsed < 5.0, f"{elapsed:.2f}s"
+
+
+def test_a_cluster_at_rest_costs_the_scheduler_no_pipeline(monkeypatch: Any) -> None:
+    """Nothing waiting: no plan, and the pipeline (which counts every task
+    on a node) is not even started; one waiting task starts it again."""
+    from pyswarm.manager import scheduling
+
+    node = make_node()
+    svc = make_service("web", replicas=3)
+    running = [make_task(svc, slot=i, node_id=node.id, state=TaskState.RUNNING) for i in (1, 2)]
+    calls: list[int] = []
+    real = scheduling.schedule
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scheduling, "schedule", counted)
+    assert plan_ops(make_snapshot(node, svc, *running), 1.0) == []
+    assert calls == [], "the scheduler ran its pipeline with nothing to place"
+    ops = plan_ops(make_snapshot(node, svc, *running, make_task(svc, slot=3)), 1.0)
+    assert calls == [1] and any(op[0] == "advance" for op in ops), ops
