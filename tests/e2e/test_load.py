@@ -134,6 +134,9 @@ services:
     finally:
         probe.stop.set()
         probe.join(5)
+        # said even when a wait above failed: the figures are what a failure is read with
+        print(f"DNS p99 {probe.p99() * 1000:.1f} ms over {len(probe.times)} queries during the scale to {SCALE} "
+              f"(at rest: {rest.p99() * 1000:.1f} ms), load average {os.getloadavg()[0]:.1f}")
     seen = metrics(lab)
     print(f"scale to {SCALE}: {up:.1f}s, 3/3 running {back:.1f}s after the scale back, store back to 3: "
           f"{down:.1f}s, DNS p99 {probe.p99() * 1000:.1f} ms over {len(probe.times)} queries (at rest: "
