@@ -36,7 +36,7 @@ from typing import Any
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 
-from pyswarm.errors import ClusterError, ElectionError, NoQuorumError
+from pyswarm.errors import ClusterError, ElectionError, NoQuorumError, UncertainWriteError
 from pyswarm.models import KINDS, Cluster, Node, Service, Task, TaskState
 
 from . import disk
@@ -617,7 +617,9 @@ class Store:
         try:
             result, error = await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
-            raise self._no_leader_error("no leader committed the change") from None
+            raise self._uncertain("no leader committed it in time") from None
+        if error == FAIL_REASON.LEADER_CHANGED:
+            raise self._uncertain("the leader changed before it committed")
         if error in _ELECTION_FAILURES:
             raise self._no_leader_error(f"write failed ({_fail_reason(error)})")
         if error != FAIL_REASON.SUCCESS:
@@ -652,15 +654,25 @@ class Store:
                                  "managers reachable)")
         return NoQuorumError(self._no_quorum_message(what))
 
+    def _uncertain(self, what: str) -> NoQuorumError:
+        """A write that reached a leader's log but was not seen to commit: it
+        may yet be applied, so it is neither acknowledged nor refused."""
+        reachable, total = self._reachable()
+        if reachable > total // 2:
+            return UncertainWriteError(f"{what}: the write may still be applied; check before repeating it "
+                                       f"({reachable} of {total} managers reachable)")
+        return NoQuorumError(self._no_quorum_message(f"{what}: the write may still be applied once a leader "
+                                                     "is elected; check before repeating it"))
+
 
 def _settle(fut: asyncio.Future[tuple[Any, Any]], value: tuple[Any, Any]) -> None:
     if not fut.done():
         fut.set_result(value)
 
 
-# a write lost to a change of leader: the next leader takes it again
-_ELECTION_FAILURES = frozenset({FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.LEADER_CHANGED,
-                                FAIL_REASON.DISCARDED})
+# a write that never entered a log that can commit: refused, safe to send
+# again (LEADER_CHANGED is not here: that entry may still commit)
+_ELECTION_FAILURES = frozenset({FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.DISCARDED})
 
 
 def _fail_reason(code: Any) -> str:

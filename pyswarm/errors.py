@@ -10,6 +10,7 @@ any ``PyswarmError`` as one line and exits non-zero, never with a traceback::
     │   ├── NotInSwarmError / NotManagerError / AlreadyInSwarmError
     │   ├── NoQuorumError
 │   │   └── ElectionError     leader election in progress, retry
+│   │       └── UncertainWriteError  the leader changed mid-write: check first
     │   └── NotFoundError
     ├── ConnectionError_      could not reach a manager or node
     ├── manager errors (manager/__init__.py)
@@ -53,6 +54,13 @@ class NoQuorumError(ClusterError):
 class ElectionError(NoQuorumError):
     """A write refused while the managers elect a leader (a majority is
     reachable): safe writes are retried by the CLI for a few seconds."""
+
+
+class UncertainWriteError(ElectionError):
+    """The leader changed after the write entered its log and before it
+    committed: the next leader may still apply it (Raft keeps an entry a
+    majority holds). Saying "refused, retry" here made a person create the
+    same thing twice; the CLI repeats only the writes it may repeat anyway."""
 
 
 class NotFoundError(ClusterError):

@@ -29,7 +29,7 @@ _ERROR_TYPES: dict[str, type[errors.PyswarmError]] = {
     for cls in (
         errors.PyswarmError, errors.UsageError, errors.ClusterError, errors.NotInSwarmError,
         errors.NotManagerError, errors.AlreadyInSwarmError, errors.NoQuorumError,
-        errors.NotFoundError, errors.ConnectionError_, errors.ElectionError,
+        errors.NotFoundError, errors.ConnectionError_, errors.ElectionError, errors.UncertainWriteError,
     )
 }
 

@@ -154,6 +154,23 @@ def test_without_a_leader_a_reachable_majority_reads_as_an_election(tmp_path: Pa
     assert type(err) is NoQuorumError and "no quorum: 1 of 3 managers reachable" in str(err), err
 
 
+def test_a_write_that_lost_its_leader_mid_commit_is_not_called_refused(tmp_path: Path) -> None:
+    """pysyncobj's LEADER_CHANGED (and a commit that timed out) leave the
+    write in some log: it may still be applied, so the error must not read
+    as a refusal to retry (the soak saw such a create applied everywhere)."""
+    from pyswarm.errors import NoQuorumError, UncertainWriteError
+
+    store = Store(RaftConfig("127.0.0.1:1", [], tmp_path, "s"))
+    three = {"partner_nodes_count": 2, "partner_node_status_server_a:1": 2, "partner_node_status_server_b:1": 0}
+    store.status = lambda: three  # type: ignore[method-assign]
+    err = store._uncertain("the leader changed before it committed")
+    assert isinstance(err, UncertainWriteError), err
+    assert "may still be applied; check before repeating it" in str(err) and "retry" not in str(err), err
+    three["partner_node_status_server_a:1"] = 0
+    err = store._uncertain("the leader changed before it committed")
+    assert type(err) is NoQuorumError and "may still be applied" in str(err), err
+
+
 def test_a_full_state_directory_stops_acknowledging_and_recovers(tmp_path: Path) -> None:
     """The guard's decision on a real store, with the free space faked: off
     Raft and every write refused with the reason, back once space is free."""
