@@ -75,7 +75,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     """Order modules: LONGEST_FIRST, then the other end-to-end modules, then
     the rest; tests keep their order inside a module (module fixtures and
     tests that build on the one before rely on it). The order is the same
-    in every xdist worker, which xdist requires."""
+    in every xdist worker, which xdist requires. Only under xdist: a run in
+    one process keeps pytest's order."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     first_seen: dict[Path, int] = {}
 
