@@ -19,9 +19,11 @@ demo: deps venv
 	bash deploy/demo.sh
 
 ## test: the whole suite (unit and end-to-end on the lab); fails when no test ran.
-##       TEST_WORKERS pytest-xdist workers (default 2, 0 for one process), each a
-##       pytest session with a lab slot of its own; whole modules per worker
-TEST_WORKERS ?= 2
+##       TEST_WORKERS=2: two pytest-xdist workers, each a pytest session with a lab
+##       slot of its own, whole modules each. Default 0 (one process): some e2e
+##       tests still compare machine-wide state (root iptables, / and /var/lib)
+##       before and after, which the other worker's labs change meanwhile.
+TEST_WORKERS ?= 0
 test: deps venv
 	bash deploy/run-tests.sh -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 

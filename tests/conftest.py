@@ -52,19 +52,22 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         raise pytest.UsageError(f"test modules share a basename (rename one of each): {listed}")
 
 
-# The longest modules, longest first (`make test` runs with --durations; the
-# figures of the last run are in bench/RESULTS.md, "CI: make test"). Under
+# The longest modules, longest first (`make test` prints --durations=25). Under
 # `make test`'s pytest-xdist (-n 2 --dist loadfile) each worker takes the next
 # whole module in collection order, so starting the long ones first keeps one
 # worker from being left with a long module at the end while the other idles.
-LONGEST_FIRST = (
-    "e2e/test_readme_real_hosts.py",
-    "e2e/test_machine.py",
-    "e2e/test_load.py",
-    "e2e/test_managers.py",
-    "e2e/test_host_death_and_rejoin.py",
-    "e2e/test_host_preflight.py",
-    "e2e/test_update.py",
+LONGEST_FIRST = (  # seconds in the serial run of 2026-12-01 (load 10-100, 77 min in all)
+    "e2e/test_trust.py",  # 823
+    "e2e/test_service_cli.py",  # 597
+    "e2e/test_update.py",  # 481
+    "e2e/test_machine.py",  # 299
+    "e2e/test_managers.py",  # 275
+    "pyswarm/test_wheelhouse.py",  # 263 (make dist, pip download)
+    "e2e/test_readme_real_hosts.py",  # 259
+    "e2e/test_day_one.py",  # 182
+    "e2e/test_placement_and_healing.py",  # 144
+    "e2e/test_remote_cli.py",  # 134
+    "e2e/test_image_shipping.py",  # 118
 )
 
 
@@ -72,7 +75,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     """Order modules: LONGEST_FIRST, then the other end-to-end modules, then
     the rest; tests keep their order inside a module (module fixtures and
     tests that build on the one before rely on it). The order is the same
-    in every xdist worker, which xdist requires."""
+    in every xdist worker, which xdist requires. Only under xdist: a run in
+    one process keeps pytest's order."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     first_seen: dict[Path, int] = {}
 

@@ -27,6 +27,13 @@ LEFTOVERS = ("ls -A /opt/pyswarm /usr/local/bin/pyswarm /run/pyswarm /etc/system
              "iptables-save | grep -ci pyswarm; ipset list -n | grep -c '^psw-'; ip -o link show pswvx0 2>/dev/null; "
              "docker ps -aq --filter label=pyswarm.task.id; docker network ls -q --filter name=^pyswarm$")
 
+# what a repeated machine add must not change: pyswarm's venv and state, each
+# directory's own entry too, but not /var/lib's (the ".." of /var/lib/pyswarm):
+# /var/lib is the machine's, shared with every lab, whose e2e state directories
+# other pytest sessions (make test's other xdist worker) make and remove meanwhile
+STATE_LISTING = ("ls -la --time-style=full-iso /opt/pyswarm/venv/bin; ls -ld --time-style=full-iso /var/lib/pyswarm; "
+                 "ls -lA --time-style=full-iso /var/lib/pyswarm")
+
 
 class Laptop:
     """The operator's side: the lab's SSH config, a config dir of its own."""
@@ -103,10 +110,10 @@ def test_init_add_and_a_stack_through_the_context(bare: Lab, laptop: Laptop, tmp
     # a bare host got pyswarm from the wheels the laptop shipped, not this machine's venv
     assert _sh(bare, "worker1", "readlink /usr/local/bin/pyswarm; /opt/pyswarm/venv/bin/pyswarm --version").split()[:2] \
         == ["/opt/pyswarm/venv/bin/pyswarm", "pyswarm"]
-    before = _sh(bare, "worker1", "ls -la --time-style=full-iso /opt/pyswarm/venv/bin /var/lib/pyswarm")
+    before = _sh(bare, "worker1", STATE_LISTING)
     again = laptop.run("machine", "add", "deploy@worker1")
     assert "was already a worker: nothing changed" in again.stdout, again
-    assert _sh(bare, "worker1", "ls -la --time-style=full-iso /opt/pyswarm/venv/bin /var/lib/pyswarm") == before
+    assert _sh(bare, "worker1", STATE_LISTING) == before
     rows = laptop.run("machine", "ls", "--format", "json").stdout
     assert all(f'"name": "{h}"' in rows for h in bare.hosts) and rows.count('"status": "ready"') == 3, rows
     stack = tmp_path / "web.yml"
