@@ -46,7 +46,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from pyswarm import config as cfg
 from pyswarm import protocol
 from pyswarm.worker.tasks import LIVE_STATES
 
@@ -58,6 +57,13 @@ PROBE_TIMEOUT = 1.0
 RECORD_LIMIT = 10_000  # container ids kept in the record of fenced ones
 FENCED = "no manager reached the node (fenced)"
 ENGINE_STOPPED = "the engine stopped it as it went away"
+
+
+def _make_run_dir(directory: Path) -> None:
+    """Create the run directory root-only if it is missing, and leave an
+    existing one as it is: the manager opens it to the ``--api-group`` for
+    search (manager/servers.py), which a chmod to 0700 here took away."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 class Lease:
@@ -74,7 +80,7 @@ class Lease:
         try:
             os.utime(self.path)
         except FileNotFoundError:
-            cfg.make_private_dir(self.path.parent)
+            _make_run_dir(self.path.parent)
             self.path.touch(mode=0o600)
         except OSError as exc:
             log.warning("cannot renew the lease %s: %s", self.path, exc)
@@ -93,7 +99,7 @@ class Lease:
         already watch their deaths), with ``why`` (one line)."""
         known = {**self.fenced(), **{cid: why.replace("\n", " ") for cid in container_ids}}
         kept = list(known.items())[-RECORD_LIMIT:]
-        cfg.make_private_dir(self.record_path.parent)
+        _make_run_dir(self.record_path.parent)
         tmp = self.record_path.with_name(f"fenced.{os.getpid()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:

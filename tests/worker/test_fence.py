@@ -209,3 +209,20 @@ def test_whom_a_host_asks_before_it_fences(monkeypatch: Any) -> None:
         sole = await configured("10.99.0.1", ["10.99.0.1"])
         assert await sole.reaches_a_manager() and asked == []
     run(main())
+
+
+def test_the_lease_leaves_the_run_directory_open_to_the_api_group(tmp_path: Path) -> None:
+    """The manager opens /run/pyswarm to the --api-group for search; the
+    lease lives there too and chmodding it back to 0700 shut the group out
+    (test_machine's api-group test caught it)."""
+    run = tmp_path / "run"
+    run.mkdir(mode=0o710)
+    os.chmod(run, 0o710)
+    lease = fence.Lease(run)
+    lease.renew()
+    lease.record(["c1"])
+    assert os.stat(run).st_mode & 0o7777 == 0o710, oct(os.stat(run).st_mode)
+    assert os.stat(run / "agent-lease").st_mode & 0o077 == 0, "the lease is root-only"
+    missing = fence.Lease(tmp_path / "fresh")
+    missing.renew()
+    assert os.stat(tmp_path / "fresh").st_mode & 0o077 == 0, "a missing run directory is made root-only"
