@@ -914,10 +914,19 @@ class _StdioWriter:
                 return
 
     def close(self, timeout: float = 2.0) -> None:
+        """Flush what is queued, then close the protocol stream: the session
+        is over for the other side (the manager, sshd) even while this
+        process lingers to fence (worker/fence.py)."""
         with self._lock:
             self._closed = True
             self._lock.notify()
         self._thread.join(timeout)
+        if self.fd >= 0 and not self._thread.is_alive():
+            fd, self.fd = self.fd, -1
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 async def _stdin_lines(fd: int, stop: asyncio.Event) -> AsyncIterator[bytes]:
@@ -959,9 +968,15 @@ async def _stdin_lines(fd: int, stop: asyncio.Event) -> AsyncIterator[bytes]:
 async def serve_stdio(proto_fd: int) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    signalled = asyncio.Event()  # told to stop: no lingering either (a unit stop, machine rm)
+
+    def on_signal() -> None:
+        signalled.set()
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGHUP):
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         except (NotImplementedError, RuntimeError):
             pass
 
@@ -978,7 +993,16 @@ async def serve_stdio(proto_fd: int) -> int:
         writer.close()
         # the session is over; unless a newer one renews the lease in time,
         # stop the task containers before the leader replaces them
-        log.info("session ended; %s", await fence.linger(docker, lease, time.time(), agent.reaches_a_manager))
+        if not signalled.is_set():
+            lingering = asyncio.ensure_future(fence.linger(docker, lease, time.time(), agent.reaches_a_manager))
+            told = asyncio.ensure_future(signalled.wait())
+            await asyncio.wait({lingering, told}, return_when=asyncio.FIRST_COMPLETED)
+            told.cancel()
+            if lingering.done():
+                log.info("session ended; %s", lingering.result())
+            else:
+                lingering.cancel()
+                log.info("session ended; told to stop while lingering: containers left as they are")
         return code
     finally:
         await docker.close()
@@ -998,9 +1022,10 @@ def main_stdio() -> int:
     sys.stdout = sys.stderr
     try:
         if os.environ.get(CHANNEL_ENV, "").strip() == CHANNEL_COMMAND:
-            return main_channel(proto_fd)  # a second session: an image channel (pyswarm.images)
-        return asyncio.run(serve_stdio(proto_fd))
+            try:
+                return main_channel(proto_fd)  # a second session: an image channel (pyswarm.images)
+            finally:
+                os.close(proto_fd)
+        return asyncio.run(serve_stdio(proto_fd))  # its writer closes proto_fd as the session ends
     except KeyboardInterrupt:
         return 130
-    finally:
-        os.close(proto_fd)
