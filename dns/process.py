@@ -250,10 +250,25 @@ async def _read(reader: asyncio.StreamReader, receiver: feed.Receiver, until_ins
             return 0
 
 
+DNS_NICE = -10  # the answer is what a container waits on; planning and applies can wait a little
+
+
+def _before_the_rest() -> None:
+    """Wake first when a query arrives: on a busy host the scheduler, not
+    pyswarm, set DNS's tail (p99 5.8 ms during a 20,000-task scale at nice 0
+    against 1.1 ms at rest). Only root may raise a priority; elsewhere this
+    is left as it is."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, DNS_NICE)
+    except OSError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the manager decides when DNS stops
+    _before_the_rest()
     try:
         config = wire.parse(ChildConfig, json.loads(args[0]) if args else None)
     except (ValueError, wire.BadRequest) as exc:
