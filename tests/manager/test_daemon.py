@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
 import time
 from pathlib import Path
@@ -18,17 +17,12 @@ if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
 
 from factories import make_node, make_service, make_task  # noqa: E402
+from test_store import free_port  # noqa: E402
 
 from pyswarm.dns.process import DnsProcess  # noqa: E402
 from pyswarm.manager.daemon import feed_dns  # noqa: E402
 from pyswarm.manager.store import RaftConfig, Store  # noqa: E402
 from pyswarm.models import Cluster, TaskState  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def answer(port: int, name: str) -> tuple[int, list[str]]:
