@@ -34,6 +34,11 @@ def _reap_forever() -> None:
 
 def main() -> int:
     os.chdir("/")
+    # posix_spawn hands the keeper every descriptor its spawner had open
+    # without close-on-exec; a lab outlives that spawner, so such a
+    # descriptor would be held for the lab's life (`flock LOCK cmd` running
+    # a bench: the lab kept the lock, and every later bench waited on it)
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     threading.Thread(target=_reap_forever, daemon=True).start()
