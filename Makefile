@@ -20,7 +20,8 @@ demo: deps venv
 
 ## test: the whole suite (unit and end-to-end on the lab); fails when no test ran.
 ##       TEST_WORKERS=2: two pytest-xdist workers, each a pytest session with a lab
-##       slot of its own, whole modules each, longest first; then the tests marked
+##       slot of its own, whole modules each (the ones that build from the checkout's
+##       tree one after another, tests/conftest.py), longest first; then the tests marked
 ##       `serial` (timing bounds, the machine's kernel modules) in one process, alone.
 ##       TEST_WORKERS=0 (the default until fresh-clone full runs pass with 2):
 ##       everything in one process, in pytest's order.
