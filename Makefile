@@ -23,8 +23,9 @@ demo: deps venv
 ##       slot of its own, whole modules each (the ones that build from the checkout's
 ##       tree one after another, tests/conftest.py), longest first; then the tests marked
 ##       `serial` (timing bounds, the machine's kernel modules) in one process, alone.
-##       TEST_WORKERS=0 (the default until fresh-clone full runs pass with 2):
-##       everything in one process, in pytest's order.
+##       TEST_WORKERS=0 (the default until a fresh-clone full run passes with 2; the
+##       one tried, at load 5-101, was stopped unfinished: bench/RESULTS.md):
+##       everything in one process, in pytest's order (17.5 min of pytest, quiet).
 TEST_WORKERS ?= 0
 TEST_ARGS    ?= --durations=25
 test: deps venv
