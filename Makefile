@@ -20,12 +20,25 @@ demo: deps venv
 
 ## test: the whole suite (unit and end-to-end on the lab); fails when no test ran.
 ##       TEST_WORKERS=2: two pytest-xdist workers, each a pytest session with a lab
-##       slot of its own, whole modules each. Default 0 (one process): some e2e
-##       tests still compare machine-wide state (root iptables, / and /var/lib)
-##       before and after, which the other worker's labs change meanwhile.
+##       slot of its own, whole modules each (the ones that build from the checkout's
+##       tree one after another, tests/conftest.py), longest first; then the tests marked
+##       `serial` (timing bounds, the machine's kernel modules) in one process, alone.
+##       TEST_WORKERS=0 (the default until a fresh-clone full run passes with 2; the
+##       one tried, at load 5-101, was stopped unfinished: bench/RESULTS.md):
+##       everything in one process, in pytest's order (17.5 min of pytest, quiet).
 TEST_WORKERS ?= 0
+TEST_ARGS    ?= --durations=25
 test: deps venv
-	bash deploy/run-tests.sh -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
+ifeq ($(TEST_WORKERS),0)
+	bash deploy/run-tests.sh $(TEST_ARGS)
+else
+	@rc=0; \
+	echo "make test: parallel phase, $(TEST_WORKERS) workers (not serial)"; \
+	bash deploy/run-tests.sh -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not serial" $(TEST_ARGS) || rc=$$?; \
+	echo "make test: serial phase (the tests marked serial, alone)"; \
+	bash deploy/run-tests.sh -m serial $(TEST_ARGS) || { [ $$rc -ne 0 ] || rc=1; }; \
+	exit $$rc
+endif
 
 ## bench: pyswarm against Docker Swarm on a lab of its own (root; all scenarios take ~30 min;
 ##        ONLY=deploy,scale,failure,failover,update,dns,footprint for some, ROUNDS=N, default 3)

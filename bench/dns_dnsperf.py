@@ -60,13 +60,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from labapi import free_ports  # bench/ is the script's directory, first on sys.path
+
 SERVICES, REPLICAS = 20, 5
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def ip(i: int, r: int) -> str:
@@ -315,7 +311,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="psw-dnsperf-"))
     os.chmod(tmp, 0o755)
     hosts, ext, queries = write_inputs(tmp)
-    up_port, ps_port, dm_port = free_port(), free_port(), free_port()
+    up_port, ps_port, dm_port = free_ports(3, socket.SOCK_DGRAM)
     upstream = dnsmasq(up_port, ext, [])
     masq = dnsmasq(dm_port, hosts, ["--local=/pyswarm/", f"--server=127.0.0.1#{up_port}"])
     child = multiprocessing.get_context("spawn").Process(target=_serve_pyswarm, args=(ps_port, up_port), daemon=True)

@@ -33,7 +33,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scale_store import _free_port, _wait  # noqa: E402  the same store set-up as its peer bench
+from labapi import free_ports  # noqa: E402
+from scale_store import _wait, start_store  # noqa: E402  the same store set-up as its peer bench
 
 
 def _probe(port: int, name: str, out: Any, stop: Any) -> None:  # pragma: no cover - child process
@@ -92,37 +93,25 @@ def _p99(xs: list[float]) -> float:
 
 
 async def main(replicas: int, in_process: bool) -> None:
-    from factories import make_node, make_service, make_task
+    from factories import make_service, make_task
 
-    from pyswarm.manager.daemon import SWITCH_INTERVAL
-    from pyswarm.manager.lag import LoopLag
     from pyswarm.manager.orchestrator import Orchestrator
     from pyswarm.manager.scheduling import Scheduler
-    from pyswarm.manager.store import RaftConfig, Store
     from pyswarm.manager.updater import Updater
     from pyswarm.dns.cache import TableCache
     from pyswarm.dns.process import DnsProcess
     from pyswarm.dns.server import DnsServer
     from pyswarm.manager.daemon import dns_snapshot, feed_dns
-    from pyswarm.models import Cluster, NodeStatus, TaskState
+    from pyswarm.models import TaskState
 
-    sys.setswitchinterval(SWITCH_INTERVAL)  # as the manager does
     with tempfile.TemporaryDirectory() as tmp:
-        store = Store(RaftConfig(f"127.0.0.1:{_free_port()}", [], Path(tmp), "bench"))
-        store.start()
-        await _wait("a leader", lambda: store.is_leader, 20)
-        lag = LoopLag()
-        lag_task = asyncio.create_task(lag.run())
-        nodes = [make_node(status=NodeStatus.READY) for _ in range(3)]
-        svc = make_service("web", replicas=3, max_replicas_per_node=1)
+        store, lag, lag_task, nodes, svc = await start_store(tmp)
         keep = make_service("keep", stack="load", replicas=2)
         kept = [make_task(keep, slot=i + 1, node_id=nodes[i].id, state=TaskState.RUNNING, ip=f"10.240.0.{i + 10}")
                 for i in range(2)]
-        await store.commit([["put", "cluster", "c", Cluster(id="c").to_dict()],
-                            *(["put", "node", n.id, n.to_dict()] for n in nodes),
-                            ["put", "service", svc.id, svc.to_dict()], ["put", "service", keep.id, keep.to_dict()],
+        await store.commit([["put", "service", keep.id, keep.to_dict()],
                             *(["put", "task", t.id, t.to_dict()] for t in kept)])
-        dns_port = _free_port()
+        dns_port = free_ports(1)[0]
         if in_process:  # as before: the loader runs on the first query after a change, on this loop
             cache = TableCache(loader=lambda: dns_snapshot(store))
             server = DnsServer(cache.get, ["127.0.0.1"], dns_port)

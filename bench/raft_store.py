@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,17 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from labapi import free_ports  # bench/ is the script's directory, first on sys.path
+
 CHILD = "child"
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [int(s.getsockname()[1]) for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 async def _child(self_addr: str, data_dir: str, peers: list[str]) -> None:
@@ -50,7 +41,7 @@ async def _child(self_addr: str, data_dir: str, peers: list[str]) -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
 
     def op(i: int) -> list[object]:
-        return ["put", "node", f"n{i % 1000}", {"id": f"n{i % 1000}", "hostname": "h", "addr": "10.0.0.1", "seq": i}]
+        return ["put", "node", f"n{i % 1000}", {"id": f"n{i % 1000}", "hostname": "h", "addr": "10.0.0.1", "updated_at": float(i)}]  # a field that changes each write
 
     print("started", flush=True)
     while line := (await reader.readline()).decode().strip():
@@ -107,7 +98,7 @@ def _size(path: Path) -> int:
 
 
 def cluster(n: int, root: Path) -> list[Manager]:
-    addrs = [f"127.0.0.1:{p}" for p in _free_ports(n)]
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(n)]
     managers = [Manager(a, root / f"m{i}", [p for p in addrs if p != a]) for i, a in enumerate(addrs)]
     deadline = time.monotonic() + 20
     while not any(m.ask("leader") == "yes" for m in managers):

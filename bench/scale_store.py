@@ -19,19 +19,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from labapi import free_ports  # noqa: E402  bench/ is the script's directory, first on sys.path
 
 
 async def _wait(what: str, cond: object, timeout: float) -> float:
@@ -56,29 +52,40 @@ def _mb(sizes: tuple[int, int]) -> str:
     return f"journal {sizes[0] / 1e6:.1f} MB, dump {sizes[1] / 1e6:.2f} MB"
 
 
-async def main(replicas: int) -> None:
+async def start_store(tmp: str) -> tuple[Any, Any, asyncio.Task[None], list[Any], Any]:
+    """What this bench and dns_scale.py measure on: a one-manager store in
+    ``tmp`` (leader), the loop-lag monitor running, 3 ready nodes and the
+    service ``web`` (3 replicas, max 1 a node), committed. Returns (store,
+    lag, lag's task, nodes, web)."""
     from factories import make_node, make_service
 
     from pyswarm.manager.daemon import SWITCH_INTERVAL
     from pyswarm.manager.lag import LoopLag
-    from pyswarm.manager.orchestrator import Orchestrator
-    from pyswarm.manager.scheduling import Scheduler
     from pyswarm.manager.store import RaftConfig, Store
-    from pyswarm.manager.updater import Updater
-    from pyswarm.models import Cluster, NodeStatus, Task
+    from pyswarm.models import Cluster, NodeStatus
 
     sys.setswitchinterval(SWITCH_INTERVAL)  # as the manager does
+    store = Store(RaftConfig(f"127.0.0.1:{free_ports(1)[0]}", [], Path(tmp), "bench"))
+    store.start()
+    await _wait("a leader", lambda: store.is_leader, 20)
+    lag = LoopLag()
+    lag_task = asyncio.create_task(lag.run())
+    nodes = [make_node(status=NodeStatus.READY) for _ in range(3)]
+    svc = make_service("web", replicas=3, max_replicas_per_node=1)
+    await store.commit([["put", "cluster", "c", Cluster(id="c").to_dict()],
+                        *(["put", "node", n.id, n.to_dict()] for n in nodes),
+                        ["put", "service", svc.id, svc.to_dict()]])
+    return store, lag, lag_task, nodes, svc
+
+
+async def main(replicas: int) -> None:
+    from pyswarm.manager.orchestrator import Orchestrator
+    from pyswarm.manager.scheduling import Scheduler
+    from pyswarm.manager.updater import Updater
+    from pyswarm.models import Task
+
     with tempfile.TemporaryDirectory() as tmp:
-        store = Store(RaftConfig(f"127.0.0.1:{_free_port()}", [], Path(tmp), "bench"))
-        store.start()
-        await _wait("a leader", lambda: store.is_leader, 20)
-        lag = LoopLag()
-        lag_task = asyncio.create_task(lag.run())
-        nodes = [make_node(status=NodeStatus.READY) for _ in range(3)]
-        svc = make_service("web", replicas=3, max_replicas_per_node=1)
-        await store.commit([["put", "cluster", "c", Cluster(id="c").to_dict()],
-                            *(["put", "node", n.id, n.to_dict()] for n in nodes),
-                            ["put", "service", svc.id, svc.to_dict()]])
+        store, lag, lag_task, _, svc = await start_store(tmp)
         loops = [Orchestrator(store), Updater(store), Scheduler(store)]
         tasks = [asyncio.create_task(loop.run()) for loop in loops]
 

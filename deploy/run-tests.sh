@@ -3,12 +3,22 @@
 set -u
 cd "$(dirname "$0")/.."
 root=$(pwd)
+# the whole suite unless a test path was given; a path (or path::test) relative
+# to the checkout is made absolute, as pytest runs from elsewhere (below)
+paths=0
+args=()
+for arg in "$@"; do
+    file=${arg%%::*}
+    if [ -e "$file" ]; then
+        paths=1
+        case "$arg" in /*) ;; *) arg="$root/$arg" ;; esac
+    fi
+    args+=("$arg")
+done
+if [ "$paths" -eq 0 ]; then args+=("$root/tests"); fi
+set -- "${args[@]}"
 # run from outside the tree: the top-level dns/ folder must not shadow dnspython
 cd /tmp
-# the whole suite unless a test path was given
-paths=0
-for arg in "$@"; do [ -e "$arg" ] && paths=1; done
-if [ "$paths" -eq 0 ]; then set -- "$@" "$root/tests"; fi
 "$root/.venv/bin/pytest" -c "$root/pyproject.toml" --rootdir "$root" "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then

@@ -26,6 +26,7 @@ import socket
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,6 +72,13 @@ LONGEST_FIRST = (  # seconds in the serial run of 2026-12-01 (load 10-100, 77 mi
 )
 
 
+def _rel(item: pytest.Item) -> str:
+    try:
+        return item.path.resolve().relative_to(_TESTS).as_posix()
+    except ValueError:
+        return str(item.path)
+
+
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     """Order modules: LONGEST_FIRST, then the other end-to-end modules, then
     the rest; tests keep their order inside a module (module fixtures and
@@ -84,15 +92,40 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
     def key(item: pytest.Item) -> tuple[int, int]:
         seen = first_seen.setdefault(item.path, len(first_seen))
-        try:
-            rel = item.path.resolve().relative_to(_TESTS).as_posix()
-        except ValueError:
-            rel = str(item.path)
+        rel = _rel(item)
         if rel in rank:
             return (0, rank[rel])
         return (1 if item.get_closest_marker("e2e") else 2, seen)
 
     items.sort(key=key)  # stable: a module's tests stay in their order
+
+
+# The modules that build pyswarm from this checkout's tree: `pip wheel` of the
+# checkout (the wheelhouse behind machine init/add) and `make dist` write its
+# build/ and *.egg-info, so two at once in one tree trip over each other.
+BUILDS_FROM_THE_CHECKOUT = ("e2e/test_machine.py", "pyswarm/test_wheelhouse.py", "e2e/test_readme_real_hosts.py")
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's, called in the controller
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile`` with BUILDS_FROM_THE_CHECKOUT as one work unit: a
+    module is a unit (its module-scoped labs are made once), and these three
+    run one after the other on one worker. (``--dist loadgroup`` and
+    xdist_group marks would say the same, but xdist 3.8 marks a group in the
+    nodeid's ``_nodeid``, which pytest 9 no longer reads: every test would be
+    a unit of its own.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    builders = tuple(f"tests/{m}" for m in BUILDS_FROM_THE_CHECKOUT)
+
+    class ModulesAndBuilders(LoadFileScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            module = str(super()._split_scope(nodeid))
+            return "builds-from-the-checkout" if module.endswith(builders) else module
+
+    return ModulesAndBuilders(config, log)
 
 
 E2E_LAB_DIR = "/var/lib/pyswarm-lab-e2e{slot}"
@@ -129,6 +162,12 @@ def lab_slot() -> Iterator[int]:
         except OSError:
             claim.close()
             continue
+        # the wheelhouse cache (pyswarm/wheelhouse.py) of this checkout's venv and
+        # this slot: not ~/.cache/pyswarm, which every checkout and session on the
+        # machine would share, each rebuilding pyswarm's wheel from its own source
+        # under one lock, and swapping it in the directory another is shipping from
+        # (support.operator_env passes it on to the CLI the tests run)
+        os.environ["PYSWARM_CACHE_DIR"] = str(Path(sys.prefix) / "pyswarm-cache" / f"slot{slot}")
         try:
             yield slot
         finally:

@@ -132,6 +132,21 @@ def brief(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
 # -- the operator's machine (the root namespace) reaching lab hosts over SSH ---
 
 
+def operator_env(**extra: str) -> dict[str, str]:
+    """This process's environment as an operator's laptop would have it: no
+    PYSWARM_*, XDG_* or ssh-agent of the engineer who runs the tests, but the
+    session's own wheel cache (PYSWARM_CACHE_DIR, set by conftest.lab_slot),
+    so that ``machine init/add`` do not build into, or wait on the lock of, a
+    cache that other checkouts and sessions on the machine share; then ``extra``."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSWARM_", "SSH_AUTH_SOCK", "XDG_"))}
+    if os.environ.get("PYSWARM_CACHE_DIR"):
+        env["PYSWARM_CACHE_DIR"] = os.environ["PYSWARM_CACHE_DIR"]
+    env.update(extra)
+    return env
+
+
 class Operator:
     """The "laptop": an operator key and an OpenSSH config with one ``Host``
     alias per lab host (``User root``, the key, a known_hosts file of its
@@ -157,11 +172,7 @@ class Operator:
         self.authorized: list[str] = []
 
     def env(self) -> dict[str, str]:
-        import os
-
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSWARM_", "SSH_AUTH_SOCK", "XDG_"))}
-        env.update(PYSWARM_SSH_CONFIG=str(self.config), XDG_CONFIG_HOME=str(self.dir / "xdg"))
-        return env
+        return operator_env(PYSWARM_SSH_CONFIG=str(self.config), XDG_CONFIG_HOME=str(self.dir / "xdg"))
 
     def authorize(self, *hosts: str) -> None:
         for host in hosts:

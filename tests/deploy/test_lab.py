@@ -19,7 +19,7 @@ from support import wait_for
 
 from pyswarm.deploy import lab_host
 from pyswarm.deploy.lab import IMAGE, Lab, LabError, pyswarm_executable
-from pyswarm.deploy.lab_sys import pid_alive, processes_in
+from pyswarm.deploy.lab_sys import pid_alive, processes_in, root_forward_filters
 
 pytestmark = pytest.mark.e2e
 
@@ -124,6 +124,10 @@ def test_status_json_lists_hosts_and_daemons(bare: Lab) -> None:
 # ---------------------------------------------------------------- down
 
 
+# the comment a lab's root-namespace rule carries (deploy/lab_core.py: its FORWARD ACCEPT for its bridge)
+LAB_RULE_TAG = re.compile(r'--comment "?pyswarm-lab:([^" ]+)"?')
+
+
 def _snapshot() -> dict[str, Any]:
     """What a lab could leave on the machine, seen from the root namespace."""
     mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
@@ -148,7 +152,14 @@ def _assert_nothing_left(before: dict[str, Any], lab: Lab, namespaces: dict[str,
     left = {k: sorted(i for i in after[k] - before[k] if ours(i)) for k in ("netns", "links", "mounts", "cgroups")}
     left = {k: v for k, v in left.items() if v}
     assert not left, f"lab down left: {left}"
-    assert after["iptables"] == before["iptables"], f"root iptables changed:\nbefore {before['iptables']}\nafter  {after['iptables']}"
+    # every table, chain, policy and rule of the root namespace, except the
+    # rules another lab tagged as its own: those come and go with the labs of
+    # other pytest sessions (make test's other xdist worker). This lab's rule
+    # and anything untagged still count.
+    def not_another_labs(rules: list[str]) -> list[str]:
+        return [r for r in rules if (m := LAB_RULE_TAG.search(r)) is None or m.group(1) == lab.name]
+    was, now = not_another_labs(before["iptables"]), not_another_labs(after["iptables"])
+    assert now == was, f"root iptables changed:\nbefore {was}\nafter  {now}"
     assert not processes_in(namespaces), f"processes left in lab namespaces: {processes_in(namespaces)}"
     assert not [p for p in pids if pid_alive(p)], f"lab daemons still alive: {[p for p in pids if pid_alive(p)]}"
     assert not lab.dir.exists(), f"{lab.dir} still exists: {list(lab.dir.rglob('*'))[:20]}"
@@ -177,6 +188,9 @@ def test_down_leaves_nothing_and_is_idempotent(tmp_path: Path, new_lab_spec: Any
         namespaces = _namespaces(lab)
         pids = [p for h in lab.hosts for p in lab.host(h).pids.values()]
         assert processes_in(namespaces), "found no processes in the lab's namespaces before down (the check is blind)"
+        if root_forward_filters():  # the lab added its tagged rule: the filter above keeps it in view
+            tagged = [r for r in _snapshot()["iptables"] if (m := LAB_RULE_TAG.search(r)) and m.group(1) == lab.name]
+            assert len(tagged) == 1, f"the lab's own root FORWARD rule is not seen as its own: {tagged}"
     finally:
         lab.down()
     _assert_nothing_left(before, lab, namespaces, pids)

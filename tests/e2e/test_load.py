@@ -83,6 +83,10 @@ def node_stamps(lab: Any) -> dict[str, tuple[str, float, str]]:
     return out
 
 
+# serial: it bounds DNS p99, the 10 s back to 3/3 and no node marked down, all
+# of which the other xdist worker's labs on the same cores would stretch (the
+# Makefile's serial phase runs after the parallel one, alone)
+@pytest.mark.serial
 def test_scale_to_tens_of_thousands_and_back_leaves_the_cluster_as_it_was(lab: Any, deploy: Any) -> None:
     deploy("load", f"""
 services:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from support import wait_for
+from support import operator_env, wait_for
 
 from pyswarm.deploy.lab import Lab
 
@@ -26,6 +26,14 @@ LEFTOVERS = ("ls -A /opt/pyswarm /usr/local/bin/pyswarm /run/pyswarm /etc/system
              "2>/dev/null; ls -A /var/lib/pyswarm 2>/dev/null; grep -c pyswarm-cluster /root/.ssh/authorized_keys; "
              "iptables-save | grep -ci pyswarm; ipset list -n | grep -c '^psw-'; ip -o link show pswvx0 2>/dev/null; "
              "docker ps -aq --filter label=pyswarm.task.id; docker network ls -q --filter name=^pyswarm$")
+
+# what a failed machine init must not change: the host's own /opt, /usr/local,
+# /var/lib/pyswarm and /root, each directory's own entry and all below it, but
+# not their parents (`ls -la`'s ".."): /, /usr and /var/lib are the machine's,
+# where other pytest sessions' labs (make test's other xdist worker) make and
+# remove their state directories meanwhile
+HOST_OWN = "/opt /usr/local /var/lib/pyswarm /root"
+HOST_LISTING = f"ls -ld {HOST_OWN}; ls -lAR {HOST_OWN} 2>&1"
 
 # what a repeated machine add must not change: pyswarm's venv and state, each
 # directory's own entry too, but not /var/lib's (the ".." of /var/lib/pyswarm):
@@ -39,8 +47,7 @@ class Laptop:
     """The operator's side: the lab's SSH config, a config dir of its own."""
 
     def __init__(self, lab: Lab, home: Path) -> None:
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSWARM_", "SSH_AUTH_SOCK", "XDG_"))}
-        self.env.update(PYSWARM_SSH_CONFIG=str(lab.ssh_config), XDG_CONFIG_HOME=str(home))
+        self.env = operator_env(PYSWARM_SSH_CONFIG=str(lab.ssh_config), XDG_CONFIG_HOME=str(home))
 
     def run(self, *args: str, check: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
         # an install takes 20-80 s on the shared machine, several minutes when it is saturated
@@ -80,13 +87,13 @@ def _sh(lab: Lab, host: str, script: str) -> str:
 def test_a_failed_preflight_lists_what_is_missing_and_changes_nothing(bare: Lab, laptop: Laptop) -> None:
     bare.mask("manager1", "/usr/sbin/ipset")
     try:
-        before = _sh(bare, "manager1", "ls -laR /opt /usr/local /var/lib/pyswarm /root 2>&1")
+        before = _sh(bare, "manager1", HOST_LISTING)
         res = laptop.run("machine", "init", "manager1", "--name", "bare", check=False)
         assert res.returncode == 1 and "Traceback" not in res.stderr, res
         problems = [line for line in res.stderr.splitlines() if line.startswith("  - ")]
         assert len(problems) == 1 and problems[0].startswith("  - ipset"), res.stderr
         assert "nothing was changed" in res.stderr and "apt-get install -y ipset" in res.stderr, res.stderr
-        assert _sh(bare, "manager1", "ls -laR /opt /usr/local /var/lib/pyswarm /root 2>&1") == before
+        assert _sh(bare, "manager1", HOST_LISTING) == before
         assert "bare" not in laptop.run("context", "ls").stdout
     finally:
         bare.mask("manager1", "/usr/sbin/ipset", present=True)

@@ -141,6 +141,10 @@ def dns_a(server: str, name: str) -> list[str]:
     return sorted(item.address for rrset in answer.answer for item in rrset)
 
 
+# serial: it bounds the time the scale-down takes to reach DNS (1.5 s) and every
+# node's ingress (3 s), which the other xdist worker's labs on the same cores
+# would stretch (the Makefile's serial phase runs after the parallel one, alone)
+@pytest.mark.serial
 def test_networks_isolation_dns_and_published_ports(lab: Any, tmp_path: Path) -> None:
     manager = lab.managers[0]
     (tmp_path / "a.yml").write_text(STACK_FILE)
