@@ -91,7 +91,7 @@ def _p99(xs: list[float]) -> float:
     return xs[min(len(xs) - 1, int(len(xs) * 0.99))] if xs else float("nan")
 
 
-async def main(replicas: int, in_process: bool) -> None:
+async def main(replicas: int, in_process: bool, default_gc: bool = False) -> None:
     from factories import make_node, make_service, make_task
 
     from pyswarm.manager.daemon import SWITCH_INTERVAL
@@ -107,12 +107,18 @@ async def main(replicas: int, in_process: bool) -> None:
     from pyswarm.models import Cluster, NodeStatus, TaskState
 
     sys.setswitchinterval(SWITCH_INTERVAL)  # as the manager does
+    from pyswarm.manager.heap import Heap
+    from pyswarm.manager.heap import install as install_gc_policy
+    if not default_gc:
+        install_gc_policy()  # as the manager does
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(RaftConfig(f"127.0.0.1:{_free_port()}", [], Path(tmp), "bench"))
         store.start()
         await _wait("a leader", lambda: store.is_leader, 20)
         lag = LoopLag()
         lag_task = asyncio.create_task(lag.run())
+        keeper = Heap(store.live_objects)
+        heap_task = asyncio.create_task(keeper.run())
         nodes = [make_node(status=NodeStatus.READY) for _ in range(3)]
         svc = make_service("web", replicas=3, max_replicas_per_node=1)
         keep = make_service("keep", stack="load", replicas=2)
@@ -182,6 +188,8 @@ async def main(replicas: int, in_process: bool) -> None:
             loop.stop()
         await asyncio.gather(*tasks, return_exceptions=True)
         lag_task.cancel()
+        gc_figures = keeper.stats()  # the pauses of the last 60 s
+        heap_task.cancel()
         store.stop()
     print(f"scale 3 -> {replicas}: {up_s:.1f} s until the store held them; loop lag max {lag_up * 1000:.0f} ms "
           f"(at rest before: {lag_before * 1000:.0f} ms)")
@@ -198,6 +206,8 @@ async def main(replicas: int, in_process: bool) -> None:
           "the costliest (CPU ms / wall ms):")
     for cpu, wall, what in callbacks.worst:
         print(f"  {cpu * 1000:.1f} / {wall * 1000:.1f}  {what}")
+    print(f"garbage collection ({'CPython default' if default_gc else 'the manager policy, manager/heap.py'}): "
+          f"{gc_figures}")
     print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
@@ -210,5 +220,7 @@ if __name__ == "__main__":
     parser.add_argument("--replicas", type=int, default=100_000)
     parser.add_argument("--dns-in-process", action="store_true",
                         help="answer DNS on the manager's event loop (before issue 11's fix), not in a process")
+    parser.add_argument("--default-gc", action="store_true",
+                        help="CPython's automatic full collections (before issue 11's fix), not manager/heap.py's")
     args = parser.parse_args()
-    asyncio.run(main(args.replicas, args.dns_in_process))
+    asyncio.run(main(args.replicas, args.dns_in_process, args.default_gc))
