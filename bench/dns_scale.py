@@ -77,13 +77,24 @@ class _Callbacks:
             if cpu > 0.02:
                 timer.over += 1
             if len(timer.worst) < 5 or cpu > timer.worst[-1][0]:
-                timer.worst = sorted([*timer.worst, (cpu, wall, repr(handle)[:160])], reverse=True)[:5]
+                timer.worst = sorted([*timer.worst, (cpu, wall, _what(handle))], reverse=True)[:5]
 
         asyncio.events.Handle._run = timed  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *exc: object) -> None:
         asyncio.events.Handle._run = self._run  # type: ignore[method-assign]
+
+
+def _what(handle: asyncio.events.Handle) -> str:
+    """The coroutine a task's step ran (a handle's repr only says task_wakeup)."""
+    owner = getattr(handle._callback, "__self__", None)  # type: ignore[attr-defined]
+    if isinstance(owner, asyncio.Task):
+        coro = owner.get_coro()
+        frame = getattr(coro, "cr_frame", None)
+        where = f" at line {frame.f_lineno}" if frame is not None else ""
+        return f"task {getattr(coro, '__qualname__', coro)}{where}"
+    return repr(handle)[:160]
 
 
 def _p99(xs: list[float]) -> float:
