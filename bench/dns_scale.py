@@ -78,7 +78,7 @@ class _Callbacks:
             if cpu > 0.02:
                 timer.over += 1
             if len(timer.worst) < 5 or cpu > timer.worst[-1][0]:
-                timer.worst = sorted([*timer.worst, (cpu, wall, repr(handle)[:160])], reverse=True)[:5]
+                timer.worst = sorted([*timer.worst, (cpu, wall, _what(handle))], reverse=True)[:5]
 
         asyncio.events.Handle._run = timed  # type: ignore[method-assign]
         return self
@@ -87,12 +87,23 @@ class _Callbacks:
         asyncio.events.Handle._run = self._run  # type: ignore[method-assign]
 
 
+def _what(handle: asyncio.events.Handle) -> str:
+    """The coroutine a task's step ran (a handle's repr only says task_wakeup)."""
+    owner = getattr(handle._callback, "__self__", None)  # type: ignore[attr-defined]
+    if isinstance(owner, asyncio.Task):
+        coro = owner.get_coro()
+        frame = getattr(coro, "cr_frame", None)
+        where = f" at line {frame.f_lineno}" if frame is not None else ""
+        return f"task {getattr(coro, '__qualname__', coro)}{where}"
+    return repr(handle)[:160]
+
+
 def _p99(xs: list[float]) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(len(xs) * 0.99))] if xs else float("nan")
 
 
-async def main(replicas: int, in_process: bool) -> None:
+async def main(replicas: int, in_process: bool, default_gc: bool = False) -> None:
     from factories import make_service, make_task
 
     from pyswarm.manager.orchestrator import Orchestrator
@@ -104,8 +115,14 @@ async def main(replicas: int, in_process: bool) -> None:
     from pyswarm.manager.daemon import dns_snapshot, feed_dns
     from pyswarm.models import TaskState
 
+    from pyswarm.manager.heap import Heap
+    from pyswarm.manager.heap import install as install_gc_policy
+    if not default_gc:
+        install_gc_policy()  # as the manager does
     with tempfile.TemporaryDirectory() as tmp:
         store, lag, lag_task, nodes, svc = await start_store(tmp)
+        keeper = Heap(store.live_objects)
+        heap_task = asyncio.create_task(keeper.run())
         keep = make_service("keep", stack="load", replicas=2)
         kept = [make_task(keep, slot=i + 1, node_id=nodes[i].id, state=TaskState.RUNNING, ip=f"10.240.0.{i + 10}")
                 for i in range(2)]
@@ -171,6 +188,8 @@ async def main(replicas: int, in_process: bool) -> None:
             loop.stop()
         await asyncio.gather(*tasks, return_exceptions=True)
         lag_task.cancel()
+        gc_figures = keeper.stats()  # the pauses of the last 60 s
+        heap_task.cancel()
         store.stop()
     print(f"scale 3 -> {replicas}: {up_s:.1f} s until the store held them; loop lag max {lag_up * 1000:.0f} ms "
           f"(at rest before: {lag_before * 1000:.0f} ms)")
@@ -187,6 +206,8 @@ async def main(replicas: int, in_process: bool) -> None:
           "the costliest (CPU ms / wall ms):")
     for cpu, wall, what in callbacks.worst:
         print(f"  {cpu * 1000:.1f} / {wall * 1000:.1f}  {what}")
+    print(f"garbage collection ({'CPython default' if default_gc else 'the manager policy, manager/heap.py'}): "
+          f"{gc_figures}")
     print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
@@ -199,5 +220,7 @@ if __name__ == "__main__":
     parser.add_argument("--replicas", type=int, default=100_000)
     parser.add_argument("--dns-in-process", action="store_true",
                         help="answer DNS on the manager's event loop (before issue 11's fix), not in a process")
+    parser.add_argument("--default-gc", action="store_true",
+                        help="CPython's automatic full collections (before issue 11's fix), not manager/heap.py's")
     args = parser.parse_args()
-    asyncio.run(main(args.replicas, args.dns_in_process))
+    asyncio.run(main(args.replicas, args.dns_in_process, args.default_gc))

@@ -38,6 +38,8 @@ from .demotion import Demotions
 from .dispatcher import Dispatcher
 from .events import EventLog
 from .images import ImageService
+from .heap import Heap
+from .heap import install as install_gc_policy
 from .lag import LoopLag
 from .networks import LIVE_STATES
 from .orchestrator import Orchestrator
@@ -162,6 +164,7 @@ class Manager:
         self.event_log = EventLog(self.store)
         self.streams = StreamApi(self.store, self.hub, self.event_log, self.images)
         self.lag = LoopLag()
+        self.heap = Heap(self.store.live_objects)
         self._gave_up = ""  # why this manager last stopped leading on its own
         self.api.register(Method("debug.loops", Empty, self._debug_loops))
         self.api.register(Method("debug.fail_loop", FailLoop, self._debug_fail_loop))
@@ -207,6 +210,7 @@ class Manager:
         key_watch = aio.spawn(self._keep_key_file(), "key file", log)
         events = aio.spawn(self.event_log.run(), "EventLog", log)
         lag_watch = aio.spawn(self.lag.run(), "loop lag", log)
+        heap_watch = aio.spawn(self.heap.run(), "heap", log)
         try:
             await self._lead_while_leader()
         finally:
@@ -214,6 +218,7 @@ class Manager:
             dns_keeper.cancel()
             events.cancel()
             lag_watch.cancel()
+            heap_watch.cancel()
             key_watch.cancel()
             if self._leading is not None:
                 await self._leading.stop()
@@ -383,6 +388,8 @@ def main() -> int:
     # the planners run in a thread: let the event loop (heartbeats, DNS, API)
     # have the GIL back within 1 ms of asking rather than CPython's 5 ms
     sys.setswitchinterval(SWITCH_INTERVAL)
+    # no full collection over 100,000 tasks' objects (1.5 s of GIL): heap.py
+    install_gc_policy()
     config = cfg.load_manager_config()
     if config is None:
         from pyswarm.errors import NotManagerError

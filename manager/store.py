@@ -486,6 +486,10 @@ class Store:
     def watcher(self) -> Watcher:
         return Watcher(self)
 
+    def live_objects(self) -> int:
+        """How many objects the store holds now (every kind)."""
+        return self._state.live_objects()
+
     @property
     def version(self) -> int:
         return self._version

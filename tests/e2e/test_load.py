@@ -8,7 +8,11 @@ start them: what is under test is the managers' side. The size defaults to
 20,000 (the issue's 3-manager reproduction; 100,000 on one manager is
 ``bench/scale_store.py``'s and ``PYSWARM_E2E_SCALE=100000``'s): on the
 shared machine 100,000 took more than 5 minutes to create at load 20-70
-(bench/RESULTS.md), far over this test's share of CI.
+(bench/RESULTS.md), far over this test's share of CI, and 57 s on a quiet
+machine (over the 40 s that would make it the default). The manager's loop
+lag and longest garbage-collection pause over the whole scale are printed
+with the DNS figures; they are not asserted until measured on a quiet
+machine with manager/heap.py (bench/RESULTS.md, issue 11).
 """
 
 from __future__ import annotations
@@ -40,8 +44,14 @@ def deploy(lab: Any, tmp_path: Path) -> Iterator[Any]:
         yield go
 
 
-def metrics(lab: Any) -> dict[str, Any]:
-    return dict(json.loads(cli(lab, "manager", "metrics")))
+def metrics(lab: Any, seen: dict[str, float] | None = None) -> dict[str, Any]:
+    """The manager's figures; with ``seen``, the largest of each lag and
+    pause figure so far is kept there (the figures cover the last 60 s)."""
+    out = dict(json.loads(cli(lab, "manager", "metrics")))
+    if seen is not None:
+        for key in ("loop_lag_max_60s_ms", "gc_pause_max_60s_ms", "gc_pause_cpu_max_60s_ms"):
+            seen[key] = max(seen.get(key, 0.0), float(out.get(key, 0.0)))
+    return out
 
 
 class DnsProbe(threading.Thread):
@@ -116,12 +126,16 @@ services:
     rest.stop.set()
     rest.join(5)
     probe = DnsProbe(lab.hosts[lab.managers[0]], "keep.load")
+    worst: dict[str, float] = {}  # the manager's loop lag and gc pauses, the largest seen
+    metrics(lab, worst)  # at rest: what the 60 s window held before the scale
+    rest_lag = worst.get("loop_lag_max_60s_ms", 0.0)
+    worst.clear()
     probe.start()
     try:
         started = time.monotonic()
         cli(lab, "service", "scale", "--detach", f"load_big={SCALE}")
         # polled every second: each CLI call is a Python start, CPU the manager needs
-        wait_for(lambda: metrics(lab)["tasks"] >= SCALE + 2, 600, f"the store holding {SCALE} tasks of load_big",
+        wait_for(lambda: metrics(lab, worst)["tasks"] >= SCALE + 2, 600, f"the store holding {SCALE} tasks of load_big",
                  interval=1.0, observe=lambda: metrics(lab))
         up = time.monotonic() - started
         down_at = time.monotonic()
@@ -131,7 +145,7 @@ services:
                  "load_big 3/3 running within 10 s of the scale back to 3",
                  observe=lambda: brief(tasks(lab, "load_big")))
         back = time.monotonic() - down_at
-        wait_for(lambda: metrics(lab)["tasks"] <= 5 + 5 * 5, 120,
+        wait_for(lambda: metrics(lab, worst)["tasks"] <= 5 + 5 * 5, 120,
                  "the store back to what 5 replicas (and their history) need", interval=1.0,
                  observe=lambda: metrics(lab))
         down = time.monotonic() - down_at
@@ -141,11 +155,13 @@ services:
         # said even when a wait above failed: the figures are what a failure is read with
         print(f"DNS p99 {probe.p99() * 1000:.1f} ms over {len(probe.times)} queries during the scale to {SCALE} "
               f"(at rest: {rest.p99() * 1000:.1f} ms), load average {os.getloadavg()[0]:.1f}")
-    seen = metrics(lab)
+    metrics(lab, worst)
+    lag = f"manager loop lag max {worst['loop_lag_max_60s_ms']} ms during the scale (at rest before: " \
+          f"{rest_lag} ms), longest gc pause {worst.get('gc_pause_max_60s_ms')} ms " \
+          f"({worst.get('gc_pause_cpu_max_60s_ms')} ms of CPU)"
     print(f"scale to {SCALE}: {up:.1f}s, 3/3 running {back:.1f}s after the scale back, store back to 3: "
           f"{down:.1f}s, DNS p99 {probe.p99() * 1000:.1f} ms over {len(probe.times)} queries (at rest: "
-          f"{rest.p99() * 1000:.1f} ms over {len(rest.times)}), manager loop lag max "
-          f"{seen['loop_lag_max_60s_ms']} ms (60 s), load average {os.getloadavg()[0]:.1f}")
+          f"{rest.p99() * 1000:.1f} ms over {len(rest.times)}), {lag}, load average {os.getloadavg()[0]:.1f}")
     assert node_stamps(lab) == nodes_before, "a node was marked down (or came back) meanwhile"
     assert sorted((t["id"], t["container_id"]) for t in running(lab, "load_keep")) == keep_before, \
         "another service's replicas were replaced"

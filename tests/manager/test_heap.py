@@ -1,0 +1,92 @@
+"""The manager's garbage collection (manager/heap.py): over a big store no
+full collection visits what survived (it is frozen), young cycles are still
+collected, and once the store is small again everything is looked at."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from pyswarm.manager import heap
+from pyswarm.manager.heap import BIG, FREEZE_AFTER, FULL_AFTER, Heap
+
+
+class Cyclic:
+    def __init__(self) -> None:
+        self.me = self
+
+
+@pytest.fixture
+def collector() -> Iterator[None]:
+    """This test's process under the manager's policy, restored after."""
+    before = gc.get_threshold()
+    heap.install()
+    gc.disable()  # only the collections a test runs: each counts
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
+        gc.set_threshold(*before)
+        heap._INSTALLED = False
+
+
+def young_collections(n: int) -> None:
+    for _ in range(n):
+        gc.collect(1)
+
+
+def test_install_switches_automatic_full_collections_off(collector: None) -> None:
+    assert gc.get_threshold()[2] == heap.NEVER
+
+
+def test_over_a_big_store_what_survives_is_frozen_and_young_cycles_still_die(collector: None) -> None:
+    size = [BIG]
+    keeper = Heap(lambda: size[0])
+    keeper.attach()
+    try:
+        kept = [{"task": i, "spec": {"image": "x"}} for i in range(1000)]
+        garbage = weakref.ref(Cyclic())  # a cycle that dies young
+        young_collections(FREEZE_AFTER - 1)
+        keeper.step()
+        assert keeper.freezes == 0, "froze before enough young collections promoted anything"
+        young_collections(1)
+        keeper.step()
+        assert keeper.freezes == 1
+        assert gc.get_freeze_count() >= len(kept), "what survived was not frozen"
+        assert garbage() is None, "a young cycle survived into the permanent generation"
+        late = Cyclic()
+        later = weakref.ref(late)
+        young_collections(FREEZE_AFTER)
+        keeper.step()  # frozen with it
+        del late
+        gc.collect()
+        assert later() is not None, "a full collection looked at frozen objects"
+        # the store back to a handful: everything is looked at again
+        size[0] = 3
+        keeper.step()
+        assert gc.get_freeze_count() == 0 and later() is None, "the frozen cycle was not collected once small"
+        assert keeper.full_collections == 1
+        assert keeper.stats()["gc_pause_max_60s_ms"] >= 0.0
+    finally:
+        keeper.detach()
+
+
+def test_a_small_store_gets_a_full_collection_as_often_as_cpython_would(collector: None) -> None:
+    keeper = Heap(lambda: 3)
+    keeper.attach()
+    try:
+        young_collections(FULL_AFTER - 1)
+        keeper.step()
+        assert keeper.full_collections == 0
+        old = Cyclic()
+        young_collections(2)  # promoted to the oldest generation, then dropped
+        ref = weakref.ref(old)
+        del old
+        keeper.step()
+        assert keeper.full_collections == 1 and ref() is None
+    finally:
+        keeper.detach()
