@@ -39,8 +39,8 @@ from pyswarm.images import (
     LoadReply,
     MessageError,
     NodeImage,
-    chain_ids,
     encode_line,
+    engine_chains,
     inventory_line,
 )
 from pyswarm.worker import EngineNotFoundError, ImageNotFoundError, RuntimeError_
@@ -55,19 +55,6 @@ SHIP_TIMEOUT = 1800.0  # a shipment that has not ended by then has failed
 
 
 # -- the image channel (its own process) --------------------------------------
-
-
-async def node_chains(docker: DockerClient) -> set[str]:
-    """Every layer chain this engine holds: the chains of every prefix of
-    every image's layers (intermediate images share their parents' chains)."""
-    chains: set[str] = set()
-    for item in await docker.list_images():
-        data = await docker.inspect_image(str(item.get("Id", "")))
-        if data is None:
-            continue
-        layers = [str(d) for d in ((data.get("RootFS") or {}).get("Layers") or ())]
-        chains.update(chain_ids(layers))
-    return chains
 
 
 class Reader(Protocol):
@@ -108,7 +95,7 @@ async def serve_channel(docker: DockerClient, reader: Reader, write: Callable[[b
         return 0
     have = await docker.inspect_image(req.image)
     present = have is not None and have.get("Id") == req.image_id
-    write(HaveReply(present, frozenset(await node_chains(docker))).to_line())
+    write(HaveReply(present, frozenset(await engine_chains(docker))).to_line())
     first = await reader.read(CHUNK)
     if not first:
         return 0  # the sender had nothing to send
