@@ -594,7 +594,9 @@ def build_stack_images(stack: Any, mode: str, verbose: bool, builder: str = "", 
             built = await build_services(stack.builds, given, mode, local, err if verbose else None, err)
             if connect is not None and mode != "plan":  # to the manager, and on to the leader
                 for b in built.values():
-                    await send_image(local.docker, connect, b.ref, err)
+                    sent = await send_image(local.docker, connect, b.ref, err)
+                    if sent["sent_to"]:
+                        err(f"Sent {b.ref} on to the leader's node {sent['sent_to']}")
             return built
         finally:
             await local.close()
