@@ -225,10 +225,14 @@ async def ship_to(conn: Any, source: Spool | Pending, node: str, reason: str = "
                     shipment.result = "present"
                     return shipment
                 needed = list(range(len(spool.chains))) if full else spool.needed(have)
-                async for chunk in spool.archive(needed):
-                    proc.stdin.write(chunk)
-                    shipment.bytes += len(chunk)
-                    await proc.stdin.drain()
+                send_file = getattr(proc, "send_file", None)  # the openssh transport: the kernel copies
+                if send_file is not None:
+                    shipment.bytes += await send_file(spool.path, spool.saved.pieces(needed))
+                else:
+                    async for chunk in spool.archive(needed):
+                        proc.stdin.write(chunk)
+                        shipment.bytes += len(chunk)
+                        await proc.stdin.drain()
                 proc.stdin.write_eof()
                 shipment.layers_sent = len(needed)
                 sent = time.monotonic()
