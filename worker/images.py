@@ -44,7 +44,7 @@ from pyswarm.images import (
     inventory_line,
 )
 from pyswarm.worker import EngineNotFoundError, ImageNotFoundError, RuntimeError_
-from pyswarm.worker.docker import DockerClient
+from pyswarm.worker.docker import DockerClient, loaded_refs
 
 log = logging.getLogger(__name__)
 
@@ -159,12 +159,7 @@ def docker_cli_load(docker: DockerClient, fd: int = 0) -> LoadStdin | None:
         out, err = await proc.communicate()
         if proc.returncode != 0:
             return False, [], (err.decode(errors="replace").strip() or f"docker load exited {proc.returncode}")[-2000:]
-        loaded = []
-        for line in out.decode(errors="replace").splitlines():
-            for prefix in ("Loaded image: ", "Loaded image ID: "):
-                if line.startswith(prefix):
-                    loaded.append(line[len(prefix):].strip())
-        return True, loaded, ""
+        return True, loaded_refs(out.decode(errors="replace")), ""
     return load
 
 
