@@ -28,7 +28,9 @@ def test_pieces_of_the_spool_reach_the_child_whole(tmp_path: Path) -> None:
         sent = await proc.send_file(spool, pieces)
         proc.stdin.write_eof()
         line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        await asyncio.wait_for(proc._proc.wait(), 30)  # the child ends on its input's end
         proc.close()
+        await asyncio.sleep(0)
         return sent, line
 
     sent, line = asyncio.run(main())
