@@ -23,6 +23,7 @@ private copy of /root/.ssh, never the machine's) and removed after.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import shlex
@@ -89,6 +90,22 @@ def peer_round(lab: Lab, workers: list[str], ref: str, key: Path) -> tuple[float
     return time.monotonic() - start, size * len(workers)
 
 
+def floor_round(lab: Lab, workers: list[str], ref: str, archive: Path) -> tuple[float, float]:
+    """The machine's own floor, no network and no SSH at all: the workers'
+    engines ``docker load -i`` the same archive from the shared disk (it is
+    in the page cache: saved just before), one worker alone, then all of
+    them at once. Seconds of each (the workers lack ``ref`` before each)."""
+    drop(lab, workers, [ref])
+    start = time.monotonic()
+    sh(lab, workers[0], f"docker load -q -i {archive} >/dev/null")
+    alone = time.monotonic() - start
+    drop(lab, workers, [ref])
+    start = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(len(workers)) as pool:
+        list(pool.map(lambda w: sh(lab, w, f"docker load -q -i {archive} >/dev/null"), workers))
+    return alone, time.monotonic() - start
+
+
 def add_key(lab: Lab, workers: list[str], scratch: Path) -> Path:
     key = scratch / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", KEY_MARK, "-f", str(key)], check=True)
@@ -127,10 +144,15 @@ def main() -> int:
         build(lab, ctx, "2", change=True)
         v1, v2 = f"{IMAGE}:1", f"{IMAGE}:2"
         changed = LAYERS[-1] << 20
+        archive = scratch / "v1.tar"
+        start = time.monotonic()
+        sh(lab, lab.managers[0], f"docker save -o {archive} {v1}")
+        results["save_s"] = time.monotonic() - start
         for i in range(args.repeat):
             # first ship: from nothing but the base; the order alternates
             # between repeats (the machine's load drifts within a run)
             order = ("peer", "pyswarm") if i % 2 == 0 else ("pyswarm", "peer")
+            results.setdefault("floor", []).append(floor_round(lab, workers, v1, archive))
             for who in order:
                 drop(lab, workers, [v1, v2])
                 results.setdefault(f"first_{who}", []).append(
@@ -157,6 +179,13 @@ def main() -> int:
             ratios.append(ps / qs)
             print(f"| {name} | {i} | {ps:.1f} | {pb / mb:.1f} | {qs:.1f} | {qb / mb:.1f} | {ps / qs:.2f} | {pb / qb:.3f} |")
         print(f"| {name} | median | | | | | {statistics.median(ratios):.2f} | |")
+    print(f"floor (no network, no SSH): `docker save` to a file on the manager {results['save_s']:.1f} s; "
+          "the workers' engines `docker load -i` that file:")
+    print("| repeat | one worker alone s | 5 workers at once s | floor/peer | pyswarm/peer | pyswarm/floor |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for i, ((alone, five), (ps, _), (qs, _)) in enumerate(
+            zip(results["floor"], results["first_pyswarm"], results["first_peer"]), 1):
+        print(f"| {i} | {alone:.1f} | {five:.1f} | {five / qs:.2f} | {ps / qs:.2f} | {ps / five:.2f} |")
     per_node = results["change_pyswarm"][-1][1] / len(workers)
     print(f"after the change: {per_node / mb:.2f} MB per node for a {changed / mb:.0f} MB layer "
           f"({per_node / changed:.3f}x the changed layer)")

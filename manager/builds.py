@@ -173,7 +173,7 @@ async def build(store: Store, images: ImageService, req: BuildRequest, inputs: I
         raise UsageError(f"service {req.service}: the engine of manager {socket.gethostname()} finished "
                          f"the build but has no image {req.image}")
     log.info("built %s for service %s (%d bytes of context)", req.image, req.service, upload.received)
-    sent_to = await _to_leader(store, images, req.image, f"service {req.service}: built")
+    sent_to = await to_leader(store, images, req.image, f"service {req.service}: built")
     yield Final({"id": str(data.get("Id", "")), "builder": socket.gethostname(), "sent_to": sent_to})
 
 
@@ -197,11 +197,12 @@ async def load(store: Store, images: ImageService, req: LoadRequest, inputs: Inp
     if await images.docker.inspect_image(req.image) is None:
         raise UsageError(f"image {req.image}: the archive sent did not load it on manager {socket.gethostname()} "
                          f"(loaded: {', '.join(loaded) or 'nothing'})")
-    sent_to = await _to_leader(store, images, req.image, "loaded")
-    yield Final({"loaded": loaded, "sent_to": sent_to})
+    sent_to = await to_leader(store, images, req.image, "loaded")
+    log.info("loaded %s from a CLI (%d bytes)", req.image, upload.received)
+    yield Final({"loaded": loaded, "sent_to": sent_to, "bytes": upload.received})
 
 
-async def _to_leader(store: Store, images: ImageService, ref: str, what: str) -> str:
+async def to_leader(store: Store, images: ImageService, ref: str, what: str) -> str:
     """On a follower: send the image to the leader's node, where automatic
     shipping reads it. Returns the leader's hostname ("" on the leader)."""
     if store.is_leader:

@@ -29,7 +29,6 @@ import asyncio
 import collections
 import logging
 import os
-import tarfile
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -45,6 +44,7 @@ from pyswarm.images import (
     Engine,
     PLAN_PULL,
     PLAN_SHIP,
+    SavedArchive,
     ChannelRequest,
     HaveReply,
     ImageDone,
@@ -53,7 +53,6 @@ from pyswarm.images import (
     LoadReply,
     MessageError,
     NodeImage,
-    chain_ids,
     check_ref,
     engine_client,
     inventory_from_line,
@@ -82,17 +81,23 @@ class ShipError(Exception):
 
 @dataclass
 class Spool:
-    """One image's ``docker save`` archive on this manager's disk, indexed."""
+    """One image's ``docker save`` archive on this manager's disk, indexed
+    (:class:`pyswarm.images.SavedArchive`: each node gets it cut to the
+    layers it lacks)."""
 
     ref: str
     image_id: str
-    chains: list[str]
-    config: str  # the config's member name
-    layers: list[str]  # member name of each layer, aligned with chains
-    members: dict[str, tuple[int, int]]  # name → (data offset, size)
-    path: Path
+    saved: SavedArchive
     users: int = 0
     expires: float = 0.0
+
+    @property
+    def path(self) -> Path:
+        return self.saved.path
+
+    @property
+    def chains(self) -> list[str]:
+        return self.saved.chains
 
     @classmethod
     async def make(cls, docker: Engine, ref: str, directory: Path) -> Spool:
@@ -108,76 +113,34 @@ class Spool:
             with os.fdopen(fd, "wb") as fh:
                 async for chunk in docker.save_image(ref):
                     await asyncio.to_thread(fh.write, chunk)
-            config, layers, members = await asyncio.to_thread(_index, path)
+            saved = await asyncio.to_thread(SavedArchive.index, path, diff_ids, f"image {ref}")
+        except MessageError as exc:
+            path.unlink(missing_ok=True)
+            raise ShipError(str(exc)) from None
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        if len(layers) != len(diff_ids):
-            path.unlink(missing_ok=True)
-            raise ShipError(f"image {ref}: the saved manifest lists {len(layers)} layers, the engine {len(diff_ids)}")
-        return cls(ref, image_id, chain_ids(diff_ids), config, layers, members, path)
+        return cls(ref, image_id, saved)
 
     def needed(self, have: HaveReply) -> list[int]:
-        """The layers a node lacks (by chain: a layer is reused only in the same place)."""
-        return [i for i, chain in enumerate(self.chains) if chain not in have.chains]
+        return self.saved.needed(have.chains)
 
     def archive_size(self, needed: list[int]) -> int:
-        names = self._names(needed)
-        return sum(512 + _padded(self.members[n][1]) for n in names) + 1024
-
-    def _names(self, needed: list[int]) -> list[str]:
-        names = [self.config]
-        for i in needed:
-            if self.layers[i] not in names:
-                names.append(self.layers[i])
-        names.append("manifest.json")
-        return names
+        return self.saved.size(needed)
 
     async def archive(self, needed: list[int]) -> AsyncIterator[bytes]:
         """A ``docker load``-able tar: config, the ``needed`` layers, manifest."""
         with open(self.path, "rb") as fh:
-            for name in self._names(needed):
-                offset, size = self.members[name]
-                info = tarfile.TarInfo(name)
-                info.size, info.mode, info.mtime = size, 0o644, 0
-                yield info.tobuf(format=tarfile.GNU_FORMAT)
+            for head, offset, size in self.saved.pieces(needed):
+                yield head
                 fh.seek(offset)
                 left = size
                 while left > 0:
                     chunk = await asyncio.to_thread(fh.read, min(CHUNK, left))
                     if not chunk:
-                        raise ShipError(f"spool of {self.ref} is truncated at {name}")
+                        raise ShipError(f"spool of {self.ref} is truncated")
                     left -= len(chunk)
                     yield chunk
-                if size % 512:
-                    yield b"\0" * (512 - size % 512)
-        yield b"\0" * 1024
-
-
-def _padded(size: int) -> int:
-    return size + (-size % 512)
-
-
-def _index(path: Path) -> tuple[str, list[str], dict[str, tuple[int, int]]]:
-    import json
-
-    members: dict[str, tuple[int, int]] = {}
-    with tarfile.open(path, "r:") as tar:
-        for m in tar:
-            if m.isfile():
-                members[m.name] = (m.offset_data, m.size)
-        manifest_member = tar.getmember("manifest.json")
-        fh = tar.extractfile(manifest_member)
-        assert fh is not None
-        manifest = json.loads(fh.read())
-    if not isinstance(manifest, list) or len(manifest) != 1:
-        raise ShipError("the saved archive does not hold exactly one image")
-    entry = manifest[0]
-    config, layers = str(entry["Config"]), [str(p) for p in entry["Layers"]]
-    for name in [config, *layers]:
-        if name not in members:
-            raise ShipError(f"the saved archive lacks {name}")
-    return config, layers, members
 
 
 # -- one shipment ------------------------------------------------------------------
@@ -262,10 +225,14 @@ async def ship_to(conn: Any, source: Spool | Pending, node: str, reason: str = "
                     shipment.result = "present"
                     return shipment
                 needed = list(range(len(spool.chains))) if full else spool.needed(have)
-                async for chunk in spool.archive(needed):
-                    proc.stdin.write(chunk)
-                    shipment.bytes += len(chunk)
-                    await proc.stdin.drain()
+                send_file = getattr(proc, "send_file", None)  # the openssh transport: the kernel copies
+                if send_file is not None:
+                    shipment.bytes += await send_file(spool.path, spool.saved.pieces(needed))
+                else:
+                    async for chunk in spool.archive(needed):
+                        proc.stdin.write(chunk)
+                        shipment.bytes += len(chunk)
+                        await proc.stdin.drain()
                 proc.stdin.write_eof()
                 shipment.layers_sent = len(needed)
                 sent = time.monotonic()

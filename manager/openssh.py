@@ -21,10 +21,12 @@ protocol is the same code either way.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import asyncssh
@@ -39,17 +41,61 @@ def available() -> bool:
     return os.environ.get("PYSWARM_SHIP_TRANSPORT", "") != "asyncssh" and shutil.which("ssh") is not None
 
 
-class _Process:
-    """An ``ssh`` child seen as an asyncssh process: stdin, stdout, stderr, close."""
+class _Stdin:
+    """The ``ssh`` child's stdin: a pipe of our own, blocking, so that a
+    thread can ``sendfile`` the spool into it (the archive's bytes go from
+    the page cache to the pipe in the kernel, never through this process).
+    The protocol's lines are small: written directly."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    async def drain(self) -> None:
+        return None
+
+    def write_eof(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class _Process:
+    """An ``ssh`` child seen as an asyncssh process: stdin, stdout, stderr,
+    close; and :meth:`send_file`, which :func:`.images.ship_to` uses when
+    there."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, stdin: _Stdin) -> None:
         self._proc = proc
-        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        self.stdin = proc.stdin
+        assert proc.stdout is not None and proc.stderr is not None
+        self.stdin = stdin
         self.stdout = proc.stdout
         self.stderr = proc.stderr
 
+    async def send_file(self, path: Path, pieces: Iterable[tuple[bytes, int, int]]) -> int:
+        """Write ``pieces`` (:meth:`pyswarm.images.SavedArchive.pieces`) of
+        the file at ``path`` into stdin; returns the bytes written."""
+        return await asyncio.to_thread(self._send_file, path, list(pieces))
+
+    def _send_file(self, path: Path, pieces: list[tuple[bytes, int, int]]) -> int:
+        sent = 0
+        with open(path, "rb") as src:
+            for head, offset, size in pieces:
+                self.stdin.write(head)
+                sent += len(head)
+                while size > 0:
+                    n = os.sendfile(self.stdin.fd, src.fileno(), offset, size)
+                    if n == 0:
+                        raise OSError(f"{path} ends before its archive's pieces do")
+                    offset, size, sent = offset + n, size - n, sent + n
+        return sent
+
     def close(self) -> None:
+        self.stdin.write_eof()
         if self._proc.returncode is None:
             try:
                 self._proc.kill()
@@ -81,10 +127,21 @@ class OpenSSHConnection:
                 "-o", "LogLevel=ERROR", f"root@{self.node.addr}", command]
 
     async def create_process(self, command: str, encoding: Any = None) -> _Process:
-        proc = await asyncio.create_subprocess_exec(
-            *self.argv(command), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, limit=1 << 20)
-        return _Process(proc)
+        r, w = os.pipe()
+        try:
+            fcntl.fcntl(w, 1031, 1 << 20)  # F_SETPIPE_SZ: fewer wake-ups of ssh
+        except OSError:
+            pass
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.argv(command), stdin=r, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, limit=1 << 20)
+        except BaseException:
+            os.close(w)
+            raise
+        finally:
+            os.close(r)
+        return _Process(proc, _Stdin(w))
 
     def close(self) -> None:
         shutil.rmtree(self._dir, ignore_errors=True)

@@ -431,22 +431,70 @@ class ManagerBuilder:
         return image_id
 
 
-async def send_image(docker: Any, connect: Connect, ref: str, say: Log | None) -> None:
-    """A remote CLI built ``ref`` with its own engine: the manager it reached
-    gets it (``docker save`` here, ``image.load`` there) unless it holds it already."""
+async def send_image(docker: Any, connect: Connect, ref: str, say: Log | None) -> dict[str, Any]:
+    """The CLI built ``ref`` with its own engine: the manager it reached
+    gets it unless it holds it already (``docker save`` here, cut to the
+    layers whose chain the manager's engine lacks, ``image.load`` there),
+    and on a follower the manager sends it on to the leader's node, where
+    automatic shipping reads it (``image.to_leader``: also when the
+    manager's engine is this CLI's own). Returns ``{"bytes", "layers_sent",
+    "layers_total", "sent_to"}``; a load of a cut archive that fails (the
+    manager lost a layer since it answered) is retried whole, once."""
+    from pyswarm.images import SavedArchive
+
     data = await docker.inspect_image(ref)
     if data is None:
         raise BuildError(f"image {ref} is not on this machine's engine")
+    diff_ids = [str(d) for d in ((data.get("RootFS") or {}).get("Layers") or ())]
     there = await asyncio.to_thread(connect().call, "image.built", {"image": ref})
     if there is not None and there.get("id") == data.get("Id"):
-        return
-    if say is not None:
-        say(f"Sending {ref} to the manager")
-    with tempfile.TemporaryFile() as fh:
-        async for chunk in docker.save_image(ref):
-            await asyncio.to_thread(fh.write, chunk)
-        size = fh.tell()
-        await asyncio.to_thread(upload, connect(), "image.load", {"image": ref, "size": size}, fh, lambda _: None)
+        forwarded = await asyncio.to_thread(connect().call, "image.to_leader", {"image": ref}, 600.0)
+        return {"bytes": 0, "layers_sent": 0, "layers_total": len(diff_ids),
+                "sent_to": str((forwarded or {}).get("sent_to", ""))}
+    held = await asyncio.to_thread(connect().call, "image.chains")
+    chains = [str(c) for c in (held or {}).get("chains", ())]
+    with tempfile.TemporaryDirectory(prefix="pyswarm-image-") as scratch:
+        whole = Path(scratch) / "image.tar"
+        with open(whole, "wb") as fh:
+            async for chunk in docker.save_image(ref):
+                await asyncio.to_thread(fh.write, chunk)
+        try:
+            saved = await asyncio.to_thread(SavedArchive.index, whole, diff_ids, f"image {ref}")
+        except ValueError as exc:
+            raise BuildError(str(exc)) from None
+        needed = saved.needed(chains)
+        for attempt in (needed, list(range(len(saved.chains)))):
+            if say is not None:
+                say(f"Sending {ref} to the manager: {len(attempt)} of {len(saved.chains)} layers, "
+                    f"{saved.size(attempt) / 1e6:.1f} MB")
+            with tempfile.TemporaryFile(dir=scratch) as cut:
+                await asyncio.to_thread(_write_cut, saved, attempt, cut)
+                size = cut.tell()
+                try:
+                    answer = await asyncio.to_thread(upload, connect(), "image.load", {"image": ref, "size": size},
+                                                     cut, lambda _: None)
+                except UsageError:
+                    if len(attempt) == len(saved.chains):
+                        raise
+                    continue
+            return {"bytes": size, "layers_sent": len(attempt), "layers_total": len(saved.chains),
+                    "sent_to": str((answer or {}).get("sent_to", ""))}
+    raise AssertionError("unreachable: the whole archive's attempt returns or raises")
+
+
+def _write_cut(saved: Any, needed: list[int], out: IO[bytes]) -> None:
+    """The archive cut to ``needed`` (:meth:`pyswarm.images.SavedArchive.pieces`) into ``out``."""
+    with open(saved.path, "rb") as src:
+        for head, offset, size in saved.pieces(needed):
+            out.write(head)
+            src.seek(offset)
+            left = size
+            while left > 0:
+                chunk = src.read(min(left, 1 << 20))
+                if not chunk:
+                    raise BuildError(f"the saved archive {saved.path} is truncated")
+                out.write(chunk)
+                left -= len(chunk)
 
 
 @dataclass
@@ -544,9 +592,11 @@ def build_stack_images(stack: Any, mode: str, verbose: bool, builder: str = "", 
         local = EngineBuilder()
         try:
             built = await build_services(stack.builds, given, mode, local, err if verbose else None, err)
-            if remote and connect is not None and mode != "plan":
+            if connect is not None and mode != "plan":  # to the manager, and on to the leader
                 for b in built.values():
-                    await send_image(local.docker, connect, b.ref, err)
+                    sent = await send_image(local.docker, connect, b.ref, err)
+                    if sent["sent_to"]:
+                        err(f"Sent {b.ref} on to the leader's node {sent['sent_to']}")
             return built
         finally:
             await local.close()

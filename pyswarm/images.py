@@ -44,8 +44,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
+import tarfile
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 CHANNEL_COMMAND = "pyswarm worker --images"
@@ -71,6 +73,8 @@ class Engine(Protocol):
     def build_image(self, params: list[tuple[str, str]], body: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]: ...
 
     async def load_image(self, body: AsyncIterator[bytes]) -> list[str]: ...
+
+    async def list_images(self) -> list[dict[str, Any]]: ...
 
     async def close(self) -> None: ...
 
@@ -134,6 +138,93 @@ def chain_ids(diff_ids: Sequence[str]) -> list[str]:
         else:
             out.append("sha256:" + hashlib.sha256(f"{out[-1]} {diff}".encode()).hexdigest())
     return out
+
+
+async def engine_chains(docker: Engine) -> set[str]:
+    """Every layer chain an engine holds: the chains of every prefix of
+    every image's layers (intermediate images share their parents' chains).
+    What a node answers ``have`` with, and what a manager tells a remote CLI
+    that sends it an image (``image.built`` with ``chains``)."""
+    chains: set[str] = set()
+    for item in await docker.list_images():
+        data = await docker.inspect_image(str(item.get("Id", "")))
+        if data is None:
+            continue
+        chains.update(chain_ids([str(d) for d in ((data.get("RootFS") or {}).get("Layers") or ())]))
+    return chains
+
+
+# -- a saved archive, cut down to the layers a receiver lacks -------------------
+
+
+@dataclass
+class SavedArchive:
+    """A ``docker save`` archive of one image on disk, indexed: ``docker
+    save`` writes the layers before the manifest that names them, so it is
+    saved whole first, then any receiver gets a tar of the config, the
+    manifest and only the layers whose *chain* it lacks (``docker load``
+    skips the layers it has and makes the same image ID). The manager's
+    spool (manager/images.py) and a remote CLI's ``image.load`` both cut
+    their archives with this."""
+
+    path: Path
+    chains: list[str]
+    config: str  # the config's member name
+    layers: list[str]  # member name of each layer, aligned with chains
+    members: dict[str, tuple[int, int]]  # name → (data offset, size)
+
+    @classmethod
+    def index(cls, path: Path, diff_ids: Sequence[str], what: str) -> SavedArchive:
+        """Read the archive's member table and manifest (not its data);
+        ``diff_ids``: the image's ``RootFS.Layers`` as its engine says."""
+        members: dict[str, tuple[int, int]] = {}
+        with tarfile.open(path, "r:") as tar:
+            for m in tar:
+                if m.isfile():
+                    members[m.name] = (m.offset_data, m.size)
+            fh = tar.extractfile(tar.getmember("manifest.json"))
+            assert fh is not None
+            manifest = json.loads(fh.read())
+        if not isinstance(manifest, list) or len(manifest) != 1:
+            raise MessageError(f"{what}: the saved archive does not hold exactly one image")
+        config, layers = str(manifest[0]["Config"]), [str(p) for p in manifest[0]["Layers"]]
+        for name in [config, *layers]:
+            if name not in members:
+                raise MessageError(f"{what}: the saved archive lacks {name}")
+        if len(layers) != len(diff_ids):
+            raise MessageError(f"{what}: the saved manifest lists {len(layers)} layers, the engine {len(diff_ids)}")
+        return cls(path, chain_ids(diff_ids), config, layers, members)
+
+    def needed(self, have: Iterable[str]) -> list[int]:
+        """The layers a receiver holding chains ``have`` lacks (by chain: a
+        layer is reused only in the same place)."""
+        held = set(have)
+        return [i for i, chain in enumerate(self.chains) if chain not in held]
+
+    def names(self, needed: Sequence[int]) -> list[str]:
+        names = [self.config]
+        for i in needed:
+            if self.layers[i] not in names:
+                names.append(self.layers[i])
+        names.append("manifest.json")
+        return names
+
+    def size(self, needed: Sequence[int]) -> int:
+        """Bytes of the cut tar (headers, padded data, the end blocks)."""
+        return sum(512 + self.members[n][1] + (-self.members[n][1] % 512) for n in self.names(needed)) + 1024
+
+    def pieces(self, needed: Sequence[int]) -> Iterator[tuple[bytes, int, int]]:
+        """The cut tar as (bytes to write, then ``size`` bytes of the archive
+        from ``offset``) pieces: the caller copies the data its own way
+        (a thread's reads, or the kernel's ``sendfile``)."""
+        for name in self.names(needed):
+            offset, size = self.members[name]
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = size, 0o644, 0
+            yield info.tobuf(format=tarfile.GNU_FORMAT), offset, size
+            if size % 512:
+                yield b"\0" * (512 - size % 512), 0, 0
+        yield b"\0" * 1024, 0, 0
 
 
 def decode_line(line: bytes, what: str) -> dict[str, Any]:

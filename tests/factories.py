@@ -14,7 +14,12 @@ directory on ``sys.path`` (or a conftest.py in tests/ does).
 
 from __future__ import annotations
 
+import hashlib
+import io
 import itertools
+import json
+import tarfile
+from collections.abc import AsyncIterator
 from typing import Any
 
 from pyswarm.models import (
@@ -132,3 +137,63 @@ def make_snapshot(*objects: Any, index: int = 1) -> Any:
     for obj in objects:
         raw.setdefault(kinds[type(obj)], {})[obj.id] = obj.to_dict()
     return Snapshot(index, raw)
+
+
+# -- images: a fake engine holding one saved image -----------------------------
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _tar(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+class ImageEngine:
+    """A fake engine for image shipping's unit tests (manager/images.py,
+    pyswarm/build.py's send_image): what both ends call of the engine: one image made of ``layers``, as
+    ``docker save`` lays it out (layers first, manifest last)."""
+
+    def __init__(self, layers: list[bytes], tag: str = "app:1", has: list[list[bytes]] | None = None) -> None:
+        self.diffs = [_digest(layer) for layer in layers]
+        self.config = json.dumps({"rootfs": {"type": "layers", "diff_ids": self.diffs}}).encode()
+        self.id = _digest(self.config)
+        self.tag = tag
+        members = {f"{i:064x}/layer.tar": layer for i, layer in enumerate(layers)}
+        members[self.id[7:] + ".json"] = self.config
+        members["manifest.json"] = json.dumps([{"Config": self.id[7:] + ".json", "RepoTags": [tag],
+                                                "Layers": [f"{i:064x}/layer.tar" for i in range(len(layers))]}]).encode()
+        self.archive = _tar(members)
+        # what a receiving engine already holds: images by their layers
+        self.held = {f"sha256:{k:064x}": [_digest(x) for x in ls] for k, ls in enumerate(has or [])}
+        self.loaded: list[bytes] = []
+
+    async def inspect_image(self, ref: str) -> dict[str, Any] | None:
+        if ref in (self.tag, self.id):
+            return {"Id": self.id, "RootFS": {"Layers": self.diffs}, "RepoDigests": []}
+        if ref in self.held:
+            return {"Id": ref, "RootFS": {"Layers": self.held[ref]}}
+        return None
+
+    async def save_image(self, ref: str) -> AsyncIterator[bytes]:
+        for i in range(0, len(self.archive), 1000):
+            yield self.archive[i:i + 1000]
+
+    async def list_images(self) -> list[dict[str, Any]]:
+        return [{"Id": k} for k in self.held]
+
+    async def load_image(self, body: AsyncIterator[bytes]) -> list[str]:
+        self.loaded.append(b"".join([c async for c in body]))
+        return [self.tag]
+
+
+def image_members(archive: bytes) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]

@@ -390,10 +390,7 @@ class DockerClient:
                                         headers={"Content-Type": "application/x-tar"}):
             if msg.get("error"):
                 raise EngineAPIError(500, str(msg["error"]))
-            stream = str(msg.get("stream") or "").strip()
-            for prefix in ("Loaded image: ", "Loaded image ID: "):
-                if stream.startswith(prefix):
-                    loaded.append(stream[len(prefix):])
+            loaded += loaded_refs(str(msg.get("stream") or ""))
         return loaded
 
     def build_image(self, params: list[tuple[str, str]], body: AsyncIterator[bytes]) -> AsyncIterator[JSON]:
@@ -487,6 +484,17 @@ class DockerClient:
                     on_error(str(exc) or type(exc).__name__)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, max_retry_delay)
+
+
+def loaded_refs(text: str) -> list[str]:
+    """What ``docker load`` says it loaded (its stream, or the CLI's output)."""
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        for prefix in ("Loaded image: ", "Loaded image ID: "):
+            if line.startswith(prefix):
+                out.append(line[len(prefix):].strip())
+    return out
 
 
 def _event_since(event: Mapping[str, Any]) -> str | None:

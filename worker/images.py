@@ -23,7 +23,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -39,12 +39,12 @@ from pyswarm.images import (
     LoadReply,
     MessageError,
     NodeImage,
-    chain_ids,
     encode_line,
+    engine_chains,
     inventory_line,
 )
 from pyswarm.worker import EngineNotFoundError, ImageNotFoundError, RuntimeError_
-from pyswarm.worker.docker import DockerClient
+from pyswarm.worker.docker import DockerClient, loaded_refs
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +55,6 @@ SHIP_TIMEOUT = 1800.0  # a shipment that has not ended by then has failed
 
 
 # -- the image channel (its own process) --------------------------------------
-
-
-async def node_chains(docker: DockerClient) -> set[str]:
-    """Every layer chain this engine holds: the chains of every prefix of
-    every image's layers (intermediate images share their parents' chains)."""
-    chains: set[str] = set()
-    for item in await docker.list_images():
-        data = await docker.inspect_image(str(item.get("Id", "")))
-        if data is None:
-            continue
-        layers = [str(d) for d in ((data.get("RootFS") or {}).get("Layers") or ())]
-        chains.update(chain_ids(layers))
-    return chains
 
 
 class Reader(Protocol):
@@ -84,8 +71,12 @@ async def _body(first: bytes, reader: Reader, counted: list[int]) -> AsyncIterat
         yield chunk
 
 
-async def serve_channel(docker: DockerClient, reader: Reader, write: Callable[[bytes], None]) -> int:
-    """Answer one image channel request; 0 when it was served, 1 when not."""
+async def serve_channel(docker: DockerClient, reader: Reader, write: Callable[[bytes], None],
+                        load_stdin: LoadStdin | None = None) -> int:
+    """Answer one image channel request; 0 when it was served, 1 when not.
+    ``load_stdin``: what loads the tar that follows a ``have`` when not this
+    process (:func:`docker_cli_load`); ``reader`` must then have read no
+    further than the request line."""
     try:
         req = ChannelRequest.from_line(await reader.readline())
     except MessageError as exc:
@@ -108,7 +99,19 @@ async def serve_channel(docker: DockerClient, reader: Reader, write: Callable[[b
         return 0
     have = await docker.inspect_image(req.image)
     present = have is not None and have.get("Id") == req.image_id
-    write(HaveReply(present, frozenset(await node_chains(docker))).to_line())
+    write(HaveReply(present, frozenset(await engine_chains(docker))).to_line())
+    if present:
+        return 0  # the sender sends nothing
+    if load_stdin is not None:
+        ok, loaded, error = await load_stdin()
+        if not ok:
+            while await reader.read(CHUNK):  # let the sender finish writing
+                pass
+            write(LoadReply(False, error=error).to_line())
+            return 1
+        log.info("loaded %s", ", ".join(loaded))
+        write(LoadReply(True, tuple(loaded), cpu=_cpu()).to_line())
+        return 0
     first = await reader.read(CHUNK)
     if not first:
         return 0  # the sender had nothing to send
@@ -121,8 +124,43 @@ async def serve_channel(docker: DockerClient, reader: Reader, write: Callable[[b
         write(LoadReply(False, error=str(exc)).to_line())
         return 1
     log.info("loaded %s (%d bytes)", ", ".join(loaded), counted[0])
-    write(LoadReply(True, tuple(loaded), cpu=round(time.process_time(), 3)).to_line())
+    write(LoadReply(True, tuple(loaded), cpu=_cpu()).to_line())
     return 0
+
+
+def _cpu() -> float:
+    """CPU seconds of this channel process and the ``docker load`` it ran."""
+    import resource
+
+    child = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return round(time.process_time() + child.ru_utime + child.ru_stime, 3)
+
+
+LoadStdin = Callable[[], Awaitable[tuple[bool, list[str], str]]]
+
+
+def docker_cli_load(docker: DockerClient, fd: int = 0) -> LoadStdin | None:
+    """The tar that follows on ``fd`` straight into the docker CLI's ``docker
+    load`` (stdin handed over, so this process never touches the bytes),
+    where the host has the CLI. Why: the channel's own copy (sshd's pipe →
+    this process → aiohttp → the engine) was ~0.4 s of CPU per 100 MB in
+    Python, five of them at once on a shipment to five nodes, on the cores
+    the engines load with (bench/RESULTS.md, issue 15). None: no CLI here."""
+    import shutil
+
+    cli = shutil.which("docker")
+    if cli is None:
+        return None
+
+    async def load() -> tuple[bool, list[str], str]:
+        env = {**os.environ, "DOCKER_HOST": f"unix://{docker.socket}"}
+        proc = await asyncio.create_subprocess_exec(cli, "load", stdin=fd, stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.PIPE, env=env)
+        out, err = await proc.communicate()
+        if proc.returncode != 0:
+            return False, [], (err.decode(errors="replace").strip() or f"docker load exited {proc.returncode}")[-2000:]
+        return True, loaded_refs(out.decode(errors="replace")), ""
+    return load
 
 
 class _Stdin:
@@ -132,9 +170,20 @@ class _Stdin:
     def __init__(self, fd: int = 0, depth: int = 8) -> None:
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(depth)
+        self._fd = fd
         self._buf = b""
         self._eof = False
-        threading.Thread(target=self._run, args=(fd,), name="stdin", daemon=True).start()
+        self._started = False
+
+    def request_line(self) -> None:
+        """Read the request line alone, a byte at a time, before any thread
+        reads ahead: what follows may be handed over whole (:func:`docker_cli_load`)."""
+        while not self._buf.endswith(b"\n") and len(self._buf) <= MAX_LINE:
+            byte = os.read(self._fd, 1)
+            if not byte:
+                self._eof = True
+                return
+            self._buf += byte
 
     def _run(self, fd: int) -> None:
         _grow_pipe(fd)
@@ -148,11 +197,14 @@ class _Stdin:
     async def _fill(self) -> bool:
         if self._eof:
             return False
+        if not self._started:
+            self._started = True
+            threading.Thread(target=self._run, args=(self._fd,), name="stdin", daemon=True).start()
         chunk = await self._queue.get()
         if not chunk:
             self._eof = True
             return False
-        self._buf += chunk
+        self._buf = self._buf + chunk if self._buf else chunk
         return True
 
     async def readline(self) -> bytes:
@@ -164,6 +216,9 @@ class _Stdin:
     async def read(self, n: int) -> bytes:
         if not self._buf:
             await self._fill()
+        if len(self._buf) <= n:  # the usual case: a block handed on whole, no copy
+            out, self._buf = self._buf, b""
+            return out
         out, self._buf = self._buf[:n], self._buf[n:]
         return out
 
@@ -208,6 +263,7 @@ def _read_ready(fd: int) -> tuple[bytes, bool]:
 
 async def _serve_stdio(out_fd: int) -> int:
     reader = _Stdin()
+    reader.request_line()
 
     def write(data: bytes) -> None:
         while data:
@@ -215,7 +271,7 @@ async def _serve_stdio(out_fd: int) -> int:
 
     async with DockerClient() as docker:
         try:
-            return await serve_channel(docker, reader, write)
+            return await serve_channel(docker, reader, write, docker_cli_load(docker))
         except RuntimeError_ as exc:
             write(encode_line({"op": "error", "error": str(exc)}))
             return 1

@@ -3,7 +3,8 @@
 These are served by the manager the CLI reached, never forwarded: the image
 comes from *this* machine's engine (where the operator's CLI runs), and the
 connections to the nodes are this manager's (the dispatcher's on the
-leader). ``image.built`` and the streaming ``image.build``
+leader). ``image.built``, ``image.chains``, ``image.to_leader`` and the
+streaming ``image.build``
 (manager/builds.py) build on this manager's engine for a remote CLI.
 """
 
@@ -12,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyswarm.images import MAX_REF, MessageError, check_ref
+from pyswarm.images import MAX_REF, MessageError, check_ref, engine_chains
 from pyswarm.errors import UsageError
 from pyswarm.wire import rule
 
-from ..builds import built_hash
+from ..builds import built_hash, to_leader
 from ..images import ImageService
 from ..store import Store
 from .base import Resource, Self, method
@@ -58,6 +59,26 @@ class Images(Resource):
         except MessageError as exc:
             raise UsageError(str(exc)) from None
         return await built_hash(self.images, req.image)
+
+    @method("image.chains")
+    async def chains(self, req: object) -> Any:
+        """Every layer chain this manager's engine holds: a remote CLI sends
+        ``image.load`` only the layers whose chain is not among them (the
+        comparison a node's ``have`` answer serves for shipping)."""
+        return {"chains": sorted(await engine_chains(self.images.docker))}
+
+    @method("image.to_leader", ImageRef)
+    async def to_leader(self, req: ImageRef) -> Any:
+        """A CLI built an image with this manager's own engine: on a follower
+        it goes on to the leader's node (only missing layers), where automatic
+        shipping reads it. ``{"sent_to": leader}``, "" on the leader."""
+        try:
+            check_ref(req.image)
+        except MessageError as exc:
+            raise UsageError(str(exc)) from None
+        if await self.images.docker.inspect_image(req.image) is None:
+            raise UsageError(f"image {req.image} is not on the engine of this manager")
+        return {"sent_to": await to_leader(self.store, self.images, req.image, "built")}
 
     @method("image.ls")
     async def ls(self, req: object) -> Any:

@@ -87,6 +87,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pyswarm import dial_stdio  # the remote CLI's far end, once per remote invocation: start fast
 
         return dial_stdio.main()
+    if words == ["worker", "--stdio"]:
+        # sshd's forced command for the cluster key: the agent, or an image
+        # channel (one per node per shipment). Neither needs the parser, and
+        # building it imports every command's modules, asyncssh among them:
+        # ~0.8 s of CPU of a channel's start on the loaded lab, five at once
+        # on a shipment to five nodes (bench/RESULTS.md, issue 15)
+        from pyswarm.worker.agent import main_stdio
+
+        return main_stdio()
     if words == ["--version"]:  # what `machine init/add` asks a host's venv first: no parser needed
         from pyswarm.version import __version__
 

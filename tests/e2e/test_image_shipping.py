@@ -113,6 +113,22 @@ def test_build_ship_change_fail_push(lab: Any, tmp_path: Path) -> None:
         after = live(tasks(lab, WEB))
         assert sorted((t["id"], t["image"]) for t in after) == sorted((t["id"], t["image"]) for t in web2)
 
+        # a third version: a node that ran the older ones keeps the kept count (2) of
+        # the service's builds, the running one and one to roll back to, no more
+        (tmp_path / "web" / "Dockerfile").write_text(WEB_DOCKERFILE)
+        (tmp_path / "web" / "page.txt").write_bytes(os.urandom(PAGE))
+        lab.pyswarm(lab.managers[0], "stack", "deploy", "-c", str(tmp_path / "stack.yml"), STACK, timeout=120)
+        web3 = _settled(lab, WEB, 2, f"{WEB}:")
+        ref3 = web3[0]["image"]
+        assert ref3 not in (ref1, ref2)
+        held_before = {h: [r for r in (ref1, ref2, ref3) if _has_image(lab, h, r)] for h in {t["node"] for t in web3}}
+
+        def kept() -> tuple[bool, Any]:
+            held = {h: [r for r in (ref1, ref2, ref3) if _has_image(lab, h, r)] for h in held_before}
+            return all(ref3 in refs and len(refs) <= 2 for refs in held.values()), held
+        wait_until(kept, 60, f"each node running {ref3} holding at most 2 of {WEB}'s builds (was {held_before})")
+        web2, ref2 = web3, ref3  # what follows pushes the newest
+
         # image push to a named node that lacks it, then again: present
         target = sorted(h for h in lab.hosts if h not in {t["node"] for t in web2} and h not in lab.managers)[0]
         pushed = json.loads(cli(lab, "image", "push", ref2, "--node", target, "--format", "json"))

@@ -9,6 +9,7 @@ The tests run in order on one lab; each leaves it with 3 managers running.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -20,7 +21,7 @@ import dns.message
 import dns.query
 import dns.rdatatype
 import pytest
-from support import wait_until
+from support import brief, running, tasks, wait_until
 
 from pyswarm import rpc
 from pyswarm.errors import PyswarmError
@@ -85,8 +86,8 @@ class Cluster:
     def containers(self) -> dict[str, set[str]]:
         return self.containers_on(list(self.lab.hosts))
 
-    def containers_on(self, hosts: list[str]) -> dict[str, set[str]]:
-        return {h: set(self.lab.docker(h, "ps", "-q", "--filter", f"label=com.docker.stack.namespace={STACK}").stdout.split())
+    def containers_on(self, hosts: list[str], stack: str = STACK) -> dict[str, set[str]]:
+        return {h: set(self.lab.docker(h, "ps", "-q", "--filter", f"label=com.docker.stack.namespace={stack}").stdout.split())
                 for h in hosts}
 
     def node_rows(self, host: str) -> dict[str, dict[str, Any]]:
@@ -148,6 +149,57 @@ def test_a_follower_answers_logs_exec_stats_and_events(cluster: Cluster) -> None
     events = [json.loads(line) for line in on("events", "--since", "10m", "--until", "0s", "--filter", "type=service",
                                               "--format", "json").stdout.splitlines()]
     assert any(e["action"] == "create" and e["name"] == "q_web" for e in events), events
+
+
+BUILT_STACK = "qb"
+BUILT_FILE = """
+services:
+  app:
+    build: ./app
+    command: ["sleep", "3600"]
+    deploy: {replicas: 2, placement: {constraints: [node.role == worker]}}
+"""
+
+
+def test_an_image_a_follower_built_goes_to_the_leader_and_on_to_the_workers(cluster: Cluster, tmp_path: Path) -> None:
+    """Issue 15's follower -> leader path: `stack deploy` run on a follower's
+    host builds with that host's engine; automatic shipping reads the
+    leader's engine, so the follower's manager sends the image to the
+    leader's node first (only missing layers), and the leader ships it to
+    the workers that run the tasks (no registry in the lab)."""
+    lab = cluster.lab
+    leader = cluster.wait_leader(cluster.managers)
+    follower = next(h for h in cluster.managers if h != leader)
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "Dockerfile").write_text("FROM pyswarm-lab/busybox:latest\nCOPY mark.bin /mark.bin\n")
+    (tmp_path / "app" / "mark.bin").write_bytes(os.urandom(100_000))
+    (tmp_path / "stack.yml").write_text(BUILT_FILE)
+    service = f"{BUILT_STACK}_app"
+    try:
+        out = lab.pyswarm(follower, "stack", "deploy", "-c", str(tmp_path / "stack.yml"), BUILT_STACK, timeout=180)
+        assert f"Building {service} ({service}:" in out.stderr, out.stderr
+        assert f"on to the leader's node {leader}" in out.stderr, out.stderr
+
+        wait_until(lambda: (len(running(lab, service)) == 2, brief(tasks(lab, service))), 120,
+                   f"2 running tasks of {service} on the workers")
+        rows = running(lab, service)
+        ref = rows[0]["image"]
+        assert lab.docker(leader, "image", "inspect", ref, check=False).returncode == 0, f"the leader {leader} lacks {ref}"
+        to_leader = [s for s in cluster.call(follower, "image.shipments")["shipments"]
+                     if s["image"] == ref and s["node"] == leader]
+        assert [(s["result"], s["reason"]) for s in to_leader] == [("sent", "push")], to_leader
+        for t in rows:
+            assert lab.docker(t["node"], "image", "inspect", ref, check=False).returncode == 0, t
+        shipped = {s["node"] for s in cluster.call(leader, "image.shipments")["shipments"]
+                   if s["image"] == ref and s["result"] == "sent" and s["reason"] == "task"}
+        assert shipped == {t["node"] for t in rows} == set(lab.workers), shipped
+    finally:
+        cluster.call(leader, "stack.rm", {"stack": BUILT_STACK})
+        wait_until(lambda: (not any(cluster.containers_on(list(lab.hosts), BUILT_STACK).values()),
+                            cluster.containers_on(list(lab.hosts), BUILT_STACK)), 60, f"stack {BUILT_STACK} removed")
+        for host in lab.hosts:
+            lab.exec(host, ["sh", "-c", f"docker images -q --filter reference='{service}' | xargs -r docker rmi -f"],
+                     check=False)
 
 
 def test_leader_killed_new_leader_no_container_restarted(cluster: Cluster) -> None:

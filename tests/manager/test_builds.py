@@ -110,4 +110,78 @@ def test_an_image_sent_by_a_cli_that_built_it_loads_here() -> None:
     data = b"t" * 1000
     items = _run(builds.load(Store(), images, builds.LoadRequest("app:1", len(data)), _inputs(data)))  # type: ignore[arg-type]
     assert images.docker.bodies == [data]
-    assert items[-1] == Final({"loaded": ["app:1"], "sent_to": ""})
+    assert items[-1] == Final({"loaded": ["app:1"], "sent_to": "", "bytes": len(data)})
+
+
+V1 = [b"base" * 30_000, b"middle" * 5_000, b"top-one." * 25_000]
+V2 = V1[:2] + [b"top-two." * 25_000]  # one layer changed (the last)
+
+
+def test_a_cli_sends_image_load_only_the_layers_the_managers_engine_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A remote CLI that built v2 (one layer changed since v1, which the
+    manager's engine holds): pyswarm/build.py's send_image asks the manager
+    which chains its engine has and uploads a tar of the changed layer only;
+    the manager (builds.load, the real upload path) loads it. Wired
+    in-process: the CLI's calls go to the manager's handlers on one loop."""
+    from factories import ImageEngine, image_members
+
+    from pyswarm import build as cli_build
+    from pyswarm.images import engine_chains
+
+    cli_engine = ImageEngine(V2, tag="app:2")
+    manager = Images()
+    held = ImageEngine(V1, tag="app:1", has=[V1])  # the manager's engine: v1 and its layers
+    bodies: list[bytes] = []
+
+    async def load(body: AsyncIterator[bytes]) -> list[str]:
+        bodies.append(b"".join([c async for c in body]))
+        held.tag, held.id = "app:2", cli_engine.id  # loaded: the same image ID as the CLI's
+        return ["app:2"]
+
+    held.load_image = load  # type: ignore[method-assign]
+    manager.docker = held  # type: ignore[assignment]
+
+    async def main() -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+
+        def on_loop(coro: Any) -> Any:
+            return asyncio.run_coroutine_threadsafe(coro, loop).result(30)
+
+        class Conn:
+            def call(self, method: str, params: dict[str, Any] | None = None, timeout: float = 60) -> Any:
+                if method == "image.built":
+                    return on_loop(builds.built_hash(manager, str((params or {})["image"])))  # type: ignore[arg-type]
+                assert method == "image.chains", method
+
+                async def chains() -> Any:
+                    return {"chains": sorted(await engine_chains(held))}  # type: ignore[arg-type]
+                return on_loop(chains())
+
+        def upload(conn: Any, method: str, params: dict[str, Any], file: Any, on_item: Any) -> Any:
+            assert method == "image.load"
+            file.seek(0)
+            data = file.read()
+            assert len(data) == params["size"]
+            items = on_loop(_collect(builds.load(Store(), manager, builds.LoadRequest(params["image"], len(data)),  # type: ignore[arg-type]
+                                                 _inputs(data))))
+            return items[-1].value
+
+        monkeypatch.setattr(cli_build, "upload", upload)
+        said: list[str] = []
+        return await cli_build.send_image(cli_engine, Conn, "app:2", said.append)
+
+    sent = asyncio.run(main())
+    assert (sent["layers_sent"], sent["layers_total"]) == (1, 3), sent
+    [body] = bodies
+    assert sent["bytes"] == len(body)
+    got = image_members(body)
+    assert set(got) == {next(n for n in got if n.endswith(".json") and n != "manifest.json"),
+                        f"{2:064x}/layer.tar", "manifest.json"}, sorted(got)
+    assert got[f"{2:064x}/layer.tar"] == V2[2]
+    # the changed layer's bytes, the config, the manifest and tar headers: nothing of the other two
+    assert len(V2[2]) < sent["bytes"] <= len(V2[2]) + 6 * 1024, sent
+    assert sent["bytes"] <= len(cli_engine.archive) - len(V2[0]) - len(V2[1])  # the whole save, less two layers
+
+
+async def _collect(gen: AsyncIterator[Any]) -> list[Any]:
+    return [item async for item in gen]

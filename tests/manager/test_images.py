@@ -4,70 +4,18 @@ against the node's real channel code (worker/images.py) over in-memory pipes."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import io
 import json
-import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
+from factories import ImageEngine as Engine, image_members as _members
+
 from pyswarm.images import HaveReply, chain_ids
 from pyswarm.manager.images import Spool, ship_to
 from pyswarm.worker.images import serve_channel
-
-
-def _digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def _tar(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-class Engine:
-    """What both ends call of the engine: one image made of ``layers``, as
-    ``docker save`` lays it out (layers first, manifest last)."""
-
-    def __init__(self, layers: list[bytes], tag: str = "app:1", has: list[list[bytes]] | None = None) -> None:
-        self.diffs = [_digest(layer) for layer in layers]
-        self.config = json.dumps({"rootfs": {"type": "layers", "diff_ids": self.diffs}}).encode()
-        self.id = _digest(self.config)
-        self.tag = tag
-        members = {f"{i:064x}/layer.tar": layer for i, layer in enumerate(layers)}
-        members[self.id[7:] + ".json"] = self.config
-        members["manifest.json"] = json.dumps([{"Config": self.id[7:] + ".json", "RepoTags": [tag],
-                                                "Layers": [f"{i:064x}/layer.tar" for i in range(len(layers))]}]).encode()
-        self.archive = _tar(members)
-        # what a receiving engine already holds: images by their layers
-        self.held = {f"sha256:{k:064x}": [_digest(x) for x in ls] for k, ls in enumerate(has or [])}
-        self.loaded: list[bytes] = []
-
-    async def inspect_image(self, ref: str) -> dict[str, Any] | None:
-        if ref in (self.tag, self.id):
-            return {"Id": self.id, "RootFS": {"Layers": self.diffs}, "RepoDigests": []}
-        if ref in self.held:
-            return {"Id": ref, "RootFS": {"Layers": self.held[ref]}}
-        return None
-
-    async def save_image(self, ref: str) -> AsyncIterator[bytes]:
-        for i in range(0, len(self.archive), 1000):
-            yield self.archive[i:i + 1000]
-
-    async def list_images(self) -> list[dict[str, Any]]:
-        return [{"Id": k} for k in self.held]
-
-    async def load_image(self, body: AsyncIterator[bytes]) -> list[str]:
-        self.loaded.append(b"".join([c async for c in body]))
-        return [self.tag]
 
 
 class Channel:
@@ -109,11 +57,6 @@ class Conn:
 LAYERS = [b"base" * 3000, b"middle" * 500, b"top" * 7]
 
 
-def _members(archive: bytes) -> dict[str, bytes]:
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
-
-
 def test_spool_indexes_the_save_and_builds_archives_of_the_needed_layers(tmp_path: Path) -> None:
     async def main() -> None:
         src = Engine(LAYERS)
@@ -125,8 +68,8 @@ def test_spool_indexes_the_save_and_builds_archives_of_the_needed_layers(tmp_pat
         archive = b"".join([c async for c in spool.archive([2])])
         assert len(archive) == spool.archive_size([2])
         got = _members(archive)
-        assert set(got) == {spool.config, spool.layers[2], "manifest.json"}
-        assert got[spool.layers[2]] == LAYERS[2] and got[spool.config] == src.config
+        assert set(got) == {spool.saved.config, spool.saved.layers[2], "manifest.json"}
+        assert got[spool.saved.layers[2]] == LAYERS[2] and got[spool.saved.config] == src.config
         assert json.loads(got["manifest.json"])[0]["RepoTags"] == ["app:1"]
     asyncio.run(main())
 
@@ -139,7 +82,7 @@ def test_ship_sends_only_missing_layers_then_nothing_when_present(tmp_path: Path
         spool = await Spool.make(cast(Any, src), "app:1", tmp_path)
         shipment = await ship_to(Conn(node), spool, "worker1")
         assert (shipment.result, shipment.layers_sent, shipment.layers_total) == ("sent", 1, 3), shipment
-        assert set(_members(node.loaded[0])) == {spool.config, spool.layers[2], "manifest.json"}
+        assert set(_members(node.loaded[0])) == {spool.saved.config, spool.saved.layers[2], "manifest.json"}
         assert shipment.bytes == len(node.loaded[0]) < len(LAYERS[0])
         # the node now answers present: nothing crosses the wire
         node.tag = "app:1"

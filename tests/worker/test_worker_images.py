@@ -104,3 +104,47 @@ def test_stdin_reads_gather_what_is_there_but_never_wait_for_more() -> None:
         os.close(r)
         if w >= 0:
             os.close(w)
+
+
+def test_the_tar_after_have_goes_to_the_docker_cli_untouched(tmp_path: Any, monkeypatch: Any) -> None:
+    """The channel reads its request line alone, answers ``have``, then hands
+    its stdin to ``docker load`` (here a script standing in for the CLI on
+    PATH): every byte that follows reaches it, none is read by the channel."""
+    import os
+    import stat
+
+    from pyswarm.images import ChannelRequest
+    from pyswarm.worker.images import _Stdin, docker_cli_load
+
+    got = tmp_path / "got.tar"
+    cli = tmp_path / "docker"
+    cli.write_text(f"#!/bin/sh\n[ \"$1\" = load ] || exit 2\ncat > {got}\necho 'Loaded image: app:1'\n")
+    cli.chmod(cli.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    tar = os.urandom(300_000)
+
+    class Node(Engine):
+        socket = "/run/nowhere.sock"
+
+        async def inspect_image(self, ref: str) -> None:
+            return None
+
+    async def main() -> tuple[int, list[dict[str, Any]]]:
+        r, w = os.pipe()
+        os.write(w, ChannelRequest("have", image="app:1", image_id=H).to_line())
+        writer = asyncio.get_running_loop().run_in_executor(None, lambda: (os.write(w, tar), os.close(w)))
+        try:
+            node = cast(Any, Node())
+            reader = _Stdin(r)
+            reader.request_line()
+            out: list[bytes] = []
+            rc = await serve_channel(node, reader, out.append, docker_cli_load(node, r))
+            await writer
+            return rc, [json.loads(line) for line in b"".join(out).splitlines()]
+        finally:
+            os.close(r)
+
+    rc, replies = asyncio.run(main())
+    assert rc == 0 and [m["op"] for m in replies] == ["have", "loaded"], replies
+    assert replies[1]["ok"] is True and replies[1]["loaded"] == ["app:1"], replies
+    assert got.read_bytes() == tar
