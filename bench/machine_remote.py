@@ -12,7 +12,9 @@ config, as a laptop reaches VMs:
   ready in ``node ls``; then each again (nothing to do);
 - the round trip of ``pyswarm node ls`` and ``pyswarm service ls``: through
   the context (one SSH connection, dial-stdio, the API) against the same
-  command run on the manager host (its unix socket), interleaved, medians.
+  command run on the manager host (its unix socket), interleaved, medians;
+  and through the context over asyncssh (``PYSWARM_SSH_TRANSPORT=asyncssh``,
+  the transport before the system's ssh), interleaved with both.
 
 The first ``machine init`` of a run also builds the wheelhouse when the
 cache (``~/.cache/pyswarm``) has none for this source: run with ``--warm``
@@ -90,15 +92,18 @@ def main() -> int:
         results["machine_add_again_s"] = timed([EXE, "machine", "add", "worker1"], env)
         host = lab.host("manager1")
         for command in (["node", "ls"], ["service", "ls"]):
-            remote, local = [], []
+            remote, local, builtin = [], [], []
             for _ in range(args.rounds):
                 remote.append(timed([EXE, *command], env))
+                builtin.append(timed([EXE, *command], {**env, "PYSWARM_SSH_TRANSPORT": "asyncssh"}))
                 local.append(timed([*host.nsenter("/root"), "env", "PATH=/usr/local/bin:/usr/bin:/bin",
                                     "pyswarm", *command], {"PATH": os.environ["PATH"]}))
             key = "_".join(command)
             results[f"{key}_context_median_s"] = statistics.median(remote)
             results[f"{key}_on_manager_median_s"] = statistics.median(local)
             results[f"{key}_ratio"] = statistics.median(remote) / statistics.median(local)
+            results[f"{key}_context_asyncssh_median_s"] = statistics.median(builtin)
+            results[f"{key}_asyncssh_ratio"] = statistics.median(builtin) / statistics.median(local)
         results["load_after"] = os.getloadavg()[0]
     finally:
         lab.down()
@@ -109,6 +114,8 @@ def main() -> int:
     for key in ("node_ls", "service_ls"):
         print(f"{key}: context {results[key + '_context_median_s']:.3f} s, on the manager "
               f"{results[key + '_on_manager_median_s']:.3f} s, ratio {results[key + '_ratio']:.2f}x (goal < 1.5x)")
+        print(f"{key}: context over asyncssh (PYSWARM_SSH_TRANSPORT=asyncssh, the transport before ssh(1)) "
+              f"{results[key + '_context_asyncssh_median_s']:.3f} s, ratio {results[key + '_asyncssh_ratio']:.2f}x")
     return 0
 
 

@@ -112,6 +112,17 @@ def test_one_ssh_connection_carries_every_request(lab: Any, operator: Operator, 
     assert [n["hostname"] for n in json.loads(capsys.readouterr().out)] == names
 
 
+def test_the_asyncssh_transport_when_asked(lab: Any, operator: Operator) -> None:
+    m1 = lab.managers[0]
+    operator.pyswarm("--host", f"ssh://{m1}", "--accept-host-key", "stack", "ls")
+    res = operator.pyswarm_env({"PYSWARM_SSH_TRANSPORT": "asyncssh"}, "--host", f"ssh://{m1}", "node", "ls")
+    assert res.stderr == "" and all(h in res.stdout for h in lab.hosts), res
+    bad = operator.pyswarm_env({"PYSWARM_SSH_TRANSPORT": "telnet"}, "--host", f"ssh://{m1}", "node", "ls",
+                               check=False)
+    assert bad.returncode != 0 and "PYSWARM_SSH_TRANSPORT is 'telnet'" in bad.stderr, bad
+    assert "Traceback" not in bad.stderr
+
+
 def test_proxyjump_from_the_ssh_config(lab: Any, operator: Operator) -> None:
     m1, w1 = lab.managers[0], lab.workers[0]
     jumped = operator.dir / "jump_config"
