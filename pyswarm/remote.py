@@ -34,6 +34,7 @@ from pathlib import Path
 
 from pyswarm import rpc
 from pyswarm.errors import ConnectionError_, PyswarmError, UsageError
+from pyswarm.ssh_keep import Kept
 
 REMOTE_COMMAND = "pyswarm system dial-stdio"
 CONNECT_TIMEOUT = 15.0
@@ -148,10 +149,11 @@ def transport() -> str:
     return "ssh"
 
 
-def ssh_argv(target: SSHTarget, command: str = REMOTE_COMMAND) -> list[str]:
+def ssh_argv(target: SSHTarget, command: str = REMOTE_COMMAND, kept: Kept | None = None) -> list[str]:
     """The ssh(1) command line that runs ``command`` on ``target``: the config
     ``PYSWARM_SSH_CONFIG`` names (else ssh's own default), never a prompt
-    (BatchMode), never a host key that known_hosts does not hold."""
+    (BatchMode), never a host key that known_hosts does not hold; with
+    ``kept``, sharing (or becoming) its master (pyswarm/ssh_keep.py)."""
     argv = ["ssh"]
     for path in ssh_config_paths():
         argv += ["-F", path]
@@ -161,6 +163,8 @@ def ssh_argv(target: SSHTarget, command: str = REMOTE_COMMAND) -> list[str]:
         argv += ["-p", str(target.port)]
     if target.user:
         argv += ["-l", target.user]
+    if kept is not None:
+        argv += kept.ssh_options()
     return argv + ["--", target.host, command]
 
 
@@ -180,12 +184,12 @@ class SSHProcess:
     a socket pair, :attr:`sock` the other; its stderr (ssh's own errors and the
     far end's) is kept for the error that names why the stream ended."""
 
-    def __init__(self, target: SSHTarget, command: str = REMOTE_COMMAND) -> None:
+    def __init__(self, target: SSHTarget, command: str = REMOTE_COMMAND, kept: Kept | None = None) -> None:
         self.target = target
         self.stderr = bytearray()
         self.sock, theirs = socket.socketpair()
         try:
-            self.proc = subprocess.Popen(ssh_argv(target, command), stdin=theirs.fileno(), stdout=theirs.fileno(),
+            self.proc = subprocess.Popen(ssh_argv(target, command, kept), stdin=theirs.fileno(), stdout=theirs.fileno(),
                                          stderr=subprocess.PIPE)
         except OSError as exc:
             self.sock.close()
@@ -260,8 +264,16 @@ def _dial_asyncssh(target: SSHTarget, accept_host_key: bool, prompt: bool, comma
 
 def _dial_ssh(target: SSHTarget, command: str) -> rpc.Connection:
     """ssh(1) to ``target``; ssh connects as it starts, so the first answer
-    (a ping) is what says the connection is up."""
-    ssh = SSHProcess(target, command)
+    (a ping) is what says the connection is up. The kept connection's
+    forward first, when there is one (pyswarm/ssh_keep.py)."""
+    kept = Kept.of(target.url, list(ssh_config_paths())) if command == REMOTE_COMMAND else None
+    refused = False
+    if kept is not None:
+        warm, refused = kept.dial(target.url)
+        if warm is not None:
+            return warm
+        kept.before_cold()
+    ssh = SSHProcess(target, command, kept)
     conn = ssh.connection()
     try:
         conn.call("ping", timeout=CONNECT_TIMEOUT * 2 + 5)  # ProxyJump hops connect first
