@@ -34,6 +34,7 @@ from pathlib import Path
 
 from pyswarm import rpc
 from pyswarm.errors import ConnectionError_, PyswarmError, UsageError
+from pyswarm import ssh_keep
 from pyswarm.ssh_keep import Kept
 
 REMOTE_COMMAND = "pyswarm system dial-stdio"
@@ -262,16 +263,25 @@ def _dial_asyncssh(target: SSHTarget, accept_host_key: bool, prompt: bool, comma
         raise
 
 
-def _dial_ssh(target: SSHTarget, command: str) -> rpc.Connection:
+class _Silent(Exception):
+    """The target's kept connection got no answer (and was stopped): the
+    other managers are tried before this one is connected to afresh."""
+
+
+def _dial_ssh(target: SSHTarget, command: str, defer: bool = False) -> rpc.Connection:
     """ssh(1) to ``target``; ssh connects as it starts, so the first answer
     (a ping) is what says the connection is up. The kept connection's
-    forward first, when there is one (pyswarm/ssh_keep.py)."""
+    forward first, when there is one (pyswarm/ssh_keep.py); with ``defer``,
+    one that got no answer raises :class:`_Silent`."""
     kept = Kept.of(target.url, list(ssh_config_paths())) if command == REMOTE_COMMAND else None
     refused = False
     if kept is not None:
-        warm, refused = kept.dial(target.url)
+        warm, why = kept.dial(target.url)
         if warm is not None:
             return warm
+        if why == ssh_keep.SILENT and defer:
+            raise _Silent(target.url)
+        refused = why == ssh_keep.REFUSED
         kept.before_cold()
     ssh = SSHProcess(target, command, kept)
     conn = ssh.connection()
@@ -290,13 +300,14 @@ def _dial_ssh(target: SSHTarget, command: str) -> rpc.Connection:
 
 
 def connect(target: SSHTarget, accept_host_key: bool = False, prompt: bool = True,
-            command: str = REMOTE_COMMAND) -> rpc.Connection:
+            command: str = REMOTE_COMMAND, defer: bool = False) -> rpc.Connection:
     """One SSH connection to ``target`` running ``command`` (dial-stdio),
-    whose manager answered a ping; an error naming ``target`` otherwise."""
+    whose manager answered a ping; an error naming ``target`` otherwise.
+    ``defer``: raise :class:`_Silent` when its kept connection got no answer."""
     try:
         if transport() == "ssh":
             try:
-                return _dial_ssh(target, command)
+                return _dial_ssh(target, command, defer)
             except _NeedsAsyncssh:
                 pass  # asyncssh names the refused key, or accepts it
         conn = _dial_asyncssh(target, accept_host_key, prompt, command)
@@ -316,11 +327,16 @@ def connect_any(targets: Sequence[SSHTarget], accept_host_key: bool = False, pro
                 what: str = "") -> rpc.Connection:
     """The first of ``targets`` whose manager answers a ping; the error names
     every one tried and why. A host key refused stops at once: that is the
-    operator's to decide, not a manager being down."""
+    operator's to decide, not a manager being down. A target whose kept
+    connection got no answer is tried again afresh after the others."""
     failures: list[str] = []
-    for target in targets:
+    queue = [(target, len(targets) > 1) for target in targets]
+    while queue:
+        target, defer = queue.pop(0)
         try:
-            return connect(target, accept_host_key, prompt)
+            return connect(target, accept_host_key, prompt, defer=defer)
+        except _Silent:
+            queue.append((target, False))  # its kept connection got no answer: afresh, after the others
         except HostKeyError:
             raise
         except PyswarmError as exc:

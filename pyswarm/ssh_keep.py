@@ -32,8 +32,8 @@ control socket ``KEY.ctl`` and the forward ``KEY.sock`` (0600). A directory
 that is not this user's, or is open to others, turns keeping off. A master
 whose host went away ends itself (``ServerAliveInterval``); one that still
 runs but does not answer within :data:`WARM_TIMEOUT` is stopped and its
-sockets removed, and the invocation connects afresh (then tries the next
-manager, as before). ``PYSWARM_SSH_KEEP=0`` turns all of it off;
+sockets removed; the invocation tries the other managers first, then this
+one afresh (pyswarm/remote.py ``connect_any``). ``PYSWARM_SSH_KEEP=0`` turns all of it off;
 ``PYSWARM_SSH_KEEP=SECONDS`` sets how long a master outlives its last use.
 """
 
@@ -58,6 +58,9 @@ REMOTE_SOCKET = "/run/pyswarm/manager.sock"
 # a warm ping is one round trip over an open connection: far more than it needs
 # on a loaded machine, and a host that went away is not waited on for longer
 WARM_TIMEOUT = 5.0
+# why a kept forward was of no use (Kept.dial)
+REFUSED = "refused"
+SILENT = "silent"
 # a master notices a host that went away within ~15 s and ends itself
 ALIVE_INTERVAL = 5
 ALIVE_COUNT = 3
@@ -157,13 +160,14 @@ class Kept:
             _unlink(self.no_forward)
         sweep(self.dir)
 
-    def dial(self, where: str) -> tuple[rpc.Connection | None, bool]:
+    def dial(self, where: str) -> tuple[rpc.Connection | None, str]:
         """The manager's API through the kept forward, once it answered a
-        ping: ``(connection, False)``. ``(None, refused)`` when there is none
-        to use: ``refused`` says the master is there but the far end would
-        not open the manager's socket (dial-stdio over the master says why)."""
+        ping: ``(connection, "")``. Else ``(None, why)``: ``""`` when there is
+        none to use, ``REFUSED`` when the master is there but the far end
+        would not open the manager's socket (dial-stdio over the master says
+        why), ``SILENT`` when the master got no answer (it is stopped)."""
         if _fresh(self.no_forward):
-            return None, False
+            return None, ""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(str(self.forward))
@@ -174,21 +178,21 @@ class Kept:
                 # takes no new sessions and ends after its last, and the
                 # next ssh makes a master that has one
                 self.stop("stop")
-            return None, False
+            return None, ""
         conn = rpc.Connection(sock, where)
         start = time.monotonic()
         try:
             conn.call("ping", timeout=WARM_TIMEOUT)
-            return conn, False
+            return conn, ""
         except ConnectionError_:
             conn.close()
         except PyswarmError:  # the manager answered, with an error: the cold path says it, as ever
             conn.close()
-            return None, False
+            return None, ""
         if time.monotonic() - start >= WARM_TIMEOUT - 0.5:
             self.stop("exit")  # a master that no longer gets an answer: not waited on again
-            return None, False
-        return None, True
+            return None, SILENT
+        return None, REFUSED
 
     def refused(self) -> None:
         """The forward was refused but dial-stdio works (e.g. through sudo):

@@ -107,3 +107,25 @@ def test_the_cli_does_not_import_asyncssh_for_ssh() -> None:
             "print('asyncssh' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False", out
+
+
+def test_a_silent_kept_connection_is_tried_afresh_after_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyswarm.errors import ConnectionError_
+
+    calls: list[tuple[str, bool]] = []
+    answered = object()
+
+    def connect(target: SSHTarget, accept_host_key: bool, prompt: bool, defer: bool = False) -> object:
+        calls.append((target.host, defer))
+        if defer and target.host == "m1":
+            raise remote._Silent(target.url)  # its kept master got no answer (and was stopped)
+        if target.host == "m2":
+            raise ConnectionError_("ssh://m2: cannot connect")
+        return answered
+
+    monkeypatch.setattr(remote, "connect", connect)
+    assert remote.connect_any([SSHTarget("m1"), SSHTarget("m2")]) is answered
+    assert calls == [("m1", True), ("m2", True), ("m1", False)]
+    calls.clear()
+    assert remote.connect_any([SSHTarget("m1")]) is answered  # the only one: afresh at once
+    assert calls == [("m1", False)]
