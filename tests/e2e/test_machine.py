@@ -140,37 +140,51 @@ def test_the_api_group_may_use_the_remote_cli_and_no_one_else(bare: Lab, laptop:
         assert "guest has no passwordless sudo" in refused.stderr, refused.stderr
 
 
-def test_a_stopped_manager_and_the_cli_goes_on_through_the_next(bare: Lab, laptop: Laptop) -> None:
+def _context_hosts(laptop: Laptop) -> list[str]:
+    hosts: list[str] = json.loads(laptop.run("context", "inspect", "bare").stdout)[0]["hosts"]
+    return hosts
+
+
+def _kept(laptop: Laptop, url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The laptop CLI's kept connection to ``url`` (pyswarm/ssh_keep.py)."""
+    from pyswarm import ssh_keep
+
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)  # the laptop's environment has none
+    kept = ssh_keep.Kept.of(url, [laptop.env["PYSWARM_SSH_CONFIG"]])
+    assert kept is not None, "keeping is on by default"
+    return kept
+
+
+def test_a_stopped_manager_and_the_cli_goes_on_through_the_next(bare: Lab, laptop: Laptop,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    first = _context_hosts(laptop)[0]
+    assert first == "ssh://manager1", first
+    kept = _kept(laptop, first, monkeypatch)
+    laptop.run("service", "ls")  # through manager1: its connection is kept, and used below
+    assert kept.master_running(), f"nothing kept in {kept.dir} for {first}"
     pidfile = bare.host("manager1").private("/run/pyswarm/manager.pid")
     pid = int(pidfile.read_text())
     os.kill(pid, 15)
     wait_for(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],
              30, "manager1's manager stopped")
     try:
-        res = laptop.run("service", "ls")
+        res = laptop.run("service", "ls")  # manager1's kept forward is refused: dial-stdio says why, next
         assert "site_web" in res.stdout, res
+        assert kept.master_running(), "the master of a host that still answers SSH is kept"
     finally:
         bare.exec("manager1", ["pyswarm", "manager", "start"], timeout=90)
     wait_for(lambda: laptop.run("--host", "ssh://manager1", "service", "ls", check=False).returncode == 0, 60,
              "manager1 answering again")
 
 
-def _context_hosts(laptop: Laptop) -> list[str]:
-    hosts: list[str] = json.loads(laptop.run("context", "inspect", "bare").stdout)[0]["hosts"]
-    return hosts
-
-
 def test_a_kept_connection_to_a_host_gone_away_is_dropped_and_the_next_tried(
         bare: Lab, laptop: Laptop, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pyswarm import ssh_keep
     from pyswarm.remote import parse_target
 
-    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)  # the laptop's environment has none
     hosts = _context_hosts(laptop)
     assert len(hosts) == 2, hosts
     first = hosts[0]
-    kept = ssh_keep.Kept.of(first, [laptop.env["PYSWARM_SSH_CONFIG"]])
-    assert kept is not None
+    kept = _kept(laptop, first, monkeypatch)
     laptop.run("service", "ls")  # through the first manager: its connection is kept
     assert kept.master_running() and kept.forward.exists(), f"nothing kept in {kept.dir} for {first}"
     # the host stops answering the laptop (only the laptop: the cluster's own
