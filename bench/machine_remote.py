@@ -10,9 +10,12 @@ config, as a laptop reaches VMs:
   ``pyswarm init``, until the manager answers ready (the command waits);
 - ``machine add worker1``: the same, ``pyswarm join``, until the node is
   ready in ``node ls``; then each again (nothing to do);
-- the round trip of ``pyswarm node ls`` and ``pyswarm service ls``: through
-  the context (one SSH connection, dial-stdio, the API) against the same
-  command run on the manager host (its unix socket), interleaved, medians.
+- the round trip of ``pyswarm node ls`` and ``pyswarm service ls`` against
+  the same command run on the manager host (its unix socket), interleaved,
+  medians, through the context: cold (no kept connection: the invocation
+  makes the ssh master and its forward, pyswarm/ssh_keep.py), warm (the
+  next invocation, through the kept forward), and with keeping off
+  (``PYSWARM_SSH_KEEP=0``: ssh and dial-stdio on every invocation).
 
 The first ``machine init`` of a run also builds the wheelhouse when the
 cache (``~/.cache/pyswarm``) has none for this source: run with ``--warm``
@@ -33,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from pyswarm import ssh_keep
 from pyswarm.deploy.lab_core import Lab
 
 EXE = str(Path(sys.executable).parent / "pyswarm")
@@ -89,16 +93,28 @@ def main() -> int:
         results["machine_init_again_s"] = timed([EXE, "machine", "init", "manager1", "--name", "bm"], env)
         results["machine_add_again_s"] = timed([EXE, "machine", "add", "worker1"], env)
         host = lab.host("manager1")
+        os.environ.pop("XDG_RUNTIME_DIR", None)  # as in env: where the CLI keeps its connection
+        url = json.loads(subprocess.run([EXE, "context", "inspect", "bm"], env=env, capture_output=True,
+                                        text=True, check=True).stdout)[0]["hosts"][0]
+        kept = ssh_keep.Kept.of(url, [str(lab.ssh_config)])
+        assert kept is not None
+        off = {**env, "PYSWARM_SSH_KEEP": "0"}
         for command in (["node", "ls"], ["service", "ls"]):
-            remote, local = [], []
+            cold, warm, plain, local = [], [], [], []
             for _ in range(args.rounds):
-                remote.append(timed([EXE, *command], env))
+                kept.stop()
+                cold.append(timed([EXE, *command], env))  # the first invocation: it makes the master
+                warm.append(timed([EXE, *command], env))  # the next: through the kept forward
+                plain.append(timed([EXE, *command], off))  # keeping off: ssh and dial-stdio each time
                 local.append(timed([*host.nsenter("/root"), "env", "PATH=/usr/local/bin:/usr/bin:/bin",
                                     "pyswarm", *command], {"PATH": os.environ["PATH"]}))
             key = "_".join(command)
-            results[f"{key}_context_median_s"] = statistics.median(remote)
-            results[f"{key}_on_manager_median_s"] = statistics.median(local)
-            results[f"{key}_ratio"] = statistics.median(remote) / statistics.median(local)
+            on_manager = statistics.median(local)
+            results[f"{key}_on_manager_median_s"] = on_manager
+            for name, times in (("warm", warm), ("cold", cold), ("keep_off", plain)):
+                results[f"{key}_{name}_median_s"] = statistics.median(times)
+                results[f"{key}_{name}_ratio"] = statistics.median(times) / on_manager
+        kept.stop()
         results["load_after"] = os.getloadavg()[0]
     finally:
         lab.down()
@@ -107,8 +123,11 @@ def main() -> int:
         print(f"{key}: {results[key]:.1f} s (goal < 30 s)")
         print("\n".join(results[key.replace("_s", "_steps")]))  # type: ignore[arg-type]
     for key in ("node_ls", "service_ls"):
-        print(f"{key}: context {results[key + '_context_median_s']:.3f} s, on the manager "
-              f"{results[key + '_on_manager_median_s']:.3f} s, ratio {results[key + '_ratio']:.2f}x (goal < 1.5x)")
+        print(f"{key}: on the manager {results[key + '_on_manager_median_s']:.3f} s; through the context: "
+              + ", ".join(f"{name} {results[f'{key}_{name}_median_s']:.3f} s = {results[f'{key}_{name}_ratio']:.2f}x"
+                          for name in ("warm", "cold", "keep_off"))
+              + " (goal < 1.5x)")
+    print(f"load: {results['load_before']:.2f} before, {results['load_after']:.2f} after")
     return 0
 
 

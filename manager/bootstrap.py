@@ -123,7 +123,7 @@ def init(advertise_addr: str | None, foreground: bool, api_port: int = cfg.DEFAU
             api_host_key_fingerprint=fingerprint(api_key.public_data),
             api_host_private_key=api_key.export_private_key().decode(),
             raft_secret=new_secret() + new_secret(), dns_upstreams=dns_upstreams,
-            autolock=autolock, unlock_key=new_unlock_key() if autolock else "",
+            autolock=autolock, unlock_key=new_unlock_key() if autolock else "", api_group=api_group,
         )
         import ipaddress
 

@@ -141,6 +141,7 @@ def node_configuration(snap: Snapshot, node: Node, term: int = 0, view: ClusterV
             "data_key": sealing.KEY.export() if sealing.KEY is not None else "",
             "raft_peers": view.raft_peers,
             "dns_upstreams": cluster.dns_upstreams,
+            "api_group": cluster.api_group,
         }
     return message
 

@@ -179,6 +179,7 @@ def write_manager_files(node_id: str, cluster_id: str, addr: str, manager: dict[
         node_id=node_id, cluster_id=cluster_id, advertise_addr=addr, api_port=api_port,
         raft_port=raft_port, dns_port=dns_port, raft_secret=manager["raft_secret"],
         raft_peers=list(manager["raft_peers"]), dns_upstreams=dns_upstreams,
+        api_group=str(manager.get("api_group") or ""),  # the cluster's, set at init
     ))
 
 
@@ -212,6 +213,11 @@ def forget_local_state() -> None:
 # -- leaving -------------------------------------------------------------------------
 
 
+# how long a demoted manager may take to retire (its agent hears of the role
+# change from the new leader) once the demotion answered
+LEAVE_TIMEOUT = 30.0
+
+
 def leave(force: bool = False) -> None:
     """Forget the cluster on this host. A manager first demotes itself (with
     ``force``: leaving can cost the cluster its quorum), which stops its
@@ -226,12 +232,21 @@ def leave(force: bool = False) -> None:
         if not force:
             raise UsageError("this node is a manager: leaving removes it from the Raft quorum; "
                              "demote it first (`pyswarm node demote`) or use `pyswarm leave --force`")
-        rpc.call_unix(cfg.socket_path(), "node.demote", {"nodes": [node.node_id]})
-        deadline = time.monotonic() + 15
+        with rpc.connect_unix(cfg.socket_path()) as conn:  # no manager running: its error, as it says
+            try:
+                conn.call("node.demote", {"nodes": [node.node_id]})
+                lost = ""
+            except ConnectionError_ as exc:
+                # once out of Raft and a worker, the manager is stopped by this
+                # host's agent (worker/promotion.py retire_stray_manager), which
+                # may be before it answered: what counts is that it retires
+                lost = str(exc)
+        deadline = time.monotonic() + LEAVE_TIMEOUT
         while cfg.load_manager_config() is not None and time.monotonic() < deadline:
             time.sleep(0.1)
         if cfg.load_manager_config() is not None:
-            raise ConnectionError_("demoted, but the manager did not stop within 15s; see its log")
+            raise ConnectionError_(lost or f"demoted, but the manager did not stop within {LEAVE_TIMEOUT:.0f}s; "
+                                   "see its log")
     remove_cluster_key()  # no new session gets in
     cleanup.end_agent_sessions()  # and the open one stops converging this node
     (cfg.state_dir() / "node.json").unlink(missing_ok=True)

@@ -35,7 +35,8 @@ from typing import Any
 
 from pyswarm import contexts, rpc
 from pyswarm.errors import ClusterError, PyswarmError, UsageError
-from pyswarm.remote import Ran, SSHHost, SSHTarget, connect_any, parse_target
+from pyswarm.asyncssh_host import SSHHost
+from pyswarm.remote import Ran, SSHTarget, connect_any, parse_target
 from pyswarm.version import __version__
 
 VENV = "/opt/pyswarm/venv"

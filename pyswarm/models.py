@@ -257,6 +257,10 @@ class Cluster(Model):
     # encrypted by unlock_key (sealed in the store, like the other credentials)
     autolock: bool = False
     unlock_key: str = ""
+    # besides root, members of this group may use every manager's API socket
+    # (init --api-group): cluster state, so a manager that joins or is promoted
+    # later applies it too, without a flag on each host
+    api_group: str = ""
 
 
 @dataclass

@@ -207,6 +207,7 @@ _NAME = rule(max_len=253)
 _IP = rule(pattern=r"[0-9A-Fa-f:.]{0,45}")  # an address or ""; parsed where it is used
 _CIDR = rule(pattern=r"[0-9A-Fa-f:.]{1,45}/[0-9]{1,3}")
 _PORT = rule(min=1, max=65535)
+_GROUP = rule(pattern=r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}|")  # a Unix group name, or ""
 _SECRET = rule(max_len=16384)  # never shown in an error: no pattern, no choices
 _NANO_CPUS_MAX = 1_000_000 * 1_000_000_000  # a million CPUs
 _BYTES_MAX = 2**62
@@ -297,6 +298,7 @@ class ManagerGrant:
     data_key: str = field(default="", metadata=_SECRET)  # manager/sealing.py
     raft_peers: list[str] = field(default_factory=list, metadata=rule(max_len=64))
     dns_upstreams: list[str] | None = field(default=None, metadata=rule(max_len=16))
+    api_group: str = field(default="", metadata=_GROUP)  # the cluster's --api-group
 
 
 @manager_op("configure")

@@ -8,33 +8,42 @@ agent, known_hosts — runs ``pyswarm system dial-stdio`` on the host
 (pyswarm/dial_stdio.py) and hands the CLI an :class:`rpc.Connection` over
 that channel, so every request of the invocation rides the one connection.
 
-asyncssh runs on an event loop in a thread of its own; the channel's two
-directions are pumped to one end of a socket pair whose other end is the
-Connection's socket. An unknown host key is refused with its fingerprint
-unless the operator accepts it (``--accept-host-key``, or yes at the prompt
-on a terminal), which adds it to the known_hosts file in use.
+When an ``ssh`` binary is on PATH the connection is ssh(1) itself, run as
+Docker runs it for ``DOCKER_HOST=ssh://``: ``ssh -F CONFIG -o BatchMode=yes
+-o StrictHostKeyChecking=yes [-p PORT] [-l USER] HOST pyswarm system
+dial-stdio`` with one end of a socket pair as its stdin and stdout, the
+other end the Connection's socket. That spares the CLI ``import asyncssh``
+(~0.16 s of a ~0.5 s round trip). asyncssh (pyswarm/asyncssh_host.py,
+imported only then) carries the connection when there is no ``ssh`` binary
+or ``PYSWARM_SSH_TRANSPORT=asyncssh``, and when ssh(1) refused the host key:
+it names the key and its fingerprint, or adds it to known_hosts when the
+operator accepts it (``--accept-host-key``, or yes at the prompt on a
+terminal), and goes on.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
+import shutil
 import socket
-import sys
+import subprocess
 import threading
 from collections.abc import Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import asyncssh
 
 from pyswarm import rpc
 from pyswarm.errors import ConnectionError_, PyswarmError, UsageError
+from pyswarm import ssh_keep
+from pyswarm.ssh_keep import Kept
 
 REMOTE_COMMAND = "pyswarm system dial-stdio"
 CONNECT_TIMEOUT = 15.0
+# ssh(1) prefers sntrup761x25519 (post-quantum), ~0.14 s of both ends' CPU per
+# handshake here, half of an `ssh HOST true`; asyncssh negotiated curve25519.
+# ``^`` puts it first and keeps ssh's default set, so a server without it
+# still gets one of those (measured: bench/RESULTS.md, "From the operator's machine").
+PREFERRED_KEX = "curve25519-sha256"
 
 
 class HostKeyError(ConnectionError_):
@@ -109,84 +118,6 @@ def ssh_config_paths() -> list[str] | tuple[()]:
     return [named]
 
 
-def _options(target: SSHTarget) -> asyncssh.SSHClientConnectionOptions:
-    return asyncssh.SSHClientConnectionOptions(host=target.host, port=target.port or (),
-                                               username=target.user or (), config=ssh_config_paths())
-
-
-def known_hosts_files(target: SSHTarget) -> list[Path]:
-    """The known_hosts files that hold the keys trusted for ``target``: the
-    config's UserKnownHostsFile (none: no file), else ~/.ssh/known_hosts.
-    The first is where an accepted key goes."""
-    files: Any = _options(target).known_hosts  # from the config: None or a list of paths
-    if files is None:
-        return []
-    if not files:
-        return [Path.home() / ".ssh" / "known_hosts"]
-    return [Path(os.path.expanduser(f)) for f in files if isinstance(f, str)]
-
-
-def _trusted(target: SSHTarget) -> Any:
-    """The keys of those files; a missing file holds none (as OpenSSH reads it)."""
-    text = ""
-    for path in known_hosts_files(target):
-        try:
-            text += path.read_text() + "\n"
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            raise UsageError(f"cannot read known_hosts file {path}: {exc.strerror or exc}") from None
-    try:
-        return asyncssh.import_known_hosts(text)
-    except (ValueError, asyncssh.KeyImportError) as exc:
-        raise UsageError(f"a known_hosts file for {target.url} does not parse: {exc}") from None
-
-
-def _prompt_accept(host: str, fp: str) -> bool:
-    if not (sys.stdin.isatty() and sys.stderr.isatty()):
-        return False
-    print(f"The authenticity of host '{host}' can't be established.\nKey fingerprint is {fp}.",
-          file=sys.stderr)
-    try:
-        answer = input("Are you sure you want to continue connecting (yes/no)? ")
-    except EOFError:
-        return False
-    return answer.strip().lower() == "yes"
-
-
-class _Client(asyncssh.SSHClient):
-    """Sees a host key that known_hosts does not hold, and says whether to go on."""
-
-    def __init__(self, accept: bool, prompt: bool) -> None:
-        self.accept = accept
-        self.prompt = prompt
-        self.unknown: tuple[str, str, int, asyncssh.SSHKey] | None = None
-        self.accepted = False
-
-    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
-        self.unknown = (host, addr, port, key)
-        self.accepted = self.accept or (self.prompt and _prompt_accept(host, key.get_fingerprint()))
-        return self.accepted
-
-
-def _where_trusted(target: SSHTarget) -> str:
-    return ", ".join(str(p) for p in known_hosts_files(target)) or "UserKnownHostsFile none"
-
-
-def _remember_host_key(target: SSHTarget, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> Path:
-    files = known_hosts_files(target)
-    path = files[0] if files else Path.home() / ".ssh" / "known_hosts"
-    names = [host] + ([addr] if addr and addr != host else [])
-    if port != 22:
-        names = [f"[{n}]:{port}" for n in names]
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    algorithm, data = key.export_public_key("openssh").decode().split()[:2]
-    line = f"{','.join(names)} {algorithm} {data}\n"
-    with open(path, "a") as fh:
-        fh.write(line)
-    return path
-
-
 @dataclass(frozen=True)
 class Ran:
     """What a command run over SSH did."""
@@ -204,191 +135,126 @@ class Ran:
         return " ".join(self.stderr.decode(errors="replace").split())[-800:]
 
 
-class SSHHost:
-    """One SSH connection to a host, for a synchronous caller: commands run
-    over it (:meth:`run`, ``pyswarm machine``) or one channel becomes an API
-    :class:`rpc.Connection` (:meth:`dial`). asyncssh runs on an event loop in
-    a thread of its own; :meth:`close` ends both."""
+def transport() -> str:
+    """``ssh`` (the system's ssh(1)) or ``asyncssh``: ``PYSWARM_SSH_TRANSPORT``
+    when set, else ssh when an ``ssh`` binary is on PATH."""
+    chosen = os.environ.get("PYSWARM_SSH_TRANSPORT", "")
+    if chosen not in ("", "ssh", "asyncssh"):
+        raise UsageError(f"PYSWARM_SSH_TRANSPORT is {chosen!r}: expected ssh or asyncssh")
+    if chosen == "asyncssh":
+        return "asyncssh"
+    if shutil.which("ssh") is None:
+        if chosen == "ssh":
+            raise UsageError("PYSWARM_SSH_TRANSPORT=ssh, but there is no ssh binary on PATH")
+        return "asyncssh"
+    return "ssh"
 
-    def __init__(self, target: SSHTarget, accept_host_key: bool = False, prompt: bool = True) -> None:
+
+def ssh_argv(target: SSHTarget, command: str = REMOTE_COMMAND, kept: Kept | None = None) -> list[str]:
+    """The ssh(1) command line that runs ``command`` on ``target``: the config
+    ``PYSWARM_SSH_CONFIG`` names (else ssh's own default), never a prompt
+    (BatchMode), never a host key that known_hosts does not hold; with
+    ``kept``, sharing (or becoming) its master (pyswarm/ssh_keep.py)."""
+    argv = ["ssh"]
+    for path in ssh_config_paths():
+        argv += ["-F", path]
+    argv += ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+             "-o", f"ConnectTimeout={CONNECT_TIMEOUT:.0f}", "-o", f"KexAlgorithms=^{PREFERRED_KEX}", "-T", "-x"]
+    if target.port:
+        argv += ["-p", str(target.port)]
+    if target.user:
+        argv += ["-l", target.user]
+    if kept is not None:
+        argv += kept.ssh_options()
+    return argv + ["--", target.host, command]
+
+
+_REFUSED_KEY = ("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED",
+                "No host key is known", "Host key for")
+_UNREACHABLE = ("Connection refused", "No route to host", "Could not resolve hostname", "timed out",
+                "Network is unreachable", "Name or service not known", "Connection closed by",
+                "Connection reset")
+
+
+class _NeedsAsyncssh(Exception):
+    """ssh(1) refused the host key: asyncssh says which key (or accepts it)."""
+
+
+class SSHProcess:
+    """ssh(1) running dial-stdio on a host: its stdin and stdout are one end of
+    a socket pair, :attr:`sock` the other; its stderr (ssh's own errors and the
+    far end's) is kept for the error that names why the stream ended."""
+
+    def __init__(self, target: SSHTarget, command: str = REMOTE_COMMAND, kept: Kept | None = None) -> None:
         self.target = target
-        self.accept = accept_host_key
-        self.prompt = prompt
-        self.command = REMOTE_COMMAND
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._run, name=f"ssh {target.url}", daemon=True)
         self.stderr = bytearray()
-        self.conn: asyncssh.SSHClientConnection | None = None
-        self.conns: list[asyncssh.SSHClientConnection] = []  # the target's last, its jumps before
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-        self.loop.close()
-
-    def connect(self) -> SSHHost:
-        """Open the connection (host key checked, ProxyJump followed)."""
-        self.thread.start()
+        self.sock, theirs = socket.socketpair()
         try:
-            self._wait(self._connect(), CONNECT_TIMEOUT * 2 + 5)
-        except BaseException:
-            self.close()
-            raise
-        return self
+            self.proc = subprocess.Popen(ssh_argv(target, command, kept), stdin=theirs.fileno(), stdout=theirs.fileno(),
+                                         stderr=subprocess.PIPE)
+        except OSError as exc:
+            self.sock.close()
+            raise ConnectionError_(f"{target.url}: cannot run ssh: {exc.strerror or exc}") from None
+        finally:
+            theirs.close()
+        self.reader = threading.Thread(target=self._collect, name=f"ssh stderr {target.url}", daemon=True)
+        self.reader.start()
 
-    def _wait(self, coro: Any, timeout: float) -> Any:
-        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+    def _collect(self) -> None:
+        assert self.proc.stderr is not None
         try:
-            return future.result(timeout)
-        except TimeoutError:
-            future.cancel()
-            raise ConnectionError_(f"{self.target.url}: no answer within {timeout:.0f}s") from None
-
-    async def _connect(self) -> None:
-        self.conn = await self._ssh(self.target, 0)
-
-    def run(self, command: str, input: bytes | None = None, timeout: float = 300) -> Ran:
-        """Run ``command`` (a shell line) on the host, ``input`` on its stdin."""
-        return self._wait(self._run_command(command, input), timeout)  # type: ignore[no-any-return]
-
-    async def _run_command(self, command: str, input: bytes | None) -> Ran:
-        assert self.conn is not None
-        try:
-            done = await self.conn.run(command, input=input or b"", encoding=None, check=False)
-        except (OSError, asyncssh.Error) as exc:
-            raise ConnectionError_(f"{self.target.url}: lost the SSH connection running {command.split()[0]}: "
-                                   f"{getattr(exc, 'reason', None) or exc}") from None
-        code = done.exit_status if done.exit_status is not None else 255
-        out, err = done.stdout or b"", done.stderr or b""
-        return Ran(code, out if isinstance(out, bytes) else out.encode(), err if isinstance(err, bytes) else err.encode())
-
-    def dial(self, command: str = REMOTE_COMMAND) -> rpc.Connection:
-        """The manager's API on this host, over a channel running ``command``;
-        closing the connection closes the SSH connection too."""
-        self.command = command
-        sock: socket.socket = self._wait(self._open(), CONNECT_TIMEOUT + 5)
-        return rpc.Connection(sock, self.target.url, explain=self.explain, on_close=self.close)
+            while data := os.read(self.proc.stderr.fileno(), 4096):
+                if len(self.stderr) < 8192:
+                    self.stderr += data
+        except (OSError, ValueError):  # closed under us: ssh is gone
+            pass
 
     def explain(self) -> str:
         return " ".join(self.stderr.decode(errors="replace").split())[:500]
 
-    async def _open(self) -> socket.socket:
-        assert self.conn is not None
-        process = await self.conn.create_process(self.command, encoding=None)
-        mine, theirs = socket.socketpair()
-        theirs.setblocking(False)
-        reader, writer = await asyncio.open_connection(sock=theirs)
-        asyncio.ensure_future(self._pump(reader, process.stdin, eof=True))
-        asyncio.ensure_future(self._pump(process.stdout, writer, eof=False))
-        asyncio.ensure_future(self._collect(process.stderr))
-        return mine
+    def connection(self) -> rpc.Connection:
+        return rpc.Connection(self.sock, self.target.url, explain=self.explain, on_close=self.close)
 
-    async def _ssh(self, target: SSHTarget, depth: int) -> asyncssh.SSHClientConnection:
-        """Connect to ``target``, through its ProxyJump hosts (each checked
-        against known_hosts the same way) when the config names any."""
-        jump: Any = None
-        proxy = _options(target).tunnel
-        if isinstance(proxy, str) and proxy.lower() != "none":
-            if depth >= 4:
-                raise ConnectionError_(f"{target.url}: more than 4 ProxyJump hops (a loop in the SSH config?)")
-            for hop in proxy.split(","):
-                hop_target = parse_target(hop.strip(), scheme_required=False)
-                jump = await self._ssh_via(hop_target, jump, depth + 1)
-        return await self._ssh_via(target, jump, depth)
-
-    async def _ssh_via(self, target: SSHTarget, tunnel: Any, depth: int) -> asyncssh.SSHClientConnection:
-        client = _Client(self.accept, self.prompt)
-        where = target.url
+    def failure(self, exc: PyswarmError) -> PyswarmError:
+        """What to say when the first request failed: ssh's own reason when
+        ssh gave up (exit 255), else the far end's (``exc`` already says it)."""
         try:
-            conn = await asyncio.wait_for(asyncssh.connect(
-                target.host, port=target.port or (), username=target.user or (),
-                config=ssh_config_paths(), client_factory=lambda: client, known_hosts=_trusted(target),
-                tunnel=tunnel,
-            ), CONNECT_TIMEOUT)
-        except asyncssh.HostKeyNotVerifiable as exc:
-            if client.unknown is not None and not client.accepted:
-                host, addr, port, key = client.unknown
-                raise HostKeyError(
-                    f"refusing {where}: its host key is not in known_hosts ({_where_trusted(target)}): "
-                    f"{key.get_algorithm()} key fingerprint {key.get_fingerprint()}; if that is the host's "
-                    f"key, accept it with --accept-host-key or add it to known_hosts") from None
-            raise HostKeyError(f"refusing {where}: {exc.reason}") from None
-        except asyncssh.PermissionDenied:
-            raise ConnectionError_(f"{where}: SSH authentication failed (no key of the agent or the SSH "
-                                   "config's IdentityFile was accepted)") from None
-        except asyncssh.Error as exc:
-            raise ConnectionError_(f"{where}: SSH failed: {exc.reason}") from None
-        except asyncio.TimeoutError:
-            raise ConnectionError_(f"{where}: SSH connection timed out after {CONNECT_TIMEOUT:.0f}s") from None
-        except OSError as exc:
-            raise ConnectionError_(f"{where}: cannot connect: {exc.strerror or exc}") from None
-        if client.accepted and client.unknown is not None:
-            path = _remember_host_key(target, *client.unknown)
-            print(f"Warning: added the host key of {where} ({client.unknown[3].get_fingerprint()}) to {path}",
-                  file=sys.stderr)
-        self.conns.append(conn)
-        return conn
-
-    async def _pump(self, src: Any, dst: Any, eof: bool) -> None:
-        try:
-            while True:
-                data = await src.read(1 << 16)
-                if not data:
-                    break
-                dst.write(data)
-                await dst.drain()
-        except (OSError, asyncssh.Error):
-            pass
-        finally:
-            try:
-                if eof:
-                    dst.write_eof()
-                else:
-                    dst.close()
-            except (OSError, asyncssh.Error, RuntimeError):
-                pass
-
-    async def _collect(self, src: Any) -> None:
-        try:
-            while len(self.stderr) < 8192:
-                data = await src.read(4096)
-                if not data:
-                    return
-                self.stderr += data
-        except (OSError, asyncssh.Error):
-            pass
-
-    async def _shutdown(self) -> None:
-        for conn in reversed(self.conns):
-            conn.close()
-            try:
-                await asyncio.wait_for(conn.wait_closed(), 2)
-            except (asyncio.TimeoutError, OSError, asyncssh.Error):
-                pass
-        for task in asyncio.all_tasks():
-            if task is not asyncio.current_task():
-                task.cancel()
-
-    def __enter__(self) -> SSHHost:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+            code = self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            return exc
+        self.reader.join(2)
+        said, where = self.explain(), self.target.url
+        if code != 255:
+            return exc
+        if any(s in said for s in _REFUSED_KEY):
+            raise _NeedsAsyncssh(said)
+        if "Permission denied" in said:
+            return ConnectionError_(f"{where}: SSH authentication failed (no key of the agent or the SSH "
+                                    f"config's IdentityFile was accepted): {said}")
+        if any(s in said for s in _UNREACHABLE):
+            return ConnectionError_(f"{where}: cannot connect: {said}")
+        return ConnectionError_(f"{where}: SSH failed: {said or 'ssh exited 255'}")
 
     def close(self) -> None:
-        if not self.thread.is_alive():
-            return
+        """Every answer is in by now: ssh is stopped at once (as Docker stops
+        its ssh), not waited for while the far end winds down (a round trip
+        and dial-stdio's exit, on every invocation); sshd ends the session."""
+        self.sock.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
         try:
-            asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(5)
-        except Exception:  # noqa: BLE001 - closing: nothing left to report to
-            pass
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+            self.proc.wait(2)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.reader.join(1)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
 
 
-def connect(target: SSHTarget, accept_host_key: bool = False, prompt: bool = True,
-            command: str = REMOTE_COMMAND) -> rpc.Connection:
-    """One SSH connection to ``target`` running ``command`` (dial-stdio)."""
+def _dial_asyncssh(target: SSHTarget, accept_host_key: bool, prompt: bool, command: str) -> rpc.Connection:
+    from pyswarm.asyncssh_host import SSHHost
+
     host = SSHHost(target, accept_host_key, prompt).connect()
     try:
         return host.dial(command)
@@ -397,27 +263,84 @@ def connect(target: SSHTarget, accept_host_key: bool = False, prompt: bool = Tru
         raise
 
 
+class _Silent(Exception):
+    """The target's kept connection got no answer (and was stopped): the
+    other managers are tried before this one is connected to afresh."""
+
+
+def _dial_ssh(target: SSHTarget, command: str, defer: bool = False) -> rpc.Connection:
+    """ssh(1) to ``target``; ssh connects as it starts, so the first answer
+    (a ping) is what says the connection is up. The kept connection's
+    forward first, when there is one (pyswarm/ssh_keep.py); with ``defer``,
+    one that got no answer raises :class:`_Silent`."""
+    kept = Kept.of(target.url, list(ssh_config_paths())) if command == REMOTE_COMMAND else None
+    refused = False
+    if kept is not None:
+        warm, why = kept.dial(target.url)
+        if warm is not None:
+            return warm
+        if why == ssh_keep.SILENT and defer:
+            raise _Silent(target.url)
+        refused = why == ssh_keep.REFUSED
+        kept.before_cold()
+    ssh = SSHProcess(target, command, kept)
+    conn = ssh.connection()
+    try:
+        conn.call("ping", timeout=CONNECT_TIMEOUT * 2 + 5)  # ProxyJump hops connect first
+    except PyswarmError as exc:
+        try:
+            failure = ssh.failure(exc)  # before close: ssh's own exit status and words
+        finally:
+            conn.close()
+        raise failure from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def connect(target: SSHTarget, accept_host_key: bool = False, prompt: bool = True,
+            command: str = REMOTE_COMMAND, defer: bool = False) -> rpc.Connection:
+    """One SSH connection to ``target`` running ``command`` (dial-stdio),
+    whose manager answered a ping; an error naming ``target`` otherwise.
+    ``defer``: raise :class:`_Silent` when its kept connection got no answer."""
+    try:
+        if transport() == "ssh":
+            try:
+                return _dial_ssh(target, command, defer)
+            except _NeedsAsyncssh:
+                pass  # asyncssh names the refused key, or accepts it
+        conn = _dial_asyncssh(target, accept_host_key, prompt, command)
+        try:
+            conn.call("ping", timeout=5)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+    except HostKeyError:
+        raise
+    except PyswarmError as exc:
+        raise ConnectionError_(f"{target.url}: {exc}" if target.url not in str(exc) else str(exc)) from None
+
+
 def connect_any(targets: Sequence[SSHTarget], accept_host_key: bool = False, prompt: bool = True,
                 what: str = "") -> rpc.Connection:
     """The first of ``targets`` whose manager answers a ping; the error names
     every one tried and why. A host key refused stops at once: that is the
-    operator's to decide, not a manager being down."""
+    operator's to decide, not a manager being down. A target whose kept
+    connection got no answer is tried again afresh after the others."""
     failures: list[str] = []
-    for target in targets:
+    queue = [(target, len(targets) > 1) for target in targets]
+    while queue:
+        target, defer = queue.pop(0)
         try:
-            conn = connect(target, accept_host_key, prompt)
+            return connect(target, accept_host_key, prompt, defer=defer)
+        except _Silent:
+            queue.append((target, False))  # its kept connection got no answer: afresh, after the others
         except HostKeyError:
             raise
         except PyswarmError as exc:
             failures.append(str(exc))
-            continue
-        try:
-            conn.call("ping", timeout=5)
-        except PyswarmError as exc:
-            conn.close()
-            failures.append(f"{target.url}: {exc}" if target.url not in str(exc) else str(exc))
-            continue
-        return conn
     if len(failures) == 1:
         raise ConnectionError_(failures[0])
     raise ConnectionError_(f"no manager{' of ' + what if what else ''} answered; tried "

@@ -136,6 +136,7 @@ class JoinApi(Resource):
                 "api_host_private_key": cluster.api_host_private_key,
                 "data_key": sealing.KEY.export() if sealing.KEY is not None else "",
                 "raft_peers": sorted({raft_addr, *manager_raft_addrs(snap)}),
+                "api_group": cluster.api_group,
             }
         return answer
 

@@ -70,8 +70,9 @@ def bare(lab_factory: Any) -> Lab:
     # login users of the hosts' own user databases, with the lab's operator key
     made.add_user("worker1", "deploy", sudo=True)  # passwordless sudo: machine add/rm go through it
     made.add_user("worker1", "guest")  # neither root nor sudo
-    made.add_user("manager1", "ops", groups=[API_GROUP])  # the manager's --api-group
-    made.add_user("manager1", "guest")  # in neither root nor the group
+    for manager in ("manager1", "manager2"):  # manager1's machine init --api-group; manager2 gets it from the cluster
+        made.add_user(manager, "ops", groups=[API_GROUP])
+        made.add_user(manager, "guest")  # in neither root nor the group
     return made
 
 
@@ -131,28 +132,117 @@ def test_init_add_and_a_stack_through_the_context(bare: Lab, laptop: Laptop, tmp
              "site_web 3/3 through the context", observe=lambda: laptop.run("service", "ps", "site_web").stdout)
 
 
-def test_the_api_group_may_use_the_remote_cli_and_no_one_else(bare: Lab, laptop: Laptop) -> None:
-    member = laptop.run("--host", "ssh://ops@manager1", "node", "ls", "--format", "json")
-    assert all(f'"hostname": "{h}"' in member.stdout for h in bare.hosts), member
-    refused = laptop.run("--host", "ssh://guest@manager1", "node", "ls", check=False)
-    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused
-    assert f"only root or members of group {API_GROUP} may use this manager's API" in refused.stderr, refused.stderr
-    assert "guest has no passwordless sudo" in refused.stderr, refused.stderr
+@pytest.mark.parametrize("manager", ["manager1", "manager2"])
+def test_the_api_group_may_use_the_remote_cli_and_no_one_else(bare: Lab, laptop: Laptop, manager: str) -> None:
+    # manager1 is the machine init --api-group one; manager2 was added with
+    # machine add --manager and no flag: the group is the cluster's
+    for _ in range(2):  # the first makes the kept connection, the second rides its forward
+        member = laptop.run("--host", f"ssh://ops@{manager}", "node", "ls", "--format", "json")
+        assert all(f'"hostname": "{h}"' in member.stdout for h in bare.hosts), member
+    for _ in range(2):  # and the kept connection of one who may not lets no one in either
+        refused = laptop.run("--host", f"ssh://guest@{manager}", "node", "ls", check=False)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused
+        assert f"only root or members of group {API_GROUP} may use this manager's API" in refused.stderr, \
+            refused.stderr
+        assert "guest has no passwordless sudo" in refused.stderr, refused.stderr
 
 
-def test_a_stopped_manager_and_the_cli_goes_on_through_the_next(bare: Lab, laptop: Laptop) -> None:
+def _context_hosts(laptop: Laptop) -> list[str]:
+    hosts: list[str] = json.loads(laptop.run("context", "inspect", "bare").stdout)[0]["hosts"]
+    return hosts
+
+
+def _kept(laptop: Laptop, url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The laptop CLI's kept connection to ``url`` (pyswarm/ssh_keep.py)."""
+    from pyswarm import ssh_keep
+
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)  # the laptop's environment has none
+    kept = ssh_keep.Kept.of(url, [laptop.env["PYSWARM_SSH_CONFIG"]])
+    assert kept is not None, "keeping is on by default"
+    return kept
+
+
+def test_a_stopped_manager_and_the_cli_goes_on_through_the_next(bare: Lab, laptop: Laptop,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    first = _context_hosts(laptop)[0]
+    assert first == "ssh://manager1", first
+    kept = _kept(laptop, first, monkeypatch)
+    laptop.run("service", "ls")  # through manager1: its connection is kept, and used below
+    assert kept.master_running(), f"nothing kept in {kept.dir} for {first}"
     pidfile = bare.host("manager1").private("/run/pyswarm/manager.pid")
     pid = int(pidfile.read_text())
     os.kill(pid, 15)
     wait_for(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],
              30, "manager1's manager stopped")
     try:
-        res = laptop.run("service", "ls")
+        res = laptop.run("service", "ls")  # manager1's kept forward is refused: dial-stdio says why, next
         assert "site_web" in res.stdout, res
+        assert kept.master_running(), "the master of a host that still answers SSH is kept"
     finally:
         bare.exec("manager1", ["pyswarm", "manager", "start"], timeout=90)
     wait_for(lambda: laptop.run("--host", "ssh://manager1", "service", "ls", check=False).returncode == 0, 60,
              "manager1 answering again")
+
+
+def test_a_kept_connection_to_a_host_gone_away_is_dropped_and_the_next_tried(
+        bare: Lab, laptop: Laptop, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyswarm.remote import parse_target
+
+    hosts = _context_hosts(laptop)
+    assert len(hosts) == 2, hosts
+    first = hosts[0]
+    kept = _kept(laptop, first, monkeypatch)
+    laptop.run("service", "ls")  # through the first manager: its connection is kept
+    assert kept.master_running() and kept.forward.exists(), f"nothing kept in {kept.dir} for {first}"
+    # the host stops answering the laptop (only the laptop: the cluster's own
+    # SSH to it goes on), with the master and its forward still up here
+    host = parse_target(first).host
+    rule = ["INPUT", "-p", "tcp", "-s", bare.bridge_addr, "--dport", "22", "-j", "DROP"]
+    bare.exec(host, ["iptables", "-I", *rule])
+    try:
+        res = laptop.run("service", "ls", timeout=180)  # no hang: the kept one is dropped, the next tried
+        assert "site_web" in res.stdout, res
+        assert not kept.master_running() and not kept.control.exists() and not kept.forward.exists(), \
+            f"left in {kept.dir}: {sorted(p.name for p in kept.dir.glob(kept.key + '*'))}"
+    finally:
+        bare.exec(host, ["iptables", "-D", *rule])
+    wait_for(lambda: laptop.run("--host", first, "service", "ls", check=False).returncode == 0, 60,
+             f"{first} answering the laptop again")
+
+
+def test_leave_force_of_the_leading_manager_hands_over_first(bare: Lab, laptop: Laptop) -> None:
+    # `pyswarm leave --force` on a manager takes the demotion path
+    # (manager/demotion.py): leadership moves, Raft drops it, then it stops
+    rows = json.loads(laptop.run("machine", "ls", "--format", "json").stdout)
+    managers = {r["name"]: r["manager_status"] for r in rows if r["role"] == "manager"}
+    assert sorted(managers) == ["manager1", "manager2"], rows
+    leader = next(h for h, status in managers.items() if status == "leader")
+    survivor = next(h for h in managers if h != leader)
+    refused = bare.exec(leader, ["pyswarm", "leave"], check=False, timeout=60)
+    assert refused.returncode != 0 and "use `pyswarm leave --force`" in refused.stderr, refused
+    bare.exec(leader, ["pyswarm", "leave", "--force"], timeout=120)
+    assert _sh(bare, leader, "ls /var/lib/pyswarm/manager.json /var/lib/pyswarm/node.json 2>/dev/null; "
+               "cat /run/pyswarm/manager.pid 2>/dev/null | xargs -r ps -o pid= -p") == "", \
+        f"{leader} still has its manager state or process after leave --force"
+    # the survivor leads a one-manager cluster and takes writes at once
+    laptop.run("network", "create", "after-leave")
+    laptop.run("network", "rm", "after-leave")
+
+    def survivor_alone() -> bool:
+        rows = json.loads(laptop.run("machine", "ls", "--format", "json").stdout)
+        return [(r["name"], r["manager_status"]) for r in rows if r["role"] == "manager"] == [(survivor, "leader")]
+
+    wait_for(survivor_alone, 60, f"{survivor} the only manager, leading",
+             observe=lambda: laptop.run("machine", "ls").stdout)
+    # back as a manager for what follows (the host keeps its install: a join)
+    assert "joined as a manager" in laptop.run("machine", "add", leader, "--manager").stdout
+
+    def two_managers() -> bool:
+        rows = json.loads(laptop.run("machine", "ls", "--format", "json").stdout)
+        return sorted(r["name"] for r in rows if r["role"] == "manager" and r["status"] == "ready") \
+            == ["manager1", "manager2"]
+
+    wait_for(two_managers, 90, "both managers ready again", observe=lambda: laptop.run("machine", "ls").stdout)
 
 
 def test_machine_rm_leaves_nothing_of_pyswarm(bare: Lab, laptop: Laptop) -> None:
