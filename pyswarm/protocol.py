@@ -13,7 +13,7 @@ manager -> agent
   {"op": "mesh", "gateways": [ip, ...], "networks": {ipset_name: [ip, ...]},
    "ingress": [{"service", "port", "protocol", "backends": ["ip:port", ...]}]}
                                                         the same for every node
-  {"op": "ping", "seq": int}
+  {"op": "ping", "seq": int, "ack": int}                  ack: the last pong heard (fencing)
   {"op": "image_plan", "image", "plan": "ship"|"pull", "source", "reason"}
                                                         answer to image_wanted
   {"op": "image_done", "image", "error"}                the shipment ended ("" = loaded)
@@ -146,9 +146,24 @@ ENGINE_GRACE = 2.0
 # dead_after) after its last pong, so the old containers are stopped
 # ~2 s + LOST_GRACE - AGENT_LEASE - 1 s - FENCE_STOP_GRACE = 4 s before
 # their replacements are even scheduled. Nomad's stop_after_client_disconnect.
+#
+# The reachability exemption (a lingering agent whose lease ran out keeps its
+# containers while a manager's host answers a TCP connect: a lost quorum or
+# a failover, where nobody can replace them) is mirrored on the leader: while
+# a node has no live session the leader probes the node's sshd at the same
+# cadence, and an accepted connect restarts the node's grace (down_since =
+# now), as does the end of any session that got its SSH connection (an
+# agent may have started there and renewed the lease). So the grace and the
+# lease restart on the same event, a TCP answer across the node's link, and
+# the leader replaces a node's tasks only after LOST_GRACE seconds in which
+# nothing of the node's answered it (the argument: docs/healing.md, "Why it
+# is sound"). The soak's 5 doubles were a link back before the lease ran out
+# (agent exempt) and a leader whose new session took longer than the grace.
 AGENT_LEASE = 8.0
 FENCE_STOP_GRACE = 1
 LOST_GRACE = 12.0
+REACH_PROBE_EVERY = 1.0  # seconds between probes, the agent's of the managers and the leader's of a node
+REACH_PROBE_TIMEOUT = 1.0
 
 NETWORK_NAME = "pyswarm"
 BRIDGE_NAME = "pyswarm0"
@@ -364,8 +379,13 @@ class MeshMessage:
 @manager_op("ping")
 @dataclass(frozen=True)
 class Ping:
+    """``ack``: the seq of the last pong this manager received on the
+    session (0: none yet). The agent renews its lease to the time it *sent*
+    that pong, which is before the manager received it: the lease never
+    outlives the leader's grace, whatever the delays (see AGENT_LEASE)."""
     op: ClassVar[str]
     seq: int | None = None
+    ack: int = field(default=0, metadata=rule(min=0))
 
 
 class _AsDict:
