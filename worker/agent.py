@@ -340,7 +340,9 @@ class Agent:
                 log.warning("no word from the manager for %.1fs: ending this session", silent)
                 queue.put_nowait(None)
                 return
-            if self.lease is not None and time.time() - max(self.lease.renewed_at(), self._started_at) >= protocol.AGENT_LEASE:
+            # a fresh agent counts from its start: its first acknowledged pong renews the lease
+            since = max(self.lease.renewed_at(), self._started_at) if self.lease is not None else time.time()
+            if time.time() - since >= protocol.AGENT_LEASE:
                 log.warning("no current leader has reached this host for %.0fs: ending this session",
                             protocol.AGENT_LEASE)
                 queue.put_nowait(None)

@@ -19,13 +19,21 @@ keeps running through the same.
 
 The lease is host-wide, a file's mtime under the run directory, because an
 agent process lives for one SSH session: a leader failover ends every
-session at once, and the new leader's sessions start new agents. Every
-agent renews it when it starts (a manager with the cluster's key has just
-reached us) and on every ping of a session whose ``configure`` it accepted
-(a deposed leader's pings do not count). An agent whose session ended does
+session at once, and the new leader's sessions start new agents. An agent
+renews it only on a ping of a session whose ``configure`` it accepted (a
+deposed leader's pings do not count), and only to the time it *sent* the
+pong that ping acknowledges (:class:`protocol.Ping` ``ack``): that is before
+the leader heard the pong, and the leader's grace counts from the last word
+it heard, so the lease always ends first, however late a ping or a
+configure arrives (a link that comes back, a loaded host). Neither an
+agent's start nor a configure renews it. An agent whose session ended does
 not exit at once: it waits until another agent renews the lease (a newer
 session took over: it exits and leaves everything as it is) or the lease
-runs out (it fences, then exits).
+runs out (it fences, then exits). While it stays because a manager's host
+answers, the leader's probe of this host's sshd is accepted too, which
+restarts its grace (manager/dispatcher.py): the two rules restart on the
+same event, a TCP answer across this host's link (docs/healing.md, "Why it
+is sound").
 
 The containers it stops are recorded (:meth:`Lease.record`), so the next agent
 reports their tasks as ``shutdown`` by the cluster, not as tasks that
