@@ -189,7 +189,7 @@ class _Session:
         self._sent_mesh = 0  # the dispatcher's mesh_version this session has
         self._stopped = False
         self._last_heard = 0.0
-        self._acked = 0  # the last pong heard: the next ping acknowledges it (the agent's lease, Ping.ack)
+        self._acked: int | None = None  # the last pong heard: the next ping acknowledges it (the agent's lease)
         self._ready = False
         self._end_reason = "session closed"
         self.engine_down = False  # the agent said its engine is unreachable
@@ -257,7 +257,7 @@ class _Session:
 
     async def _session(self) -> None:
         self._last_heard = 0.0
-        self._acked = 0
+        self._acked = None
         self._conn = await connect_node(self.node, self._d.client_keys)
         self._process = await self._conn.create_process("pyswarm worker --stdio", encoding=None)
         self._last_heard = time.monotonic()
@@ -648,7 +648,7 @@ class Dispatcher:
                 log.info("node %s: %s", node.hostname, message.reason if not message.reachable else "engine reachable again")
                 self._queue(change)
         elif isinstance(message, protocol.Pong):
-            if message.seq is not None and message.seq > session._acked:
+            if message.seq is not None:
                 session._acked = message.seq
         # hearing anything is the heartbeat
 

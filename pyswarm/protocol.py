@@ -385,12 +385,12 @@ class MeshMessage:
 @dataclass(frozen=True)
 class Ping:
     """``ack``: the seq of the last pong this manager received on the
-    session (0: none yet). The agent renews its lease to the time it *sent*
+    session (None: none yet). The agent renews its lease to the time it *sent*
     that pong, which is before the manager received it: the lease never
     outlives the leader's grace, whatever the delays (see AGENT_LEASE)."""
     op: ClassVar[str]
     seq: int | None = None
-    ack: int = field(default=0, metadata=rule(min=0))
+    ack: int | None = None
 
 
 class _AsDict:

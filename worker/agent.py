@@ -319,7 +319,7 @@ class Agent:
             while len(self._pongs_sent) > PONGS_KEPT:
                 del self._pongs_sent[next(iter(self._pongs_sent))]
         self.send({"op": "pong", "seq": msg.seq})
-        sent = self._pongs_sent.get(msg.ack) if msg.ack else None
+        sent = self._pongs_sent.get(msg.ack) if msg.ack is not None else None
         if sent is not None and self.lease is not None and self._accepted and not self._fenced:
             self.lease.renew(sent)
 
