@@ -335,8 +335,18 @@ class Soak:
         return {"short": len(short), "live_task_states": dict(states.most_common(20)), "examples": detail,
                 "nodes": nodes}
 
-    def exports(self) -> dict[str, dict[str, Any]]:
-        return {h: self.call(h, "store.export", timeout=30) for h in self.lab.managers}
+    def exports(self) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """Each answering manager's replica, and one violation line per
+        manager that does not answer (its history is still checked against
+        the others: a run of 40 minutes must not be lost to one of them)."""
+        found: dict[str, dict[str, Any]] = {}
+        missing: list[str] = []
+        for h in self.lab.managers:
+            try:
+                found[h] = self.call(h, "store.export", timeout=30)
+            except (PyswarmError, OSError) as exc:
+                missing.append(f"{h}: no replica to check: {str(exc).splitlines()[0][:200]}")
+        return found, missing
 
     def converged(self) -> tuple[bool, str]:
         leader = self.leader()
@@ -346,11 +356,10 @@ class Soak:
         notready = [n["hostname"] for n in nodes if n["status"] != "ready"]
         if notready:
             return False, f"nodes not ready: {notready}"
-        try:
-            names = {h: sorted(s["spec"]["name"] for s in e["objects"]["service"].values())
-                     for h, e in self.exports().items()}
-        except (PyswarmError, OSError) as exc:
-            return False, f"export: {exc}"
+        found, missing = self.exports()
+        if missing:
+            return False, missing[0]
+        names = {h: sorted(s["spec"]["name"] for s in e["objects"]["service"].values()) for h, e in found.items()}
         if len({tuple(v) for v in names.values()}) != 1:
             return False, "managers differ: " + ", ".join(f"{h} {len(v)} services" for h, v in names.items())
         behind = [f"{s['name']} {s['replicas']}" for s in self.call(leader, "service.ls", timeout=20)
@@ -484,7 +493,9 @@ def run(soak: Soak, args: argparse.Namespace, started: datetime, load_before: tu
         time.sleep(1)
     soak.stop.set()
     sampler.join(timeout=60)
-    result = soak.check(soak.exports())
+    exports, missing = soak.exports()
+    result = soak.check(exports)
+    result["violations"].extend(missing)
     if converge_s is None:
         result["violations"].append(f"not converged {args.converge_timeout:.0f}s after the last fault: {what}")
         try:

@@ -190,13 +190,46 @@ class _Session:
         self._sent_mesh = 0  # the dispatcher's mesh_version this session has
         self._stopped = False
         self._last_heard = 0.0
+        self._acked: int | None = None  # the last pong heard: the next ping acknowledges it (the agent's lease)
         self._ready = False
         self._end_reason = "session closed"
         self.engine_down = False  # the agent said its engine is unreachable
         self._refusals = 0
         self._refusals_since = 0.0
 
+    def _heard_at(self) -> float:
+        """Wall time of the last word from the agent in this session (0:
+        none). Its lease is never newer than the last pong we heard
+        (``Ping.ack``), so the grace may count from here."""
+        if not self._last_heard:
+            return 0.0
+        return time.time() - (time.monotonic() - self._last_heard)
+
     async def run(self) -> None:
+        # a new leader (or a new node): whatever an earlier leader last heard
+        # from it is not in the store, so its grace starts now
+        self._d.restart_grace(self.node, force=True)
+        watch = aio.spawn(self._watch_reach(), f"reach {self.node.hostname}", log)
+        try:
+            await self._reconnect()
+        finally:
+            await aio.reap(watch)
+
+    async def _watch_reach(self) -> None:
+        """The leader's half of the fence's reachability rule (docs/healing.md,
+        "Why it is sound"): while this node has no live session, probe its
+        sshd every :data:`protocol.REACH_PROBE_EVERY` s as its lingering agent
+        probes the managers' hosts; an answer restarts its grace
+        (``Dispatcher.restart_grace``). An agent keeps its containers past
+        its lease only while it reaches a manager's host, so while the link
+        is up the leader does not replace them either."""
+        while not self._stopped:
+            if not self._ready and await aio.host_answers(self.node.addr, self.node.ssh_port,
+                                                          protocol.REACH_PROBE_TIMEOUT, refused_answers=False):
+                self._d.restart_grace(self.node)
+            await asyncio.sleep(protocol.REACH_PROBE_EVERY)
+
+    async def _reconnect(self) -> None:
         backoff = 0.2
         while not self._stopped:
             started = time.monotonic()
@@ -208,12 +241,12 @@ class _Session:
                 reason = self._end_reason = _describe(exc)
                 log.info("session to %s (%s) ended: %s%s", self.node.hostname, self.node.addr, reason,
                          self._d.lag_note())
-                self._d.mark_down(self.node, reason, was_ready=self._ready)
+                self._d.mark_down(self.node, reason, was_ready=self._ready, heard_at=self._heard_at())
             except Exception as exc:  # a bug here must not end the node's session for good
                 reason = f"session failed: {type(exc).__name__}: {exc}"
                 log.error("session to %s (%s) failed; reconnecting", self.node.hostname, self.node.addr,
                           exc_info=exc)
-                self._d.mark_down(self.node, reason, was_ready=self._ready)
+                self._d.mark_down(self.node, reason, was_ready=self._ready, heard_at=self._heard_at())
             finally:
                 self._close()
             if self._stopped:
@@ -224,6 +257,8 @@ class _Session:
             backoff = min(backoff * 2, 2.0)
 
     async def _session(self) -> None:
+        self._last_heard = 0.0
+        self._acked = None
         self._conn = await connect_node(self.node, self._d.client_keys)
         self._process = await self._conn.create_process("pyswarm worker --stdio", encoding=None)
         self._last_heard = time.monotonic()
@@ -295,7 +330,7 @@ class _Session:
             await asyncio.sleep(every)
             now = time.monotonic()
             seq += 1
-            self._send({"op": "ping", "seq": seq})
+            self._send({"op": "ping", "seq": seq, "ack": self._acked})
             if now - due >= STALL:
                 # this manager's own loop was held: what the agent sent
                 # meanwhile is still unread, so judge at the next tick
@@ -613,7 +648,10 @@ class Dispatcher:
             if change is not None:
                 log.info("node %s: %s", node.hostname, message.reason if not message.reachable else "engine reachable again")
                 self._queue(change)
-        # pong: hearing anything is the heartbeat
+        elif isinstance(message, protocol.Pong):
+            if message.seq is not None:
+                session._acked = message.seq
+        # hearing anything is the heartbeat
 
     def lag_note(self) -> str:
         """The measured loop lag, for the record of a node's down/up decision."""
@@ -638,22 +676,48 @@ class Dispatcher:
                 return f"address {report.ip} is outside the node's subnet {node.subnet}"
         return ""
 
-    def mark_down(self, node: Node, reason: str, was_ready: bool = False) -> None:
-        """``was_ready``: the session that ended had the agent's hello (the
-        node was ready, whatever a snapshot that lags our own patches says)."""
+    def restart_grace(self, node: Node, force: bool = False) -> None:
+        """``node``'s host answered this leader while it has no session: its
+        lingering agent may be keeping its containers (worker/fence.py), so
+        the grace before its tasks are lost (``healing.lost_at``) starts
+        again (at most every :data:`protocol.REACH_PROBE_EVERY` s a write).
+        Not for a node down for its engine with a live session (it is not
+        probed) nor one not down."""
         snap = self.snapshot
         current = snap.node(node.id) if snap else None
-        if not was_ready and current is not None and current.status == NodeStatus.DOWN \
-                and current.status_message == reason:
+        if current is None or current.status != NodeStatus.DOWN or current.engine_unreachable:
+            return
+        now = time.time()
+        if force or now - current.down_since >= protocol.REACH_PROBE_EVERY:
+            self._queue(ops.patch("node", node.id, down_since=now))
+
+    def mark_down(self, node: Node, reason: str, was_ready: bool = False, heard_at: float = 0.0) -> None:
+        """``was_ready``: the session that ended had the agent's hello (the
+        node was ready, whatever a snapshot that lags our own patches says).
+        ``heard_at``: wall time of the session's last word from the agent
+        (0: none).
+
+        The grace before its tasks are lost (healing.lost_at) counts from
+        ``down_since``: the last word heard from the agent, when it went down
+        from ready (or now, if none came), and never earlier than it was.
+        The agent's lease is anchored no later than that (``Ping.ack``), so
+        it runs out LOST_GRACE - AGENT_LEASE seconds before the grace does;
+        counting from the down mark instead would add ``dead_after`` for
+        nothing. A down_since left from an earlier outage would end it at
+        once (the soak saw a node's tasks orphaned 2 s after a link cut that
+        followed an engine outage): it is replaced when the node was ready."""
+        snap = self.snapshot
+        current = snap.node(node.id) if snap else None
+        already_down = current is not None and current.status == NodeStatus.DOWN and not was_ready
+        if already_down and current is not None and current.status_message == reason \
+                and heard_at <= current.down_since:
             return
         now = time.time()
         fields: dict[str, Any] = {"status": NodeStatus.DOWN.value, "status_message": reason, "updated_at": now}
-        if was_ready or current is None or current.status != NodeStatus.DOWN:
-            # the grace before its tasks are lost starts (healing.lost_at). A
-            # down_since left from an earlier outage would end it at once: the
-            # soak saw a node's tasks orphaned 2 s after a link cut that
-            # followed an engine outage, their containers still running
-            fields["down_since"] = now
+        if not already_down:
+            fields["down_since"] = heard_at or now
+        elif current is not None and heard_at > current.down_since:
+            fields["down_since"] = heard_at
         self._queue(ops.patch("node", node.id, **fields))
 
     def _queue(self, op: Op) -> None:

@@ -39,3 +39,18 @@ async def reap(*tasks: asyncio.Future[Any]) -> list[BaseException]:
         t.cancel()
     results = await asyncio.gather(*tasks, return_exceptions=True)
     return [r for r in results if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)]
+
+
+async def host_answers(addr: str, port: int, timeout: float, refused_answers: bool = True) -> bool:
+    """Whether ``addr``'s host answers a TCP connect to ``port`` within
+    ``timeout``: accepted, or (``refused_answers``) refused, which its
+    kernel does too. The fence's reachability rule, on both sides
+    (worker/fence.py, the dispatcher's sessions; docs/healing.md)."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(addr, port), timeout)
+    except ConnectionRefusedError:
+        return refused_answers
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    return True

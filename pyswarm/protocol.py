@@ -13,7 +13,7 @@ manager -> agent
   {"op": "mesh", "gateways": [ip, ...], "networks": {ipset_name: [ip, ...]},
    "ingress": [{"service", "port", "protocol", "backends": ["ip:port", ...]}]}
                                                         the same for every node
-  {"op": "ping", "seq": int}
+  {"op": "ping", "seq": int, "ack": int}                  ack: the last pong heard (fencing)
   {"op": "image_plan", "image", "plan": "ship"|"pull", "source", "reason"}
                                                         answer to image_wanted
   {"op": "image_done", "image", "error"}                the shipment ended ("" = loaded)
@@ -135,20 +135,40 @@ LABEL_NODE_ID = "pyswarm.node.id"
 # same time before the node's tasks are replaced
 ENGINE_GRACE = 2.0
 
-# Fencing (why no slot runs twice across a link cut; worker/fence.py). A
-# node's agents keep a host-wide lease: every ping of an accepted session
-# (and the start of a new one) renews it; when it is AGENT_LEASE seconds old
-# and no manager's host answers at all (the host is cut off, not the
-# managers leaderless), the agent stops every task container here, with
-# FENCE_STOP_GRACE seconds between SIGTERM and SIGKILL (after a probe of up
-# to 1 s). The leader replaces the tasks of a down node only once it has
-# been down for LOST_GRACE seconds; it is marked down ~2 s (the heartbeat's
-# dead_after) after its last pong, so the old containers are stopped
-# ~2 s + LOST_GRACE - AGENT_LEASE - 1 s - FENCE_STOP_GRACE = 4 s before
-# their replacements are even scheduled. Nomad's stop_after_client_disconnect.
+# Fencing (why no slot runs twice across a link cut; worker/fence.py,
+# manager/dispatcher.py; the argument in full: docs/healing.md, "Why it is
+# sound"). Two clocks, one event each way:
+#
+# * The agent's lease (host-wide, AGENT_LEASE s) is renewed only by a ping
+#   of an accepted session that acknowledges a pong (Ping.ack), and only to
+#   the time the agent *sent* that pong: before the leader heard it. Not by
+#   the agent's start nor a configure, whose arrival can be late by any
+#   amount. When it runs out and no manager's host answers a TCP connect
+#   (REACH_PROBE_TIMEOUT), the agent stops every task container here
+#   (FENCE_STOP_GRACE s from SIGTERM to SIGKILL).
+# * The leader's grace (LOST_GRACE s from Node.down_since) counts from the
+#   last word it heard from the agent, which is no earlier than any lease
+#   anchor it acknowledged, and starts again on every event that may keep
+#   the containers running past the lease: while a node has no live
+#   session, its sshd accepting the leader's probe (every REACH_PROBE_EVERY
+#   s) restarts it, the mirror of the agent's exemption (a lingering agent
+#   keeps its containers while a manager's host answers: a failover or a
+#   lost quorum, where nobody can replace them); and a new leader's first
+#   session starts it afresh (it cannot know what an earlier leader heard).
+#
+# So when the link is cut the containers are stopped by last pong +
+# AGENT_LEASE + probe + stop ~ 10 s, and replaced after last word +
+# LOST_GRACE = 12 s; while the link is up and no session comes (the soak's
+# last doubles: a link back before the lease ran out, the agent exempt, the
+# leader's new session slower than the grace at load ~80) nothing is
+# replaced. Nomad's stop_after_client_disconnect. The lease needs pings
+# more often than every (AGENT_LEASE - slack) / 2 s: an ack comes a ping
+# after its pong.
 AGENT_LEASE = 8.0
 FENCE_STOP_GRACE = 1
 LOST_GRACE = 12.0
+REACH_PROBE_EVERY = 1.0  # seconds between probes, the agent's of the managers and the leader's of a node
+REACH_PROBE_TIMEOUT = 1.0
 
 NETWORK_NAME = "pyswarm"
 BRIDGE_NAME = "pyswarm0"
@@ -366,8 +386,13 @@ class MeshMessage:
 @manager_op("ping")
 @dataclass(frozen=True)
 class Ping:
+    """``ack``: the seq of the last pong this manager received on the
+    session (None: none yet). The agent renews its lease to the time it *sent*
+    that pong, which is before the manager received it: the lease never
+    outlives the leader's grace, whatever the delays (see AGENT_LEASE)."""
     op: ClassVar[str]
     seq: int | None = None
+    ack: int | None = None
 
 
 class _AsDict:

@@ -81,6 +81,7 @@ STOP_GRACE = 10  # seconds between SIGTERM and SIGKILL, Swarm's default
 # in-flight request finishes: rolling updates lose no request. Swarm waits
 # 2 s here for its gossip to converge (defaultGossipConvergeDelay).
 DNS_DRAIN = 1.0
+PONGS_KEPT = 64  # pongs whose sending time is kept for the manager's acknowledgement (Ping.ack)
 MANAGER_TIMEOUT = 5.0  # seconds without a ping before a session counts as stale
 # containers created and started at once. The engine is CPU-bound: 20
 # parallel starts finish no sooner than 3 at a time, and all come up
@@ -135,6 +136,8 @@ class Agent:
         self._configured = False
         self._fenced = False  # a deposed leader's session: ignore what it says
         self._accepted = False  # a configure of a current leader came: its pings renew the lease (fence.py)
+        self._pongs_sent: dict[int, float] = {}  # pong seq -> wall time we sent it (the lease's anchor)
+        self._started_at = time.time()  # a fresh agent gets AGENT_LEASE for its first acknowledged pong
         self.lease = lease  # the host's fencing lease (worker/fence.py); None: no fencing (unit tests)
         self.manager_addrs: tuple[str, ...] = ()
         self._sole_manager = False  # this host runs the cluster's only manager
@@ -173,8 +176,6 @@ class Agent:
         manager hung up, which is the normal way for a session to end)."""
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         eof = asyncio.Event()
-        if self.lease is not None:  # a manager with the cluster's key just reached this host
-            self.lease.renew()
         self._spawn(self._pump(lines, queue, eof))
         try:
             info = await self._wait_for_engine(eof)
@@ -283,8 +284,7 @@ class Agent:
                     except BadRequest:
                         msg = None
                     if isinstance(msg, protocol.Ping):
-                        self.send({"op": "pong", "seq": msg.seq})
-                        self._renew_lease()
+                        self._on_ping(msg)
                         if self._watchdog is None:
                             self._watchdog = self._spawn(self._watch_manager(queue))
                         continue
@@ -306,9 +306,22 @@ class Agent:
             return True
         return bool(self._peer_addrs) and await fence.reaches_a_manager(self._peer_addrs)
 
-    def _renew_lease(self) -> None:
-        if self.lease is not None and self._accepted and not self._fenced:
-            self.lease.renew()
+    def _on_ping(self, msg: protocol.Ping) -> None:
+        """Answer, and renew the host's lease to when we sent the pong the
+        manager acknowledges (``msg.ack``): that is before the manager heard
+        it, and the leader's grace counts from what it last heard from us
+        (manager/dispatcher.py), so the lease ends first whatever the delays
+        on the link (a ping delivered late renews nothing newer than the
+        pong it acknowledges). Only a session whose ``configure`` we accepted
+        renews it (a deposed leader's pings do not)."""
+        if msg.seq is not None:
+            self._pongs_sent[msg.seq] = time.time()  # before the pong leaves: never later than its sending
+            while len(self._pongs_sent) > PONGS_KEPT:
+                del self._pongs_sent[next(iter(self._pongs_sent))]
+        self.send({"op": "pong", "seq": msg.seq})
+        sent = self._pongs_sent.get(msg.ack) if msg.ack is not None else None
+        if sent is not None and self.lease is not None and self._accepted and not self._fenced:
+            self.lease.renew(sent)
 
     async def _watch_manager(self, queue: asyncio.Queue[bytes | None]) -> None:
         """End the session when the manager has gone silent, or when no
@@ -327,7 +340,9 @@ class Agent:
                 log.warning("no word from the manager for %.1fs: ending this session", silent)
                 queue.put_nowait(None)
                 return
-            if self.lease is not None and time.time() - self.lease.renewed_at() >= protocol.AGENT_LEASE:
+            # a fresh agent counts from its start: its first acknowledged pong renews the lease
+            since = max(self.lease.renewed_at(), self._started_at) if self.lease is not None else time.time()
+            if time.time() - since >= protocol.AGENT_LEASE:
                 log.warning("no current leader has reached this host for %.0fs: ending this session",
                             protocol.AGENT_LEASE)
                 queue.put_nowait(None)
@@ -363,8 +378,7 @@ class Agent:
             self.send({"op": "error", "message": f"bad message: {exc}"})
             return
         if isinstance(msg, protocol.Ping):
-            self.send({"op": "pong", "seq": msg.seq})
-            self._renew_lease()
+            self._on_ping(msg)
         elif isinstance(msg, protocol.Configure):
             self._on_configure(msg)
         elif isinstance(msg, protocol.Assign):
@@ -385,7 +399,6 @@ class Agent:
             self.send({"op": "error", "message": f"{self.hostname}: ignoring a deposed leader (term {msg.term})"})
             return
         self._accepted = True
-        self._renew_lease()
         raw = msg.as_dict()
         if msg.manager is not None:
             self._spawn(self._become_manager(raw))

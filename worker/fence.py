@@ -19,13 +19,21 @@ keeps running through the same.
 
 The lease is host-wide, a file's mtime under the run directory, because an
 agent process lives for one SSH session: a leader failover ends every
-session at once, and the new leader's sessions start new agents. Every
-agent renews it when it starts (a manager with the cluster's key has just
-reached us) and on every ping of a session whose ``configure`` it accepted
-(a deposed leader's pings do not count). An agent whose session ended does
+session at once, and the new leader's sessions start new agents. An agent
+renews it only on a ping of a session whose ``configure`` it accepted (a
+deposed leader's pings do not count), and only to the time it *sent* the
+pong that ping acknowledges (:class:`protocol.Ping` ``ack``): that is before
+the leader heard the pong, and the leader's grace counts from the last word
+it heard, so the lease always ends first, however late a ping or a
+configure arrives (a link that comes back, a loaded host). Neither an
+agent's start nor a configure renews it. An agent whose session ended does
 not exit at once: it waits until another agent renews the lease (a newer
 session took over: it exits and leaves everything as it is) or the lease
-runs out (it fences, then exits).
+runs out (it fences, then exits). While it stays because a manager's host
+answers, the leader's probe of this host's sshd is accepted too, which
+restarts its grace (manager/dispatcher.py): the two rules restart on the
+same event, a TCP answer across this host's link (docs/healing.md, "Why it
+is sound").
 
 The containers it stops are recorded (:meth:`Lease.record`), so the next agent
 reports their tasks as ``shutdown`` by the cluster, not as tasks that
@@ -46,14 +54,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from pyswarm import protocol
+from pyswarm import aio, protocol
 from pyswarm.worker.tasks import LIVE_STATES
 
 log = logging.getLogger("pyswarm.worker.fence")
 
 CHECK_EVERY = 0.25  # seconds between looks at the lease
-PROBE_EVERY = 1.0  # seconds between probes of the managers' hosts once the lease ran out
-PROBE_TIMEOUT = 1.0
+PROBE_EVERY = protocol.REACH_PROBE_EVERY  # between probes of the managers' hosts once the lease ran out
+PROBE_TIMEOUT = protocol.REACH_PROBE_TIMEOUT
 RECORD_LIMIT = 10_000  # container ids kept in the record of fenced ones
 FENCED = "no manager reached the node (fenced)"
 ENGINE_STOPPED = "the engine stopped it as it went away"
@@ -75,16 +83,22 @@ class Lease:
         self.record_path = directory / "fenced"
         self._cache: tuple[float, dict[str, str]] = (-1.0, {})
 
-    def renew(self) -> float:
-        """Renew the lease; returns its time."""
+    def renew(self, at: float | None = None) -> float:
+        """Renew the lease to ``at`` (wall clock; default now), never back
+        in time (another agent of this host may have renewed it later);
+        returns the lease's time."""
+        at = time.time() if at is None else at
+        if at <= self.renewed_at():
+            return self.renewed_at()
         try:
-            os.utime(self.path)
+            os.utime(self.path, (at, at))
         except FileNotFoundError:
             _make_run_dir(self.path.parent)
             self.path.touch(mode=0o600)
+            os.utime(self.path, (at, at))
         except OSError as exc:
             log.warning("cannot renew the lease %s: %s", self.path, exc)
-        return time.time()
+        return at
 
     def renewed_at(self) -> float:
         """When any agent on this host last renewed the lease (0: never)."""
@@ -152,16 +166,8 @@ async def reaches_a_manager(addrs: list[str] | tuple[str, ...], port: int = 22, 
     that reaches one is not cut off: the managers lost their leader or
     their quorum, or are restarting, and no leader can replace our tasks
     meanwhile; nobody needs us to stop. No address known: False."""
-    async def one(addr: str) -> bool:
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(addr, port), timeout)
-        except ConnectionRefusedError:
-            return True
-        except (OSError, asyncio.TimeoutError):
-            return False
-        writer.close()
-        return True
-    return any(await asyncio.gather(*(one(a) for a in addrs))) if addrs else False
+    found = await asyncio.gather(*(aio.host_answers(a, port, timeout) for a in addrs))
+    return any(found) if addrs else False
 
 
 async def linger(docker: Any, lease: Lease, ended_at: float,

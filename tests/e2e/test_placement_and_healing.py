@@ -6,6 +6,8 @@ returns. Every test removes its stack and undoes its node changes."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 from collections import Counter
@@ -19,6 +21,7 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
+from pyswarm import protocol
 from support import brief, cli, deployed_stacks, live, running, tasks, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -186,6 +189,61 @@ def _rfc3339(text: str) -> float:
         return 0.0
     head, _, frac = text.rstrip("Z").partition(".")
     return datetime.fromisoformat(head).replace(tzinfo=timezone.utc).timestamp() + float(f"0.{frac or 0}")
+
+
+def test_a_link_back_before_the_lease_ran_out_but_no_session_keeps_the_tasks_in_place(lab: Any, deploy: Any) -> None:
+    """The soak's last doubles (bench/RESULTS.md): a worker's link comes
+    back before its lease runs out, so its lingering agent reaches the
+    managers' hosts and keeps its containers (fence.linger), but the
+    leader's new session does not come up (here: the node's sshd listener
+    stopped, so the kernel still accepts the TCP connect and the SSH
+    handshake never comes; in the soak: load ~80). The leader must not
+    replace the tasks meanwhile: its probe of the node's sshd is accepted,
+    which restarts the node's grace (Dispatcher.restart_grace). Once sshd
+    answers again the node is ready with the same containers, one a slot."""
+    deploy("hr", f"""
+services:
+  web:
+    image: {IMAGE}
+    command: {SERVE}
+    deploy:
+      replicas: 6
+""")
+    wait_for(lambda: len(running(lab, "hr_web")) == 6, 90, "6 web replicas running",
+             observe=lambda: brief(tasks(lab, "hr_web")))
+    victim = "worker2"
+    held = {t["id"] for t in running(lab, "hr_web") if t["node"] == victim}
+    assert held, "the spread put nothing on worker2"
+    before = {task: cid for cid, task in containers(lab, victim, "hr_web")}
+    sshd = lab.host(victim).pids["sshd"]
+    os.kill(sshd, signal.SIGSTOP)  # sessions already open go on (their own sshd processes)
+    try:
+        _link(lab, victim, "down")
+        try:
+            wait_for(lambda: node(lab, victim)["status"] == "down", 15, f"{victim} marked down")
+        finally:
+            _link(lab, victim, "up")
+        down_at = time.time()
+        # well past LOST_GRACE from the down mark, and past the agent's lease
+        deadline = down_at + protocol.LOST_GRACE + protocol.AGENT_LEASE
+        while time.time() < deadline:
+            rows = {t["id"]: t for t in tasks(lab, "hr_web")}
+            moved = [t for t in rows.values() if t["id"] in held and t["current_state"] != "running"]
+            assert not moved, f"{victim}'s tasks replaced while its containers run: {brief(moved)}"
+            assert node(lab, victim)["status"] == "down", "the session came up with sshd stopped?"
+            time.sleep(1)
+        now = {task: cid for cid, task in containers(lab, victim, "hr_web")}
+        assert now == before, f"{victim}'s containers changed while it reached the managers: {before} -> {now}"
+    finally:
+        os.kill(sshd, signal.SIGCONT)
+    wait_for(lambda: node(lab, victim)["status"] == "ready", 60, f"{victim} ready again once sshd answers")
+    wait_for(lambda: len(running(lab, "hr_web")) == 6, 30, "6 web replicas running",
+             observe=lambda: brief(live(tasks(lab, "hr_web"))))
+    assert {t["id"] for t in running(lab, "hr_web") if t["node"] == victim} == held, "its tasks moved"
+    per_slot: Counter[str] = Counter()
+    for h in lab.hosts:
+        per_slot.update(task for _, task in containers(lab, h, "hr_web"))
+    assert sum(per_slot.values()) == 6 and max(per_slot.values()) == 1, per_slot
 
 
 def test_worker_host_cut_off_is_fenced_replaced_and_returns_without_duplicates(lab: Any, deploy: Any) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -310,3 +311,85 @@ def test_assignments_are_reused_until_the_task_spec_or_node_changes() -> None:
     assert by_id[t1.id] is next(a for a in first if a["task_id"] == t1.id), "rebuilt after a state report"
     assert by_id[t2.id]["spec"]["image"] == "other:2", f"a changed spec was served from the cache: {by_id[t2.id]}"
     assert second == node_assignments(Snapshot(2, frozen=tables.freeze()), node.id, "pyswarm"), "cache differs"
+
+
+def _down_since_written(d: Dispatcher) -> list[float]:
+    ops_ = d._pending
+    d._pending = []
+    return [op[3]["down_since"] for op in ops_ if "down_since" in op[3]]
+
+
+def test_the_grace_counts_from_the_last_word_heard_and_never_goes_back() -> None:
+    """A node's tasks are lost LOST_GRACE after ``down_since`` (healing.lost_at).
+    It is the last word heard from its agent (the agent's lease is anchored
+    no later, Ping.ack), not the down mark ``dead_after`` later; a session
+    that heard the agent after an earlier down mark moves it on; nothing
+    moves it back."""
+    d = Dispatcher(store=None, client_keys=[])  # type: ignore[arg-type]
+    ready = make_node()
+    d.snapshot = make_snapshot(ready)
+    d.mark_down(ready, "no heartbeat for 2s", was_ready=True, heard_at=100.0)
+    assert _down_since_written(d) == [100.0]
+    d.mark_down(ready, "connection timed out", heard_at=0.0)  # nothing heard: the grace starts now
+    assert abs(_down_since_written(d)[0] - time.time()) < 5
+    down = make_node(id=ready.id, status=NodeStatus.DOWN, status_message="no heartbeat for 2s", down_since=50.0)
+    d.snapshot = make_snapshot(down)
+    d.mark_down(down, "no heartbeat for 2s", heard_at=120.0)  # a session without hello got pongs
+    assert _down_since_written(d) == [120.0]
+    d.mark_down(down, "no heartbeat for 2s", heard_at=40.0)
+    assert d._pending == [], "an older word moved the grace back, or the same reason was written again"
+    d.mark_down(down, "agent exited", heard_at=0.0)
+    assert _down_since_written(d) == [], "a session that heard nothing restarted the grace of a node already down"
+
+
+def test_a_down_node_whose_host_answers_has_its_grace_restarted() -> None:
+    """The leader's half of the reachability rule: while a down node's host
+    answers, its lingering agent may keep its containers (fence.linger), so
+    its tasks must not be replaced; at most one write a probe period."""
+    d = Dispatcher(store=None, client_keys=[])  # type: ignore[arg-type]
+    down = make_node(status=NodeStatus.DOWN, status_message="no heartbeat for 2s", down_since=time.time() - 30)
+    d.snapshot = make_snapshot(down)
+    d.restart_grace(down)
+    assert [abs(t - time.time()) < 5 for t in _down_since_written(d)] == [True]
+    fresh = make_node(id=down.id, status=NodeStatus.DOWN, status_message="x", down_since=time.time())
+    d.snapshot = make_snapshot(fresh)
+    d.restart_grace(fresh)
+    assert d._pending == [], "restarted again within a probe period"
+    d.restart_grace(fresh, force=True)  # a new leader's session: whatever an old leader heard is unknown
+    assert len(_down_since_written(d)) == 1
+    for other in (make_node(), make_node(status=NodeStatus.DOWN, status_message="engine unreachable: gone",
+                                         down_since=1.0)):
+        d.snapshot = make_snapshot(other)
+        d.restart_grace(other, force=True)
+        assert d._pending == [], f"{other.status.value} {other.status_message!r}: its grace restarted"
+
+
+def test_a_session_without_its_agent_probes_the_nodes_sshd(monkeypatch: Any) -> None:
+    """The probe is a TCP connect to the node's ssh port, accepted only: a
+    refusal (sshd gone with its host, Lab.kill_host) does not hold the
+    replacement of a dead host's tasks."""
+    monkeypatch.setattr(protocol, "REACH_PROBE_EVERY", 0.05)
+    restarted: list[str] = []
+
+    class D:
+        def restart_grace(self, node: Any, force: bool = False) -> None:
+            restarted.append(node.id)
+
+    async def main() -> tuple[int, int]:
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        node = make_node(addr="127.0.0.1", ssh_port=port)
+        session = dispatcher_mod._Session(D(), node)  # type: ignore[arg-type]
+        watch = asyncio.ensure_future(session._watch_reach())
+        await asyncio.sleep(0.3)
+        answered = len(restarted)
+        server.close()
+        await server.wait_closed()
+        await asyncio.sleep(0.1)
+        restarted.clear()
+        await asyncio.sleep(0.3)
+        watch.cancel()
+        return answered, len(restarted)
+    answered, refused = asyncio.run(main())
+    assert answered >= 2, f"{answered} restarts while the node's sshd accepted"
+    assert refused == 0, f"{refused} restarts while its port refused"

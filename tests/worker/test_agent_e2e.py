@@ -54,6 +54,7 @@ class AgentProcess:
         self.messages: list[tuple[float, dict[str, Any]]] = []
         self.bad_lines: list[bytes] = []
         self._cond = threading.Condition()
+        self.last_pong: int | None = None
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         # heartbeats, as the dispatcher sends them: an agent whose manager
@@ -67,8 +68,8 @@ class AgentProcess:
         seq = 0
         while not self._closing.wait(1.0):
             seq += 1
-            try:
-                self.send({"op": "ping", "seq": -seq})
+            try:  # acknowledging the last pong, which renews the host's lease (Ping.ack)
+                self.send({"op": "ping", "seq": -seq, "ack": self.last_pong})
             except (OSError, ValueError):
                 return
 
@@ -81,6 +82,8 @@ class AgentProcess:
             except ValueError:
                 self.bad_lines.append(line)
                 continue
+            if msg.get("op") == "pong" and isinstance(msg.get("seq"), int):
+                self.last_pong = msg["seq"]
             with self._cond:
                 self.messages.append((now, msg))
                 self._cond.notify_all()
@@ -326,8 +329,9 @@ def test_stdin_close_leaves_containers_and_next_agent_adopts(agent_lab: Any,
     # the old process lingered to fence (worker/fence.py) and now leaves
     again = AgentProcess(lab, "worker1")
     try:
-        assert w1.close() == 0, "the lingering agent did not leave once a new one took over"
+        # the new session's first acknowledged pong after its configure renews the lease
         again.send(configure(lab, "worker1"))
+        assert w1.close() == 0, "the lingering agent did not leave once a new one took over"
         again.send({"op": "assign", "tasks": [task("worker1", "w1a", 1)]})
         running = again.wait_status("w1a", "running")
         assert running["container_id"].startswith(before["w1a"]["id"]), running

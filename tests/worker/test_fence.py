@@ -84,22 +84,40 @@ def test_a_fenced_container_is_reported_stopped_by_the_cluster(tmp_path: Path) -
     assert other
 
 
-def test_pings_renew_the_lease_only_after_a_configure_was_accepted(tmp_path: Path) -> None:
+def test_the_lease_is_renewed_to_when_the_acknowledged_pong_was_sent(tmp_path: Path) -> None:
+    """The lease follows the manager's acknowledgement (Ping.ack), not the
+    ping's arrival: a ping delivered late (a link that comes back, a
+    loaded host) renews the lease only to when we sent the pong the
+    manager says it heard, which is before the manager heard it, so the
+    leader's grace (counted from what it last heard) always ends later.
+    Nothing renews it before a configure was accepted, nor an ack of a
+    pong this agent never sent, nor the agent's start."""
     lease = fence.Lease(tmp_path)
+    lease.renew(1.0)
+    assert lease.renewed_at() == 1.0
+    assert lease.renew(0.5) == 1.0 and lease.renewed_at() == 1.0, "the lease went back in time"
 
     async def main() -> None:
         s = Session(FakeDocker())
         s.agent.lease = lease
         async with s:
             await s.wait_for("hello", lambda: any(m["op"] == "hello" for m in s.out))
-            os.utime(lease.path, (1.0, 1.0))
+            assert lease.renewed_at() == 1.0, "the agent's start renewed the lease"
             s.send({"op": "ping", "seq": 1})
-            await s.wait_for("pong", lambda: any(m["op"] == "pong" for m in s.out))
+            s.send({"op": "ping", "seq": 2, "ack": 1})
+            await s.wait_for("pong 2", lambda: any(m.get("seq") == 2 for m in s.out))
             assert lease.renewed_at() == 1.0, "a ping before any configure renewed the lease"
             s.send(CONFIGURE)
-            s.send({"op": "ping", "seq": 2})
-            await s.wait_for("pong 2", lambda: any(m.get("seq") == 2 for m in s.out))
-            assert time.time() - lease.renewed_at() < 5
+            before = time.time()
+            s.send({"op": "ping", "seq": 3, "ack": 99})  # a pong we never sent
+            await s.wait_for("pong 3", lambda: any(m.get("seq") == 3 for m in s.out))
+            assert lease.renewed_at() == 1.0, "an ack of an unknown pong renewed the lease"
+            await asyncio.sleep(0.3)
+            s.send({"op": "ping", "seq": 4, "ack": 3})
+            await s.wait_for("pong 4", lambda: any(m.get("seq") == 4 for m in s.out))
+            renewed = lease.renewed_at()
+            assert before - 0.05 <= renewed <= before + 0.25, \
+                f"renewed to {renewed - before:+.2f}s: not to when pong 3 was sent"
     run(main())
 
 
