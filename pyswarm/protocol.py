@@ -150,6 +150,12 @@ AGENT_LEASE = 8.0
 FENCE_STOP_GRACE = 1
 LOST_GRACE = 12.0
 
+# The protocol's version, said in the agent's hello. 2: the agent applies
+# assign_delta and mesh_delta, asks for a whole set (resync) when a delta's
+# base is not what it holds, and takes a ping's period (Ping.every). The
+# leader sends an agent only what its version understands.
+PROTOCOL = 2
+
 NETWORK_NAME = "pyswarm"
 BRIDGE_NAME = "pyswarm0"
 
@@ -208,6 +214,7 @@ _IP = rule(pattern=r"[0-9A-Fa-f:.]{0,45}")  # an address or ""; parsed where it 
 _CIDR = rule(pattern=r"[0-9A-Fa-f:.]{1,45}/[0-9]{1,3}")
 _PORT = rule(min=1, max=65535)
 _SECRET = rule(max_len=16384)  # never shown in an error: no pattern, no choices
+_VERSION = rule(min=0, max=2**63)  # of a session's task set or mesh (deltas)
 _NANO_CPUS_MAX = 1_000_000 * 1_000_000_000  # a million CPUs
 _BYTES_MAX = 2**62
 
@@ -230,6 +237,20 @@ class Hello:
     platform: dict[str, str] | None = field(default=None, metadata=rule(max_len=16))
     engine_version: str = field(default="", metadata=rule(max_len=128))
     engine_labels: dict[str, str] | None = field(default=None, metadata=rule(max_len=128))
+    # PROTOCOL: what this agent understands; 1 (not said) takes whole sets only
+    protocol: int = field(default=1, metadata=rule(min=1, max=1_000_000))
+
+
+@agent_op("resync")
+@dataclass(frozen=True)
+class Resync:
+    """The agent got a delta (``assign_delta`` or ``mesh_delta``) whose base
+    is not the version it holds (``have``; None: it holds none): it applied
+    nothing and asks for the whole set again."""
+
+    op: ClassVar[str]
+    what: Literal["assign", "mesh"]
+    have: int | None = field(default=None, metadata=rule(min=0))
 
 
 @agent_op("status")
@@ -334,6 +355,23 @@ class Assign:
 
     op: ClassVar[str]
     tasks: list[Any] = field(metadata=rule(max_len=100_000))
+    version: int | None = field(default=None, metadata=_VERSION)  # what later deltas build on
+
+
+@manager_op("assign_delta")
+@dataclass(frozen=True)
+class AssignDelta:
+    """What changed in the node's task set since ``base``, the version this
+    session sent before: ``put`` adds or replaces whole assignments (each
+    checked as in :class:`Assign`), ``remove`` names the tasks that left.
+    The result is version ``version``. An agent whose set is not ``base``
+    applies nothing and asks for the whole set (:class:`Resync`)."""
+
+    op: ClassVar[str]
+    base: int = field(metadata=_VERSION)
+    version: int = field(metadata=_VERSION)
+    put: list[Any] = field(default_factory=list, metadata=rule(max_len=100_000))
+    remove: list[str] = field(default_factory=list, metadata=rule(max_len=100_000))
 
 
 @dataclass(frozen=True)
@@ -354,6 +392,7 @@ class MeshMessage:
     networks: dict[str, list[str]] | None = None
     ingress: list[IngressEntry] = field(default_factory=list)
     internal: list[str] = field(default_factory=list)
+    version: int | None = field(default=None, metadata=_VERSION)  # what later deltas build on
 
     def as_dict(self) -> dict[str, Any]:
         import dataclasses
@@ -361,11 +400,44 @@ class MeshMessage:
         return {"op": self.op, **dataclasses.asdict(self)}
 
 
+@dataclass(frozen=True)
+class SetChange:
+    """Members that joined and left one set of addresses."""
+
+    add: list[str] = field(default_factory=list)
+    remove: list[str] = field(default_factory=list)
+
+
+@manager_op("mesh_delta")
+@dataclass(frozen=True)
+class MeshDelta:
+    """The mesh's changes since ``base``, the version this session sent
+    before (pyswarm/deltas.py builds and applies them): address sets by
+    their members that came and went, ``networks`` by ipset name (a name
+    new to the agent starts empty; ``networks_gone`` are dropped), and
+    ``ingress`` whole when it changed (None: unchanged). An agent whose
+    mesh is not ``base`` applies nothing and asks for the whole mesh."""
+
+    op: ClassVar[str]
+    base: int = field(metadata=_VERSION)
+    version: int = field(metadata=_VERSION)
+    gateways: SetChange | None = None
+    internal: SetChange | None = None
+    networks: dict[str, SetChange] = field(default_factory=dict)
+    networks_gone: list[str] = field(default_factory=list)
+    ingress: list[IngressEntry] | None = None
+
+
 @manager_op("ping")
 @dataclass(frozen=True)
 class Ping:
+    """``every``: the leader's ping period now (it grows with the cluster,
+    manager/dispatcher.py ``heartbeat``), so the agent's own silence limit
+    follows it; sent to agents of :data:`PROTOCOL` 2 on."""
+
     op: ClassVar[str]
     seq: int | None = None
+    every: float | None = field(default=None, metadata=rule(min=0, max=3600))
 
 
 class _AsDict:
@@ -408,8 +480,10 @@ class ImageDoneMessage(_AsDict):
     error: str = field(default="", metadata=rule(max_len=4096))
 
 
-AgentMessage = Union[Hello, Status, Pong, AgentError, Condition, ImageWantedMessage, "EngineState", "StreamMessage"]
-ManagerMessage = Union[Configure, Assign, MeshMessage, Ping, ImagePlanMessage, ImageDoneMessage, "StreamMessage"]
+AgentMessage = Union[Hello, Status, Pong, AgentError, Condition, Resync, ImageWantedMessage, "EngineState",
+                     "StreamMessage"]
+ManagerMessage = Union[Configure, Assign, AssignDelta, MeshMessage, MeshDelta, Ping, ImagePlanMessage,
+                       ImageDoneMessage, "StreamMessage"]
 
 
 @dataclass(frozen=True)
