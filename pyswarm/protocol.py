@@ -1,19 +1,27 @@
 """The wire protocol between the leader's dispatcher and a node's agent.
 
 One long-lived SSH session per node runs ``pyswarm worker --stdio``; both ends
-exchange newline-delimited JSON objects, each with an ``op``. The manager
-always sends the *whole* set of tasks a node should run, so a lost or
-repeated message cannot leave a node half-configured: the agent converges on
-the latest set it received.
+exchange newline-delimited JSON objects, each with an ``op``. A new
+session is sent the *whole* set of tasks the node should run and the whole
+mesh; after that, to an agent whose hello says ``"protocol": 2``
+(:data:`PROTOCOL`), only the changes since the version that session was
+sent (``assign_delta``, ``mesh_delta``; pyswarm/deltas.py). The agent
+applies a delta only on the version it holds and otherwise asks for the
+whole set (``resync``), so a lost, repeated or reordered message cannot
+leave a node half-configured: the agent converges on the latest set.
 
 manager -> agent
   {"op": "configure", "node_id", "cluster_id", "subnet", "pool",
    "routes": [{"subnet", "via"}], "dns": [ip, ...], "zone"}
-  {"op": "assign", "tasks": [Assignment, ...]}         full desired set
+  {"op": "assign", "tasks": [Assignment, ...], "version"}  full desired set
+  {"op": "assign_delta", "base", "version", "put": [Assignment, ...],
+   "remove": [task_id, ...]}                            changes since base
   {"op": "mesh", "gateways": [ip, ...], "networks": {ipset_name: [ip, ...]},
    "ingress": [{"service", "port", "protocol", "backends": ["ip:port", ...]}]}
                                                         the same for every node
-  {"op": "ping", "seq": int}
+  {"op": "mesh_delta", "base", "version", "gateways"/"internal": {"add", "remove"},
+   "networks": {ipset_name: {"add", "remove"}}, "networks_gone", "ingress"}
+  {"op": "ping", "seq": int, "every": seconds}
   {"op": "image_plan", "image", "plan": "ship"|"pull", "source", "reason"}
                                                         answer to image_wanted
   {"op": "image_done", "image", "error"}                the shipment ended ("" = loaded)
@@ -42,6 +50,7 @@ agent -> manager
   {"op": "status", "task_id", "state", "container_id", "ip", "exit_code",
    "message", "error", "ts"}                              one per change
   {"op": "pong", "seq": int}
+  {"op": "resync", "what": "assign"|"mesh", "have"}      a delta did not fit
   {"op": "error", "message"}                              agent-level trouble
   {"op": "condition", "problems": {kind: reason}}        what the host cannot do
   {"op": "image_wanted", "image", "task_id"}              a task needs an image
@@ -146,6 +155,10 @@ ENGINE_GRACE = 2.0
 # dead_after) after its last pong, so the old containers are stopped
 # ~2 s + LOST_GRACE - AGENT_LEASE - 1 s - FENCE_STOP_GRACE = 4 s before
 # their replacements are even scheduled. Nomad's stop_after_client_disconnect.
+# On a big cluster dead_after grows with the ping period (manager/dispatcher.py
+# heartbeat: 16 s at 1,000 nodes), which only widens that margin
+# (dead_after + 2 s); the period stays at most AGENT_LEASE / 2, so a live
+# session renews the lease at least twice per lease.
 AGENT_LEASE = 8.0
 FENCE_STOP_GRACE = 1
 LOST_GRACE = 12.0
