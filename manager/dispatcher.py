@@ -241,8 +241,12 @@ class _Session:
             backoff = min(backoff * 2, 2.0)
 
     async def _session(self) -> None:
-        self._conn = await connect_node(self.node, self._d.client_keys)
-        self._process = await self._conn.create_process("pyswarm worker --stdio", encoding=None)
+        # a few handshakes at a time: 1,000 sessions opened at once (a new
+        # leader, the footprint bench at load ~70) all hit connect_node's
+        # 5 s timeout, retried together, and none was up after 4 minutes
+        async with self._d.connecting:
+            self._conn = await connect_node(self.node, self._d.client_keys)
+            self._process = await self._conn.create_process("pyswarm worker --stdio", encoding=None)
         self._last_heard = time.monotonic()
         self._sent_config = None
         self._sent_tasks = None
@@ -461,6 +465,7 @@ MAX_PING_PERIOD = protocol.AGENT_LEASE / 2
 # bigger a burst, the cheaper a ping (0.5 s bursts ~0.13 ms, 1 s ~0.10 ms)
 HEARTBEAT_TICK = 0.25
 RESYNC_IN_FLIGHT = 10.0  # seconds a whole set sent counts as on its way (Session.resync)
+CONNECTS_AT_ONCE = 16  # SSH handshakes under way together (each is ~10 ms of the leader's CPU or more)
 MESH_BYTES_PER_SECOND = 20_000_000
 
 
@@ -493,6 +498,7 @@ class Dispatcher:
         self._mesh_timer: asyncio.TimerHandle | None = None
         self.term = 0
         self._sessions: dict[str, tuple[_Session, asyncio.Task[None]]] = {}
+        self.connecting = asyncio.Semaphore(CONNECTS_AT_ONCE)
         self.streams: StreamHub | None = None  # set by StreamHub.attach
         self._pending: list[Op] = []
         self._wake = asyncio.Event()

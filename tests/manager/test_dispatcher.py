@@ -475,3 +475,26 @@ def test_pings_go_out_in_bursts_each_session_once_a_period() -> None:
         # a tick is 0.25 s at least: the 0.1 s period becomes one ping a tick, ~4 in 1 s
         assert all(2 <= n <= 5 for n in counts), counts
     asyncio.run(go())
+
+
+def test_only_a_few_ssh_handshakes_are_under_way_at_once(monkeypatch: Any) -> None:
+    """A new leader opens every node's session: the handshakes queue, a
+    few at a time, rather than all hitting the connect timeout together."""
+    flight = {"now": 0, "most": 0}
+
+    async def connect(node: Any, keys: Any) -> Any:
+        flight["now"] += 1
+        flight["most"] = max(flight["most"], flight["now"])
+        await asyncio.sleep(0.01)
+        flight["now"] -= 1
+        raise OSError("refused")
+
+    monkeypatch.setattr(dispatcher_mod, "connect_node", connect)
+
+    async def go() -> None:
+        d = Dispatcher(store=None, client_keys=[])  # type: ignore[arg-type]
+        sessions = [dispatcher_mod._Session(d, make_node(hostname=f"w{i}")) for i in range(60)]
+        results = await asyncio.gather(*(s._session() for s in sessions), return_exceptions=True)
+        assert all(isinstance(r, OSError) for r in results), results[:3]
+    asyncio.run(go())
+    assert 1 < flight["most"] <= dispatcher_mod.CONNECTS_AT_ONCE, flight
