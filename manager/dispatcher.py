@@ -1,15 +1,21 @@
 """The dispatcher: one long-lived SSH session per node, on the leader only.
 
 Each session runs the node's forced command, ``pyswarm worker --stdio``, and
-speaks :mod:`pyswarm.protocol`. Whenever the store changes, every session is
-handed the node's whole desired task set (only when it differs from what it
-sent last), so a reconnect or a new leader converges by simply sending it
-again. What the agents report goes back into the store as forward-only task
-state changes, batched into few transactions.
+speaks :mod:`pyswarm.protocol`. A new session (a reconnect, a new leader) is
+sent the node's whole desired task set and the whole mesh once its agent's
+hello came; after that, when the store changes, only what changed since the
+version the session was sent (``assign_delta``, ``mesh_delta``:
+pyswarm/deltas.py), to agents that say they take deltas. An agent that
+finds a gap asks for the whole set again (``resync``). What the agents
+report goes back into the store as forward-only task state changes,
+batched into few transactions.
 
-A session that is silent for ``dead_after`` seconds (pings go out every
-``ping_every``) is dropped and its node marked down; the session keeps
-reconnecting with a short back-off.
+The heartbeat is one loop for all sessions (:meth:`Dispatcher._heartbeat`):
+each tick it pings the sessions that are due, together, and ends those
+silent for ``dead_after`` seconds (their node is marked down; the session
+keeps reconnecting with a short back-off). Pings written in one burst come
+back in few reads of the event loop: a ping round trip cost ~0.4 ms of the
+leader's CPU sent from a sleeping task per session, ~0.15 ms in bursts.
 """
 
 from __future__ import annotations
@@ -17,13 +23,15 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import random
+import re
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
-from pyswarm import aio, protocol
+from pyswarm import aio, deltas, protocol
 from pyswarm.models import DESIRED_RUNNING, ENGINE_UNREACHABLE, Node, NodeRole, NodeStatus, Task, TaskState
 from pyswarm.wire import BadRequest
 
@@ -33,6 +41,10 @@ from .lag import STALL, LoopLag
 from .objects import task_files
 from .networks import mesh_message
 from .store import Op, Snapshot, Store
+
+# a pong as the agent encodes it (protocol.encode); anything else is parsed
+# and checked in full
+_PONG = re.compile(rb'\{"op":"pong","seq":([0-9]{1,18})\}')
 
 if TYPE_CHECKING:
     from .streams import StreamHub
@@ -186,11 +198,22 @@ class _Session:
         self._process: Any = None
         self._conn: Any = None
         self._sent_config: dict[str, Any] | None = None
-        self._sent_tasks: list[dict[str, Any]] | None = None
+        # the task set this session was sent last (by task id), as version
+        # _tasks_version; the last whole set went out as _full_tasks
+        # (version, monotonic time): a resync asked before it arrived is moot
+        self._sent_tasks: dict[str, dict[str, Any]] | None = None
+        self._tasks_version = 0
+        self._full_tasks = (0, 0.0)
         self._sent_mesh = 0  # the dispatcher's mesh_version this session has
+        self._full_mesh = (0, 0.0)
+        self.protocol = 1  # the agent's (its hello): what it understands
         self._stopped = False
         self._last_heard = 0.0
         self._acked: int | None = None  # the last pong heard: the next ping acknowledges it (the agent's lease)
+        self._next_ping = 0.0
+        self._ping_seq = 0
+        self._silent = asyncio.Event()  # set by the heartbeat: the agent said nothing for too long
+        self._silent_reason = ""
         self._ready = False
         self._end_reason = "session closed"
         self.engine_down = False  # the agent said its engine is unreachable
@@ -259,15 +282,25 @@ class _Session:
     async def _session(self) -> None:
         self._last_heard = 0.0
         self._acked = None
-        self._conn = await connect_node(self.node, self._d.client_keys)
-        self._process = await self._conn.create_process("pyswarm worker --stdio", encoding=None)
+        # a few handshakes at a time: 1,000 sessions opened at once (a new
+        # leader, the footprint bench at load ~70) all hit connect_node's
+        # 5 s timeout, retried together, and none was up after 4 minutes
+        async with self._d.connecting:
+            self._conn = await connect_node(self.node, self._d.client_keys)
+            self._process = await self._conn.create_process("pyswarm worker --stdio", encoding=None)
         self._last_heard = time.monotonic()
         self._sent_config = None
         self._sent_tasks = None
         self._sent_mesh = 0
-        self.push()
+        self.protocol = 1
+        self._silent.clear()
+        # the first ping at a random point of the period: sessions opened
+        # together (a new leader) do not all ping in the same tick
+        every, _ = self._d.heartbeat()
+        self._next_ping = self._last_heard + random.uniform(0, every)
+        self.push()  # configure; tasks and mesh once the hello says what the agent takes
         reader = asyncio.create_task(self._read())
-        pinger = asyncio.create_task(self._ping())
+        pinger = asyncio.create_task(self._until_silent())
         try:
             await asyncio.wait({reader, pinger}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -297,6 +330,12 @@ class _Session:
             for line in lines:
                 if not line.strip():
                     continue
+                pong = _PONG.fullmatch(line.rstrip())
+                if pong is not None:
+                    # hearing anything is the heartbeat: a pong needs no
+                    # full parse, only its seq (the next ping acknowledges it)
+                    self._acked = int(pong[1])
+                    continue
                 try:
                     message = protocol.parse_agent(line)
                 except BadRequest as exc:
@@ -318,28 +357,37 @@ class _Session:
         if self._refusals <= REFUSALS_LOGGED:
             log.warning("%s: %s", self.node.hostname, what)
 
-    async def _ping(self) -> None:
-        """Heartbeats: silence for ``dead_after`` ends the session. Until the
-        agent's hello, it gets ``hello_timeout`` (a cold Python start on a
-        loaded host takes seconds)."""
-        seq = 0
-        lag = self._d.lag
-        while True:
-            every, dead_after = self._d.heartbeat()
-            due = time.monotonic() + every
-            await asyncio.sleep(every)
-            now = time.monotonic()
-            seq += 1
-            self._send({"op": "ping", "seq": seq, "ack": self._acked})
-            if now - due >= STALL:
-                # this manager's own loop was held: what the agent sent
-                # meanwhile is still unread, so judge at the next tick
-                continue
-            limit = dead_after if self._ready else self._d.hello_timeout
+    async def _until_silent(self) -> None:
+        await self._silent.wait()
+        raise HeartbeatLost(self._silent_reason)
+
+    def beat(self, now: float, every: float, dead_after: float, judge: bool) -> None:
+        """One heartbeat tick (:meth:`Dispatcher._heartbeat`): ping when due;
+        silence for ``dead_after`` ends the session. Until the agent's hello,
+        it gets ``hello_timeout`` (a cold Python start on a loaded host takes
+        seconds). ``judge``: False when this manager's own loop was held, so
+        that what the agent sent meanwhile is still unread."""
+        if self._process is None or self._silent.is_set():
+            return
+        if now >= self._next_ping:
+            self._next_ping = max(self._next_ping + every, now + every / 2)
+            self._ping_seq += 1
+            if self.protocol >= 2:
+                ack = b"null" if self._acked is None else b"%d" % self._acked
+                self._write(b'{"op":"ping","seq":%d,"ack":%s,"every":%g}\n' % (self._ping_seq, ack, every))
+            else:
+                self._write(b'{"op":"ping","seq":%d}\n' % self._ping_seq)
+        if not judge:
+            return
+        limit = dead_after if self._ready else self._d.hello_timeout
+        silent = now - self._last_heard
+        if silent > limit:
             # time the loop was stalled does not count as the node's silence
+            lag = self._d.lag
             held = lag.stalled_between(self._last_heard, now) if lag is not None else 0.0
-            if now - self._last_heard - held > limit:
-                raise HeartbeatLost(f"no heartbeat for {limit:.0f}s" + self._d.lag_note())
+            if silent - held > limit:
+                self._silent_reason = f"no heartbeat for {limit:.0f}s" + self._d.lag_note()
+                self._silent.set()
 
     def _send(self, message: dict[str, Any]) -> None:
         self._write(protocol.encode(message))
@@ -356,7 +404,9 @@ class _Session:
             log.info("%s: write failed: %s", self.node.hostname, exc)
 
     def push(self) -> None:
-        """Send configuration and assignments if they differ from the last sent."""
+        """Send what changed of the configuration, the task set and the mesh
+        since they were last sent; the task set and the mesh only once the
+        agent's hello said which messages it takes."""
         if self._process is None:
             return
         snap = self._d.snapshot
@@ -368,19 +418,62 @@ class _Session:
         if config != self._sent_config:
             self._send(config)
             self._sent_config = config
-        tasks = self._d.assignments.get(node.id, [])
-        if tasks != self._sent_tasks:
-            self._send({"op": "assign", "tasks": tasks})
-            self._sent_tasks = tasks
+        if not self._ready:
+            return
+        self._push_tasks(self._d.assignments.get(node.id, []))
         self.push_mesh()
 
-    def push_mesh(self) -> None:
-        """Networks and ingress (manager/networks.py): the same line for
-        every node, encoded once by the dispatcher."""
+    def _push_tasks(self, tasks: list[dict[str, Any]]) -> None:
+        """The whole set on a new session (or a resync), or to an agent
+        that takes no deltas; else what was put and removed since the set
+        this session was sent last."""
+        sent = self._sent_tasks
+        put, remove = (tasks, []) if sent is None else deltas.assign_changes(sent, tasks)
+        if sent is not None and not put and not remove:
+            return
+        base, version = self._tasks_version, self._tasks_version + 1
+        if self.protocol < 2:
+            self._send({"op": "assign", "tasks": tasks})
+        elif sent is None:
+            self._send({"op": "assign", "tasks": tasks, "version": version})
+            self._full_tasks = (version, time.monotonic())
+        else:
+            self._send({"op": "assign_delta", "base": base, "version": version, "put": put, "remove": remove})
+        self._tasks_version = version
+        self._sent_tasks = {a["task_id"]: a for a in tasks}
+
+    def push_mesh(self) -> int:
+        """Networks and ingress (manager/networks.py): the same lines for
+        every node, encoded once by the dispatcher; the change since the
+        version this session has, or the whole mesh. The bytes written."""
         d = self._d
-        if self._process is not None and d.mesh_line and self._sent_mesh != d.mesh_version:
-            self._write(d.mesh_line)
-            self._sent_mesh = d.mesh_version
+        if self._process is None or not self._ready or d.mesh_version == 0 or self._sent_mesh == d.mesh_version:
+            return 0
+        if self.protocol >= 2 and self._sent_mesh and self._sent_mesh == d.mesh_version - 1 and d.mesh_delta_line:
+            line = d.mesh_delta_line
+        else:
+            line = d.mesh_full(versioned=self.protocol >= 2)
+            self._full_mesh = (d.mesh_version, time.monotonic())
+        self._write(line)
+        self._sent_mesh = d.mesh_version
+        return len(line)
+
+    def resync(self, message: protocol.Resync) -> None:
+        """The agent found a gap (a delta whose base it does not hold): send
+        the whole set again, unless a whole set newer than what it holds is
+        on its way (it asked before that arrived)."""
+        full, sent_at = self._full_tasks if message.what == "assign" else self._full_mesh
+        have = -1 if message.have is None else message.have
+        if full > have and time.monotonic() - sent_at < RESYNC_IN_FLIGHT:
+            return
+        log.info("%s: agent asked for the whole %s again (it holds version %s)", self.node.hostname,
+                 "task set" if message.what == "assign" else "mesh", message.have)
+        if message.what == "assign":
+            self._sent_tasks = None
+            self.push()
+        else:
+            self._sent_mesh = 0
+            self.push_mesh()
 
     def _close(self) -> None:
         self._ready = False
@@ -402,7 +495,29 @@ class _Session:
         self._close()
 
 
-MAX_PINGS_PER_SECOND = 200
+# Heartbeat. Up to MAX_PINGS_PER_SECOND / 2 nodes are pinged every
+# ping_every (0.5 s) and declared dead after dead_after (2 s); beyond that
+# the period stretches to keep the pings per second within the bound, and
+# dead_after with it (4 periods), up to MAX_PING_PERIOD: the agent must hear
+# from its leader well within its fencing lease (protocol.AGENT_LEASE: two
+# pings in one lease), so past 750 nodes the rate grows instead. A round
+# trip costs the leader ~0.15 ms of a core sent in bursts (bench/RESULTS.md,
+# footprint): 250/s is ~4 % of a core. A longer dead_after only delays the
+# node's down, and fencing stays sound: its containers stop by
+# AGENT_LEASE + probe + FENCE_STOP_GRACE after the pong its lease is
+# anchored to, and the leader replaces them LOST_GRACE after the last word
+# it heard, which is no earlier (pyswarm/protocol.py, docs/healing.md).
+MAX_PINGS_PER_SECOND = 250
+# (AGENT_LEASE - 2 s) / 2: a lease is renewed to a pong one period old, by
+# the next ping, so a live session's lease is at most two periods and the
+# delays old; under AGENT_LEASE it never runs out on a working link (where
+# it would set every node probing the managers' sshd each second)
+MAX_PING_PERIOD = (protocol.AGENT_LEASE - 2.0) / 2
+# at least; a quarter of the period on big clusters (1 s at 1,000 nodes): the
+# bigger a burst, the cheaper a ping (0.5 s bursts ~0.13 ms, 1 s ~0.10 ms)
+HEARTBEAT_TICK = 0.25
+RESYNC_IN_FLIGHT = 10.0  # seconds a whole set sent counts as on its way (Session.resync)
+CONNECTS_AT_ONCE = 16  # SSH handshakes under way together (each is ~10 ms of the leader's CPU or more)
 MESH_BYTES_PER_SECOND = 20_000_000
 
 
@@ -426,13 +541,16 @@ class Dispatcher:
         self.view: ClusterView | None = None
         # the mesh (manager/networks.py) is the same for every node: encoded
         # once per change, sent to the sessions that have an older version
-        self.mesh: dict[str, Any] | None = None
-        self.mesh_line = b""
+        self.mesh: dict[str, Any] | None = None  # the latest built
+        self._published: dict[str, Any] | None = None  # the mesh of mesh_version
+        self._mesh_lines: dict[bool, bytes] = {}  # whole mesh_version, by versioned (encoded when wanted)
+        self.mesh_delta_line = b""  # mesh_version - 1 -> mesh_version ("" when only a whole mesh says it)
         self.mesh_version = 0
         self._mesh_next_at = 0.0
         self._mesh_timer: asyncio.TimerHandle | None = None
         self.term = 0
         self._sessions: dict[str, tuple[_Session, asyncio.Task[None]]] = {}
+        self.connecting = asyncio.Semaphore(CONNECTS_AT_ONCE)
         self.streams: StreamHub | None = None  # set by StreamHub.attach
         self._pending: list[Op] = []
         self._wake = asyncio.Event()
@@ -441,14 +559,16 @@ class Dispatcher:
     async def run(self) -> None:
         watcher = self._store.watcher()
         writer = aio.spawn(self._writer(), "dispatcher writer", log)
+        heart = aio.spawn(self._heartbeat(), "dispatcher heartbeat", log)
         try:
             while not self._stopped.is_set():
                 changed = await watcher.wait(timeout=1.0)
                 if self._stopped.is_set():
                     break
-                if writer.done():  # reports would pile up unrecorded: fail, and be restarted
-                    writer.result()
-                    raise RuntimeError("the dispatcher's writer stopped")
+                for part in (writer, heart):
+                    if part.done():  # reports would pile up unrecorded, nodes unjudged: fail, and be restarted
+                        part.result()
+                        raise RuntimeError("the dispatcher's writer or heartbeat stopped")
                 if not changed and self.snapshot is not None and self._term() == self.term:
                     continue  # nothing new: with 10,000 tasks a needless pass costs ~0.3 s
                 previous = self.snapshot
@@ -474,6 +594,7 @@ class Dispatcher:
                 self._mesh_timer.cancel()
             watcher.close()
             writer.cancel()
+            heart.cancel()
             for session, task in self._sessions.values():
                 session.stop()
                 task.cancel()
@@ -552,23 +673,62 @@ class Dispatcher:
 
     def _publish_mesh(self) -> None:
         self._mesh_timer = None
-        if self.mesh is None:
+        if self.mesh is None or self.mesh is self._published:
             return
-        self.mesh_line = protocol.encode(self.mesh)
+        previous, self._published = self._published, self.mesh
+        changes = deltas.mesh_changes(previous, self.mesh) if previous is not None else None
+        if changes == {}:
+            return  # changed and back again while paced
         self.mesh_version += 1
-        # the next broadcast waits until this one's bytes are paid for
-        self._mesh_next_at = time.monotonic() + len(self.mesh_line) * len(self._sessions) / MESH_BYTES_PER_SECOND
+        self._mesh_lines = {}
+        self.mesh_delta_line = b"" if changes is None else protocol.encode(
+            {"op": "mesh_delta", "base": self.mesh_version - 1, "version": self.mesh_version, **changes})
+        written = 0
         for session, _ in self._sessions.values():
-            session.push_mesh()
+            written += session.push_mesh() or 0
+        # the next broadcast waits until this one's bytes are paid for
+        self._mesh_next_at = time.monotonic() + written / MESH_BYTES_PER_SECOND
+
+    def mesh_full(self, versioned: bool = True) -> bytes:
+        """The whole mesh of ``mesh_version`` as a line, encoded once (with
+        its version for agents that take deltas)."""
+        line = self._mesh_lines.get(versioned)
+        if line is None and self._published is not None:
+            mesh = {**self._published, "version": self.mesh_version} if versioned else self._published
+            line = self._mesh_lines[versioned] = protocol.encode(mesh)
+        return line or b""
+
+    @property
+    def mesh_line(self) -> bytes:
+        """The whole mesh as an agent that takes deltas gets it."""
+        return self.mesh_full()
 
     def heartbeat(self) -> tuple[float, float]:
         """(ping period, silence that ends a session), stretched past
-        :data:`MAX_PINGS_PER_SECOND` sessions' worth: every ping is an SSH
-        message out and one back through Python, so a fixed 0.5 s period
-        over 1,000 nodes would take the leader's whole core. Small clusters
-        keep the fast failure detection; 1,000 nodes get Swarm's 5 s."""
+        :data:`MAX_PINGS_PER_SECOND` sessions' worth up to
+        :data:`MAX_PING_PERIOD` (see there): every ping is an SSH message
+        out and one back through Python. Small clusters keep the fast
+        failure detection; 1,000 nodes get 3 s and 12 s."""
         scale = max(1.0, len(self._sessions) / (self.ping_every * MAX_PINGS_PER_SECOND))
+        scale = min(scale, max(1.0, MAX_PING_PERIOD / self.ping_every))
         return self.ping_every * scale, self.dead_after * scale
+
+    async def _heartbeat(self) -> None:
+        """Ping every due session in one burst per tick, and end the silent
+        ones. A tick that starts late (this manager's own loop was held)
+        pings but judges no one: what the agents sent meanwhile is unread."""
+        due = time.monotonic()
+        while True:
+            every, dead_after = self.heartbeat()
+            tick = max(HEARTBEAT_TICK, every / 4)
+            due += tick
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            now = time.monotonic()
+            judge = now - due < STALL
+            if not judge:
+                due = now  # no catching up in a burst
+            for session, _ in list(self._sessions.values()):
+                session.beat(now, every, dead_after, judge)
 
     def _sync_sessions(self, snap: Snapshot) -> None:
         nodes = {n.id: n for n in snap.nodes() if n.ssh_host_key}
@@ -592,7 +752,9 @@ class Dispatcher:
         assigned this node"), and the store, DNS and the mesh never see it."""
         node = session.node
         if isinstance(message, protocol.Hello):
+            first = not session._ready
             session._ready = True
+            session.protocol = message.protocol
             if node.status != NodeStatus.READY:
                 log.info("node %s ready (was %s%s)%s", node.hostname, node.status.value,
                          f": {node.status_message}" if node.status_message else "", self.lag_note())
@@ -610,6 +772,10 @@ class Dispatcher:
             if message.engine_version:
                 fields["engine_version"] = message.engine_version
             self._queue(ops.patch("node", node.id, **fields))
+            if first:  # now it is known which messages it takes: its tasks and the mesh
+                session.push()
+        elif isinstance(message, protocol.Resync):
+            session.resync(message)
         elif isinstance(message, protocol.Status):
             refused = self._refuse_report(node, message)
             if refused == _GONE:

@@ -1,19 +1,28 @@
 """The wire protocol between the leader's dispatcher and a node's agent.
 
 One long-lived SSH session per node runs ``pyswarm worker --stdio``; both ends
-exchange newline-delimited JSON objects, each with an ``op``. The manager
-always sends the *whole* set of tasks a node should run, so a lost or
-repeated message cannot leave a node half-configured: the agent converges on
-the latest set it received.
+exchange newline-delimited JSON objects, each with an ``op``. A new
+session is sent the *whole* set of tasks the node should run and the whole
+mesh; after that, to an agent whose hello says ``"protocol": 2``
+(:data:`PROTOCOL`), only the changes since the version that session was
+sent (``assign_delta``, ``mesh_delta``; pyswarm/deltas.py). The agent
+applies a delta only on the version it holds and otherwise asks for the
+whole set (``resync``), so a lost, repeated or reordered message cannot
+leave a node half-configured: the agent converges on the latest set.
 
 manager -> agent
   {"op": "configure", "node_id", "cluster_id", "subnet", "pool",
    "routes": [{"subnet", "via"}], "dns": [ip, ...], "zone"}
-  {"op": "assign", "tasks": [Assignment, ...]}         full desired set
+  {"op": "assign", "tasks": [Assignment, ...], "version"}  full desired set
+  {"op": "assign_delta", "base", "version", "put": [Assignment, ...],
+   "remove": [task_id, ...]}                            changes since base
   {"op": "mesh", "gateways": [ip, ...], "networks": {ipset_name: [ip, ...]},
    "ingress": [{"service", "port", "protocol", "backends": ["ip:port", ...]}]}
                                                         the same for every node
-  {"op": "ping", "seq": int, "ack": int}                  ack: the last pong heard (fencing)
+  {"op": "mesh_delta", "base", "version", "gateways"/"internal": {"add", "remove"},
+   "networks": {ipset_name: {"add", "remove"}}, "networks_gone", "ingress"}
+  {"op": "ping", "seq": int, "ack": int, "every": seconds}
+                                                         ack: the last pong heard (fencing)
   {"op": "image_plan", "image", "plan": "ship"|"pull", "source", "reason"}
                                                         answer to image_wanted
   {"op": "image_done", "image", "error"}                the shipment ended ("" = loaded)
@@ -42,6 +51,7 @@ agent -> manager
   {"op": "status", "task_id", "state", "container_id", "ip", "exit_code",
    "message", "error", "ts"}                              one per change
   {"op": "pong", "seq": int}
+  {"op": "resync", "what": "assign"|"mesh", "have"}      a delta did not fit
   {"op": "error", "message"}                              agent-level trouble
   {"op": "condition", "problems": {kind: reason}}        what the host cannot do
   {"op": "image_wanted", "image", "task_id"}              a task needs an image
@@ -164,11 +174,23 @@ ENGINE_GRACE = 2.0
 # replaced. Nomad's stop_after_client_disconnect. The lease needs pings
 # more often than every (AGENT_LEASE - slack) / 2 s: an ack comes a ping
 # after its pong.
+#
+# On a big cluster the ping period grows (manager/dispatcher.py heartbeat,
+# at most MAX_PING_PERIOD = 3 s): that only delays the down mark, since the
+# grace counts from the last word heard; the period stays under
+# (AGENT_LEASE - 2 s) / 2 so that a live session's lease (renewed to a pong
+# one period old, by the next ping) never runs out.
 AGENT_LEASE = 8.0
 FENCE_STOP_GRACE = 1
 LOST_GRACE = 12.0
 REACH_PROBE_EVERY = 1.0  # seconds between probes, the agent's of the managers and the leader's of a node
 REACH_PROBE_TIMEOUT = 1.0
+
+# The protocol's version, said in the agent's hello. 2: the agent applies
+# assign_delta and mesh_delta, asks for a whole set (resync) when a delta's
+# base is not what it holds, and takes a ping's period (Ping.every). The
+# leader sends an agent only what its version understands.
+PROTOCOL = 2
 
 NETWORK_NAME = "pyswarm"
 BRIDGE_NAME = "pyswarm0"
@@ -229,6 +251,7 @@ _CIDR = rule(pattern=r"[0-9A-Fa-f:.]{1,45}/[0-9]{1,3}")
 _PORT = rule(min=1, max=65535)
 _GROUP = rule(pattern=r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}|")  # a Unix group name, or ""
 _SECRET = rule(max_len=16384)  # never shown in an error: no pattern, no choices
+_VERSION = rule(min=0, max=2**63)  # of a session's task set or mesh (deltas)
 _NANO_CPUS_MAX = 1_000_000 * 1_000_000_000  # a million CPUs
 _BYTES_MAX = 2**62
 
@@ -251,6 +274,20 @@ class Hello:
     platform: dict[str, str] | None = field(default=None, metadata=rule(max_len=16))
     engine_version: str = field(default="", metadata=rule(max_len=128))
     engine_labels: dict[str, str] | None = field(default=None, metadata=rule(max_len=128))
+    # PROTOCOL: what this agent understands; 1 (not said) takes whole sets only
+    protocol: int = field(default=1, metadata=rule(min=1, max=1_000_000))
+
+
+@agent_op("resync")
+@dataclass(frozen=True)
+class Resync:
+    """The agent got a delta (``assign_delta`` or ``mesh_delta``) whose base
+    is not the version it holds (``have``; None: it holds none): it applied
+    nothing and asks for the whole set again."""
+
+    op: ClassVar[str]
+    what: Literal["assign", "mesh"]
+    have: int | None = field(default=None, metadata=rule(min=0))
 
 
 @agent_op("status")
@@ -356,6 +393,23 @@ class Assign:
 
     op: ClassVar[str]
     tasks: list[Any] = field(metadata=rule(max_len=100_000))
+    version: int | None = field(default=None, metadata=_VERSION)  # what later deltas build on
+
+
+@manager_op("assign_delta")
+@dataclass(frozen=True)
+class AssignDelta:
+    """What changed in the node's task set since ``base``, the version this
+    session sent before: ``put`` adds or replaces whole assignments (each
+    checked as in :class:`Assign`), ``remove`` names the tasks that left.
+    The result is version ``version``. An agent whose set is not ``base``
+    applies nothing and asks for the whole set (:class:`Resync`)."""
+
+    op: ClassVar[str]
+    base: int = field(metadata=_VERSION)
+    version: int = field(metadata=_VERSION)
+    put: list[Any] = field(default_factory=list, metadata=rule(max_len=100_000))
+    remove: list[str] = field(default_factory=list, metadata=rule(max_len=100_000))
 
 
 @dataclass(frozen=True)
@@ -376,11 +430,40 @@ class MeshMessage:
     networks: dict[str, list[str]] | None = None
     ingress: list[IngressEntry] = field(default_factory=list)
     internal: list[str] = field(default_factory=list)
+    version: int | None = field(default=None, metadata=_VERSION)  # what later deltas build on
 
     def as_dict(self) -> dict[str, Any]:
         import dataclasses
 
         return {"op": self.op, **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True)
+class SetChange:
+    """Members that joined and left one set of addresses."""
+
+    add: list[str] = field(default_factory=list)
+    remove: list[str] = field(default_factory=list)
+
+
+@manager_op("mesh_delta")
+@dataclass(frozen=True)
+class MeshDelta:
+    """The mesh's changes since ``base``, the version this session sent
+    before (pyswarm/deltas.py builds and applies them): address sets by
+    their members that came and went, ``networks`` by ipset name (a name
+    new to the agent starts empty; ``networks_gone`` are dropped), and
+    ``ingress`` whole when it changed (None: unchanged). An agent whose
+    mesh is not ``base`` applies nothing and asks for the whole mesh."""
+
+    op: ClassVar[str]
+    base: int = field(metadata=_VERSION)
+    version: int = field(metadata=_VERSION)
+    gateways: SetChange | None = None
+    internal: SetChange | None = None
+    networks: dict[str, SetChange] = field(default_factory=dict)
+    networks_gone: list[str] = field(default_factory=list)
+    ingress: list[IngressEntry] | None = None
 
 
 @manager_op("ping")
@@ -389,10 +472,15 @@ class Ping:
     """``ack``: the seq of the last pong this manager received on the
     session (None: none yet). The agent renews its lease to the time it *sent*
     that pong, which is before the manager received it: the lease never
-    outlives the leader's grace, whatever the delays (see AGENT_LEASE)."""
+    outlives the leader's grace, whatever the delays (see AGENT_LEASE).
+    ``every``: the leader's ping period now (it grows with the cluster,
+    manager/dispatcher.py ``heartbeat``), so the agent's own silence limit
+    follows it; sent to agents of :data:`PROTOCOL` 2 on."""
+
     op: ClassVar[str]
     seq: int | None = None
     ack: int | None = None
+    every: float | None = field(default=None, metadata=rule(min=0, max=3600))
 
 
 class _AsDict:
@@ -435,8 +523,10 @@ class ImageDoneMessage(_AsDict):
     error: str = field(default="", metadata=rule(max_len=4096))
 
 
-AgentMessage = Union[Hello, Status, Pong, AgentError, Condition, ImageWantedMessage, "EngineState", "StreamMessage"]
-ManagerMessage = Union[Configure, Assign, MeshMessage, Ping, ImagePlanMessage, ImageDoneMessage, "StreamMessage"]
+AgentMessage = Union[Hello, Status, Pong, AgentError, Condition, Resync, ImageWantedMessage, "EngineState",
+                     "StreamMessage"]
+ManagerMessage = Union[Configure, Assign, AssignDelta, MeshMessage, MeshDelta, Ping, ImagePlanMessage,
+                       ImageDoneMessage, "StreamMessage"]
 
 
 @dataclass(frozen=True)

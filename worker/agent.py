@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyswarm import config as cfg
-from pyswarm import protocol, streamwire
+from pyswarm import deltas, protocol, streamwire
 from pyswarm.images import CHANNEL_COMMAND, CHANNEL_ENV
 from pyswarm.models import TaskState
 from pyswarm.wire import BadRequest
@@ -82,7 +82,8 @@ STOP_GRACE = 10  # seconds between SIGTERM and SIGKILL, Swarm's default
 # 2 s here for its gossip to converge (defaultGossipConvergeDelay).
 DNS_DRAIN = 1.0
 PONGS_KEPT = 64  # pongs whose sending time is kept for the manager's acknowledgement (Ping.ack)
-MANAGER_TIMEOUT = 5.0  # seconds without a ping before a session counts as stale
+MANAGER_TIMEOUT = 5.0  # seconds without a ping before a session counts as stale (or 2 ping periods)
+RESYNC_AGAIN = 2.0  # seconds between two asks for a whole set (a resync)
 # containers created and started at once. The engine is CPU-bound: 20
 # parallel starts finish no sooner than 3 at a time, and all come up
 # together at the end. On the bench (bench/RESULTS.md) 3 at a time brought
@@ -145,6 +146,9 @@ class Agent:
         self._ended = False  # the session is over (the process may linger: worker/fence.py)
         self._config_lock = asyncio.Lock()
         self._pending: dict[str, Assignment] | None = None  # latest assign received
+        self._pending_version: int | None = None  # its version (what an assign_delta builds on)
+        self._mesh_raw: dict[str, Any] | None = None  # latest mesh as a message (what a mesh_delta builds on)
+        self._resync_asked: dict[str, float] = {}  # what -> when this agent last asked for a whole set
         self._desired: dict[str, Assignment] | None = None  # latest assign applied
         self._tracked: dict[str, _Tracked] = {}
         self._reconcile_wanted = asyncio.Event()
@@ -189,6 +193,7 @@ class Agent:
                 "platform": {"os": info.os_type, "arch": info.architecture},
                 "engine_version": info.server_version,
                 "engine_labels": dict(info.labels),
+                "protocol": protocol.PROTOCOL,
             })
             self._hello_sent = True
             if self._problems:
@@ -319,6 +324,10 @@ class Agent:
             while len(self._pongs_sent) > PONGS_KEPT:
                 del self._pongs_sent[next(iter(self._pongs_sent))]
         self.send({"op": "pong", "seq": msg.seq})
+        if msg.every is not None:
+            # a big cluster's leader pings less often (manager/dispatcher.py
+            # heartbeat): two of its periods of silence, not one, end us
+            self.manager_timeout = max(MANAGER_TIMEOUT, 2 * msg.every)
         sent = self._pongs_sent.get(msg.ack) if msg.ack is not None else None
         if sent is not None and self.lease is not None and self._accepted and not self._fenced:
             self.lease.renew(sent)
@@ -383,8 +392,12 @@ class Agent:
             self._on_configure(msg)
         elif isinstance(msg, protocol.Assign):
             self._on_assign(msg)
+        elif isinstance(msg, protocol.AssignDelta):
+            self._on_assign_delta(msg)
         elif isinstance(msg, protocol.MeshMessage):
             self._on_mesh(msg)
+        elif isinstance(msg, protocol.MeshDelta):
+            self._on_mesh_delta(msg)
         elif isinstance(msg, (protocol.ImagePlanMessage, protocol.ImageDoneMessage)):
             problem = self.images.on_message(msg.as_dict())
             if problem:
@@ -392,6 +405,17 @@ class Agent:
         elif isinstance(msg, protocol.StreamMessage):
             if not self._fenced:  # a deposed leader gets no logs, exec or stats either
                 self.streams.handle(msg.raw)
+
+    def _resync(self, what: str, have: int | None) -> None:
+        """A delta's base is not what this agent holds: ask for the whole
+        set, at most once per :data:`RESYNC_AGAIN` (the deltas that follow
+        it while the whole set is on its way have the same gap)."""
+        now = time.monotonic()
+        if now - self._resync_asked.get(what, -RESYNC_AGAIN) < RESYNC_AGAIN:
+            return
+        self._resync_asked[what] = now
+        log.info("%s delta does not follow version %s: asking for the whole set", what, have)
+        self.send({"op": "resync", "what": what, "have": have})
 
     def _on_configure(self, msg: protocol.Configure) -> None:
         if self._fenced or not promotion.accept_term(msg.term):
@@ -472,8 +496,22 @@ class Agent:
     def _on_mesh(self, msg: protocol.MeshMessage) -> None:
         """Isolation sets and ingress rules (worker/ingress.py); a burst of
         meshes costs one apply of the latest."""
+        self._resync_asked.pop("mesh", None)
+        self._take_mesh(msg.as_dict())
+
+    def _on_mesh_delta(self, msg: protocol.MeshDelta) -> None:
+        """The mesh's changes since the version this agent holds (pyswarm/deltas.py)."""
+        held = self._mesh_raw
+        have = held.get("version") if held is not None else None
+        if held is None or have != msg.base:
+            self._resync("mesh", have)
+            return
+        self._take_mesh(deltas.apply_mesh(held, msg))
+
+    def _take_mesh(self, raw: dict[str, Any]) -> None:
+        self._mesh_raw = raw
         try:
-            self._mesh = Mesh.from_message(msg.as_dict())
+            self._mesh = Mesh.from_message(raw)
         except ValueError as exc:
             self.send({"op": "error", "message": str(exc)})
             return
@@ -502,8 +540,27 @@ class Agent:
     def _on_assign(self, msg: protocol.Assign) -> None:
         if self._fenced:
             return
-        desired: dict[str, Assignment] = {}
-        for raw in msg.tasks:
+        self._resync_asked.pop("assign", None)
+        self._take_assign({}, msg.tasks, msg.version)
+
+    def _on_assign_delta(self, msg: protocol.AssignDelta) -> None:
+        """What changed in this node's set since the version it holds; a
+        new dict, since the reconcile may be reading the one it replaces."""
+        if self._fenced:
+            return
+        if self._pending is None or self._pending_version != msg.base:
+            self._resync("assign", self._pending_version if self._pending is not None else None)
+            return
+        desired = dict(self._pending)
+        for task_id in msg.remove:
+            desired.pop(task_id, None)
+        for raw in msg.put:  # one that fails its check leaves the set, as in a whole one
+            if isinstance(raw, dict):
+                desired.pop(str(raw.get("task_id")), None)
+        self._take_assign(desired, msg.put, msg.version)
+
+    def _take_assign(self, desired: dict[str, Assignment], raws: list[Any], version: int | None) -> None:
+        for raw in raws:
             try:
                 a = Assignment.parse(raw)
             except (ValueError, TypeError) as exc:
@@ -511,6 +568,7 @@ class Agent:
                 continue
             desired[a.task_id] = a
         self._pending = desired
+        self._pending_version = version
         self._reconcile_wanted.set()
 
     # -- reconciliation ----------------------------------------------------

@@ -6,9 +6,10 @@ own on loopback (127.1.x.y; the manager dials node.addr:PORT) and one shared
 SSH host key, then (2) serves all of them from one asyncssh server on
 0.0.0.0:PORT. The dispatcher opens one session per node as with a real
 host; for each, the server plays ``pyswarm worker --stdio`` as a *fake
-agent* speaking pyswarm.protocol: it says hello, answers pings, and reports
-every task it is assigned as running at once (container id and address
-made up). Nothing is created in any engine, so the figures measure the
+agent* speaking pyswarm.protocol (version 2: it takes task-set deltas and
+asks for a whole set on a gap, as the real agent does; the mesh it skips):
+it says hello, answers pings, and reports every task it is assigned as
+running at once (container id and address made up). Nothing is created in any engine, so the figures measure the
 manager alone (store, orchestrator, scheduler, dispatcher, SSH), which is
 what the footprint scenario wants.
 
@@ -42,6 +43,7 @@ class FakeAgent:
         self.process = process
         self.index = index
         self.reported: set[str] = set()
+        self.version: int | None = None  # of the task set held (assign_delta builds on it)
         self.subnet = ipaddress.ip_network("10.240.0.0/24")
 
     def send(self, message: dict[str, Any]) -> None:
@@ -50,14 +52,14 @@ class FakeAgent:
     async def run(self) -> None:
         self.send({"op": "hello", "hostname": f"sim{self.index}", "engine_version": "simulated",
                    "resources": {"nano_cpus": 4_000_000_000, "memory_bytes": 8 << 30},
-                   "platform": {"os": "linux", "arch": "x86_64"}})
+                   "platform": {"os": "linux", "arch": "x86_64"}, "protocol": protocol.PROTOCOL})
         try:
             while True:
                 line = await self.process.stdin.readline()
                 if not line:
                     break
-                if line.startswith(b'{"op":"mesh"'):
-                    continue  # no firewall to program: not worth parsing (10,000 tasks: ~150 kB a line)
+                if line.startswith(b'{"op":"mesh'):
+                    continue  # mesh, mesh_delta: no firewall to program, not worth parsing
                 msg = protocol.decode(line)
                 op = msg.get("op")
                 if op == "configure":
@@ -65,9 +67,13 @@ class FakeAgent:
                     self.subnet = ipaddress.ip_network(str(msg.get("subnet")), strict=False)
                 elif op == "ping":
                     self.send({"op": "pong", "seq": msg.get("seq")})
-                elif op == "assign":
+                elif op in ("assign", "assign_delta"):
+                    if op == "assign_delta" and msg.get("base") != self.version:
+                        self.send({"op": "resync", "what": "assign", "have": self.version})
+                        continue
+                    self.version = msg.get("version")
                     now = time.time()
-                    for a in msg.get("tasks", []):
+                    for a in msg.get("tasks", msg.get("put", [])):
                         tid = str(a.get("task_id"))
                         if tid in self.reported:
                             continue

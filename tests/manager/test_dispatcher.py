@@ -1,8 +1,11 @@
 """What keeps the leader's dispatcher cheap on a big cluster: the heartbeat
-stretches with the number of sessions, every node's ``configure`` shares one
-view of the cluster per store change, and the mesh is encoded once and
-broadcast at a bounded byte rate, the latest always going out. The
-dispatcher's sessions over real SSH are tested on the lab (tests/e2e)."""
+stretches with the number of sessions (within the agents' fencing lease),
+pings in bursts and ends silent sessions; every node's ``configure`` shares
+one view of the cluster per store change; task sets and the mesh go out as
+deltas once a session has a whole one, and whole again on a resync; the
+mesh is encoded once and broadcast at a bounded byte rate, the latest
+always going out. The dispatcher's sessions over real SSH are tested on the
+lab (tests/e2e)."""
 
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from pyswarm import protocol  # noqa: E402
 from pyswarm.wire import BadRequest  # noqa: E402
 from pyswarm.manager import dispatcher as dispatcher_mod  # noqa: E402
 from pyswarm.manager.dispatcher import (  # noqa: E402
+    MAX_PING_PERIOD,
     MAX_PINGS_PER_SECOND,
     ClusterView,
     Dispatcher,
@@ -41,8 +45,12 @@ class FakeSession:
         self.d = d
         self.got: list[int] = []
 
-    def push_mesh(self) -> None:
+    def push_mesh(self) -> int:
         self.got.append(self.d.mesh_version)
+        return len(self.d.mesh_line)
+
+    def beat(self, now: float, every: float, dead_after: float, judge: bool) -> None:
+        pass
 
 
 def dispatcher_with(sessions: int) -> tuple[Dispatcher, list[FakeSession]]:
@@ -57,10 +65,19 @@ def test_small_clusters_keep_the_fast_heartbeat() -> None:
         assert dispatcher_with(n)[0].heartbeat() == (0.5, 2.0), n
 
 
-def test_large_clusters_stay_within_the_ping_budget() -> None:
+def test_large_clusters_stay_within_the_ping_budget_and_the_lease() -> None:
     every, dead_after = dispatcher_with(1000)[0].heartbeat()
-    assert (every, dead_after) == (5.0, 20.0)
-    assert 1000 / every <= MAX_PINGS_PER_SECOND
+    assert (every, dead_after) == (3.0, 12.0)
+    assert 1000 / every <= 1.5 * MAX_PINGS_PER_SECOND  # past 750 nodes the lease, not the budget, sets the period
+    assert dispatcher_with(250)[0].heartbeat() == (1.0, 4.0)
+    # a lease is renewed to a pong one period old: two periods and slack within the lease,
+    # however big the cluster
+    assert MAX_PING_PERIOD * 2 + 2 <= protocol.AGENT_LEASE
+    assert dispatcher_with(5000)[0].heartbeat() == (MAX_PING_PERIOD, 4 * MAX_PING_PERIOD)
+    # fencing stays sound whatever dead_after: a down node's containers stop by AGENT_LEASE + probe
+    # + stop after the pong its lease is anchored to, the leader replaces them LOST_GRACE after the
+    # last word it heard, which is no earlier (docs/healing.md, "Why it is sound")
+    assert protocol.LOST_GRACE > protocol.AGENT_LEASE + protocol.REACH_PROBE_TIMEOUT + protocol.FENCE_STOP_GRACE
 
 
 def test_each_node_is_routed_to_every_other_subnet() -> None:
@@ -164,6 +181,10 @@ class _Said:
         self._ready = False
         self._refusals = 0
         self._refusals_since = 0.0
+        self.protocol = 1
+
+    def push(self) -> None:
+        pass
 
 
 def _reports_of(d: Dispatcher, node: Any, *messages: dict[str, Any]) -> list[Any]:
@@ -393,3 +414,170 @@ def test_a_session_without_its_agent_probes_the_nodes_sshd(monkeypatch: Any) -> 
     answered, refused = asyncio.run(main())
     assert answered >= 2, f"{answered} restarts while the node's sshd accepted"
     assert refused == 0, f"{refused} restarts while its port refused"
+
+
+# -- a session's task sets, mesh and heartbeat ---------------------------------------
+
+
+class FakeProcess:
+    """A session's SSH process: what the dispatcher wrote, as messages."""
+
+    def __init__(self) -> None:
+        self.stdin = self
+        self.lines: list[dict[str, Any]] = []
+
+    def write(self, data: bytes) -> None:
+        self.lines += [protocol.decode(x) for x in data.split(b"\n") if x]
+
+    def take(self) -> list[dict[str, Any]]:
+        out, self.lines = self.lines, []
+        return out
+
+
+def _session(d: Dispatcher, node: Any) -> tuple[Any, FakeProcess]:
+    session = dispatcher_mod._Session(d, node)
+    process = FakeProcess()
+    session._process = process
+    d._sessions[node.id] = (session, None)  # type: ignore[assignment]
+    return session, process
+
+
+def _hello(d: Dispatcher, session: Any, version: int | None = protocol.PROTOCOL) -> None:
+    hello: dict[str, Any] = {"op": "hello", "hostname": "w"}
+    if version is not None:
+        hello["protocol"] = version
+    d.handle(session, protocol.parse_agent(protocol.encode(hello)))
+
+
+def _agent_view(lines: list[dict[str, Any]], held: dict[str, Any], version: int) -> tuple[dict[str, Any], int]:
+    """The task set an agent holds after ``lines`` (as worker/agent.py applies them)."""
+    for m in lines:
+        if m["op"] == "assign":
+            held, version = {a["task_id"]: a for a in m["tasks"]}, m["version"]
+        elif m["op"] == "assign_delta":
+            assert m["base"] == version, f"a delta on {m['base']} sent to a session at {version}"
+            held = {k: v for k, v in held.items() if k not in m["remove"]}
+            held.update({a["task_id"]: a for a in m["put"]})
+            version = m["version"]
+    return held, version
+
+
+def test_a_session_gets_whole_sets_once_then_deltas_and_whole_again_on_a_resync() -> None:
+    node = make_node(subnet="10.240.1.0/24")
+    d = Dispatcher(store=None, client_keys=[])  # type: ignore[arg-type]
+    d.snapshot = make_snapshot(node)
+    a, b, c = ({"task_id": t, "spec": {"image": t}} for t in "abc")
+    d.assignments = {node.id: [a, b]}
+    d._update_mesh({"op": "mesh", "gateways": [], "networks": {"psw-a": ["10.240.1.2"]}})
+    session, process = _session(d, node)
+    session.push()
+    assert [m["op"] for m in process.take()] == ["configure"], "tasks or mesh before the agent's hello"
+    _hello(d, session)
+    sent = process.take()
+    assert [m["op"] for m in sent] == ["assign", "mesh"]
+    assert sent[0] == {"op": "assign", "tasks": [a, b], "version": 1} and sent[1]["version"] == 1
+    held, version = _agent_view(sent, {}, 0)
+    d.assignments = {node.id: [b, c]}
+    session.push()
+    [delta] = process.take()
+    assert delta == {"op": "assign_delta", "base": 1, "version": 2, "put": [c], "remove": ["a"]}
+    held, version = _agent_view([delta], held, version)
+    assert held == {"b": b, "c": c}
+    session.push()
+    assert process.take() == [], "an unchanged set was sent again"
+    d._update_mesh({"op": "mesh", "gateways": [], "networks": {"psw-a": ["10.240.1.2", "10.240.1.3"]}})
+    [mesh] = process.take()
+    assert mesh == {"op": "mesh_delta", "base": 1, "version": 2,
+                    "networks": {"psw-a": {"add": ["10.240.1.3"], "remove": []}}}
+    # a resync asked before the last whole set arrived is moot; one from an agent that holds it is not
+    session.resync(protocol.Resync("assign", None))
+    assert process.take() == []
+    session.resync(protocol.Resync("assign", 2))
+    [whole] = process.take()
+    assert whole == {"op": "assign", "tasks": [b, c], "version": 3}
+    session.resync(protocol.Resync("mesh", 2))
+    [mesh] = process.take()
+    assert mesh["op"] == "mesh" and mesh["version"] == 2 and mesh["networks"]["psw-a"] == ["10.240.1.2", "10.240.1.3"]
+
+
+def test_an_agent_that_takes_no_deltas_gets_whole_sets_and_plain_pings() -> None:
+    node = make_node(subnet="10.240.1.0/24")
+    d = Dispatcher(store=None, client_keys=[])  # type: ignore[arg-type]
+    d.snapshot = make_snapshot(node)
+    a, b = ({"task_id": t, "spec": {"image": t}} for t in "ab")
+    d.assignments = {node.id: [a]}
+    d._update_mesh({"op": "mesh", "gateways": [], "networks": {"psw-a": ["10.240.1.2"]}})
+    session, process = _session(d, node)
+    _hello(d, session, version=None)  # an older agent
+    d.assignments = {node.id: [a, b]}
+    session.push()
+    d._update_mesh({"op": "mesh", "gateways": [], "networks": {"psw-a": []}})
+    session.beat(session._next_ping, 0.5, 2.0, judge=True)
+    sent = process.take()
+    assert [m["op"] for m in sent] == ["configure", "assign", "mesh", "assign", "mesh", "ping"]
+    for m in sent[1:]:  # what an older agent's parser takes: no field it does not know
+        assert "version" not in m and "every" not in m, m
+        assert type(protocol.parse_manager(protocol.encode(m))).op == m["op"]
+
+
+def test_the_heartbeat_pings_when_due_and_ends_a_silent_session() -> None:
+    node = make_node()
+    d = Dispatcher(store=None, client_keys=[])  # type: ignore[arg-type]
+    session, process = _session(d, node)
+    session._ready, session.protocol = True, protocol.PROTOCOL
+    t = session._last_heard = session._next_ping = 100.0
+    session.beat(t, 4.0, 16.0, judge=True)
+    assert process.take() == [{"op": "ping", "seq": 1, "every": 4}]
+    session.beat(t + 1, 4.0, 16.0, judge=True)
+    assert process.take() == [], "pinged before its period"
+    session.beat(t + 4, 4.0, 16.0, judge=True)
+    assert [m["seq"] for m in process.take()] == [2]
+    session.beat(t + 17, 4.0, 16.0, judge=False)
+    assert not session._silent.is_set(), "judged on a tick of its own loop's stall"
+    session.beat(t + 17.1, 4.0, 16.0, judge=True)
+    assert session._silent.is_set() and session._silent_reason == "no heartbeat for 16s"
+
+
+def test_pings_go_out_in_bursts_each_session_once_a_period() -> None:
+    """The dispatcher's one heartbeat loop pings every session once per
+    period, spread over the period, a few ticks' bursts rather than one
+    sleeping task per session."""
+    async def go() -> None:
+        d = Dispatcher(store=None, client_keys=[], ping_every=0.1, dead_after=10)  # type: ignore[arg-type]
+        d.snapshot = make_snapshot()
+        procs = []
+        for i in range(20):
+            session, process = _session(d, make_node(hostname=f"w{i}"))
+            session._ready, session._last_heard = True, asyncio.get_running_loop().time()
+            session._next_ping = session._last_heard
+            procs.append(process)
+        heart = asyncio.create_task(d._heartbeat())
+        await asyncio.sleep(1.0)
+        heart.cancel()
+        counts = [len(p.take()) for p in procs]
+        # a tick is 0.25 s at least: the 0.1 s period becomes one ping a tick, ~4 in 1 s
+        assert all(2 <= n <= 5 for n in counts), counts
+    asyncio.run(go())
+
+
+def test_only_a_few_ssh_handshakes_are_under_way_at_once(monkeypatch: Any) -> None:
+    """A new leader opens every node's session: the handshakes queue, a
+    few at a time, rather than all hitting the connect timeout together."""
+    flight = {"now": 0, "most": 0}
+
+    async def connect(node: Any, keys: Any) -> Any:
+        flight["now"] += 1
+        flight["most"] = max(flight["most"], flight["now"])
+        await asyncio.sleep(0.01)
+        flight["now"] -= 1
+        raise OSError("refused")
+
+    monkeypatch.setattr(dispatcher_mod, "connect_node", connect)
+
+    async def go() -> None:
+        d = Dispatcher(store=None, client_keys=[])  # type: ignore[arg-type]
+        sessions = [dispatcher_mod._Session(d, make_node(hostname=f"w{i}")) for i in range(60)]
+        results = await asyncio.gather(*(s._session() for s in sessions), return_exceptions=True)
+        assert all(isinstance(r, OSError) for r in results), results[:3]
+    asyncio.run(go())
+    assert 1 < flight["most"] <= dispatcher_mod.CONNECTS_AT_ONCE, flight

@@ -216,9 +216,39 @@ def test_manager_parser_takes_any_bytes(data: bytes) -> None:
     _never_crashes(protocol.parse_manager, data)
 
 
+def test_deltas_resync_and_the_ping_period() -> None:
+    """The messages of protocol 2 (pyswarm/deltas.py): each field checked
+    and named, as every message is."""
+    delta = protocol.parse_manager(protocol.encode(
+        {"op": "assign_delta", "base": 3, "version": 4, "put": [{"task_id": "t1"}], "remove": ["t0"]}))
+    assert delta == protocol.AssignDelta(3, 4, [{"task_id": "t1"}], ["t0"])
+    assert "assign_delta.base: missing" in refused(protocol.parse_manager, {"op": "assign_delta", "version": 1})
+    assert "assign_delta.remove[0]:" in refused(protocol.parse_manager, {
+        "op": "assign_delta", "base": 1, "version": 2, "remove": [5]})
+    assert "assign_delta.version: -1 is below" in refused(protocol.parse_manager, {
+        "op": "assign_delta", "base": 1, "version": -1})
+    assert protocol.parse_manager(b'{"op":"assign","tasks":[],"version":7}') == protocol.Assign([], 7)
+    mesh = protocol.parse_manager(protocol.encode({
+        "op": "mesh_delta", "base": 1, "version": 2, "gateways": {"add": ["10.240.3.1"]},
+        "networks": {"psw-a": {"add": ["10.240.1.2"], "remove": ["10.240.1.3"]}}, "networks_gone": ["psw-b"]}))
+    assert isinstance(mesh, protocol.MeshDelta) and mesh.networks["psw-a"].remove == ["10.240.1.3"]
+    assert mesh.ingress is None and mesh.internal is None
+    assert "mesh_delta.networks.psw-a.add[0]:" in refused(protocol.parse_manager, {
+        "op": "mesh_delta", "base": 1, "version": 2, "networks": {"psw-a": {"add": [1]}}})
+    assert "mesh_delta.gateways.keep: unknown field" in refused(protocol.parse_manager, {
+        "op": "mesh_delta", "base": 1, "version": 2, "gateways": {"keep": []}})
+    assert protocol.parse_manager(b'{"op":"ping","seq":3,"every":4}') == protocol.Ping(3, 4.0)
+    assert "ping.every:" in refused(protocol.parse_manager, {"op": "ping", "every": "soon"})
+    assert protocol.parse_agent(b'{"op":"resync","what":"mesh","have":null}') == protocol.Resync("mesh", None)
+    assert "resync.what:" in refused(protocol.parse_agent, {"op": "resync", "what": "everything"})
+    hello = protocol.parse_agent(protocol.encode({**HELLO, "protocol": protocol.PROTOCOL}))
+    assert hello.protocol == 2 and protocol.parse_agent(protocol.encode(HELLO)).protocol == 1
+    assert "hello.protocol:" in refused(protocol.parse_agent, {**HELLO, "protocol": 0})
+
+
 @GARBAGE
 @given(st.one_of(json_values, _mutated(HELLO), _mutated(STATUS), _mutated({"op": "pong", "seq": 1}),
-                 _mutated({"op": "error", "message": "m"})))
+                 _mutated({"op": "error", "message": "m"}), _mutated({"op": "resync", "what": "assign", "have": 1})))
 def test_agent_parser_takes_any_json(value: Any) -> None:
     _never_crashes(protocol.parse_agent, json.dumps(value).encode())
 
@@ -226,6 +256,8 @@ def test_agent_parser_takes_any_json(value: Any) -> None:
 @GARBAGE
 @given(st.one_of(json_values, _mutated(CONFIGURE), _mutated({"op": "assign", "tasks": []}),
                  _mutated({"op": "mesh", "gateways": ["10.240.0.1"], "networks": {"psw-a": []}}),
-                 _mutated({"op": "ping", "seq": 1})))
+                 _mutated({"op": "ping", "seq": 1}),
+                 _mutated({"op": "assign_delta", "base": 1, "version": 2, "put": [], "remove": ["t"]}),
+                 _mutated({"op": "mesh_delta", "base": 1, "version": 2, "networks": {"psw-a": {"add": []}}})))
 def test_manager_parser_takes_any_json(value: Any) -> None:
     _never_crashes(protocol.parse_manager, json.dumps(value).encode())

@@ -488,3 +488,67 @@ def test_a_network_setup_that_meets_a_vanished_engine_is_retried(monkeypatch: An
                 m["problems"] for m in s.out if m["op"] == "condition"][-1] == {})
             assert not any("internal error" in str(m.get("message", "")) for m in s.out), s.out
     run(main())
+
+
+def test_task_set_deltas_apply_and_a_gap_asks_for_the_whole_set() -> None:
+    """assign_delta on the version held; one on another base changes
+    nothing and asks once for the whole set, which then holds."""
+    async def main() -> None:
+        docker = FakeDocker()
+        async with Session(docker) as s:
+            s.send(CONFIGURE)
+            s.send({"op": "assign", "tasks": [task("t1"), task("t2", 2)], "version": 1})
+            await s.wait_for("t1, t2 running", lambda: "running" in s.statuses("t1") and "running" in s.statuses("t2"))
+            s.send({"op": "assign_delta", "base": 1, "version": 2, "put": [task("t3", 3)], "remove": ["t1"]})
+            await s.wait_for("t3 running, t1 shut down",
+                             lambda: "running" in s.statuses("t3") and "shutdown" in s.statuses("t1"))
+            assert len(docker.by_task("t2")) == 1 and docker.by_task("t1") == []
+            # a gap: version 2 is held, this builds on 5
+            s.send({"op": "assign_delta", "base": 5, "version": 6, "put": [task("t4", 4)], "remove": ["t2"]})
+            s.send({"op": "assign_delta", "base": 6, "version": 7, "put": [task("t5", 5)], "remove": []})
+            await s.wait_for("a resync", lambda: any(m["op"] == "resync" for m in s.out))
+            await asyncio.sleep(0.1)
+            asks = [m for m in s.out if m["op"] == "resync"]
+            assert asks == [{"op": "resync", "what": "assign", "have": 2}], asks
+            assert docker.by_task("t4") == docker.by_task("t5") == [] and len(docker.by_task("t2")) == 1
+            s.send({"op": "assign", "tasks": [task("t2", 2), task("t4", 4)], "version": 8})
+            await s.wait_for("t4 running, t3 shut down",
+                             lambda: "running" in s.statuses("t4") and "shutdown" in s.statuses("t3"))
+            s.send({"op": "assign_delta", "base": 8, "version": 9, "put": [task("t4", 4, image="other:1")],
+                    "remove": ["t2"]})
+            await s.wait_for("t2 shut down", lambda: "shutdown" in s.statuses("t2"))
+            assert s.agent._pending is not None and set(s.agent._pending) == {"t4"}
+            assert s.agent._pending["t4"].spec.image == "other:1"
+    run(main())
+
+
+def test_mesh_deltas_apply_and_a_gap_asks_for_the_whole_mesh() -> None:
+    async def main() -> None:
+        async with Session(FakeDocker()) as s:
+            s.send({"op": "mesh", "gateways": ["10.240.1.1"], "networks": {"psw-aaaaaaaaaaaa": ["10.240.1.2"]},
+                    "version": 3})
+            s.send({"op": "mesh_delta", "base": 3, "version": 4, "networks": {
+                "psw-aaaaaaaaaaaa": {"add": ["10.240.2.2"], "remove": ["10.240.1.2"]}}})
+            for _ in range(200):  # messages are taken after the hello; nothing is said back
+                if s.agent._mesh_raw is not None and s.agent._mesh_raw.get("version") == 4:
+                    break
+                await asyncio.sleep(0.01)
+            mesh = s.agent._mesh
+            assert mesh is not None and dict(mesh.networks or {}) == {"psw-aaaaaaaaaaaa": ("10.240.2.2",)}
+            assert mesh.gateways == ("10.240.1.1",)
+            s.send({"op": "mesh_delta", "base": 7, "version": 8, "networks_gone": ["psw-aaaaaaaaaaaa"]})
+            await s.wait_for("a resync", lambda: any(m["op"] == "resync" for m in s.out))
+            assert [m for m in s.out if m["op"] == "resync"] == [{"op": "resync", "what": "mesh", "have": 4}]
+            assert s.agent._mesh is mesh, "a delta on another base was applied"
+    run(main())
+
+
+def test_a_slower_leader_ping_stretches_the_agents_silence_limit() -> None:
+    async def main() -> None:
+        async with Session(FakeDocker()) as s:
+            assert s.agent.manager_timeout == 5.0
+            s.send({"op": "ping", "seq": 1, "every": 4})
+            await s.wait_for("pong", lambda: any(m["op"] == "pong" for m in s.out))
+            assert s.agent.manager_timeout == 8.0
+            assert s.out[0]["protocol"] == protocol.PROTOCOL, "the hello says what the agent takes"
+    run(main())
