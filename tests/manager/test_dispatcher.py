@@ -527,11 +527,12 @@ def test_the_heartbeat_pings_when_due_and_ends_a_silent_session() -> None:
     session._ready, session.protocol = True, protocol.PROTOCOL
     t = session._last_heard = session._next_ping = 100.0
     session.beat(t, 4.0, 16.0, judge=True)
-    assert process.take() == [{"op": "ping", "seq": 1, "every": 4}]
+    assert process.take() == [{"op": "ping", "seq": 1, "ack": None, "every": 4}]
     session.beat(t + 1, 4.0, 16.0, judge=True)
     assert process.take() == [], "pinged before its period"
+    session._acked = 1  # the pong to ping 1 was heard: the next ping acknowledges it (the agent's lease)
     session.beat(t + 4, 4.0, 16.0, judge=True)
-    assert [m["seq"] for m in process.take()] == [2]
+    assert [(m["seq"], m["ack"]) for m in process.take()] == [(2, 1)]
     session.beat(t + 17, 4.0, 16.0, judge=False)
     assert not session._silent.is_set(), "judged on a tick of its own loop's stall"
     session.beat(t + 17.1, 4.0, 16.0, judge=True)
@@ -581,3 +582,13 @@ def test_only_a_few_ssh_handshakes_are_under_way_at_once(monkeypatch: Any) -> No
         assert all(isinstance(r, OSError) for r in results), results[:3]
     asyncio.run(go())
     assert 1 < flight["most"] <= dispatcher_mod.CONNECTS_AT_ONCE, flight
+
+
+def test_a_pong_is_read_by_its_seq_and_anything_else_parsed_in_full() -> None:
+    """The heartbeat's shortcut (manager/dispatcher.py ``_PONG``) takes exactly
+    the agent's own encoding of a pong; any other line goes to the full parse."""
+    pong = dispatcher_mod._PONG.fullmatch(protocol.encode({"op": "pong", "seq": 12345}).rstrip())
+    assert pong is not None and int(pong[1]) == 12345
+    for other in (b'{"op":"pong","seq":-1}', b'{"op":"pong","seq":1,"x":2}', b'{"op":"pong","seq":null}',
+                  b'{"op":"pong","seq":1234567890123456789}', b'{"op":"pongx","seq":1}'):
+        assert dispatcher_mod._PONG.fullmatch(other) is None, other

@@ -237,7 +237,7 @@ def test_deltas_resync_and_the_ping_period() -> None:
         "op": "mesh_delta", "base": 1, "version": 2, "networks": {"psw-a": {"add": [1]}}})
     assert "mesh_delta.gateways.keep: unknown field" in refused(protocol.parse_manager, {
         "op": "mesh_delta", "base": 1, "version": 2, "gateways": {"keep": []}})
-    assert protocol.parse_manager(b'{"op":"ping","seq":3,"every":4}') == protocol.Ping(3, 4.0)
+    assert protocol.parse_manager(b'{"op":"ping","seq":3,"every":4}') == protocol.Ping(3, every=4.0)
     assert "ping.every:" in refused(protocol.parse_manager, {"op": "ping", "every": "soon"})
     assert protocol.parse_agent(b'{"op":"resync","what":"mesh","have":null}') == protocol.Resync("mesh", None)
     assert "resync.what:" in refused(protocol.parse_agent, {"op": "resync", "what": "everything"})
