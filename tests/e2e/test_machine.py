@@ -210,14 +210,19 @@ def test_a_kept_connection_to_a_host_gone_away_is_dropped_and_the_next_tried(
              f"{first} answering the laptop again")
 
 
-def test_leave_force_of_the_leading_manager_hands_over_first(bare: Lab, laptop: Laptop) -> None:
-    # `pyswarm leave --force` on a manager takes the demotion path
-    # (manager/demotion.py): leadership moves, Raft drops it, then it stops
+def _leader_and_survivor(laptop: Laptop) -> tuple[str, str]:
+    """The bare lab's two managers, as `machine ls` from the laptop names them."""
     rows = json.loads(laptop.run("machine", "ls", "--format", "json").stdout)
     managers = {r["name"]: r["manager_status"] for r in rows if r["role"] == "manager"}
     assert sorted(managers) == ["manager1", "manager2"], rows
     leader = next(h for h, status in managers.items() if status == "leader")
-    survivor = next(h for h in managers if h != leader)
+    return leader, next(h for h in managers if h != leader)
+
+
+def test_leave_force_of_the_leading_manager_hands_over_first(bare: Lab, laptop: Laptop) -> None:
+    # `pyswarm leave --force` on a manager takes the demotion path
+    # (manager/demotion.py): leadership moves, Raft drops it, then it stops
+    leader, survivor = _leader_and_survivor(laptop)
     refused = bare.exec(leader, ["pyswarm", "leave"], check=False, timeout=60)
     assert refused.returncode != 0 and "use `pyswarm leave --force`" in refused.stderr, refused
     bare.exec(leader, ["pyswarm", "leave", "--force"], timeout=120)
@@ -259,11 +264,7 @@ def test_machine_rm_leaves_nothing_of_pyswarm(bare: Lab, laptop: Laptop) -> None
 def test_machine_rm_of_one_of_two_managers_keeps_the_other_serving(bare: Lab, laptop: Laptop) -> None:
     # the leader is the hard case: leadership must move off it before Raft
     # can take it out, and it must not stop before that change commits
-    rows = json.loads(laptop.run("machine", "ls", "--format", "json").stdout)
-    managers = {r["name"]: r["manager_status"] for r in rows if r["role"] == "manager"}
-    assert sorted(managers) == ["manager1", "manager2"], rows
-    leader = next(h for h, status in managers.items() if status == "leader")
-    survivor = next(h for h in managers if h != leader)
+    leader, survivor = _leader_and_survivor(laptop)
     out = laptop.run("machine", "rm", leader)
     assert f"{leader} ({leader}) removed" in out.stdout, out
     # the survivor is a one-manager cluster that takes writes at once
