@@ -32,10 +32,12 @@ tested against a real single-node store without any socket.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from pyswarm.errors import UsageError
+from pyswarm.errors import ElectionError, UsageError
 from pyswarm.wire import parse
 
 from ..store import Store
@@ -53,6 +55,15 @@ from .services import Services
 from .streams import Restarts
 
 __all__ = ["Api", "JOIN_METHODS", "Method", "RESOURCES", "Resource", "Self"]
+
+CATCH_UP_WAIT = 10.0
+"""How long a call waits for a just-started manager to catch up with the
+cluster's log before it is refused (the CLI retries a safe one)."""
+
+ANSWERED_BEHIND = frozenset({"ping", "version", "store.export", "manager.metrics", "swarm.unlock"})
+"""Methods answered from whatever this replica holds: they say who this
+manager is, or they are how a person recovers one that cannot catch up
+(``store.export`` for ``init --force-new-cluster``)."""
 
 RESOURCES: tuple[type[Resource], ...] = (ClusterApi, InfoApi, Nodes, JoinApi, Services, ServiceAdmin, Objects, Networks,
                                          Restarts, ManagerApi, Security)
@@ -86,4 +97,20 @@ class Api:
         if m is None:
             raise UsageError(f"unknown API method {method[:80]!r}")
         request: Any = parse(m.request, params if params is not None else {})
+        if method not in ANSWERED_BEHIND and not method.startswith("debug."):
+            await self._caught_up()
         return await m.handler(request)
+
+    async def _caught_up(self) -> None:
+        """Wait until this replica has applied what the cluster had committed
+        when it (re)joined. A restarted manager first loads its last dump and
+        replays the journal after it; a read served in between answered from
+        the past (``unlock-key --rotate`` said autolock was off, on a cluster
+        where it had been on for a minute)."""
+        deadline = time.monotonic() + CATCH_UP_WAIT
+        while not self._store.in_sync:
+            if time.monotonic() > deadline:
+                raise ElectionError("this manager is still catching up with the cluster's log (restarted or "
+                                    "rejoined, and no leader has brought it up to date yet): retry, or ask "
+                                    "another manager")
+            await asyncio.sleep(0.02)

@@ -149,3 +149,29 @@ def test_an_ingress_port_is_published_by_one_service(tmp_path: Path) -> None:
         # the same service may deploy again
         await api.call("stack.deploy", {"stack": "a", "services": [_net_spec("a_web", ports=port)]})
     with_api(tmp_path, body)
+
+
+def test_a_replica_still_replaying_its_log_answers_only_once_caught_up(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restarted manager loads its last dump before the journal after it:
+    a read in between answered from the past (CI saw ``unlock-key --rotate``
+    say autolock was off a minute after it was turned on)."""
+    import pyswarm.manager.api as api_module
+    from pyswarm.errors import ElectionError
+    from pyswarm.manager.store import Store
+
+    behind = {"now": True}
+    monkeypatch.setattr(Store, "in_sync", property(lambda self: not behind["now"]))
+
+    async def body(api: Api) -> None:
+        assert (await api.call("ping", {}))["node_id"] == "n0", "ping must answer while catching up"
+        read = asyncio.ensure_future(api.call("node.ls", {}))
+        await asyncio.sleep(0.2)
+        assert not read.done(), f"node.ls answered from a replica that had not caught up: {read.result()}"
+        behind["now"] = False
+        assert await asyncio.wait_for(read, 2) == []
+        behind["now"] = True
+        monkeypatch.setattr(api_module, "CATCH_UP_WAIT", 0.1)
+        with pytest.raises(ElectionError, match="still catching up"):
+            await api.call("service.ls", {})
+    with_api(tmp_path, body)
