@@ -137,6 +137,25 @@ class DnsProcess:
             proc.stdin.write(message)
         self._sent = table
 
+    async def send(self, table: NameTable) -> None:
+        """:meth:`publish` for the loop that feeds every change: the diff
+        (every name compared, ~100 ms at 100,000 tasks) is made in a thread;
+        only the writes run on the loop. A child started meanwhile gets the
+        whole table from :meth:`_start`, so a diff against what it never had
+        is dropped."""
+        base = self._sent
+        if table is base:
+            return
+        messages = await asyncio.to_thread(lambda: list(feed.changes(base, table)))
+        proc = self._proc
+        if self._sent is not base or proc is None or proc.stdin is None or proc.returncode is not None:
+            self.publish(table)
+            return
+        self._latest = table
+        for message in messages:
+            proc.stdin.write(message)
+        self._sent = table
+
     async def drain(self) -> None:
         """Wait until the child has taken what was published (flow control)."""
         proc = self._proc

@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
+from pyswarm.addrs import ip_key as _ip_key
+from pyswarm.addrs import reverse_pointer
 from pyswarm.models import Cluster, Service, Task
 
 DEFAULT_ZONE = "pyswarm"
@@ -199,7 +201,9 @@ class Scoped:
     entry: NameEntry
 
 
-def _merge(parts: Iterable[Scoped]) -> NameEntry:
+def _merge(parts: Sequence[Scoped]) -> NameEntry:
+    if len(parts) == 1:
+        return parts[0].entry  # one service's part: built sorted and without repeats
     ips: set[str] = set()
     ids: list[str] = []
     srv: list[tuple[int, str]] = []
@@ -216,7 +220,7 @@ def _merge(parts: Iterable[Scoped]) -> NameEntry:
 
 
 def reverse_name(ip: str) -> str:
-    return ipaddress.ip_address(ip).reverse_pointer
+    return reverse_pointer(ip)
 
 
 def reverse_zone(pool: str) -> str:
@@ -239,14 +243,6 @@ def networks_of(service: Service) -> frozenset[str]:
     networks existed is on the one unnamed network ("")."""
     nets = frozenset(str(a.get("target", "")) for a in service.spec.networks if a.get("target"))
     return nets or frozenset({""})
-
-
-def _ip_key(ip: str) -> tuple[int, int, str]:
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return (9, 0, ip)
-    return (addr.version, int(addr), ip)
 
 
 def service_names(service: Service, zone: str) -> list[str]:
@@ -325,15 +321,15 @@ def build_table(cluster: Cluster, services: Iterable[Service], tasks: Iterable[T
     """
     zone = normalize(cluster.zone or DEFAULT_ZONE)
     services = list(services)
-    by_id = {s.id: s for s in services}
     ips_by_service: dict[str, set[str]] = {}
     clients: dict[str, frozenset[str]] = {}
+    nets_by_id = {s.id: networks_of(s) for s in services}
     for task in tasks:
         if task.serves:
             ips_by_service.setdefault(task.service_id, set()).add(task.ip)
-        service = by_id.get(task.service_id)
-        if task.ip and service is not None and not task.state.terminal:
-            clients[task.ip] = networks_of(service)
+        nets = nets_by_id.get(task.service_id)
+        if task.ip and nets is not None and not task.state.terminal:
+            clients[task.ip] = nets
 
     scoped: dict[str, list[Scoped]] = {}
 
@@ -344,7 +340,7 @@ def build_table(cluster: Cluster, services: Iterable[Service], tasks: Iterable[T
     for service in services:
         if service.spec.stack:
             stacks.add(normalize(service.spec.stack))
-        nets = networks_of(service)
+        nets = nets_by_id[service.id]
         ips = tuple(sorted(ips_by_service.get(service.id, set()), key=_ip_key))
         entry = NameEntry(ips, (service.id,))
         own = service_names(service, zone)

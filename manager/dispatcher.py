@@ -519,6 +519,12 @@ HEARTBEAT_TICK = 0.25
 RESYNC_IN_FLIGHT = 10.0  # seconds a whole set sent counts as on its way (Session.resync)
 CONNECTS_AT_ONCE = 16  # SSH handshakes under way together (each is ~10 ms of the leader's CPU or more)
 MESH_BYTES_PER_SECOND = 20_000_000
+MESH_BUILD_SHARE = 0.25
+"""At most this share of the time goes to building the mesh while the store
+keeps changing: after a build that took T, the next starts no sooner than
+T / share - T later. At 100,000 running tasks a build (every live address,
+sorted) is ~0.6 s of CPU; built on the loop after every change, as it was,
+it held the loop that answers heartbeats for that long, pass after pass."""
 
 
 class Dispatcher:
@@ -548,6 +554,9 @@ class Dispatcher:
         self.mesh_version = 0
         self._mesh_next_at = 0.0
         self._mesh_timer: asyncio.TimerHandle | None = None
+        self._mesh_build: asyncio.Task[None] | None = None
+        self._mesh_stale = False
+        self._mesh_build_at = 0.0  # the next build starts no sooner (MESH_BUILD_SHARE)
         self.term = 0
         self._sessions: dict[str, tuple[_Session, asyncio.Task[None]]] = {}
         self.connecting = asyncio.Semaphore(CONNECTS_AT_ONCE)
@@ -582,7 +591,7 @@ class Dispatcher:
                     self.view = ClusterView(self.snapshot)
                     self._sync_sessions(self.snapshot)
                 self.term = term
-                self._update_mesh(mesh_message(self.snapshot))
+                self._want_mesh()
                 # only the sessions whose tasks changed: comparing every node's
                 # configure (all routes) and task set per change was O(nodes x
                 # tasks), ~1 s a pass at 1,000 nodes x 100,000 tasks
@@ -592,6 +601,8 @@ class Dispatcher:
         finally:
             if self._mesh_timer is not None:
                 self._mesh_timer.cancel()
+            if self._mesh_build is not None:
+                self._mesh_build.cancel()
             watcher.close()
             writer.cancel()
             heart.cancel()
@@ -653,6 +664,27 @@ class Dispatcher:
         the cluster's epoch does not."""
         cluster = self.snapshot.cluster if self.snapshot is not None else None
         return (cluster.epoch if cluster else 0) * 1_000_000_000 + self._store.term
+
+    def _want_mesh(self) -> None:
+        """The store changed: build the mesh of the latest snapshot, in a
+        thread (the loop goes on meanwhile) and paced by
+        :data:`MESH_BUILD_SHARE`; changes that come while one is built or
+        paced are all in the next build."""
+        self._mesh_stale = True
+        if self._mesh_build is None or self._mesh_build.done():
+            self._mesh_build = aio.spawn(self._build_meshes(), "mesh build", log)
+
+    async def _build_meshes(self) -> None:
+        while self._mesh_stale and self.snapshot is not None:
+            wait = self._mesh_build_at - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._mesh_stale = False
+            started = time.monotonic()
+            mesh = await asyncio.to_thread(mesh_message, self.snapshot)
+            took = time.monotonic() - started
+            self._mesh_build_at = time.monotonic() + took * (1 / MESH_BUILD_SHARE - 1)
+            self._update_mesh(mesh)
 
     def _update_mesh(self, mesh: dict[str, Any]) -> None:
         """Publish a changed mesh, at most :data:`MESH_BYTES_PER_SECOND`

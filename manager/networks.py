@@ -22,6 +22,7 @@ import socket
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pyswarm.addrs import ip_key as _ip_key
 from pyswarm.errors import UsageError
 from pyswarm.models import Network, ServiceSpec, TaskState, new_id
 
@@ -182,20 +183,6 @@ def mesh_message(snap: Snapshot) -> dict[str, Any]:
         "internal": sorted(internal, key=_ip_key),
         "ingress": ingress,
     }
-
-
-def _ip_key(ip: str) -> tuple[int, int]:
-    # inet_pton first: ipaddress.ip_address took ~1 s of the event loop per
-    # mesh at 100,000 tasks (every dispatcher pass sorts every address)
-    try:
-        return (4, int.from_bytes(socket.inet_pton(socket.AF_INET, ip), "big"))
-    except OSError:
-        pass
-    try:
-        a = ipaddress.ip_address(ip)
-        return (a.version, int(a))
-    except ValueError:
-        return (9, 0)
 
 
 def check_published(snap: Snapshot, specs: Iterable[ServiceSpec]) -> None:

@@ -592,3 +592,42 @@ def test_a_pong_is_read_by_its_seq_and_anything_else_parsed_in_full() -> None:
     for other in (b'{"op":"pong","seq":-1}', b'{"op":"pong","seq":1,"x":2}', b'{"op":"pong","seq":null}',
                   b'{"op":"pong","seq":1234567890123456789}', b'{"op":"pongx","seq":1}'):
         assert dispatcher_mod._PONG.fullmatch(other) is None, other
+
+
+def test_the_mesh_is_built_off_the_loop_and_paced_by_its_cost(monkeypatch: Any) -> None:
+    """At 100,000 running tasks a mesh build is ~0.6 s of CPU; built on the
+    loop after every store change, it held the heartbeat's loop pass after
+    pass. Builds now run in a thread, at most MESH_BUILD_SHARE of the time,
+    and the last change is always in the last mesh."""
+    built: list[int] = []
+    state = {"version": 0}
+
+    def slow_mesh(snap: Any) -> dict[str, Any]:
+        time.sleep(0.1)  # in the build's thread: the loop must not wait for it
+        built.append(state["version"])
+        return {"op": "mesh", "networks": {"a": [f"10.240.0.{state['version'] % 250 + 2}"]}}
+
+    monkeypatch.setattr(dispatcher_mod, "mesh_message", slow_mesh)
+
+    async def go() -> None:
+        d, fakes = dispatcher_with(2)
+        d.snapshot = make_snapshot()
+        loop = asyncio.get_running_loop()
+        late = 0.0
+        started = loop.time()
+        while loop.time() - started < 1.0:  # a store change every 10 ms for a second
+            state["version"] += 1
+            d._want_mesh()
+            before = loop.time()
+            await asyncio.sleep(0.01)
+            late = max(late, loop.time() - before - 0.01)
+        final = state["version"]
+        while not built or built[-1] != final:
+            assert loop.time() - started < 5, f"the last change never reached a mesh: built {built}, last {final}"
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0)
+        assert late < 0.05, f"the loop was held {late * 1000:.0f} ms by a mesh build"
+        # 0.1 s builds at a 0.25 share: one every 0.4 s, so 3-4 in the second and the last one after it
+        assert 2 <= len(built) <= 5, f"{len(built)} builds for {final} changes: {built}"
+        assert protocol.decode(d.mesh_line)["networks"]["a"] == [f"10.240.0.{final % 250 + 2}"]
+    asyncio.run(go())
