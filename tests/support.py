@@ -121,7 +121,9 @@ def live(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def running(lab: Any, service: str) -> list[dict[str, Any]]:
-    return [t for t in live(tasks(lab, service)) if t["current_state"] == "running"]
+    """The running replicas; desired-state is filtered by the manager (``service ps --filter``)."""
+    rows = cli_json(lab, "service", "ps", "--filter", "desired-state=running", service)
+    return [t for t in live(list(rows)) if t["current_state"] == "running"]
 
 
 def brief(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:

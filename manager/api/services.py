@@ -8,10 +8,12 @@ only write the desired spec and its version.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pyswarm.constraints import ConstraintError, parse_constraints, parse_spread
 from pyswarm.errors import NotFoundError, UsageError
@@ -65,6 +67,10 @@ class StackRef:
 
 PAGE_LIMIT = 10_000  # task rows an answer holds unless asked for another page (100,000 were 35 MB)
 PAGE = rule(min=1, max=PAGE_LIMIT)
+DesiredFilter = Literal["running", "shutdown", "accepted"]
+"""``--filter desired-state=``, as Docker's (``accepted`` also means ready).
+Sent with the request, so a filtered list of a service scaled to 100,000
+and back is three rows, not ten pages of shut-down tasks."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,7 @@ class StackPs:
     stack: str = field(metadata=rule(max_len=256))
     offset: int = field(default=0, metadata=rule(min=0))
     limit: int = field(default=PAGE_LIMIT, metadata=PAGE)
+    desired_state: list[DesiredFilter] = field(default_factory=list, metadata=rule(max_len=3))
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,7 @@ class ServicePs:
     service: str = field(metadata=REF)
     offset: int = field(default=0, metadata=rule(min=0))
     limit: int = field(default=PAGE_LIMIT, metadata=PAGE)
+    desired_state: list[DesiredFilter] = field(default_factory=list, metadata=rule(max_len=3))
 
 
 @dataclass(frozen=True)
@@ -178,7 +186,8 @@ class Services(Resource):
     async def stack_ps(self, req: StackPs) -> Any:
         snap = self.snap()
         services = self._stack_services(snap, req.stack)
-        return task_rows(snap, {s.id for s in services}, req.offset, req.limit)
+        of = [t for s in sorted(services, key=lambda s: s.id) for t in snap.tasks_of(s.id)]
+        return await task_rows(snap, of, req.offset, req.limit, req.desired_state)
 
     @method("stack.rm", StackRef)
     async def stack_rm(self, req: StackRef) -> Any:
@@ -221,7 +230,7 @@ class Services(Resource):
     async def ps(self, req: ServicePs) -> Any:
         snap = self.snap()
         service = find_service(snap, req.service)
-        return task_rows(snap, {service.id}, req.offset, req.limit)
+        return await task_rows(snap, snap.tasks_of(service.id), req.offset, req.limit, req.desired_state)
 
     @method("service.update", ServiceUpdate)
     async def update(self, req: ServiceUpdate) -> Any:
@@ -324,12 +333,21 @@ def check_placement(spec: ServiceSpec) -> None:
         raise UsageError(f"{spec.name}: {exc}") from None
 
 
-def task_rows(snap: Snapshot, service_ids: set[str], offset: int = 0,
-              limit: int | None = PAGE_LIMIT) -> list[dict[str, Any]]:
-    """The services' task rows, one page (``offset``, ``limit``; None: all),
-    from the by-service index."""
+async def task_rows(snap: Snapshot, of: Iterable[Task], offset: int = 0, limit: int | None = PAGE_LIMIT,
+                    desired: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The rows of the tasks ``of`` (read from an index: a service's, a
+    node's), one page (``offset``, ``limit``; None: all); only the tasks of
+    a ``desired`` state when any is named. Built in a thread: every page
+    sorts the whole list (~0.3 s at 100,000 tasks), which on the loop held
+    the heartbeats up while a person listed a big service."""
+    return await asyncio.to_thread(_task_rows, snap, of, offset, limit, desired)
+
+
+def _task_rows(snap: Snapshot, of: Iterable[Task], offset: int, limit: int | None,
+               desired: Sequence[str]) -> list[dict[str, Any]]:
     nodes = {n.id: n for n in snap.nodes()}
-    tasks = [t for sid in sorted(service_ids) for t in snap.tasks_of(sid)]
+    wanted = {*desired, *(["ready"] if "accepted" in desired else [])}
+    tasks = [t for t in of if not wanted or t.desired_state in wanted]
     tasks.sort(key=lambda t: (t.service_name, t.slot, t.node_id, -t.created_at))
     rows = []
     for t in tasks[offset:None if limit is None else offset + limit]:

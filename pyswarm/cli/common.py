@@ -95,6 +95,16 @@ def list_args(parser: argparse.ArgumentParser, filter_keys: tuple[str, ...], tru
         parser.add_argument("--no-trunc", action="store_true", help="do not truncate IDs and errors")
 
 
+def task_query(args: argparse.Namespace) -> dict[str, Any]:
+    """What of ``--filter`` the manager applies itself: desired-state (a
+    service scaled to 100,000 and back lists three rows, not ten pages).
+    :func:`task_table` applies every filter again to what comes back."""
+    filters = listfilters.parse(getattr(args, "filter", None), listfilters.TASK_KEYS)
+    listfilters.tasks([], filters)  # a bad value is refused before anything is asked
+    states = filters.get("desired-state", [])
+    return {"desired_state": sorted(set(states))} if states else {}
+
+
 def task_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     """``service ps``, ``stack ps`` and ``node ps``: Docker's columns and options."""
     rows = listfilters.tasks(rows, listfilters.parse(getattr(args, "filter", None), listfilters.TASK_KEYS))

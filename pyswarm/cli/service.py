@@ -51,7 +51,7 @@ def _ls(args: argparse.Namespace) -> int:
 def _ps(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     for name in args.services:
-        rows += common.paged("service.ps", {"service": name})
+        rows += common.paged("service.ps", {"service": name, **common.task_query(args)})
     common.task_table(rows, args)
     return 0
 

@@ -112,7 +112,7 @@ def _stack_ls(args: argparse.Namespace) -> int:
 
 
 def _stack_ps(args: argparse.Namespace) -> int:
-    common.task_table(common.paged("stack.ps", {"stack": args.stack}), args)
+    common.task_table(common.paged("stack.ps", {"stack": args.stack, **common.task_query(args)}), args)
     return 0
 
 

@@ -58,3 +58,26 @@ def test_task_lists_come_in_pages(tmp_path: Path) -> None:
         with pytest.raises(UsageError, match="offset: -1 is below the minimum 0"):
             await api.call("service.ps", {"service": "demo_web", "offset": -1})
     with_api(tmp_path, body)
+
+
+def test_task_lists_filter_on_desired_state_in_the_manager(tmp_path: Path) -> None:
+    """A service scaled to 100,000 and back lists three running rows, not
+    ten pages of shut-down tasks (the lab's scale test waited 10 s on them)."""
+    from pyswarm.models import DesiredState, Task, TaskState
+
+    async def body(api: Api) -> None:
+        await api.call("stack.deploy", {"stack": "demo", "services": [spec("demo_web", 3)]})
+        svc = await api.call("service.inspect", {"service": "demo_web"})
+        desired = [DesiredState.RUNNING] * 3 + [DesiredState.SHUTDOWN] * 20 + [DesiredState.READY]
+        tasks = [Task(id=f"t{i:03d}", service_id=svc["id"], service_name="demo_web", slot=i, spec=make_container_spec(),
+                      state=TaskState.PENDING, desired_state=d) for i, d in enumerate(desired, 1)]
+        await api._store.commit([["put", "task", t.id, t.to_dict()] for t in tasks])
+        running = await api.call("service.ps", {"service": "demo_web", "desired_state": ["running"], "limit": 2})
+        assert [r["slot"] for r in running] == [1, 2], running
+        accepted = await api.call("stack.ps", {"stack": "demo", "desired_state": ["accepted"]})
+        assert [r["desired_state"] for r in accepted] == ["ready"], accepted
+        both = await api.call("service.ps", {"service": "demo_web", "desired_state": ["running", "shutdown"]})
+        assert len(both) == 23, both
+        with pytest.raises(UsageError, match=r"desired_state\[0\]: expected one of 'running', 'shutdown', 'accepted'"):
+            await api.call("service.ps", {"service": "demo_web", "desired_state": ["runing"]})
+    with_api(tmp_path, body)
