@@ -75,6 +75,7 @@ class Api:
         needs the manager's image service)."""
         self._store = store
         self._me = me
+        self._caught_up_once = False  # see _caught_up
         self._methods: dict[str, Method] = {}
         for resource in [*(r(store, me) for r in RESOURCES), *extra]:
             for m in resource.methods():
@@ -106,11 +107,18 @@ class Api:
         when it (re)joined. A restarted manager first loads its last dump and
         replays the journal after it; a read served in between answered from
         the past (``unlock-key --rotate`` said autolock was off, on a cluster
-        where it had been on for a minute)."""
+        where it had been on for a minute). Only until it first has: a
+        leader that stepped down (a full disk) is not "in sync" by Raft's
+        flags, yet holds everything it committed, and must go on saying why
+        it refuses writes."""
+        if self._caught_up_once:
+            return  # from then on a follower is as current as Raft makes it
         deadline = time.monotonic() + CATCH_UP_WAIT
         while not self._store.in_sync:
             if time.monotonic() > deadline:
+                why = self._store.disk_error
                 raise ElectionError("this manager is still catching up with the cluster's log (restarted or "
-                                    "rejoined, and no leader has brought it up to date yet): retry, or ask "
-                                    "another manager")
+                                    "rejoined, and no leader has brought it up to date yet"
+                                    + (f"; {why}" if why else "") + "): retry, or ask another manager")
             await asyncio.sleep(0.02)
+        self._caught_up_once = True

@@ -170,8 +170,24 @@ def test_a_replica_still_replaying_its_log_answers_only_once_caught_up(tmp_path:
         assert not read.done(), f"node.ls answered from a replica that had not caught up: {read.result()}"
         behind["now"] = False
         assert await asyncio.wait_for(read, 2) == []
-        behind["now"] = True
+        behind["now"] = True  # the next start of this manager, and no leader to catch up from
         monkeypatch.setattr(api_module, "CATCH_UP_WAIT", 0.1)
         with pytest.raises(ElectionError, match="still catching up"):
-            await api.call("service.ls", {})
+            await Api(api._store, api._me).call("service.ls", {})
+    with_api(tmp_path, body)
+
+
+def test_once_caught_up_a_manager_never_waits_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A leader that stepped down over a full disk is not "in sync" by
+    Raft's flags; it must go on answering (and saying why it refuses writes),
+    not wait for a catch-up that is not coming (CI: the full-disk test)."""
+    from pyswarm.manager.store import Store
+
+    behind = {"now": False}
+    monkeypatch.setattr(Store, "in_sync", property(lambda self: not behind["now"]))
+
+    async def body(api: Api) -> None:
+        assert await api.call("node.ls", {}) == []
+        behind["now"] = True
+        assert await asyncio.wait_for(api.call("node.ls", {}), 1) == []
     with_api(tmp_path, body)
