@@ -67,6 +67,9 @@ def test_over_a_big_store_what_survives_is_frozen_and_young_cycles_still_die(col
         assert later() is not None, "a full collection looked at frozen objects"
         # the store back to a handful: everything is looked at again
         size[0] = 3
+        for _ in range(heap.UNFREEZE_AFTER - 1):
+            keeper.step()
+        assert gc.get_freeze_count() > 0, "unfrozen the moment the store was small: the old snapshots still held it"
         keeper.step()
         assert gc.get_freeze_count() == 0 and later() is None, "the frozen cycle was not collected once small"
         assert keeper.full_collections == 1
