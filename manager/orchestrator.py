@@ -15,6 +15,7 @@ newest ``task_history_limit`` of them per slot.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from pyswarm.models import (
 )
 
 from . import healing
-from .loop import FULL_PASS_EVERY, Plan, StoreLoop, chunked, touched_services
+from .loop import FULL_PASS_EVERY, Plan, StoreLoop, chunked, next_full_pass, touched_services
 from .store import Op, Snapshot
 
 
@@ -330,8 +331,9 @@ class Orchestrator(StoreLoop):
         if changed is not None and due_now:
             changed = set(changed) | {("node", nid) for nid in due_now}
         if changed is None:
-            self._full_at = now + FULL_PASS_EVERY
+            started = time.monotonic()
             ops = reconcile(snapshot, now, None, budget)
+            self._full_at = next_full_pass(now, started)
         else:
             whole, slots = touched_slots(snapshot, changed)
             ops = reconcile(snapshot, now, whole, budget)

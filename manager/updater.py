@@ -47,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -69,7 +70,7 @@ from pyswarm.models import (
 from .filters import ConstraintError, parse_constraints
 from .orchestrator import new_task, task_data
 from .loop import Plan as LoopPlan
-from .loop import FULL_PASS_EVERY, StoreLoop, touched_services
+from .loop import StoreLoop, next_full_pass, touched_services
 from .store import Op, Snapshot
 
 log = logging.getLogger(__name__)
@@ -404,10 +405,11 @@ class Updater(StoreLoop):
         # tasks become outdated only when their service changes; task changes
         # matter to an update in progress, and those services are looked at
         only = None if changed is None else touched_services(snapshot, changed)
-        if only is None:
-            self._full_at = now + FULL_PASS_EVERY
-        else:
+        if only is not None:
             only |= {s.id for s in snapshot.services() if s.update_status.get("state") in _IN_PROGRESS}
+        started = time.monotonic()
         result = plan(snapshot, now, only)
+        if only is None:
+            self._full_at = next_full_pass(now, started)
         self._seen = snapshot.index
         return result.commits, min(max(result.wake_at - now, 0.05), 1.0)

@@ -58,3 +58,12 @@ def test_unprompted_looks_are_paced_by_their_cost_and_changes_still_wake_at_once
             await asyncio.wait_for(task, 5)
             store.stop()
     asyncio.run(go())
+
+
+def test_a_full_pass_costs_at_most_one_hundredth_of_the_time() -> None:
+    """At 100,000 tasks a full pass is ~1 s: every 30 s it was 3 % of a core at rest."""
+    from pyswarm.manager.loop import FULL_PASS_EVERY, next_full_pass
+
+    assert next_full_pass(1000.0, time.monotonic()) == 1000.0 + FULL_PASS_EVERY  # a cheap pass: every 30 s
+    due = next_full_pass(1000.0, time.monotonic() - 2.0)  # a pass that took 2 s
+    assert 1200.0 <= due < 1210.0, due
