@@ -139,17 +139,19 @@ def install(host: Host, report: Any, progress: Progress) -> bool:
     if have == __version__:
         progress(f"{host.dest}: pyswarm {have} already installed in {VENV}")
         return False
-    house = wheelhouse.build(wheelhouse.Target.of_host(report.host))
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for wheel in wheelhouse.wheels(house):
-            tar.add(str(wheel), arcname=wheel.name)
-    progress(f"{host.dest}: installing pyswarm {__version__} into {VENV} "
-             f"({buf.tell() // 1024} KiB of wheels shipped over SSH{', replacing ' + have if have else ''})")
-    extract = ("import sys, tarfile; tarfile.open(fileobj=sys.stdin.buffer, mode='r|')"
-               f".extractall({WHEELS!r})")
-    host.must(f"rm -rf {WHEELS} && mkdir -p {WHEELS} && python3 -c {shlex.quote(extract)}",
-              "shipping the wheels", input=buf.getvalue())
+    # held: the set of wheels stays as it is until it is on the host, whatever
+    # another command building on the same cache does meanwhile
+    with wheelhouse.held(wheelhouse.Target.of_host(report.host)) as house:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for wheel in wheelhouse.wheels(house):
+                tar.add(str(wheel), arcname=wheel.name)
+        progress(f"{host.dest}: installing pyswarm {__version__} into {VENV} "
+                 f"({buf.tell() // 1024} KiB of wheels shipped over SSH{', replacing ' + have if have else ''})")
+        extract = ("import sys, tarfile; tarfile.open(fileobj=sys.stdin.buffer, mode='r|')"
+                   f".extractall({WHEELS!r})")
+        host.must(f"rm -rf {WHEELS} && mkdir -p {WHEELS} && python3 -c {shlex.quote(extract)}",
+                  "shipping the wheels", input=buf.getvalue())
     progress(f"{host.dest}: wheels shipped; making the venv and installing them")
     # --no-compile: pip's byte-compiling of every module of ~25 wheels was
     # more than half of the install (52 s against 23 s at load ~17, see

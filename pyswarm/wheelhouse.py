@@ -45,6 +45,7 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -132,22 +133,89 @@ def cache_dir() -> Path:
 
 
 def build(target: Target | None = None, cache: Path | None = None) -> Wheelhouse:
-    """The wheelhouse for ``target`` (default: this machine), built or taken from the cache."""
+    """The wheelhouse for ``target`` (default: this machine), built or taken from the cache.
+
+    Its directory is never changed, but once :data:`KEEP` newer ones are in
+    the cache and no :func:`held` block holds it, a later build removes it:
+    to ship it, use :func:`held`, which keeps it for the block.
+    """
+    with held(target, cache) as house:
+        return house
+
+
+@contextmanager
+def held(target: Target | None = None, cache: Path | None = None) -> Iterator[Wheelhouse]:
+    """:func:`build`'s wheelhouse, kept as it is until the block ends (what ``machine`` ships).
+
+    The cache's working directories (``own``, ``wheels``) change under an
+    exclusive lock whenever a build needs it (another checkout, an edited
+    source, new pins); what a build hands out is a copy of them in
+    ``sets/<digest of the wheels>``, made in a fresh directory and renamed
+    into place, so it is whole or absent and never written again. The block
+    holds a shared lock on that directory, and a build removes only the
+    ones nobody holds, so two commands on one cache at once each ship the
+    wheels they built, whole, while the other builds.
+    """
     target = target or Target.local()
     given = os.environ.get("PYSWARM_WHEELHOUSE")
     if given:
-        return _given(Path(given))
+        yield _given(Path(given))
+        return
     root = (cache or cache_dir()) / "wheelhouse" / target.key
     root.mkdir(parents=True, exist_ok=True)
-    with _locked(root / ".lock"):
-        own = own_wheel(root / "own")
-        deps = root / "wheels"
-        _ensure_deps(own, target, deps, root / "deps.stamp")
-        for old in deps.glob(_wheel_glob()):
-            old.unlink()
-        shipped = deps / own.name
-        shutil.copy2(own, shipped)
-        return Wheelhouse(deps, shipped, __version__)
+    with ExitStack() as stack:
+        with _locked(root / ".lock"):
+            own = own_wheel(root / "own")
+            deps = root / "wheels"
+            _ensure_deps(own, target, deps, root / "deps.stamp")
+            sets = root / "sets"
+            house = _snapshot([own, *(w for w in sorted(deps.glob("*.whl")) if not w.match(_wheel_glob()))], sets)
+            stack.enter_context(_locked(house, shared=True))
+            _prune(sets, house)
+        yield Wheelhouse(house, house / own.name, __version__)
+
+
+# the sets kept besides the one just built (however old, one held by a command stays too)
+KEEP = 3
+
+
+def _snapshot(files: list[Path], sets: Path) -> Path:
+    """``sets/<digest>``, a directory holding a copy of ``files``, made now unless it was already there."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name}\0{_file_digest(f)}\n".encode())
+    house = sets / h.hexdigest()[:20]
+    if house.is_dir():
+        os.utime(house)  # used: the newest, for _prune
+        return house
+    sets.mkdir(exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(dir=sets, prefix=".new-"))
+    for f in files:
+        shutil.copyfile(f, fresh / f.name)
+        (fresh / f.name).chmod(0o444)
+    fresh.chmod(0o755)
+    os.rename(fresh, house)
+    return house
+
+
+def _file_digest(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _prune(sets: Path, current: Path) -> None:
+    """Remove the sets beyond the :data:`KEEP` newest that nobody holds, and unfinished ones.
+
+    Called under the cache's exclusive lock, as are :func:`held`'s shared
+    locks taken, so a set cannot be taken between the test and the removal.
+    """
+    old = sorted((d for d in sets.iterdir() if d.is_dir() and d != current), key=lambda d: d.stat().st_mtime, reverse=True)
+    for d in [d for d in old if d.name.startswith(".new-")] + [d for d in old if not d.name.startswith(".new-")][KEEP:]:
+        try:
+            with _locked(d, wait=False):
+                shutil.rmtree(d)
+        except BlockingIOError:
+            continue  # a command is shipping it
 
 
 def own_wheel(dest: Path) -> Path:
@@ -403,14 +471,20 @@ def _last_lines(text: str, n: int = 4) -> str:
 
 
 class _locked:
-    """An exclusive flock on ``path`` (concurrent builds of one target wait for each other)."""
+    """A flock on ``path`` (a file, made if missing, or a directory): exclusive,
+    or ``shared``; ``wait=False`` raises BlockingIOError when it is taken."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, shared: bool = False, wait: bool = True) -> None:
         self.path = path
+        self.op = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
 
     def __enter__(self) -> None:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        self.fd = os.open(self.path, os.O_RDONLY) if self.path.is_dir() else os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.fd, self.op)
+        except BaseException:
+            os.close(self.fd)
+            raise
 
     def __exit__(self, *_exc: object) -> None:
         os.close(self.fd)

@@ -165,8 +165,8 @@ def lab_slot() -> Iterator[int]:
         # the wheelhouse cache (pyswarm/wheelhouse.py) of this checkout's venv and
         # this slot: not ~/.cache/pyswarm, which every checkout and session on the
         # machine would share, each rebuilding pyswarm's wheel from its own source
-        # under one lock, and swapping it in the directory another is shipping from
-        # (support.operator_env passes it on to the CLI the tests run)
+        # under one lock, one after the other (what each ships stays whole:
+        # wheelhouse.held) (support.operator_env passes it on to the CLI the tests run)
         os.environ["PYSWARM_CACHE_DIR"] = str(Path(sys.prefix) / "pyswarm-cache" / f"slot{slot}")
         try:
             yield slot

@@ -3,18 +3,23 @@ offline, and pyswarm.wheelhouse gives the wheels a host needs.
 
 The install test uses the system's python3 (what a bare host has) and
 ``pip install --no-index``, so nothing but the wheelhouse feeds it, and runs
-from a directory where the checkout is not importable.
+from a directory where the checkout is not importable. Two ``machine``
+installs at once on one cache, in processes of their own, each ship the
+wheels they built, whole.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import subprocess
+import sys
 import zipfile
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,7 +92,7 @@ def test_wheelhouse_holds_pyswarm_and_every_dependency_for_this_machine(house: w
         files = set(zf.namelist())
     assert {"pyswarm/cli/__init__.py", "pyswarm/manager/store.py", "pyswarm/deploy/templates/pyswarm-manager.service.j2",
             "pyswarm/deploy/examples/demo.yml"} <= files
-    again = wheelhouse.build(Target.local(), cache=house.directory.parents[2])
+    again = wheelhouse.build(Target.local(), cache=house.directory.parents[3])
     assert again == house and sorted(again.directory.glob("*.whl")) == sorted(house.directory.glob("*.whl"))
 
 
@@ -140,3 +145,110 @@ def test_make_dist_wheel_installs_offline_into_a_fresh_venv_and_runs(tmp_path: P
     assert (deploy_dir / "templates/pyswarm-manager.service.j2").is_file()
     conf = run(str(venv / "bin/pyswarm"), "stack", "config", "-c", str(deploy_dir / "examples/demo.yml"))
     assert conf.returncode == 0 and "services:" in conf.stdout and "web:" in conf.stdout, conf
+
+
+# One operator command (``machine init/add``: machine.install) in a process of
+# its own, with pyswarm's own wheel changed before every round, as when the
+# source is edited between two runs (or two checkouts of one version share a
+# cache). Only the SSH host is a stand-in: it reads the tar that would go over
+# the connection and checks it holds exactly this process's wheels, whole.
+_SHIPPER = r'''
+import hashlib, io, json, os, sys, tarfile, time, types, zipfile
+from pathlib import Path
+from pyswarm import machine, preflight, wheelhouse
+from pyswarm.remote import Ran
+from pyswarm.version import DISTRIBUTION, __version__
+
+me, rounds, scratch = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+name = f"{DISTRIBUTION.replace('-', '_')}-{__version__}-py3-none-any.whl"
+ndeps = len(wheelhouse.installed_closure())
+want = {"round": -1}
+bad, builds, ships = [], [], []  # problems; when this command wrote into the cache; when it was shipping
+
+def own_wheel(dest):
+    """What own_wheel does for an edited checkout: the old wheel out of dest, the new one in."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.glob("*.whl"):
+        old.unlink()
+    out = dest / name
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("pyswarm/__init__.py", f"# {me} round {want['round']}\n")
+        zf.writestr("pyswarm/payload.bin", os.urandom(1 << 20))
+    want["sha"] = hashlib.sha256(out.read_bytes()).hexdigest()
+    builds.append(time.monotonic())
+    return out
+
+wheelhouse.own_wheel = own_wheel
+wheelhouse.KEEP = 0  # every build removes every other set it may: only a hold keeps the other command's
+listed = wheelhouse.wheels
+
+def wheels(house):
+    """The listing of what to ship, late: the time a loaded machine's disk takes, which here is a
+    few ms, so that the other command's build (0.05 s) falls into it every round, not 1 in 40."""
+    ships.append([time.monotonic()])
+    time.sleep(0.3)
+    return listed(house)
+
+wheelhouse.wheels = wheels
+
+class Host:
+    dest = sudo = "stand-in"
+    def root(self, command, input=None, timeout=300):
+        if "pyswarm --version" in command:
+            return Ran(1, b"", b"not installed")
+        if input is not None:
+            check(input)
+            ships[-1].append(time.monotonic())
+        return Ran(0, b"", b"")
+    def must(self, command, doing, input=None, timeout=300):
+        return self.root(command, input, timeout)
+
+def check(data):
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        names = tar.getnames()
+        own = [n for n in names if n.startswith(DISTRIBUTION.replace("-", "_") + "-")]
+        blob = tar.extractfile(name).read() if own == [name] else b""
+    if own != [name] or hashlib.sha256(blob).hexdigest() != want["sha"]:
+        bad.append(f"round {want['round']}: pyswarm's wheel is not the one this command built ({own})")
+    elif zipfile.ZipFile(io.BytesIO(blob)).testzip() is not None:
+        bad.append(f"round {want['round']}: pyswarm's wheel is broken")
+    if len(names) - len(own) != ndeps:
+        bad.append(f"round {want['round']}: {len(names) - len(own)} dependency wheels, not {ndeps}")
+
+report = types.SimpleNamespace(host=preflight.gather()._asdict())
+(scratch / f"{me}.ready").touch()
+deadline = time.monotonic() + 120
+while not all((scratch / f"{w}.ready").exists() for w in ("a", "b")) and time.monotonic() < deadline:
+    time.sleep(0.01)
+for r in range(rounds):
+    want["round"] = r
+    try:
+        machine.install(Host(), report, lambda line: None)
+    except Exception as exc:
+        bad.append(f"round {r}: {type(exc).__name__}: {exc}")
+print(json.dumps({"bad": bad, "builds": builds, "ships": [s for s in ships if len(s) == 2]}))
+'''
+
+
+ROUNDS = 12
+
+
+def test_two_commands_shipping_from_one_cache_at_once_each_ship_their_own_wheels(tmp_path: Path) -> None:
+    """Two ``machine`` commands on one cache, at once (issue 12's race): what
+    each ships is the wheelhouse it built, whole, while the other builds."""
+    env = {k: v for k, v in os.environ.items() if k != "PYSWARM_WHEELHOUSE"}
+    env["PYSWARM_CACHE_DIR"] = str(tmp_path / "cache")
+    procs = {me: subprocess.Popen([sys.executable, "-c", _SHIPPER, me, str(ROUNDS), str(tmp_path)], env=env, cwd=tmp_path,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for me in ("a", "b")}
+    seen: dict[str, Any] = {}
+    for me, proc in procs.items():
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, f"shipper {me} exited {proc.returncode}: {err[-2000:]}"
+        seen[me] = json.loads(out)
+    for me, other in (("a", "b"), ("b", "a")):
+        bad = seen[me]["bad"]
+        assert bad == [], f"shipper {me}: {len(bad)} problems in what it shipped in {ROUNDS} rounds: {bad[:5]}"
+        # at once: the other command built (wrote its own wheel into the cache) while this one shipped
+        overlaps = sum(any(t0 < t < t1 for t in seen[other]["builds"]) for t0, t1 in seen[me]["ships"])
+        assert overlaps >= ROUNDS // 2, (f"shipper {other} built during only {overlaps} of {me}'s {len(seen[me]['ships'])} ships: "
+                                         "the two were not at once")
