@@ -23,7 +23,7 @@ demo: deps venv
 ##       with a lab slot of its own, whole modules each (the ones that build from the
 ##       checkout's tree one after another, tests/conftest.py), longest first; then the
 ##       tests marked `serial` (timing bounds, the machine's kernel modules) in one
-##       process, alone. A fresh clone on 2 cores: 12.1 min + 0.9 min, against 18.9 min
+##       process, alone. A fresh clone on 2 cores: 10.2 min + 0.9 min (11.6 with the venv), against 18.9 min
 ##       with TEST_WORKERS=0: everything in one process, in pytest's order.
 TEST_WORKERS ?= 2
 TEST_ARGS    ?= --durations=25
