@@ -306,6 +306,51 @@ def test_a_task_change_pushes_to_its_node_only(tmp_path: Path) -> None:
     asyncio.run(go())
 
 
+def test_state_reports_rebuild_no_task_set_and_push_nothing(tmp_path: Path) -> None:
+    """On a real store: a task's reports (starting, running) leave its
+    node's task set as it was, so no set is rebuilt and no session pushed
+    (rebuilding the node's set per report was the largest share of the
+    leader's time converging 1,000 x 100,000); its shutdown and its move to
+    another node change the sets of exactly the nodes concerned."""
+    from factories import make_service, make_task
+    from test_store import free_port, started
+
+    from pyswarm.manager import ops
+    from pyswarm.models import TaskState
+
+    async def go() -> None:
+        store = await started(tmp_path, free_port())
+        d = Dispatcher(store, client_keys=[])
+        try:
+            nodes = [make_node(hostname=f"w{i}", ssh_host_key="ssh-ed25519 AAAA", subnet=f"10.240.{i}.0/24")
+                     for i in range(3)]
+            svc = make_service("web")
+            task = make_task(svc, node_id=nodes[0].id, state=TaskState.ASSIGNED)
+            await store.commit([*(ops.put(n) for n in nodes), ops.put(svc), ops.put(task)])
+
+            def step() -> set[str] | None:
+                previous = d.snapshot
+                d.snapshot = store.snapshot()
+                return d._update_assignments(previous, d.snapshot)
+
+            assert step() is None  # the first pass: every node
+            first = d.assignments[nodes[0].id]
+            assert [a["task_id"] for a in first] == [task.id]
+            for state in (TaskState.STARTING, TaskState.RUNNING):
+                await store.commit([ops.advance(task.id, state, ip="10.240.0.9")])
+                assert step() == set(), f"a report of {state} rebuilt a task set"
+            assert d.assignments[nodes[0].id] is first, "the set was rebuilt after reports"
+            moved = make_task(svc, node_id=nodes[1].id, state=TaskState.ASSIGNED, slot=task.slot)
+            await store.commit([ops.patch("task", task.id, desired_state="shutdown"), ops.put(moved)])
+            assert step() == {nodes[0].id, nodes[1].id}
+            assert d.assignments[nodes[0].id] == [] and [a["task_id"] for a in d.assignments[nodes[1].id]] == [moved.id]
+            await store.commit([ops.advance(task.id, TaskState.SHUTDOWN)])
+            assert step() == set(), "the report of a task already out of its set rebuilt a set"
+        finally:
+            store.stop()
+    asyncio.run(go())
+
+
 def test_assignments_are_reused_until_the_task_spec_or_node_changes() -> None:
     """A state report replaces a task's stored dict but not its spec: the
     node's assignment for it is the one built before, not rebuilt."""
