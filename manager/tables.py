@@ -44,6 +44,12 @@ def _slot_key(data: dict[str, Any]) -> str:
     return f"{data.get('service_id', '')}/{slot}" if slot else ""  # global tasks (slot 0) go by node
 
 
+def _running_key(data: dict[str, Any]) -> str:
+    """A task running and meant to: what ``service ls`` counts per service."""
+    running = data.get("state") == "running" and data.get("desired_state", "running") == "running"
+    return str(data.get("service_id") or "") if running else ""
+
+
 # the task indexes: name, the key of a task ("" for none), buckets of a member
 # set (a slot holds a handful of tasks: one bucket, not 64, per slot)
 INDEXED: tuple[tuple[str, Any, int], ...] = (
@@ -51,6 +57,7 @@ INDEXED: tuple[tuple[str, Any, int], ...] = (
     ("node", _field("node_id"), NBUCKETS),
     ("state", _field("state"), NBUCKETS),
     ("slot", _slot_key, 1),
+    ("running", _running_key, NBUCKETS),
 )
 
 

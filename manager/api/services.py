@@ -203,15 +203,15 @@ class Services(Resource):
     @method("service.ls", ServiceList)
     async def ls(self, req: ServiceList) -> Any:
         snap = self.snap()
-        running = await asyncio.to_thread(_running_by_service, snap)  # 100,000 running: ~0.1 s, off the loop
         rows = []
         for s in sorted(snap.services(), key=lambda s: s.name):
             if req.stack and s.spec.stack != req.stack:
                 continue
             desired = s.spec.replicas if s.spec.mode != "global" else _global_desired(snap, s)
+            running = snap.count_tasks("running", s.id)  # an index: 100,000 running tasks cost nothing here
             rows.append({
-                "id": s.id, "name": s.name, "mode": s.spec.mode, "running": running.get(s.id, 0),
-                "desired": desired, "replicas": f"{running.get(s.id, 0)}/{desired}",
+                "id": s.id, "name": s.name, "mode": s.spec.mode, "running": running,
+                "desired": desired, "replicas": f"{running}/{desired}",
                 "image": s.spec.container.image, "stack": s.spec.stack,
                 "update_state": s.update_status.get("state", ""),
                 "update_message": s.update_status.get("message", ""),
@@ -328,14 +328,6 @@ def check_placement(spec: ServiceSpec) -> None:
         parse_spread(spec.deploy)
     except ConstraintError as exc:
         raise UsageError(f"{spec.name}: {exc}") from None
-
-
-def _running_by_service(snap: Snapshot) -> dict[str, int]:
-    running: dict[str, int] = {}
-    for t in snap.tasks_in(TaskState.RUNNING):  # the state index: pending tasks cost nothing
-        if t.desired_state == DesiredState.RUNNING:
-            running[t.service_id] = running.get(t.service_id, 0) + 1
-    return running
 
 
 async def task_rows(snap: Snapshot, of: Iterable[Task], offset: int = 0, limit: int | None = PAGE_LIMIT,

@@ -95,3 +95,17 @@ def test_pmap_counts_and_iterates() -> None:
     assert len(pm) == 500 and pm.get("7") == 70
     assert pm.pop("7") == 70 and pm.pop("7") is None and len(pm) == 499
     assert sorted(pm.values()) == sorted(i for i in range(500) if i != 7)
+
+
+def test_the_running_index_counts_tasks_running_and_meant_to() -> None:
+    """What ``service ls`` counts per service, without a pass over 100,000 tasks."""
+    svc = make_service("web")
+    a, b = make_task(svc, slot=1), make_task(svc, slot=2)
+    tables = Tables()
+    _apply_ops(tables, [["put", "task", t.id, t.to_dict()] for t in (a, b)])
+    _apply_ops(tables, [["advance", t.id, "running", {"node_id": "n1"}] for t in (a, b)])
+    assert Snapshot(1, frozen=tables.freeze()).count_tasks("running", svc.id) == 2
+    _apply_ops(tables, [["patch", "task", a.id, {"desired_state": "shutdown"}]])
+    assert Snapshot(2, frozen=tables.freeze()).count_tasks("running", svc.id) == 1, "a task asked to stop counted"
+    _apply_ops(tables, [["advance", b.id, "failed", {}]])
+    assert Snapshot(3, frozen=tables.freeze()).count_tasks("running", svc.id) == 0
