@@ -26,7 +26,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
@@ -64,24 +64,26 @@ def node_assignments(snap: Snapshot, node_id: str, zone: str,
     task's dict, not its spec); the caller empties it when a secret, config
     or the cluster changes. Rebuilding a node's 100 tasks' specs on each of
     their reports was a fifth of the leader's time converging 100,000."""
-    out = []
     raw_tasks = snap.raw["task"] if cache is not None else None
-    for task in snap.tasks_on(node_id):
-        if not _in_set(task):
-            continue
-        if raw_tasks is not None and cache is not None:
-            spec = raw_tasks[task.id].get("spec")
-            hit = cache.get(task.id)
-            if hit is not None and hit[0] is spec and hit[1] == node_id:
-                out.append(hit[2])
-                continue
-        # secret/config data only to the node of a task that uses it
-        a = {**_assignment(task, zone), **task_files(snap, task.spec), **registry_auth(snap, task.spec)}
-        if raw_tasks is not None and cache is not None:
-            cache[task.id] = (spec, node_id, a)
-        out.append(a)
+    out = [_assignment_of(snap, task, zone, cache, raw_tasks) for task in snap.tasks_on(node_id) if _in_set(task)]
     out.sort(key=lambda a: str(a["task_id"]))
     return out
+
+
+def _assignment_of(snap: Snapshot, task: Task, zone: str, cache: AssignmentCache | None,
+                   raw_tasks: Any) -> dict[str, Any]:
+    """``task``'s assignment: the one in ``cache`` while its stored spec is
+    the same dict and its node the same, else built (and cached)."""
+    spec = raw_tasks[task.id].get("spec") if raw_tasks is not None else None
+    if cache is not None:
+        hit = cache.get(task.id)
+        if hit is not None and hit[0] is spec and hit[1] == task.node_id:
+            return hit[2]
+    # secret/config data only to the node of a task that uses it
+    a = {**_assignment(task, zone), **task_files(snap, task.spec), **registry_auth(snap, task.spec)}
+    if cache is not None:
+        cache[task.id] = (spec, task.node_id, a)
+    return a
 
 
 def _in_set(task: Task) -> bool:
@@ -424,17 +426,20 @@ class _Session:
             self._sent_config = config
         if not self._ready:
             return
-        self._push_tasks(self._d.assignments.get(node.id, []))
+        self._push_tasks(self._d.assignments.get(node.id, {}))
         self.push_mesh()
 
-    def _push_tasks(self, tasks: list[dict[str, Any]]) -> None:
+    def _push_tasks(self, by_id: Mapping[str, dict[str, Any]]) -> None:
         """The whole set on a new session (or a resync), or to an agent
         that takes no deltas; else what was put and removed since the set
         this session was sent last."""
         sent = self._sent_tasks
+        tasks = list(by_id.values())
         put, remove = (tasks, []) if sent is None else deltas.assign_changes(sent, tasks)
         if sent is not None and not put and not remove:
             return
+        if sent is None or self.protocol < 2:  # a whole set: in task id order, as node_assignments gives it
+            tasks.sort(key=lambda a: str(a["task_id"]))
         base, version = self._tasks_version, self._tasks_version + 1
         if self.protocol < 2:
             self._send({"op": "assign", "tasks": tasks})
@@ -546,7 +551,7 @@ class Dispatcher:
         self.dead_after = dead_after
         self.hello_timeout = hello_timeout
         self.snapshot: Snapshot | None = None
-        self.assignments: dict[str, list[dict[str, Any]]] = {}
+        self.assignments: dict[str, dict[str, dict[str, Any]]] = {}  # node id -> task id -> assignment
         self._assignment_cache: AssignmentCache = {}
         self._placed: dict[str, str] = {}  # task id -> the node whose set holds it
         self.view: ClusterView | None = None
@@ -628,43 +633,36 @@ class Dispatcher:
         return conn, False
 
     def _update_assignments(self, previous: Snapshot | None, snap: Snapshot) -> set[str] | None:
-        """Rebuild the task sets of the nodes whose tasks changed since the
-        last pass (all of them after a change to secrets, configs or the
-        cluster, or when the changes are not known). The nodes whose task
-        sets were rebuilt; None when a node itself changed or all were
-        rebuilt (then every session's configure may have changed too)."""
+        """Bring the nodes' task sets up to ``snap``: all of them after a
+        change to secrets, configs or the cluster, or when the changes are
+        not known; else only the entries of the tasks that changed. The
+        nodes whose sets changed; None when a node itself changed or all
+        were rebuilt (then every session's configure may have changed too)."""
         cluster = snap.cluster
         zone = cluster.zone if cluster else "pyswarm"
         changed = None if previous is None else snap.changed_since(previous.index)
         if changed is None or any(kind in ("cluster", "secret", "config") for kind, _ in changed):
             self._assignment_cache = {}
-            self.assignments = assignments_by_node(snap, zone, cache=self._assignment_cache)
-            self._placed = {a["task_id"]: node_id for node_id, tasks in self.assignments.items() for a in tasks}
+            self.assignments = {node_id: {a["task_id"]: a for a in tasks} for node_id, tasks
+                                in assignments_by_node(snap, zone, cache=self._assignment_cache).items()}
+            self._placed = {tid: node_id for node_id, tasks in self.assignments.items() for tid in tasks}
             return None
-        touched = {oid for kind, oid in changed if kind == "node"} | self._sets_changed(snap, changed)
-        fresh = dict(self.assignments)
-        fresh.update(assignments_by_node(snap, zone, [n for n in touched if snap.node(n) is not None],
-                                         self._assignment_cache))
-        for node_id in touched:
-            if snap.node(node_id) is None:
-                fresh.pop(node_id, None)
-            # what left a node's set leaves the cache
-            kept = {a["task_id"] for a in fresh.get(node_id, ())}
-            for a in self.assignments.get(node_id, ()):
-                if a["task_id"] not in kept:
-                    self._assignment_cache.pop(a["task_id"], None)
-            for tid in kept:
-                self._placed[tid] = node_id
-        self.assignments = fresh
+        touched = self._patch_sets(snap, changed, zone)
+        for kind, node_id in changed:
+            if kind == "node" and snap.node(node_id) is None:
+                for tid in self.assignments.pop(node_id, {}):
+                    self._assignment_cache.pop(tid, None)
+                    self._placed.pop(tid, None)
         return None if any(kind == "node" for kind, _ in changed) else touched
 
-    def _sets_changed(self, snap: Snapshot, changed: set[tuple[str, str]]) -> set[str]:
-        """The nodes whose task sets the changed tasks alter: a task that
-        came to or left a node's set, or whose spec changed. Most task
-        changes are state reports (assigned ... running), which leave every
-        set as it was: rebuilding the node's whole set for each of them
-        was the largest share of the leader's time converging 100,000
-        tasks on 1,000 nodes (bench/RESULTS.md)."""
+    def _patch_sets(self, snap: Snapshot, changed: set[tuple[str, str]], zone: str) -> set[str]:
+        """Apply the changed tasks to the nodes' sets, entry by entry; the
+        nodes whose sets changed: a task came or left, or its spec changed.
+        Most task changes are state reports (assigned ... running), which
+        change no set. Rebuilding a node's whole set per changed task (the
+        node's 100 tasks for each of its reports, then for each of its
+        assignments) was the largest share of the leader's time converging
+        100,000 tasks on 1,000 nodes (bench/RESULTS.md)."""
         nodes: set[str] = set()
         raw_tasks = snap.raw["task"]
         for kind, tid in changed:
@@ -673,14 +671,19 @@ class Dispatcher:
             was = self._placed.get(tid)
             task = snap.task(tid)
             now = task.node_id if task is not None and _in_set(task) else None
-            if was != now:
-                nodes.update(n for n in (was, now) if n)
-                if now is None:
-                    self._placed.pop(tid, None)
-            elif now is not None:
-                hit = self._assignment_cache.get(tid)
-                if hit is None or hit[0] is not raw_tasks[tid].get("spec"):
-                    nodes.add(now)
+            if was is not None and was != now:
+                self.assignments.get(was, {}).pop(tid, None)
+                self._placed.pop(tid, None)
+                self._assignment_cache.pop(tid, None)
+                nodes.add(was)
+            if task is None or now is None:
+                continue
+            old = self.assignments.get(now, {}).get(tid)
+            a = _assignment_of(snap, task, zone, self._assignment_cache, raw_tasks)
+            if a is not old:
+                self.assignments.setdefault(now, {})[tid] = a
+                self._placed[tid] = now
+                nodes.add(now)
         return nodes
 
     def _refresh_keys(self, cluster: Any) -> None:

@@ -53,6 +53,11 @@ class FakeSession:
         pass
 
 
+def by_id(*assignments: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A node's task set as the dispatcher keeps it."""
+    return {a["task_id"]: a for a in assignments}
+
+
 def dispatcher_with(sessions: int) -> tuple[Dispatcher, list[FakeSession]]:
     d = Dispatcher(store=None, client_keys=[])  # type: ignore[arg-type]
     fakes = [FakeSession(d) for _ in range(sessions)]
@@ -334,16 +339,16 @@ def test_state_reports_rebuild_no_task_set_and_push_nothing(tmp_path: Path) -> N
                 return d._update_assignments(previous, d.snapshot)
 
             assert step() is None  # the first pass: every node
-            first = d.assignments[nodes[0].id]
-            assert [a["task_id"] for a in first] == [task.id]
+            first = dict(d.assignments[nodes[0].id])
+            assert list(first) == [task.id]
             for state in (TaskState.STARTING, TaskState.RUNNING):
                 await store.commit([ops.advance(task.id, state, ip="10.240.0.9")])
                 assert step() == set(), f"a report of {state} rebuilt a task set"
-            assert d.assignments[nodes[0].id] is first, "the set was rebuilt after reports"
+            assert all(d.assignments[nodes[0].id][t] is a for t, a in first.items()), "rebuilt after reports"
             moved = make_task(svc, node_id=nodes[1].id, state=TaskState.ASSIGNED, slot=task.slot)
             await store.commit([ops.patch("task", task.id, desired_state="shutdown"), ops.put(moved)])
             assert step() == {nodes[0].id, nodes[1].id}
-            assert d.assignments[nodes[0].id] == [] and [a["task_id"] for a in d.assignments[nodes[1].id]] == [moved.id]
+            assert d.assignments[nodes[0].id] == {} and list(d.assignments[nodes[1].id]) == [moved.id]
             await store.commit([ops.advance(task.id, TaskState.SHUTDOWN)])
             assert step() == set(), "the report of a task already out of its set rebuilt a set"
         finally:
@@ -512,7 +517,7 @@ def test_a_session_gets_whole_sets_once_then_deltas_and_whole_again_on_a_resync(
     d = Dispatcher(store=None, client_keys=[])  # type: ignore[arg-type]
     d.snapshot = make_snapshot(node)
     a, b, c = ({"task_id": t, "spec": {"image": t}} for t in "abc")
-    d.assignments = {node.id: [a, b]}
+    d.assignments = {node.id: by_id(a, b)}
     d._update_mesh({"op": "mesh", "gateways": [], "networks": {"psw-a": ["10.240.1.2"]}})
     session, process = _session(d, node)
     session.push()
@@ -522,7 +527,7 @@ def test_a_session_gets_whole_sets_once_then_deltas_and_whole_again_on_a_resync(
     assert [m["op"] for m in sent] == ["assign", "mesh"]
     assert sent[0] == {"op": "assign", "tasks": [a, b], "version": 1} and sent[1]["version"] == 1
     held, version = _agent_view(sent, {}, 0)
-    d.assignments = {node.id: [b, c]}
+    d.assignments = {node.id: by_id(b, c)}
     session.push()
     [delta] = process.take()
     assert delta == {"op": "assign_delta", "base": 1, "version": 2, "put": [c], "remove": ["a"]}
@@ -550,11 +555,11 @@ def test_an_agent_that_takes_no_deltas_gets_whole_sets_and_plain_pings() -> None
     d = Dispatcher(store=None, client_keys=[])  # type: ignore[arg-type]
     d.snapshot = make_snapshot(node)
     a, b = ({"task_id": t, "spec": {"image": t}} for t in "ab")
-    d.assignments = {node.id: [a]}
+    d.assignments = {node.id: by_id(a)}
     d._update_mesh({"op": "mesh", "gateways": [], "networks": {"psw-a": ["10.240.1.2"]}})
     session, process = _session(d, node)
     _hello(d, session, version=None)  # an older agent
-    d.assignments = {node.id: [a, b]}
+    d.assignments = {node.id: by_id(a, b)}
     session.push()
     d._update_mesh({"op": "mesh", "gateways": [], "networks": {"psw-a": []}})
     session.beat(session._next_ping, 0.5, 2.0, judge=True)
