@@ -266,6 +266,12 @@ class CountingSession(FakeSession):
         pass
 
 
+def session_nodes(count: int) -> list[Any]:
+    """Nodes a session could be made to: a host key and a subnet each."""
+    return [make_node(hostname=f"w{i}", ssh_host_key="ssh-ed25519 AAAA", subnet=f"10.240.{i}.0/24")
+            for i in range(count)]
+
+
 def test_a_task_change_pushes_to_its_node_only(tmp_path: Path) -> None:
     """On a real store: a task placed on one node is pushed to that node's
     session alone (with 1,000 nodes, every session compared its whole
@@ -281,8 +287,7 @@ def test_a_task_change_pushes_to_its_node_only(tmp_path: Path) -> None:
         store = await started(tmp_path, free_port())
         d = Dispatcher(store, client_keys=[])
         try:
-            nodes = [make_node(hostname=f"w{i}", ssh_host_key="ssh-ed25519 AAAA", subnet=f"10.240.{i}.0/24")
-                     for i in range(3)]
+            nodes = session_nodes(3)
             await store.commit([ops.put(n) for n in nodes])
             fakes = [CountingSession(d) for _ in nodes]
             parked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -327,8 +332,7 @@ def test_state_reports_rebuild_no_task_set_and_push_nothing(tmp_path: Path) -> N
         store = await started(tmp_path, free_port())
         d = Dispatcher(store, client_keys=[])
         try:
-            nodes = [make_node(hostname=f"w{i}", ssh_host_key="ssh-ed25519 AAAA", subnet=f"10.240.{i}.0/24")
-                     for i in range(3)]
+            nodes = session_nodes(3)
             svc = make_service("web")
             task = make_task(svc, node_id=nodes[0].id, state=TaskState.ASSIGNED)
             await store.commit([*(ops.put(n) for n in nodes), ops.put(svc), ops.put(task)])
