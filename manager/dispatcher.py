@@ -553,7 +553,6 @@ class Dispatcher:
         self.snapshot: Snapshot | None = None
         self.assignments: dict[str, dict[str, dict[str, Any]]] = {}  # node id -> task id -> assignment
         self._assignment_cache: AssignmentCache = {}
-        self._placed: dict[str, str] = {}  # task id -> the node whose set holds it
         self.view: ClusterView | None = None
         # the mesh (manager/networks.py) is the same for every node: encoded
         # once per change, sent to the sessions that have an older version
@@ -645,14 +644,12 @@ class Dispatcher:
             self._assignment_cache = {}
             self.assignments = {node_id: {a["task_id"]: a for a in tasks} for node_id, tasks
                                 in assignments_by_node(snap, zone, cache=self._assignment_cache).items()}
-            self._placed = {tid: node_id for node_id, tasks in self.assignments.items() for tid in tasks}
             return None
         touched = self._patch_sets(snap, changed, zone)
         for kind, node_id in changed:
             if kind == "node" and snap.node(node_id) is None:
                 for tid in self.assignments.pop(node_id, {}):
                     self._assignment_cache.pop(tid, None)
-                    self._placed.pop(tid, None)
         return None if any(kind == "node" for kind, _ in changed) else touched
 
     def _patch_sets(self, snap: Snapshot, changed: set[tuple[str, str]], zone: str) -> set[str]:
@@ -668,12 +665,12 @@ class Dispatcher:
         for kind, tid in changed:
             if kind != "task":
                 continue
-            was = self._placed.get(tid)
+            hit = self._assignment_cache.get(tid)  # an entry for every task in a set, with its node
+            was = hit[1] if hit is not None else None
             task = snap.task(tid)
             now = task.node_id if task is not None and _in_set(task) else None
             if was is not None and was != now:
                 self.assignments.get(was, {}).pop(tid, None)
-                self._placed.pop(tid, None)
                 self._assignment_cache.pop(tid, None)
                 nodes.add(was)
             if task is None or now is None:
@@ -682,7 +679,6 @@ class Dispatcher:
             a = _assignment_of(snap, task, zone, self._assignment_cache, raw_tasks)
             if a is not old:
                 self.assignments.setdefault(now, {})[tid] = a
-                self._placed[tid] = now
                 nodes.add(now)
         return nodes
 

@@ -176,18 +176,39 @@ def measure(nodes: int, tasks: int, progress: Callable[[str], None], timeout: fl
         time.sleep(20)
         t2 = time.monotonic()
         _stop_profile(spy)
+
+        def store_index() -> int:
+            return int(json.loads(lab.pyswarm(host, "manager", "metrics", timeout=60).stdout)["store_index"])
+
+        # at rest proper: once nothing has been written for 10 s (the 20 s
+        # just after convergence still see the last reports, the reaper and
+        # the DNS and mesh builds that follow them)
+        last, still_since = store_index(), time.monotonic()
+        while time.monotonic() - still_since < 10 and time.monotonic() - t2 < 120:
+            time.sleep(2)
+            now_index = store_index()
+            if now_index != last:
+                last, still_since = now_index, time.monotonic()
+        out["settle_s"] = round(time.monotonic() - t2, 1)
+        spy = _profile(pid, "settled", 20)
+        t3 = time.monotonic()
+        time.sleep(20)
+        t4 = time.monotonic()
+        _stop_profile(spy)
         procs.stop()
         out["rss_peak_mb"] = max(s[1] for s in procs.samples)
         out["rss_end_mb"] = procs.samples[-1][1]
         out["cpu_converging_pct"] = procs.cpu_pct(t0, t1)
-        out["cpu_idle_pct"] = procs.cpu_pct(t1 + 1, t2)
+        out["cpu_idle_pct"] = procs.cpu_pct(t1 + 1, t2)  # the 20 s just after convergence
+        out["cpu_settled_pct"] = procs.cpu_pct(t3 + 1, t4)  # 20 s once nothing was written for 10 s
         out["cpu_converging_s"] = round(out["cpu_converging_pct"] * (t1 - t0) / 100, 1)  # leader CPU seconds
         out["load_start"] = load_start
         out["load_end"] = os.getloadavg()[0]
         conv = f"{out['converge_s']} s" if out["converge_s"] is not None else f"not within {timeout:g} s ({out['running']} running)"
         progress(f"  {nodes} nodes x {tasks} tasks: converged {conv}; leader RSS peak {out['rss_peak_mb']:.0f} MB, "
                  f"CPU {out['cpu_converging_pct']:.0f}% converging ({out['cpu_converging_s']} CPU s), "
-                 f"{out['cpu_idle_pct']:.0f}% at rest; load average {load_start:.1f} at the deploy, {out['load_end']:.1f} at the end")
+                 f"{out['cpu_idle_pct']:.0f}% in the 20 s after, {out['cpu_settled_pct']:.0f}% at rest "
+                 f"(nothing written for 10 s, {out['settle_s']} s later); load average {load_start:.1f} at the deploy, {out['load_end']:.1f} at the end")
     finally:
         if sim is not None and sim.poll() is None:
             sim.kill()

@@ -134,13 +134,14 @@ def text_table(table: Sequence[dict[str, str]]) -> str:
 def footprint_markdown(fp: dict[str, Any]) -> str:
     if fp.get("skipped"):
         return f"Skipped: {fp['skipped']}"
-    lines = ["| simulated nodes | tasks | running reached | time to all running | leader RSS (peak) | leader CPU while converging | leader CPU at rest |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| simulated nodes | tasks | running reached | time to all running | leader RSS (peak) | leader CPU while converging | leader CPU the 20 s after | leader CPU at rest (nothing written for 10 s) |",
+             "|---|---|---|---|---|---|---|---|"]
     for s in fp.get("sizes", []):
         conv = f"{s['converge_s']:.1f} s" if s.get("converge_s") is not None else f"not within {s['timeout_s']:g} s"
         lines.append(
             f"| {s['nodes']} | {s['tasks']} | {s['running']} | {conv} | {s['rss_peak_mb']:.0f} MB | "
-            f"{s['cpu_converging_pct']:.0f} % | {s['cpu_idle_pct']:.0f} % |"
+            f"{s['cpu_converging_pct']:.0f} % | {s['cpu_idle_pct']:.0f} % | "
+            + (f"{s['cpu_settled_pct']:.0f} % |" if "cpu_settled_pct" in s else "not measured |")
         )
     return "\n".join(lines)
 
