@@ -204,6 +204,10 @@ class _Session:
         self._process: Any = None
         self._conn: Any = None
         self._sent_config: dict[str, Any] | None = None
+        # what the configure last compared was made of (view, node, term, key): comparing
+        # every pushed node's configure, 999 routes each, was 8 % of the leader
+        # converging 1,000 x 100,000 on passes that changed no node
+        self._config_of: tuple[Any, ...] = ()
         # the task set this session was sent last (by task id), as version
         # _tasks_version; the last whole set went out as _full_tasks
         # (version, monotonic time): a resync asked before it arrived is moot
@@ -296,6 +300,7 @@ class _Session:
             self._process = await self._conn.create_process("pyswarm worker --stdio", encoding=None)
         self._last_heard = time.monotonic()
         self._sent_config = None
+        self._config_of = ()
         self._sent_tasks = None
         self._sent_mesh = 0
         self.protocol = 1
@@ -420,10 +425,13 @@ class _Session:
         if node is None or snap is None:
             return
         self.node = node
-        config = node_configuration(snap, node, self._d.term, self._d.view)
-        if config != self._sent_config:
-            self._send(config)
-            self._sent_config = config
+        made_of = (self._d.view, node, self._d.term, sealing.KEY)
+        if made_of != self._config_of:  # the same view, node, term and data key make the same configure
+            config = node_configuration(snap, node, self._d.term, self._d.view)
+            if config != self._sent_config:
+                self._send(config)
+                self._sent_config = config
+            self._config_of = made_of
         if not self._ready:
             return
         self._push_tasks(self._d.assignments.get(node.id, {}))
