@@ -138,11 +138,11 @@ async def feed_dns(store: Store, dns: DnsProcess) -> None:
         while True:
             started = time.monotonic()
             await dns.send(await asyncio.to_thread(cache.update, *dns_snapshot(store)))
-            took = time.monotonic() - started
+            next_at = time.monotonic() + (time.monotonic() - started) * (1 / DNS_REBUILD_SHARE - 1)
             await dns.drain()
             while not await watcher.wait(timeout=5.0):
                 pass
-            await asyncio.sleep(took * (1 / DNS_REBUILD_SHARE - 1))
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))  # a change after a quiet spell: at once
     finally:
         watcher.close()
 
