@@ -137,7 +137,8 @@ async def feed_dns(store: Store, dns: DnsProcess) -> None:
     try:
         while True:
             started = time.monotonic()
-            await dns.send(await asyncio.to_thread(cache.update, *dns_snapshot(store)))
+            # the snapshot's live tasks are gathered in the thread too (100,000 typed tasks)
+            await dns.send(await asyncio.to_thread(lambda: cache.update(*dns_snapshot(store))))
             next_at = time.monotonic() + (time.monotonic() - started) * (1 / DNS_REBUILD_SHARE - 1)
             await dns.drain()
             while not await watcher.wait(timeout=5.0):

@@ -104,7 +104,7 @@ class ServiceAdmin(Resource):
         snap = self.snap()
         refs = req.nodes or [self.me.node_id]
         ids = {find_node(snap, ref).id for ref in refs}
-        return await task_rows(snap, [t for node_id in sorted(ids) for t in snap.tasks_on(node_id)], limit=None)
+        return await task_rows(snap, lambda: [t for node_id in sorted(ids) for t in snap.tasks_on(node_id)], limit=None)
 
     @method("service.progress", ServiceProgress)
     async def progress(self, req: ServiceProgress) -> Any:

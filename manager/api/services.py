@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -186,8 +186,9 @@ class Services(Resource):
     async def stack_ps(self, req: StackPs) -> Any:
         snap = self.snap()
         services = self._stack_services(snap, req.stack)
-        of = [t for s in sorted(services, key=lambda s: s.id) for t in snap.tasks_of(s.id)]
-        return await task_rows(snap, of, req.offset, req.limit, req.desired_state)
+        ids = sorted(s.id for s in services)
+        return await task_rows(snap, lambda: [t for sid in ids for t in snap.tasks_of(sid)], req.offset, req.limit,
+                               req.desired_state)
 
     @method("stack.rm", StackRef)
     async def stack_rm(self, req: StackRef) -> Any:
@@ -227,7 +228,7 @@ class Services(Resource):
     async def ps(self, req: ServicePs) -> Any:
         snap = self.snap()
         service = find_service(snap, req.service)
-        return await task_rows(snap, snap.tasks_of(service.id), req.offset, req.limit, req.desired_state)
+        return await task_rows(snap, lambda: snap.tasks_of(service.id), req.offset, req.limit, req.desired_state)
 
     @method("service.update", ServiceUpdate)
     async def update(self, req: ServiceUpdate) -> Any:
@@ -330,21 +331,22 @@ def check_placement(spec: ServiceSpec) -> None:
         raise UsageError(f"{spec.name}: {exc}") from None
 
 
-async def task_rows(snap: Snapshot, of: Iterable[Task], offset: int = 0, limit: int | None = PAGE_LIMIT,
-                    desired: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """The rows of the tasks ``of`` (read from an index: a service's, a
-    node's), one page (``offset``, ``limit``; None: all); only the tasks of
-    a ``desired`` state when any is named. Built in a thread: every page
-    sorts the whole list (~0.3 s at 100,000 tasks), which on the loop held
-    the heartbeats up while a person listed a big service."""
+async def task_rows(snap: Snapshot, of: Callable[[], Iterable[Task]], offset: int = 0,
+                    limit: int | None = PAGE_LIMIT, desired: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The rows of the tasks ``of()`` gives (read from an index: a
+    service's, a node's), one page (``offset``, ``limit``; None: all); only
+    the tasks of a ``desired`` state when any is named. Gathered and built
+    in a thread: every page reads and sorts the whole list (~0.3 s at
+    100,000 tasks), which on the loop held the heartbeats up while a person
+    listed a big service."""
     return await asyncio.to_thread(_task_rows, snap, of, offset, limit, desired)
 
 
-def _task_rows(snap: Snapshot, of: Iterable[Task], offset: int, limit: int | None,
+def _task_rows(snap: Snapshot, of: Callable[[], Iterable[Task]], offset: int, limit: int | None,
                desired: Sequence[str]) -> list[dict[str, Any]]:
     nodes = {n.id: n for n in snap.nodes()}
     wanted = {*desired, *(["ready"] if "accepted" in desired else [])}
-    tasks = [t for t in of if not wanted or t.desired_state in wanted]
+    tasks = [t for t in of() if not wanted or t.desired_state in wanted]
     tasks.sort(key=lambda t: (t.service_name, t.slot, t.node_id, -t.created_at))
     rows = []
     for t in tasks[offset:None if limit is None else offset + limit]:
