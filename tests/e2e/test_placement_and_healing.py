@@ -31,6 +31,18 @@ IMAGE = "pyswarm-lab/busybox:latest"
 SERVE = '["sh", "-c", "trap \'exit 0\' TERM; httpd -f -p 80 & wait"]'
 
 
+def web_service(replicas: int, *deploy_lines: str) -> str:
+    """The ``web`` service these tests deploy: httpd, ``replicas`` of it,
+    and any more lines of its ``deploy:`` section."""
+    more = "".join(f"      {line}\n" for line in deploy_lines)
+    return f"""  web:
+    image: {IMAGE}
+    command: {SERVE}
+    deploy:
+      replicas: {replicas}
+{more}"""
+
+
 def containers(lab: Any, host: str, service: str, *, stopped: bool = False) -> list[tuple[str, str]]:
     """(container id, task id) of the service's live containers (``stopped``:
     and the others) on ``host``'s own engine."""
@@ -73,15 +85,7 @@ services:
 
 
 def test_drain_empties_a_node_and_pause_keeps_its_tasks(lab: Any, deploy: Any) -> None:
-    deploy("drain", f"""
-services:
-  web:
-    image: {IMAGE}
-    command: {SERVE}
-    deploy:
-      replicas: 4
-      update_config: {{order: start-first}}
-""")
+    deploy("drain", "services:\n" + web_service(4, "update_config: {order: start-first}"))
     wait_for(lambda: len(running(lab, "drain_web")) == 4, 60, "4 running replicas",
              observe=lambda: brief(tasks(lab, "drain_web")))
     try:
@@ -201,14 +205,7 @@ def test_a_link_back_before_the_lease_ran_out_but_no_session_keeps_the_tasks_in_
     replace the tasks meanwhile: its probe of the node's sshd is accepted,
     which restarts the node's grace (Dispatcher.restart_grace). Once sshd
     answers again the node is ready with the same containers, one a slot."""
-    deploy("hr", f"""
-services:
-  web:
-    image: {IMAGE}
-    command: {SERVE}
-    deploy:
-      replicas: 6
-""")
+    deploy("hr", "services:\n" + web_service(6))
     wait_for(lambda: len(running(lab, "hr_web")) == 6, 90, "6 web replicas running",
              observe=lambda: brief(tasks(lab, "hr_web")))
     victim = "worker2"
@@ -251,14 +248,7 @@ def test_worker_host_cut_off_is_fenced_replaced_and_returns_without_duplicates(l
     (its lease, protocol.AGENT_LEASE) before the leader replaces them
     (protocol.LOST_GRACE after it went down): on the engines' own clocks,
     every replacement starts after the container it replaces stopped."""
-    deploy("hf", f"""
-services:
-  web:
-    image: {IMAGE}
-    command: {SERVE}
-    deploy:
-      replicas: 6
-  agent:
+    deploy("hf", "services:\n" + web_service(6) + f"""  agent:
     image: {IMAGE}
     command: {SERVE}
     deploy:
