@@ -50,6 +50,7 @@ from pyswarm.images import (
     ImageDone,
     ImagePlan,
     ImageWanted,
+    LoadHeader,
     LoadReply,
     MessageError,
     NodeImage,
@@ -225,6 +226,8 @@ async def ship_to(conn: Any, source: Spool | Pending, node: str, reason: str = "
                     shipment.result = "present"
                     return shipment
                 needed = list(range(len(spool.chains))) if full else spool.needed(have)
+                if have.sized:
+                    proc.stdin.write(LoadHeader(spool.archive_size(needed)).to_line())
                 send_file = getattr(proc, "send_file", None)  # the openssh transport: the kernel copies
                 if send_file is not None:
                     shipment.bytes += await send_file(spool.path, spool.saved.pieces(needed))

@@ -23,8 +23,9 @@ power.
 
 Image channel (one request per session; JSON lines, then raw tar bytes):
   sender -> node  {"op": "have", "image": ref, "image_id": id}
-  node -> sender  {"op": "have", "present": bool, "chains": [chain id, ...]}
-  sender -> node  tar bytes of a ``docker load`` archive, then EOF
+  node -> sender  {"op": "have", "present": bool, "chains": [chain id, ...], "sized": true}
+  sender -> node  {"op": "load", "size": N} (when the node said "sized"),
+                  then the N tar bytes of a ``docker load`` archive, then EOF
                   (EOF at once: nothing to load)
   node -> sender  {"op": "loaded", "ok": bool, "loaded": [ref, ...], "error"}
 
@@ -140,18 +141,22 @@ def chain_ids(diff_ids: Sequence[str]) -> list[str]:
     return out
 
 
-async def engine_chains(docker: Engine) -> set[str]:
-    """Every layer chain an engine holds: the chains of every prefix of
-    every image's layers (intermediate images share their parents' chains).
-    What a node answers ``have`` with, and what a manager tells a remote CLI
-    that sends it an image (``image.built`` with ``chains``)."""
+def held_chains(inspected: Iterable[dict[str, Any] | None]) -> set[str]:
+    """Every layer chain of these images (their ``inspect``, None for one
+    gone meanwhile): the chains of every prefix of every image's layers
+    (intermediate images share their parents' chains)."""
     chains: set[str] = set()
-    for item in await docker.list_images():
-        data = await docker.inspect_image(str(item.get("Id", "")))
-        if data is None:
-            continue
-        chains.update(chain_ids([str(d) for d in ((data.get("RootFS") or {}).get("Layers") or ())]))
+    for data in inspected:
+        if data is not None:
+            chains.update(chain_ids([str(d) for d in ((data.get("RootFS") or {}).get("Layers") or ())]))
     return chains
+
+
+async def engine_chains(docker: Engine) -> set[str]:
+    """Every layer chain an engine holds (:func:`held_chains`): what a
+    manager tells a remote CLI that sends it an image (``image.built`` with
+    ``chains``); a node's channel answers ``have`` the same way."""
+    return held_chains([await docker.inspect_image(str(item.get("Id", ""))) for item in await docker.list_images()])
 
 
 # -- a saved archive, cut down to the layers a receiver lacks -------------------
@@ -280,20 +285,48 @@ class ChannelRequest:
 
 @dataclass(frozen=True)
 class HaveReply:
-    """Whether the node has the image, and every layer chain it holds."""
+    """Whether the node has the image, and every layer chain it holds.
+    ``sized``: the node wants a :class:`LoadHeader` line before the tar (a
+    node of an older pyswarm does not say so, and takes the tar alone)."""
 
     present: bool
     chains: frozenset[str]
+    sized: bool = False
 
     @classmethod
     def from_line(cls, line: bytes) -> HaveReply:
         data = decode_line(line, "have reply")
         if data["op"] != "have" or not isinstance(data.get("present"), bool):
             raise MessageError("have reply: expected op 'have' with a boolean 'present'")
-        return cls(bool(data["present"]), frozenset(_str_list(data.get("chains"), "chains", _digest)))
+        return cls(bool(data["present"]), frozenset(_str_list(data.get("chains"), "chains", _digest)),
+                   data.get("sized") is True)
 
     def to_line(self) -> bytes:
-        return encode_line({"op": "have", "present": self.present, "chains": sorted(self.chains)})
+        return encode_line({"op": "have", "present": self.present, "chains": sorted(self.chains),
+                            "sized": self.sized})
+
+
+MAX_ARCHIVE = 1 << 40  # a tar of more than a TiB is not an image we ship
+
+
+@dataclass(frozen=True)
+class LoadHeader:
+    """sender -> node, after a ``sized`` have reply: the tar's exact length,
+    so that the node can hand exactly that many bytes from sshd's pipe to
+    its engine in the kernel (``splice``) with a ``Content-Length``."""
+
+    size: int
+
+    @classmethod
+    def from_line(cls, line: bytes) -> LoadHeader:
+        data = decode_line(line, "load header")
+        size = data.get("size")
+        if data["op"] != "load" or not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= MAX_ARCHIVE:
+            raise MessageError(f"load header: expected op 'load' with a size of 1 to {MAX_ARCHIVE} bytes")
+        return cls(size)
+
+    def to_line(self) -> bytes:
+        return encode_line({"op": "load", "size": self.size})
 
 
 @dataclass(frozen=True)

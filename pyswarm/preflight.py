@@ -43,7 +43,7 @@ import time
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 MIN_PYTHON = (3, 11)
-MIN_ENGINE_API = (1, 41)  # what the agent speaks (worker/docker.py API_VERSION)
+MIN_ENGINE_API = (1, 41)  # what the agent speaks (worker/engine_api.py API_VERSION)
 ARCHES = ("x86_64", "aarch64")
 DEFAULT_POOL = "10.240.0.0/16"
 MAX_SKEW = 5.0  # seconds

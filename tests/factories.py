@@ -14,10 +14,12 @@ directory on ``sys.path`` (or a conftest.py in tests/ does).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import itertools
 import json
+import os
 import tarfile
 from collections.abc import AsyncIterator
 from typing import Any
@@ -192,6 +194,40 @@ class ImageEngine:
     async def load_image(self, body: AsyncIterator[bytes]) -> list[str]:
         self.loaded.append(b"".join([c async for c in body]))
         return [self.tag]
+
+    def channel(self) -> ChannelView:
+        """This engine as the node's image channel sees one (blocking)."""
+        return ChannelView(self)
+
+
+class ChannelView:
+    """An :class:`ImageEngine` through the blocking calls of the node's image
+    channel (pyswarm.worker.channel.ChannelEngine), for a channel served in
+    a thread of its own: each call runs the engine's coroutine there."""
+
+    def __init__(self, engine: ImageEngine) -> None:
+        self.engine = engine
+
+    def inspect_image(self, ref: str) -> dict[str, Any] | None:
+        return asyncio.run(self.engine.inspect_image(ref))
+
+    def list_images(self) -> list[dict[str, Any]]:
+        return asyncio.run(self.engine.list_images())
+
+    def remove_image(self, ref: str) -> None:
+        raise AssertionError("not a shipment's call")
+
+    def load(self, fd: int, size: int | None, first: bytes = b"") -> list[str]:
+        data = bytearray(first)
+        while size is None or len(data) < size:
+            chunk = os.read(fd, 1 << 20 if size is None else size - len(data))
+            if not chunk:
+                break
+            data += chunk
+
+        async def body() -> AsyncIterator[bytes]:
+            yield bytes(data)
+        return asyncio.run(self.engine.load_image(body()))
 
 
 def image_members(archive: bytes) -> dict[str, bytes]:

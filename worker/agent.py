@@ -40,7 +40,6 @@ from typing import Any
 
 from pyswarm import config as cfg
 from pyswarm import deltas, protocol, streamwire
-from pyswarm.images import CHANNEL_COMMAND, CHANNEL_ENV
 from pyswarm.models import TaskState
 from pyswarm.wire import BadRequest
 from pyswarm.worker import (
@@ -54,7 +53,7 @@ from pyswarm.worker import fence, promotion
 from pyswarm.worker.docker import DockerClient, EngineInfo
 from pyswarm.worker.health import is_health_event
 from pyswarm.worker.files import DEFAULT_ROOT, make_bind_sources, remove_task_files, write_task_files
-from pyswarm.worker.images import ImageFetcher, collect_garbage, main_channel
+from pyswarm.worker.images import ImageFetcher, collect_garbage
 from pyswarm.worker.ingress import Mesh, MeshFirewall
 from pyswarm.worker.network import HostNetwork, NetworkConfig
 from pyswarm.worker.streams import StreamServer
@@ -1092,11 +1091,6 @@ def main_stdio() -> int:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     try:
-        if os.environ.get(CHANNEL_ENV, "").strip() == CHANNEL_COMMAND:
-            try:
-                return main_channel(proto_fd)  # a second session: an image channel (pyswarm.images)
-            finally:
-                os.close(proto_fd)
         return asyncio.run(serve_stdio(proto_fd))  # its writer closes proto_fd as the session ends
     except KeyboardInterrupt:
         return 130

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,27 +30,17 @@ from pyswarm.worker import (
     EngineUnavailableError,
     ImageNotFoundError,
 )
+from pyswarm.worker.engine_api import (  # the parts the image channel's blocking client shares
+    API_VERSION,
+    api_error as _api_error,
+    loaded_refs,
+    pick_version,
+    socket_path,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SOCKET = "/var/run/docker.sock"
-# The API version we write against: Docker 20.10's. Newer engines still accept
-# it (or tell us their minimum, which we then use); Podman answers 1.41 too.
-API_VERSION = "1.41"
-
 JSON = dict[str, Any]
-
-
-def socket_path(docker_host: str | None = None) -> str:
-    """The engine's unix socket path from ``DOCKER_HOST`` or the default."""
-    host = docker_host if docker_host is not None else os.environ.get("DOCKER_HOST", "")
-    if not host:
-        return DEFAULT_SOCKET
-    if host.startswith("unix://"):
-        return host[len("unix://"):]
-    if host.startswith("/"):
-        return host
-    raise EngineUnavailableError(f"DOCKER_HOST={host!r}: only unix:// sockets are supported by the agent")
 
 
 def split_image(ref: str) -> tuple[str, str]:
@@ -68,13 +57,6 @@ def split_image(ref: str) -> tuple[str, str]:
     if colon > slash:
         return ref[:colon], ref[colon + 1:]
     return ref, "latest"
-
-
-def _version_tuple(v: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in v.split("."))
-    except ValueError:
-        return (0,)
 
 
 @dataclass(frozen=True)
@@ -156,14 +138,7 @@ class DockerClient:
             return
         data = await self._call("GET", "/version", versioned=False)
         assert isinstance(data, dict)
-        server = str(data.get("ApiVersion") or API_VERSION)
-        minimum = str(data.get("MinAPIVersion") or "1.12")
-        version = API_VERSION
-        if _version_tuple(server) < _version_tuple(version):
-            version = server
-        if _version_tuple(minimum) > _version_tuple(version):
-            version = minimum
-        self.api_version = version
+        self.api_version = pick_version(data)
         self._negotiated = True
 
     async def _call(
@@ -486,17 +461,6 @@ class DockerClient:
                 delay = min(delay * 2, max_retry_delay)
 
 
-def loaded_refs(text: str) -> list[str]:
-    """What ``docker load`` says it loaded (its stream, or the CLI's output)."""
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        for prefix in ("Loaded image: ", "Loaded image ID: "):
-            if line.startswith(prefix):
-                out.append(line[len(prefix):].strip())
-    return out
-
-
 def _event_since(event: Mapping[str, Any]) -> str | None:
     nano = event.get("timeNano")
     if isinstance(nano, int) and nano > 0:
@@ -507,17 +471,3 @@ def _event_since(event: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _api_error(status: int, raw: bytes, what: str) -> EngineAPIError:
-    text = raw.decode(errors="replace").strip()
-    try:
-        decoded = json.loads(text)
-        if isinstance(decoded, dict) and "message" in decoded:
-            text = str(decoded["message"])
-    except ValueError:
-        pass
-    message = text or f"{what}: HTTP {status}"
-    if status == 404:
-        return EngineNotFoundError(status, message)
-    if status == 409:
-        return EngineConflictError(status, message)
-    return EngineAPIError(status, message)

@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # building it imports every command's modules, asyncssh among them:
         # ~0.8 s of CPU of a channel's start on the loaded lab, five at once
         # on a shipment to five nodes (bench/RESULTS.md, issue 15)
-        from pyswarm.worker.agent import main_stdio
+        from pyswarm.worker.channel import main_stdio
 
         return main_stdio()
     if words == ["--version"]:  # what `machine init/add` asks a host's venv first: no parser needed

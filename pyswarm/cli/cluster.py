@@ -104,7 +104,7 @@ def _locked_note(ping: dict[str, Any]) -> str:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from pyswarm.worker.agent import main_stdio
+    from pyswarm.worker.channel import main_stdio
 
     return main_stdio()
 

@@ -1,10 +1,12 @@
 """Spooling an image and shipping only what a node lacks (manager/images.py),
-against the node's real channel code (worker/images.py) over in-memory pipes."""
+against the node's real channel code (worker/channel.py) over real pipes."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
@@ -15,32 +17,44 @@ from factories import ImageEngine as Engine, image_members as _members
 
 from pyswarm.images import HaveReply, chain_ids
 from pyswarm.manager.images import Spool, ship_to
-from pyswarm.worker.images import serve_channel
+from pyswarm.worker.channel import serve
 
 
 class Channel:
-    """An SSH session's process, wired to :func:`serve_channel` in-process."""
+    """An SSH session's process, wired to the node's real channel code
+    (:func:`pyswarm.worker.channel.serve`) in a thread, over real pipes."""
 
     def __init__(self, node: Engine) -> None:
-        self.stdin_reader = asyncio.StreamReader()
+        loop = asyncio.get_running_loop()
         self.stdout = asyncio.StreamReader()
         self.stderr = asyncio.StreamReader()
         self.stderr.feed_eof()
         self.stdin = self
-        self.server = asyncio.ensure_future(serve_channel(cast(Any, node), self.stdin_reader, self.stdout.feed_data))
-        self.server.add_done_callback(lambda _t: self.stdout.feed_eof())
+        self._r, self._w = os.pipe()
+
+        def run() -> None:
+            try:
+                serve(node.channel(), self._r, lambda data: loop.call_soon_threadsafe(self.stdout.feed_data, data))
+            finally:
+                os.close(self._r)
+                loop.call_soon_threadsafe(self.stdout.feed_eof)
+        threading.Thread(target=run, daemon=True).start()
 
     def write(self, data: bytes) -> None:
-        self.stdin_reader.feed_data(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._w, view):]
 
     async def drain(self) -> None:
         await asyncio.sleep(0)
 
     def write_eof(self) -> None:
-        self.stdin_reader.feed_eof()
+        if self._w >= 0:
+            os.close(self._w)
+            self._w = -1
 
     def close(self) -> None:
-        pass
+        self.write_eof()
 
 
 class Conn:

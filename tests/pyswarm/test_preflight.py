@@ -20,7 +20,7 @@ import pytest
 from pyswarm import preflight, protocol
 from pyswarm.deploy.lab_sys import TOOLS
 from pyswarm.preflight import Check, Facts, Route
-from pyswarm.worker import docker as engine
+from pyswarm.worker import engine_api as engine
 from pyswarm.worker import network
 
 SYSTEM_PYTHON = "/usr/bin/python3"
