@@ -46,6 +46,7 @@ from pyswarm.images import (
     PLAN_SHIP,
     SavedArchive,
     ChannelRequest,
+    ExportReply,
     HaveReply,
     ImageDone,
     ImagePlan,
@@ -58,7 +59,7 @@ from pyswarm.images import (
     engine_client,
     inventory_from_line,
 )
-from pyswarm.models import Node, NodeStatus
+from pyswarm.models import Node, NodeStatus, TaskState
 
 from .store import Snapshot, Store
 
@@ -69,6 +70,7 @@ CHUNK = 1 << 20
 REPLY_TIMEOUT = 60.0  # seconds for a node's channel to say what it has
 SPOOL_LINGER = 120.0  # seconds a spool is kept for the next node that wants the image
 HISTORY = 500  # shipments remembered
+FETCH_TRIES = 3  # nodes asked for an image this manager's engine lacks
 
 Connect = Callable[[Node], Awaitable[tuple[Any, bool]]]  # → (connection, close it after)
 
@@ -153,7 +155,7 @@ class Shipment:
 
     image: str
     node: str
-    result: str = ""  # sent | present | failed
+    result: str = ""  # sent | present | failed | fetched (this manager's engine got it from ``node``)
     bytes: int = 0
     layers_sent: int = 0
     layers_total: int = 0
@@ -166,7 +168,7 @@ class Shipment:
     seconds_load: float = 0.0
     node_cpu: float = 0.0  # CPU seconds of the node's channel process (its start, inventory, the bytes)
     error: str = ""
-    reason: str = ""  # push | task
+    reason: str = ""  # push | task | fetch
     at: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:
@@ -260,6 +262,32 @@ async def ship_to(conn: Any, source: Spool | Pending, node: str, reason: str = "
         shipment.seconds = round(time.monotonic() - started, 3)
 
 
+async def fetch_from(conn: Any, ref: str, docker: Engine) -> int:
+    """Load ``ref`` into ``docker`` from the engine of the node behind
+    ``conn`` (the channel's ``export``); the bytes received, 0 when that node
+    does not hold it. Raises :class:`ShipError` when what arrived is not it."""
+    proc = await conn.create_process(CHANNEL_COMMAND, encoding=None)
+    try:
+        proc.stdin.write(ChannelRequest("export", image=ref).to_line())
+        proc.stdin.write_eof()
+        reply = ExportReply.from_line(await _read_line(proc, "export", REPLY_TIMEOUT))
+        if not reply.present:
+            return 0
+        counted = [0]
+
+        async def body() -> AsyncIterator[bytes]:
+            while chunk := await proc.stdout.read(CHUNK):
+                counted[0] += len(chunk)
+                yield chunk
+        await docker.load_image(body())
+    finally:
+        proc.close()
+    data = await docker.inspect_image(ref)
+    if data is None or data.get("Id") != reply.image_id:
+        raise ShipError(f"the archive of {ref} that arrived ({counted[0]} bytes) did not load as {reply.image_id[:19]}")
+    return counted[0]
+
+
 async def node_inventory(conn: Any) -> list[NodeImage]:
     proc = await conn.create_process(CHANNEL_COMMAND, encoding=None)
     try:
@@ -298,6 +326,8 @@ class ImageService:
         self._spools: dict[str, Spool] = {}
         self._spool_locks: dict[str, asyncio.Lock] = {}
         self._inflight: dict[tuple[str, str], asyncio.Task[Shipment]] = {}
+        self._holders: dict[str, Node] = {}  # image → the node plan_for found holding it
+        self._fetch_locks: dict[str, asyncio.Lock] = {}
         self._background: set[asyncio.Task[Any]] = set()
 
     async def close(self) -> None:
@@ -474,19 +504,97 @@ class ImageService:
 
     # -- automatic shipping (the leader) -------------------------------------------
 
-    async def plan_for(self, ref: str) -> ImagePlan:
-        """Can this manager's engine send ``ref``? Only an image that came
-        from no registry (no repo digest: built or loaded here) is shipped;
-        one from a registry is pulled by the node, as before."""
+    async def plan_for(self, ref: str, asking: str = "") -> ImagePlan:
+        """Can this manager send ``ref`` (to the node ``asking``)? Only an
+        image that came from no registry (no repo digest: built or loaded)
+        is shipped; one from a registry is pulled by the node, as before.
+        When this engine lacks it (a leader elected after the build, say),
+        a node whose tasks ran it is asked (:meth:`_holder`): the image
+        comes from there to this engine first (:meth:`_fetch`)."""
         try:
             data = await self.docker.inspect_image(ref)
         except PyswarmError as exc:
             return ImagePlan(ref, PLAN_PULL, reason=f"the leader's engine cannot be asked: {exc}")
         if data is None:
-            return ImagePlan(ref, PLAN_PULL, reason="no manager's engine has it to ship (build it or push it to a registry)")
-        if data.get("RepoDigests"):
+            holder, reason = await self._holder(ref, asking)
+            if holder is None:
+                return ImagePlan(ref, PLAN_PULL, reason=reason)
+            self._holders[ref] = holder
+        elif data.get("RepoDigests"):
             return ImagePlan(ref, PLAN_PULL, reason="it comes from a registry")
         return ImagePlan(ref, PLAN_SHIP, source=_hostname())
+
+    def _may_hold(self, ref: str, asking: str) -> list[Node]:
+        """Ready nodes (not ``asking``) that ran tasks of ``ref``, those
+        running it first: the nodes whose engines should hold it."""
+        snap = self._store.snapshot()
+        rank: dict[str, int] = {}
+        for svc in snap.services():
+            if svc.spec.container.image != ref:
+                continue
+            for t in snap.tasks_of(svc.id):
+                if t.node_id and t.node_id != asking and t.spec.image == ref:
+                    r = 0 if t.state == TaskState.RUNNING else 1
+                    rank[t.node_id] = min(rank.get(t.node_id, r), r)
+        nodes = [snap.node(n) for n in sorted(rank, key=lambda n: (rank[n], n))]
+        return [n for n in nodes if n is not None and n.status == NodeStatus.READY]
+
+    async def _holder(self, ref: str, asking: str) -> tuple[Node | None, str]:
+        """A node whose engine holds ``ref`` built or loaded, asked in turn
+        (at most :data:`FETCH_TRIES`), or None and why not."""
+        tried = []
+        for node in self._may_hold(ref, asking)[:FETCH_TRIES]:
+            try:
+                conn, owned = await self._connection(node)
+                try:
+                    images = await node_inventory(conn)
+                finally:
+                    if owned:
+                        conn.close()
+            except (ShipError, MessageError, asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
+                tried.append(f"{node.hostname}: {exc or type(exc).__name__}")
+                continue
+            for img in images:
+                if _with_latest(ref) in {_with_latest(t) for t in img.tags}:
+                    if img.digests:
+                        return None, "it comes from a registry"
+                    return node, ""
+            tried.append(f"{node.hostname}: not there")
+        return None, ("no engine of the cluster has it to ship (build it or push it to a registry)" +
+                      (f"; asked {'; '.join(tried)}" if tried else ""))
+
+    async def _fetch(self, ref: str, asking: Node) -> None:
+        """Get ``ref`` into this manager's engine from the node that holds it
+        (one fetch per image at a time; recorded as a ``fetched`` shipment)."""
+        lock = self._fetch_locks.setdefault(ref, asyncio.Lock())
+        async with lock:
+            if await self.docker.inspect_image(ref) is not None:
+                return  # an earlier fetch brought it
+            holder = self._holders.pop(ref, None)
+            if holder is None:
+                holder, reason = await self._holder(ref, asking.id)
+                if holder is None:
+                    raise ShipError(reason)
+            shipment = Shipment(ref, holder.hostname, "fetched", reason="fetch")
+            started = time.monotonic()
+            try:
+                conn, owned = await self._byte_connection(holder)
+                try:
+                    shipment.bytes = await fetch_from(conn, ref, self.docker)
+                finally:
+                    if owned:
+                        conn.close()
+                if not shipment.bytes:
+                    raise ShipError(f"{holder.hostname} no longer holds it")
+            except (ShipError, MessageError, PyswarmError, asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
+                shipment.result, shipment.error = "failed", f"from {holder.hostname}: {exc or type(exc).__name__}"
+                raise ShipError(shipment.error) from None
+            finally:
+                shipment.seconds = round(time.monotonic() - started, 3)
+                self.history.append(shipment)
+                log.info("image %s from %s to this manager's engine: %s, %d bytes, %.2fs%s", ref, holder.hostname,
+                         shipment.result, shipment.bytes, shipment.seconds,
+                         f" ({shipment.error})" if shipment.error else "")
 
     def on_wanted(self, node: Node, message: dict[str, Any], reply: Callable[[dict[str, Any]], None]) -> None:
         """An agent's ``image_wanted``: answer with a plan, ship, answer done.
@@ -499,7 +607,7 @@ class ImageService:
         self._spawn(self._serve_wanted(node, wanted, reply))
 
     async def _serve_wanted(self, node: Node, wanted: ImageWanted, reply: Callable[[dict[str, Any]], None]) -> None:
-        plan = await self.plan_for(wanted.image)
+        plan = await self.plan_for(wanted.image, node.id)
         reply(plan.to_message())
         if plan.plan != PLAN_SHIP:
             return
@@ -512,6 +620,11 @@ class ImageService:
         reply(ImageDone(wanted.image, shipment.error if shipment.result == "failed" else "").to_message())
 
     async def _ship_for_task(self, ref: str, node: Node) -> Shipment:
+        try:
+            await self._fetch(ref, node)
+        except ShipError as exc:
+            return Shipment(ref, node.hostname, "failed", reason="task",
+                            error=f"{_hostname()}'s engine lacks {ref} and could not get it: {exc}")
         try:
             spool = await self._spool(ref)
         except (PyswarmError, ShipError, OSError) as exc:

@@ -29,6 +29,10 @@ Image channel (one request per session; JSON lines, then raw tar bytes):
                   (EOF at once: nothing to load)
   node -> sender  {"op": "loaded", "ok": bool, "loaded": [ref, ...], "error"}
 
+  leader -> node  {"op": "export", "image": ref}
+  node -> leader  {"op": "export", "present": bool, "image_id": id},
+                  then (present) the image's ``docker save`` archive, then EOF
+
   sender -> node  {"op": "inventory"}
   node -> sender  {"op": "inventory", "images": [NodeImage, ...]}
 
@@ -260,7 +264,7 @@ class ChannelRequest:
     image_id: str = ""
     images: tuple[str, ...] = ()
 
-    OPS = ("have", "inventory", "remove")
+    OPS = ("have", "inventory", "remove", "export")
 
     @classmethod
     def from_line(cls, line: bytes) -> ChannelRequest:
@@ -270,6 +274,8 @@ class ChannelRequest:
             raise MessageError(f"op: unknown image channel request {op[:40]!r}")
         if op == "have":
             return cls(op, image=check_ref(data.get("image")), image_id=_digest(data.get("image_id"), "image_id"))
+        if op == "export":
+            return cls(op, image=check_ref(data.get("image")))
         if op == "remove":
             return cls(op, images=_str_list(data.get("images"), "images", check_ref))
         return cls(op)
@@ -278,6 +284,8 @@ class ChannelRequest:
         msg: dict[str, Any] = {"op": self.op}
         if self.op == "have":
             msg.update(image=self.image, image_id=self.image_id)
+        elif self.op == "export":
+            msg["image"] = self.image
         elif self.op == "remove":
             msg["images"] = list(self.images)
         return encode_line(msg)
@@ -327,6 +335,28 @@ class LoadHeader:
 
     def to_line(self) -> bytes:
         return encode_line({"op": "load", "size": self.size})
+
+
+@dataclass(frozen=True)
+class ExportReply:
+    """node -> leader: whether this engine holds the image asked for; when it
+    does, its ``docker save`` archive follows to EOF (how a leader whose own
+    engine lacks a built image, after a failover, gets it from a node that
+    runs it)."""
+
+    present: bool
+    image_id: str = ""
+
+    @classmethod
+    def from_line(cls, line: bytes) -> ExportReply:
+        data = decode_line(line, "export reply")
+        if data["op"] != "export" or not isinstance(data.get("present"), bool):
+            raise MessageError("export reply: expected op 'export' with a boolean 'present'")
+        present = bool(data["present"])
+        return cls(present, _digest(data.get("image_id"), "image_id") if present else "")
+
+    def to_line(self) -> bytes:
+        return encode_line({"op": "export", "present": self.present, "image_id": self.image_id})
 
 
 @dataclass(frozen=True)

@@ -217,6 +217,10 @@ class ChannelView:
     def remove_image(self, ref: str) -> None:
         raise AssertionError("not a shipment's call")
 
+    def save(self, ref: str, write: Any) -> None:
+        for i in range(0, len(self.engine.archive), 1000):
+            write(self.engine.archive[i:i + 1000])
+
     def load(self, fd: int, size: int | None, first: bytes = b"") -> list[str]:
         data = bytearray(first)
         while size is None or len(data) < size:

@@ -3,8 +3,9 @@
 sshd starts this for a second session on the node's connection (the forced
 command with ``SSH_ORIGINAL_COMMAND`` = :data:`pyswarm.images.CHANNEL_COMMAND`;
 the wire is in :mod:`pyswarm.images`). It answers one request — which layer
-chains this engine has, its image inventory, or removing images — and for
-``have`` passes the tar that follows to the engine's ``/images/load``.
+chains this engine has, its image inventory, removing images, or sending
+one of its images to the leader — and for ``have`` passes the tar that
+follows to the engine's ``/images/load``.
 
 Why blocking and small: a shipment to five nodes starts five of these at
 once, on the cores the five engines then load with. Started through the
@@ -37,6 +38,7 @@ from pyswarm.images import (
     CHANNEL_ENV,
     MAX_LINE,
     ChannelRequest,
+    ExportReply,
     HaveReply,
     LoadHeader,
     LoadReply,
@@ -120,6 +122,23 @@ class Engine:
 
     def remove_image(self, ref: str) -> None:
         self._call("DELETE", f"/images/{quote(ref, safe='/:@')}")
+
+    def save(self, ref: str, write: Callable[[bytes], None]) -> None:
+        """``GET /images/{ref}/get``: the archive's bytes to ``write`` as they come."""
+        if not self._version:
+            self._version = pick_version(self._call("GET", "/version", versioned=False))
+        conn = self._open(None)
+        try:
+            conn.request("GET", f"/v{self._version}/images/{quote(ref, safe='/:@')}/get")
+            resp = conn.getresponse()
+            if resp.status >= 400:
+                raise api_error(resp.status, resp.read(), f"save {ref}")
+            while chunk := resp.read(CHUNK):
+                write(chunk)
+        except (OSError, http.client.HTTPException) as exc:
+            raise EngineUnavailableError(f"save {ref}: {exc}") from None
+        finally:
+            conn.close()
 
     def load(self, fd: int, size: int | None, first: bytes = b"") -> list[str]:
         """``POST /images/load`` of the tar on ``fd``: exactly ``size`` bytes
@@ -221,6 +240,8 @@ class ChannelEngine(Protocol):
 
     def remove_image(self, ref: str) -> None: ...
 
+    def save(self, ref: str, write: Callable[[bytes], None]) -> None: ...
+
     def load(self, fd: int, size: int | None, first: bytes = b"") -> list[str]: ...
 
 
@@ -261,6 +282,12 @@ def _serve(engine: ChannelEngine, req: ChannelRequest, in_fd: int, write: Callab
             except RuntimeError_ as exc:
                 errors.append(f"{ref}: {exc}")
         write(encode_line({"op": "removed", "removed": removed, "error": "; ".join(errors)}))
+        return 0
+    if req.op == "export":
+        held = engine.inspect_image(req.image)
+        write(ExportReply(held is not None, str(held.get("Id", "")) if held else "").to_line())
+        if held is not None:
+            engine.save(req.image, write)  # its failure ends the archive short: the receiver's load says so
         return 0
     have = engine.inspect_image(req.image)
     present = have is not None and have.get("Id") == req.image_id

@@ -161,6 +161,31 @@ services:
 """
 
 
+def _deploy_built(cluster: Cluster, host: str, tmp_path: Path) -> tuple[str, list[dict[str, Any]]]:
+    """``stack deploy`` on ``host`` of a service built from a Dockerfile, 2
+    replicas on the workers; its name and its running tasks."""
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "Dockerfile").write_text("FROM pyswarm-lab/busybox:latest\nCOPY mark.bin /mark.bin\n")
+    (tmp_path / "app" / "mark.bin").write_bytes(os.urandom(100_000))
+    (tmp_path / "stack.yml").write_text(BUILT_FILE)
+    service = f"{BUILT_STACK}_app"
+    out = cluster.lab.pyswarm(host, "stack", "deploy", "-c", str(tmp_path / "stack.yml"), BUILT_STACK, timeout=180)
+    assert f"Building {service} ({service}:" in out.stderr, out.stderr
+    wait_until(lambda: (len(running(cluster.lab, service)) == 2, brief(tasks(cluster.lab, service))), 120,
+               f"2 running tasks of {service} on the workers")
+    return out.stderr, running(cluster.lab, service)
+
+
+def _remove_built(cluster: Cluster, leader: str) -> None:
+    lab = cluster.lab
+    cluster.call(leader, "stack.rm", {"stack": BUILT_STACK})
+    wait_until(lambda: (not any(cluster.containers_on(list(lab.hosts), BUILT_STACK).values()),
+                        cluster.containers_on(list(lab.hosts), BUILT_STACK)), 60, f"stack {BUILT_STACK} removed")
+    for host in lab.hosts:
+        lab.exec(host, ["sh", "-c", f"docker images -q --filter reference='{BUILT_STACK}_app' | xargs -r docker rmi -f"],
+                 check=False)
+
+
 def test_an_image_a_follower_built_goes_to_the_leader_and_on_to_the_workers(cluster: Cluster, tmp_path: Path) -> None:
     """Issue 15's follower -> leader path: `stack deploy` run on a follower's
     host builds with that host's engine; automatic shipping reads the
@@ -170,19 +195,9 @@ def test_an_image_a_follower_built_goes_to_the_leader_and_on_to_the_workers(clus
     lab = cluster.lab
     leader = cluster.wait_leader(cluster.managers)
     follower = next(h for h in cluster.managers if h != leader)
-    (tmp_path / "app").mkdir()
-    (tmp_path / "app" / "Dockerfile").write_text("FROM pyswarm-lab/busybox:latest\nCOPY mark.bin /mark.bin\n")
-    (tmp_path / "app" / "mark.bin").write_bytes(os.urandom(100_000))
-    (tmp_path / "stack.yml").write_text(BUILT_FILE)
-    service = f"{BUILT_STACK}_app"
     try:
-        out = lab.pyswarm(follower, "stack", "deploy", "-c", str(tmp_path / "stack.yml"), BUILT_STACK, timeout=180)
-        assert f"Building {service} ({service}:" in out.stderr, out.stderr
-        assert f"on to the leader's node {leader}" in out.stderr, out.stderr
-
-        wait_until(lambda: (len(running(lab, service)) == 2, brief(tasks(lab, service))), 120,
-                   f"2 running tasks of {service} on the workers")
-        rows = running(lab, service)
+        said, rows = _deploy_built(cluster, follower, tmp_path)
+        assert f"on to the leader's node {leader}" in said, said
         ref = rows[0]["image"]
         assert lab.docker(leader, "image", "inspect", ref, check=False).returncode == 0, f"the leader {leader} lacks {ref}"
         to_leader = [s for s in cluster.call(follower, "image.shipments")["shipments"]
@@ -194,12 +209,41 @@ def test_an_image_a_follower_built_goes_to_the_leader_and_on_to_the_workers(clus
                    if s["image"] == ref and s["result"] == "sent" and s["reason"] == "task"}
         assert shipped == {t["node"] for t in rows} == set(lab.workers), shipped
     finally:
-        cluster.call(leader, "stack.rm", {"stack": BUILT_STACK})
-        wait_until(lambda: (not any(cluster.containers_on(list(lab.hosts), BUILT_STACK).values()),
-                            cluster.containers_on(list(lab.hosts), BUILT_STACK)), 60, f"stack {BUILT_STACK} removed")
-        for host in lab.hosts:
-            lab.exec(host, ["sh", "-c", f"docker images -q --filter reference='{service}' | xargs -r docker rmi -f"],
-                     check=False)
+        _remove_built(cluster, leader)
+
+
+def test_a_leader_whose_engine_lacks_a_built_image_gets_it_from_a_node_that_runs_it(cluster: Cluster,
+                                                                                   tmp_path: Path) -> None:
+    """A leader elected after the build, or any leader whose engine lost the
+    image, still ships it: the node a task moves to asks for it, the leader
+    gets it from a node whose tasks ran it (the image channel's ``export``)
+    and ships it on. Here the image is removed from every manager's engine
+    (the state of a leader that never had it) and from the worker the moved
+    replica goes to; the other worker is drained."""
+    lab = cluster.lab
+    leader = cluster.wait_leader(cluster.managers)
+    try:
+        _, rows = _deploy_built(cluster, leader, tmp_path)
+        ref = rows[0]["image"]
+        source, target = rows[0]["node"], rows[1]["node"]
+        assert {source, target} == set(lab.workers), rows
+        for host in (*cluster.managers, target):  # the target's replica runs on: only the tag goes
+            lab.docker(host, "image", "rm", "-f", ref)
+            assert lab.docker(host, "image", "inspect", ref, check=False).returncode != 0, f"{host} still has {ref}"
+        lab.pyswarm(leader, "node", "update", "--availability", "drain", source)
+        wait_until(lambda: ([t["node"] for t in running(lab, f"{BUILT_STACK}_app")] == [target] * 2,
+                            brief(tasks(lab, f"{BUILT_STACK}_app"))), 120,
+                   f"both replicas running on {target} after draining {source}")
+        shipments = [s for s in cluster.call(leader, "image.shipments")["shipments"] if s["image"] == ref]
+        fetched = [s for s in shipments if s["reason"] == "fetch"]
+        assert [(s["node"], s["result"]) for s in fetched] == [(source, "fetched")], shipments
+        assert fetched[0]["bytes"] > 100_000, fetched
+        assert [(s["node"], s["result"]) for s in shipments if s["reason"] == "task"][-1] == (target, "sent"), shipments
+        assert lab.docker(leader, "image", "inspect", ref, check=False).returncode == 0, f"the leader {leader} lacks {ref}"
+    finally:
+        for worker in lab.workers:
+            lab.pyswarm(leader, "node", "update", "--availability", "active", worker, check=False)
+        _remove_built(cluster, leader)
 
 
 def test_leader_killed_new_leader_no_container_restarted(cluster: Cluster) -> None:

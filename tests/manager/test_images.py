@@ -16,7 +16,7 @@ import pytest
 from factories import ImageEngine as Engine, image_members as _members
 
 from pyswarm.images import HaveReply, chain_ids
-from pyswarm.manager.images import Spool, ship_to
+from pyswarm.manager.images import ShipError, Spool, fetch_from, ship_to
 from pyswarm.worker.channel import serve
 
 
@@ -182,3 +182,33 @@ def test_registry_auth_goes_only_with_the_tasks_that_pull_with_it() -> None:
     out = assignments_by_node(Snapshot(1, raw), "pyswarm")
     assert [x.get("registry_auth") for x in out[a.id]] == ["HEADER"]
     assert [x.get("registry_auth") for x in out[b.id]] == [None]
+
+
+class Receiver:
+    """This manager's engine, lacking the image until an archive is loaded."""
+
+    def __init__(self, loads_as: str) -> None:
+        self.loads_as = loads_as
+        self.loaded: list[bytes] = []
+
+    async def inspect_image(self, ref: str) -> dict[str, Any] | None:
+        return {"Id": self.loads_as} if self.loaded else None
+
+    async def load_image(self, body: AsyncIterator[bytes]) -> list[str]:
+        self.loaded.append(b"".join([c async for c in body]))
+        return ["app:1"]
+
+
+def test_an_image_is_fetched_from_a_node_that_holds_it_and_not_from_one_that_does_not() -> None:
+    """A leader whose engine lacks a built image gets it from a node's
+    channel (``export``): that node's whole ``docker save`` archive, loaded
+    and checked to be the image the node named."""
+    async def main() -> None:
+        node = Engine(LAYERS)
+        here = Receiver(node.id)
+        assert await fetch_from(Conn(node), "app:1", cast(Any, here)) == len(node.archive)
+        assert here.loaded == [node.archive]
+        assert await fetch_from(Conn(Engine(LAYERS, tag="other:1")), "app:1", cast(Any, Receiver(node.id))) == 0
+        with pytest.raises(ShipError, match="did not load as"):
+            await fetch_from(Conn(node), "app:1", cast(Any, Receiver("sha256:" + "0" * 64)))
+    asyncio.run(main())

@@ -35,6 +35,7 @@ class FakeEngine:
         self.removed: list[str] = []
         self.loads: list[tuple[dict[str, str], bytes]] = []
         self.load_error = ""
+        self.archive = os.urandom(300_000)
 
 
 def _handler(engine: FakeEngine) -> type[BaseHTTPRequestHandler]:
@@ -59,6 +60,16 @@ def _handler(engine: FakeEngine) -> type[BaseHTTPRequestHandler]:
             path = self.path[len("/v1.41"):]
             if path == "/images/json":
                 return self._answer(200, engine.images)
+            if path.endswith("/get"):
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-tar")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for i in range(0, len(engine.archive), 65536):
+                    part = engine.archive[i:i + 65536]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                self.wfile.write(b"0\r\n\r\n")
+                return None
             ref = path[len("/images/"):-len("/json")]
             if ref in engine.layers:
                 return self._answer(200, {"Id": ref, "RootFS": {"Layers": engine.layers[ref]}})
@@ -194,3 +205,23 @@ def test_the_engines_load_error_is_the_reply(engine: tuple[FakeEngine, str]) -> 
 def test_an_engine_that_is_gone_is_said(tmp_path: Path) -> None:
     rc, out = _serve(str(tmp_path / "none.sock"), _have())
     assert rc == 1 and out[0]["op"] == "error" and "cannot reach the engine" in out[0]["error"], out
+
+
+def test_export_sends_the_engines_archive_of_an_image_it_holds(engine: tuple[FakeEngine, str]) -> None:
+    fake, path = engine
+    fake.layers["app:1"] = fake.layers[H]
+    r, w = os.pipe()
+    os.write(w, ChannelRequest("export", image="app:1").to_line())
+    os.close(w)
+    out: list[bytes] = []
+    node = Engine(f"unix://{path}")
+    try:
+        assert serve(node, r, out.append) == 0
+    finally:
+        node.close()
+        os.close(r)
+    head, _, archive = b"".join(out).partition(b"\n")
+    assert json.loads(head) == {"op": "export", "present": True, "image_id": "app:1"}
+    assert archive == fake.archive
+    rc, replies = _serve(path, ChannelRequest("export", image="none:1").to_line())
+    assert rc == 0 and replies == [{"op": "export", "present": False, "image_id": ""}], replies
