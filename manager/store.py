@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj.pipe_notifier import PipeNotifier
 
 from pyswarm.errors import ClusterError, ElectionError, NoQuorumError, UncertainWriteError
 from pyswarm.models import KINDS, Cluster, Node, Service, Task, TaskState
@@ -345,24 +346,53 @@ class RaftConfig:
 
 
 class _SyncObj(SyncObj):  # type: ignore[misc]
-    """pysyncobj, sending the entries a tick appended at once.
+    """pysyncobj, sending the entries a tick appended, and a new commit index, at once.
 
     In batched mode pysyncobj appends queued commands at the end of a tick
     and sends them with the next heartbeat (up to ``appendEntriesPeriod``
     later); unbatched, it sends one message per command, which collapses
     under load. This sends each tick's new entries right away, in one
-    message per follower: batched throughput with unbatched latency."""
+    message per follower: batched throughput with unbatched latency. And
+    when the leader's commit index moves, the followers hear it at once
+    rather than with the next heartbeat, so their replicas (and the DNS and
+    reads they answer) apply a write as soon as the leader has, however
+    long the heartbeat period is."""
+
+    def _SyncObj__applyLogEntries(self) -> bool:
+        before = self._SyncObj__raftLastApplied
+        need = bool(super()._SyncObj__applyLogEntries())
+        return need or (self._isLeader() and self._SyncObj__raftLastApplied != before)
 
     def __init__(self, self_addr: str, partners: list[str], conf: SyncObjConf, state: _State) -> None:
         # set before SyncObj's own attributes are listed: not in the dump
         self.compaction = Compaction(conf.fullDumpFile, state.live_objects, lambda: state.dumped_objects)
+        # pysyncobj makes its wake-up pipe only in unbatched mode: ours is
+        # made by the Raft thread's first tick (the poller is its own)
+        self._SyncObj__pipeNotifier: PipeNotifier | None = None
         super().__init__(self_addr, partners, conf, consumers=[state])
+        self.addOnTickCallback(self._make_notifier)
+
+    def _make_notifier(self) -> None:
+        if self._SyncObj__pipeNotifier is None:
+            self._SyncObj__pipeNotifier = PipeNotifier(self._poller)
 
     def _checkCommandsToApply(self) -> None:
         before = self._SyncObj__getCurrentLogIndex()
         super()._checkCommandsToApply()
         if self._isLeader() and self._SyncObj__getCurrentLogIndex() != before:
             self._SyncObj__sendAppendEntries()
+            # the next tick, which commits (at once when this manager is the
+            # majority alone), must not wait for the tick period
+            self.poke()
+
+    def poke(self) -> None:
+        """End the Raft thread's wait now (from any thread)."""
+        notifier = self._SyncObj__pipeNotifier
+        if notifier is not None:
+            try:
+                notifier.notify()
+            except BlockingIOError:
+                pass  # the pipe is full of wake-ups already
 
     def _SyncObj__tryLogCompaction(self) -> None:
         """pysyncobj's rules (entries, time), and ours (bytes, live state)."""
@@ -411,8 +441,15 @@ class Store:
             logCompactionMinTime=60,
             raftMinTimeout=0.4,
             raftMaxTimeout=1.0,
-            appendEntriesPeriod=0.01,
-            autoTickPeriod=0.005,
+            # The heartbeat, and how often the Raft thread wakes with nothing
+            # to do. Commands wake it (commit() pokes it) and a new commit
+            # index is sent at once (_SyncObj), so neither sets a write's
+            # latency; at rest they were the manager's largest cost: 5 ms
+            # ticks and 10 ms heartbeats, 200 wake-ups a second
+            # (bench/RESULTS.md, session 20). 50 ms is still 8 heartbeats
+            # inside the shortest election timeout.
+            appendEntriesPeriod=0.05,
+            autoTickPeriod=0.05,
             connectionTimeout=2.0,
             connectionRetryTime=0.5,
             # a leader that hears from no majority for this long steps down,
@@ -635,9 +672,8 @@ class Store:
     def _wake_raft(self) -> None:
         """Have the Raft thread take the command now rather than at its next
         tick (pysyncobj only does this itself in its unbatched mode)."""
-        notifier = getattr(self._syncobj, "_SyncObj__pipeNotifier", None)
-        if notifier is not None:
-            notifier.notify()
+        if isinstance(self._syncobj, _SyncObj):
+            self._syncobj.poke()
 
     def _reachable(self) -> tuple[int, int]:
         status = self.status()
