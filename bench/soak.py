@@ -7,8 +7,8 @@ service with 0-2 replicas under a unique name, scale one of its own
 services, or create a config under a unique name. Every write is recorded
 with what it asked for and how it ended: acknowledged (exit 0), refused
 (non-zero exit, with the error line) or indeterminate (the CLI did not
-answer within 60 s, or said it timed out: the write may or may not have
-been applied, as Jepsen's ``:info``).
+answer within 60 s, said it timed out, or said the write "may still be
+applied": it may or may not have been, as Jepsen's ``:info``).
 
 Meanwhile one thread injects ``--faults`` faults drawn at random (seeded by
 ``--seed``), spread over ``--minutes``, one at a time, each lasting 2-6 s
@@ -185,8 +185,11 @@ class Soak:
             w.outcome = "acked"
             return
         w.error = (res.stderr.strip() or res.stdout.strip()).splitlines()[-1][:300] if (res.stderr or res.stdout).strip() else f"exit {res.returncode}"
-        # a timeout or a lost connection leaves the write's fate unknown
-        unknown = ("timed out", "timeout", "connection reset", "broken pipe", "connection closed", "eof")
+        # a timeout or a lost connection leaves the write's fate unknown, and so
+        # does a write the store says it could not see commit ("the write may
+        # still be applied": it reached a leader's log, as Jepsen's :info)
+        unknown = ("timed out", "timeout", "connection reset", "broken pipe", "connection closed", "eof",
+                   "may still be applied")
         w.outcome = "indeterminate" if any(u in w.error.lower() for u in unknown) else "refused"
 
     # ---------------------------------------------------------------- sampler
