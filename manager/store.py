@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -346,22 +347,17 @@ class RaftConfig:
 
 
 class _SyncObj(SyncObj):  # type: ignore[misc]
-    """pysyncobj, sending the entries a tick appended, and a new commit index, at once.
+    """pysyncobj, sending the entries a tick appended at once, woken by every command.
 
     In batched mode pysyncobj appends queued commands at the end of a tick
     and sends them with the next heartbeat (up to ``appendEntriesPeriod``
     later); unbatched, it sends one message per command, which collapses
     under load. This sends each tick's new entries right away, in one
-    message per follower: batched throughput with unbatched latency. And
-    when the leader's commit index moves, the followers hear it at once
-    rather than with the next heartbeat, so their replicas (and the DNS and
-    reads they answer) apply a write as soon as the leader has, however
-    long the heartbeat period is."""
-
-    def _SyncObj__applyLogEntries(self) -> bool:
-        before = self._SyncObj__raftLastApplied
-        need = bool(super()._SyncObj__applyLogEntries())
-        return need or (self._isLeader() and self._SyncObj__raftLastApplied != before)
+    message per follower: batched throughput with unbatched latency. A
+    follower learns the new commit index with the next append (or the next
+    heartbeat, ``appendEntriesPeriod``, when no write follows): sending it
+    the moment the leader applied was tried and made a follower's p99 worse
+    (161-475 ms against 3 ms in bench/raft_store.py, session 20)."""
 
     def __init__(self, self_addr: str, partners: list[str], conf: SyncObjConf, state: _State) -> None:
         # set before SyncObj's own attributes are listed: not in the dump
@@ -371,6 +367,24 @@ class _SyncObj(SyncObj):  # type: ignore[misc]
         self._SyncObj__pipeNotifier: PipeNotifier | None = None
         super().__init__(self_addr, partners, conf, consumers=[state])
         self.addOnTickCallback(self._make_notifier)
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
+        """pysyncobj's handler, except that a follower's acknowledgement of an
+        earlier append does not move its next index back behind entries
+        already sent after it. pysyncobj sets the next index to what the
+        follower acknowledged, so with appends in flight (one per poke) it
+        sent them again, and the follower truncated and re-added entries it
+        had applied ("truncating already-applied log entries", measured by
+        bench/raft_store.py). A follower that lacks what was sent answers
+        ``reset``, which still moves the index back."""
+        if (isinstance(message, dict) and message.get("type") == "next_node_idx" and message.get("success")
+                and not message.get("reset")):
+            sent = self._SyncObj__raftNextIndex.get(node)
+            super()._SyncObj__onMessageReceived(node, message)
+            if sent is not None and self._SyncObj__raftNextIndex.get(node, sent) < sent:
+                self._SyncObj__raftNextIndex[node] = sent
+            return
+        super()._SyncObj__onMessageReceived(node, message)
 
     def _make_notifier(self) -> None:
         if self._SyncObj__pipeNotifier is None:
@@ -384,6 +398,24 @@ class _SyncObj(SyncObj):  # type: ignore[misc]
             # the next tick, which commits (at once when this manager is the
             # majority alone), must not wait for the tick period
             self.poke()
+
+    def shut(self) -> None:
+        """Destroy, and wait (2 s at most) for the Raft thread to close its
+        sockets: with 50 ms ticks it would otherwise still hold its port
+        when the same manager starts again."""
+        self.destroy()
+        self.poke()
+        thread = self._SyncObj__thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(2.0)
+        notifier = self._SyncObj__pipeNotifier
+        if notifier is not None and (thread is None or not thread.is_alive()):
+            for fd in (notifier._PipeNotifier__pipeR, notifier._PipeNotifier__pipeW):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._SyncObj__pipeNotifier = None
 
     def poke(self) -> None:
         """End the Raft thread's wait now (from any thread)."""
@@ -442,12 +474,12 @@ class Store:
             raftMinTimeout=0.4,
             raftMaxTimeout=1.0,
             # The heartbeat, and how often the Raft thread wakes with nothing
-            # to do. Commands wake it (commit() pokes it) and a new commit
-            # index is sent at once (_SyncObj), so neither sets a write's
-            # latency; at rest they were the manager's largest cost: 5 ms
-            # ticks and 10 ms heartbeats, 200 wake-ups a second
-            # (bench/RESULTS.md, session 20). 50 ms is still 8 heartbeats
-            # inside the shortest election timeout.
+            # to do. Commands wake it (commit() pokes it), so neither sets a
+            # leader's write latency; a follower alone, with no write after,
+            # sees a commit up to one heartbeat late. At rest they were the
+            # manager's largest cost: 5 ms ticks and 10 ms heartbeats, 200
+            # wake-ups a second (bench/RESULTS.md, session 20). 50 ms is
+            # still 8 heartbeats inside the shortest election timeout.
             appendEntriesPeriod=0.05,
             autoTickPeriod=0.05,
             connectionTimeout=2.0,
@@ -483,7 +515,10 @@ class Store:
         with self._raft_lock:
             so, self._syncobj = self._syncobj, None
         if so is not None:
-            so.destroy()
+            if isinstance(so, _SyncObj):
+                so.shut()
+            else:
+                so.destroy()
 
     @property
     def disk_error(self) -> str:
