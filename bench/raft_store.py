@@ -51,13 +51,6 @@ async def _child(self_addr: str, data_dir: str, peers: list[str]) -> None:
         cmd, *args = line.split()
         if cmd == "leader":
             print("yes" if store.is_leader else "no", flush=True)
-        elif cmd == "latency":
-            times = []
-            for i in range(int(args[0])):
-                t = time.perf_counter()
-                await store.commit([op(i)])
-                times.append(time.perf_counter() - t)
-            print(json.dumps(times), flush=True)
         elif cmd == "throughput":
             total, inflight = int(args[0]), int(args[1])
             sem = asyncio.Semaphore(inflight)
@@ -69,7 +62,7 @@ async def _child(self_addr: str, data_dir: str, peers: list[str]) -> None:
             t = time.perf_counter()
             await asyncio.gather(*(one(i) for i in range(total)))
             print(json.dumps(time.perf_counter() - t), flush=True)
-        elif cmd == "latency_at":  # as latency, and when each write's commit returned, by its store index
+        elif cmd == "latency":  # each write committed in turn: its time, and when its commit returned (by store index)
             times, at = [], {}
             for i in range(int(args[0])):
                 t = time.perf_counter()
@@ -150,7 +143,7 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, float]:
     try:
         for m in followers:
             assert m.ask("watch") == "watching"
-        got = json.loads(leader.ask(f"latency_at {args.latency}"))
+        got = json.loads(leader.ask(f"latency {args.latency}"))
         lat = sorted(got["times"])
         time.sleep(0.5)
         # a follower's apply after the leader's commit returned: how stale a follower's reads (its DNS) are

@@ -367,6 +367,18 @@ class ImageService:
                 log.warning("%s: shipping over asyncssh (cannot set up ssh: %s)", node.hostname, exc)
         return await self._connection(node)
 
+    async def _inventory(self, node: Node) -> list[NodeImage] | str:
+        """The images on ``node``'s engine, or why they cannot be listed."""
+        try:
+            conn, owned = await self._connection(node)
+            try:
+                return await node_inventory(conn)
+            finally:
+                if owned:
+                    conn.close()
+        except (ShipError, MessageError, asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
+            return str(exc) or type(exc).__name__
+
     # -- spools ------------------------------------------------------------------
 
     async def _spool(self, ref: str) -> Spool:
@@ -468,15 +480,7 @@ class ImageService:
 
         async def one(node: Node) -> tuple[Node, list[NodeImage] | str]:
             async with self._slots:
-                try:
-                    conn, owned = await self._connection(node)
-                    try:
-                        return node, await node_inventory(conn)
-                    finally:
-                        if owned:
-                            conn.close()
-                except (ShipError, MessageError, asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
-                    return node, str(exc) or type(exc).__name__
+                return node, await self._inventory(node)
 
         rows: dict[str, dict[str, Any]] = {
             _with_latest(image): {"image": image, "services": sorted(names), "nodes": [], "id": "", "size": 0}
@@ -544,15 +548,9 @@ class ImageService:
         (at most :data:`FETCH_TRIES`), or None and why not."""
         tried = []
         for node in self._may_hold(ref, asking)[:FETCH_TRIES]:
-            try:
-                conn, owned = await self._connection(node)
-                try:
-                    images = await node_inventory(conn)
-                finally:
-                    if owned:
-                        conn.close()
-            except (ShipError, MessageError, asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
-                tried.append(f"{node.hostname}: {exc or type(exc).__name__}")
+            images = await self._inventory(node)
+            if isinstance(images, str):
+                tried.append(f"{node.hostname}: {images}")
                 continue
             for img in images:
                 if _with_latest(ref) in {_with_latest(t) for t in img.tags}:

@@ -92,12 +92,16 @@ class Engine:
             raise EngineUnavailableError(f"cannot reach the engine at {self.socket}: {exc}") from None
         return conn
 
-    def _call(self, method: str, path: str, versioned: bool = True) -> Any:
-        if versioned and not self._version:
+    def _url(self, path: str) -> str:
+        """``path`` under the API version agreed with the engine (asked once)."""
+        if not self._version:
             self._version = pick_version(self._call("GET", "/version", versioned=False))
+        return f"/v{self._version}{path}"
+
+    def _call(self, method: str, path: str, versioned: bool = True) -> Any:
+        url = self._url(path) if versioned else path
         if self._conn is None:
             self._conn = self._open(REQUEST_TIMEOUT)
-        url = f"/v{self._version}{path}" if versioned else path
         try:
             self._conn.request(method, url)
             resp = self._conn.getresponse()
@@ -125,11 +129,10 @@ class Engine:
 
     def save(self, ref: str, write: Callable[[bytes], None]) -> None:
         """``GET /images/{ref}/get``: the archive's bytes to ``write`` as they come."""
-        if not self._version:
-            self._version = pick_version(self._call("GET", "/version", versioned=False))
+        url = self._url(f"/images/{quote(ref, safe='/:@')}/get")
         conn = self._open(None)
         try:
-            conn.request("GET", f"/v{self._version}/images/{quote(ref, safe='/:@')}/get")
+            conn.request("GET", url)
             resp = conn.getresponse()
             if resp.status >= 400:
                 raise api_error(resp.status, resp.read(), f"save {ref}")
@@ -145,11 +148,10 @@ class Engine:
         moved in the kernel, or (``size`` None) ``first`` and all that follows
         to EOF, copied in chunked encoding. What the engine says it loaded;
         its in-band error raises."""
-        if not self._version:
-            self._version = pick_version(self._call("GET", "/version", versioned=False))
+        url = self._url("/images/load?quiet=1")
         conn = self._open(None)  # the engine reads the whole tar before it answers
         try:
-            conn.putrequest("POST", f"/v{self._version}/images/load?quiet=1")
+            conn.putrequest("POST", url)
             conn.putheader("Content-Type", "application/x-tar")
             if size is None:
                 conn.putheader("Transfer-Encoding", "chunked")
