@@ -224,11 +224,27 @@ class _Session:
         self._ping_seq = 0
         self._silent = asyncio.Event()  # set by the heartbeat: the agent said nothing for too long
         self._silent_reason = ""
+        # set while the agent has not said hello in a live session: only
+        # then does _watch_reach probe (a ready session's watcher sleeps on
+        # it, where it woke every second: 1,000 wake-ups a second at 1,000 nodes)
+        self._unready = asyncio.Event()
         self._ready = False
         self._end_reason = "session closed"
         self.engine_down = False  # the agent said its engine is unreachable
         self._refusals = 0
         self._refusals_since = 0.0
+
+    @property
+    def _ready(self) -> bool:
+        """The agent said hello in this session (and it has not ended)."""
+        return not self._unready.is_set()
+
+    @_ready.setter
+    def _ready(self, ready: bool) -> None:
+        if ready:
+            self._unready.clear()
+        else:
+            self._unready.set()
 
     def _heard_at(self) -> float:
         """Wall time of the last word from the agent in this session (0:
@@ -257,8 +273,9 @@ class _Session:
         its lease only while it reaches a manager's host, so while the link
         is up the leader does not replace them either."""
         while not self._stopped:
-            if not self._ready and await aio.host_answers(self.node.addr, self.node.ssh_port,
-                                                          protocol.REACH_PROBE_TIMEOUT, refused_answers=False):
+            await self._unready.wait()
+            if await aio.host_answers(self.node.addr, self.node.ssh_port,
+                                      protocol.REACH_PROBE_TIMEOUT, refused_answers=False) and not self._ready:
                 self._d.restart_grace(self.node)
             await asyncio.sleep(protocol.REACH_PROBE_EVERY)
 

@@ -470,6 +470,54 @@ def test_a_session_without_its_agent_probes_the_nodes_sshd(monkeypatch: Any) -> 
     assert refused == 0, f"{refused} restarts while its port refused"
 
 
+def test_a_ready_session_does_not_probe_until_it_ends(monkeypatch: Any) -> None:
+    """At 1,000 nodes the reach watch woke every second per session to see
+    that its session was up: 1,000 wake-ups a second of the leader's loop."""
+    monkeypatch.setattr(protocol, "REACH_PROBE_EVERY", 0.05)
+    probes: list[float] = []
+
+    async def answers(*args: Any, **kwargs: Any) -> bool:
+        probes.append(time.monotonic())
+        return True
+
+    monkeypatch.setattr(dispatcher_mod.aio, "host_answers", answers)
+    waits: list[float] = []  # the watch's own sleeps (the test's are of other lengths)
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float, *args: Any) -> Any:
+        if delay == protocol.REACH_PROBE_EVERY:
+            waits.append(delay)
+        return await real_sleep(delay, *args)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+
+    class D:
+        def restart_grace(self, node: Any, force: bool = False) -> None:
+            pass
+
+    async def main() -> tuple[int, int, int]:
+        session = dispatcher_mod._Session(D(), make_node())  # type: ignore[arg-type]
+        watch = asyncio.ensure_future(session._watch_reach())
+        await asyncio.sleep(0.2)
+        before = len(probes)
+        session._ready = True  # the agent's hello
+        await asyncio.sleep(0.1)
+        probes.clear()
+        waits.clear()
+        await asyncio.sleep(0.5)
+        while_ready = len(probes) + len(waits)
+        session._ready = False  # the session ended
+        await asyncio.sleep(0.2)
+        after = len(probes)
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+        return before, while_ready, after
+    before, while_ready, after = asyncio.run(main())
+    assert before >= 2, f"{before} probes while the session had no agent"
+    assert while_ready == 0, f"{while_ready} probes and wake-ups while the session was ready"
+    assert after >= 2, f"{after} probes after the session ended"
+
+
 # -- a session's task sets, mesh and heartbeat ---------------------------------------
 
 
