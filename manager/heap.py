@@ -85,8 +85,12 @@ class Heap:
     def __init__(self, live: Callable[[], int], clock: Callable[[], float] = time.monotonic) -> None:
         self._live = live
         self._clock = clock
-        # (when, seconds by the clock, seconds of the thread's CPU, generation)
-        self._pauses: deque[tuple[float, float, float, int]] = deque()
+        # per second: [second, longest pause by the clock, its generation,
+        # most CPU of one pause]: bounded (WINDOW entries) however many
+        # collections run. A record per collection was pruned only when the
+        # figures were read, so a manager nobody asked grew by every young
+        # collection it ran (thousands a second while it converged).
+        self._pauses: deque[list[Any]] = deque()
         self._started: dict[int, tuple[float, float]] = {}
         self._lock = threading.Lock()
         self._promotions = 0  # generation-1 collections since the last freeze
@@ -105,8 +109,19 @@ class Heap:
         began = self._started.pop(me, None)
         if began is not None:
             wall, cpu = time.perf_counter() - began[0], time.thread_time() - began[1]
+            second = int(self._clock())
             with self._lock:
-                self._pauses.append((self._clock(), wall, cpu, int(info["generation"])))
+                pauses = self._pauses
+                if pauses and pauses[-1][0] == second:
+                    last = pauses[-1]
+                    if wall > last[1]:
+                        last[1], last[2] = wall, int(info["generation"])
+                    if cpu > last[3]:
+                        last[3] = cpu
+                else:
+                    pauses.append([second, wall, int(info["generation"]), cpu])
+                    while pauses[0][0] < second - WINDOW:
+                        pauses.popleft()
 
     async def run(self) -> None:
         global _CURRENT
@@ -152,15 +167,14 @@ class Heap:
     def stats(self) -> dict[str, Any]:
         horizon = self._clock() - WINDOW
         with self._lock:
-            while self._pauses and self._pauses[0][0] < horizon:
-                self._pauses.popleft()
-            worst = max(self._pauses, key=lambda p: p[1], default=(0.0, 0.0, 0.0, 0))
-            cpu = max((p[2] for p in self._pauses), default=0.0)
+            recent = [p for p in self._pauses if p[0] >= int(horizon)]
+        worst = max(recent, key=lambda p: p[1], default=[0, 0.0, 0, 0.0])
+        cpu = max((p[3] for p in recent), default=0.0)
         return {
             # by the clock (what the other threads waited: on a loaded machine
             # it includes the collector's own waits for a core) and by CPU
             "gc_pause_max_60s_ms": round(worst[1] * 1000, 1),
-            "gc_pause_max_60s_generation": worst[3],
+            "gc_pause_max_60s_generation": worst[2],
             "gc_pause_cpu_max_60s_ms": round(cpu * 1000, 1),
             "gc_frozen_objects": gc.get_freeze_count(),
             "gc_freezes": self.freezes,

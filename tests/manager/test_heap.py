@@ -93,3 +93,17 @@ def test_a_small_store_gets_a_full_collection_as_often_as_cpython_would(collecto
         assert keeper.full_collections == 1 and ref() is None
     finally:
         keeper.detach()
+
+
+def test_the_pause_record_stays_bounded_however_many_collections_run(collector: None) -> None:
+    """A record per collection, pruned only when the figures were read, grew
+    a manager that nobody asked by every young collection it ran."""
+    now = [1000.0]
+    keeper = Heap(lambda: 3, clock=lambda: now[0])
+    for i in range(20_000):
+        now[0] = 1000.0 + i * 0.01  # 100 collections a second for 200 s
+        keeper._on_gc("start", {"generation": 0})
+        keeper._on_gc("stop", {"generation": 1 if i == 19_990 else 0})
+    assert len(keeper._pauses) <= heap.WINDOW + 2, f"{len(keeper._pauses)} records kept"
+    stats = keeper.stats()
+    assert stats["gc_pause_max_60s_ms"] >= 0 and stats["gc_pause_max_60s_generation"] in (0, 1)
