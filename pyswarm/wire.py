@@ -185,7 +185,16 @@ def _sequence(tp: Any, origin: Any, value: Any, path: str, limits: Rule, depth: 
         raise BadRequest(path, f"more than {most} items ({len(value)})")
     args = typing.get_args(tp)
     item = args[0] if args else Any
-    out = [_value(item, v, _join(path, i), _NO_RULE, depth + 1) for i, v in enumerate(value)]
+    if item is str and depth + 1 <= MAX_DEPTH:
+        # the common big case (a DNS name's 100,000 addresses): one pass
+        # that only looks; an item that fails goes the general way for its
+        # error. Per item that was 1.4 million calls for one DNS update.
+        if not (set(map(type, value)) <= {str} and max(map(len, value), default=0) <= MAX_STR):
+            for i, v in enumerate(value):
+                _value(str, v, _join(path, i), _NO_RULE, depth + 1)
+        out = list(value)
+    else:
+        out = [_value(item, v, _join(path, i), _NO_RULE, depth + 1) for i, v in enumerate(value)]
     return tuple(out) if (origin or tp) is tuple else out
 
 

@@ -119,3 +119,27 @@ def test_garbage_service_specs_never_raise_anything_but_bad_request(data: Any) -
         parse(ServiceSpec, data)
     except BadRequest:
         pass
+
+
+@dataclass
+class Addresses:
+    ips: list[str] = field(default_factory=list)
+    names: tuple[str, ...] = ()
+
+
+@pytest.mark.parametrize("ips, where", [
+    (["10.0.0.1", 5, "10.0.0.3"], "ips[1]"),
+    (["10.0.0.1"] * 1000 + [None], "ips[1000]"),
+    (["x" * ((1 << 20) + 1)], "ips[0]"),
+])
+def test_a_bad_item_of_a_long_string_list_is_named_by_its_index(ips: list[Any], where: str) -> None:
+    """String lists are checked in one pass (a DNS name's 100,000
+    addresses); an item that fails still gets the general error."""
+    with pytest.raises(BadRequest) as err:
+        parse(Addresses, {"ips": ips})
+    assert err.value.path == where, str(err.value)
+
+
+def test_a_string_list_parses_as_a_list_and_a_tuple_as_a_tuple() -> None:
+    got = parse(Addresses, {"ips": ["a", "b"], "names": ["c"]})
+    assert got.ips == ["a", "b"] and got.names == ("c",)
