@@ -62,20 +62,22 @@ def _cpu(pid: int, reaped: bool) -> float:
     return total
 
 
-def _proc(pid: int) -> tuple[float, float]:
-    """(RSS in MB of ``pid``, CPU seconds so far of it and its children:
-    the DNS process answers for the manager, and its work is the manager's)."""
+def _proc(pid: int) -> tuple[float, float, float]:
+    """(RSS in MB of ``pid``, CPU seconds so far of it and its children (the
+    DNS process answers for the manager, and its work is the manager's), of
+    it alone)."""
     rss = 0.0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             rss = int(line.split()[1]) / 1024
-    return rss, _cpu(pid, reaped=True)
+    alone = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return rss, _cpu(pid, reaped=True), (int(alone[11]) + int(alone[12])) / CLK
 
 
 class ProcSampler:
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.samples: list[tuple[float, float, float]] = []  # (t, rss MB, cpu s)
+        self.samples: list[tuple[float, float, float, float]] = []  # (t, rss MB, cpu s, cpu s of the leader alone)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -83,17 +85,19 @@ class ProcSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                rss, cpu = _proc(self.pid)
+                rss, cpu, alone = _proc(self.pid)
             except OSError:
                 return
-            self.samples.append((time.monotonic(), rss, cpu))
+            self.samples.append((time.monotonic(), rss, cpu, alone))
             self._stop.wait(0.5)
 
-    def cpu_pct(self, t0: float, t1: float) -> float:
+    def cpu_pct(self, t0: float, t1: float, alone: bool = False) -> float:
+        """% of a core over [t0, t1], with the children's or (``alone``) without."""
         inside = [s for s in self.samples if t0 <= s[0] <= t1]
         if len(inside) < 2:
             return 0.0
-        return 100 * (inside[-1][2] - inside[0][2]) / max(1e-6, inside[-1][0] - inside[0][0])
+        i = 3 if alone else 2
+        return 100 * (inside[-1][i] - inside[0][i]) / max(1e-6, inside[-1][0] - inside[0][0])
 
     def stop(self) -> None:
         self._stop.set()
@@ -221,13 +225,18 @@ def measure(nodes: int, tasks: int, progress: Callable[[str], None], timeout: fl
         out["cpu_converging_pct"] = procs.cpu_pct(t0, t1)
         out["cpu_idle_pct"] = procs.cpu_pct(t1 + 1, t2)  # the 20 s just after convergence
         out["cpu_settled_pct"] = procs.cpu_pct(t3 + 1, t4)  # 20 s once nothing was written for 10 s
+        # the leader alone: the first quiet minute may hold a compaction's dump writer (seconds of a forked child)
+        out["cpu_settled_alone_pct"] = procs.cpu_pct(t3 + 1, t4, alone=True)
+        out["cpu_converging_alone_s"] = round(procs.cpu_pct(t0, t1, alone=True) * (t1 - t0) / 100, 1)
         out["cpu_converging_s"] = round(out["cpu_converging_pct"] * (t1 - t0) / 100, 1)  # leader CPU seconds
         out["load_start"] = load_start
         out["load_end"] = os.getloadavg()[0]
         conv = f"{out['converge_s']} s" if out["converge_s"] is not None else f"not within {timeout:g} s ({out['running']} running)"
         progress(f"  {nodes} nodes x {tasks} tasks: converged {conv}; leader RSS peak {out['rss_peak_mb']:.0f} MB, "
-                 f"CPU {out['cpu_converging_pct']:.0f}% converging ({out['cpu_converging_s']} CPU s), "
+                 f"CPU {out['cpu_converging_pct']:.0f}% converging ({out['cpu_converging_s']} CPU s with its children's, "
+                 f"{out['cpu_converging_alone_s']} of them its own), "
                  f"{out['cpu_idle_pct']:.0f}% in the 20 s after, {out['cpu_settled_pct']:.0f}% at rest "
+                 f"({out['cpu_settled_alone_pct']:.0f}% its own) "
                  f"(nothing written for 10 s, {out['settle_s']} s later); load average {load_start:.1f} at the deploy, {out['load_end']:.1f} at the end")
     finally:
         if sim is not None and sim.poll() is None:
