@@ -186,9 +186,10 @@ def _sequence(tp: Any, origin: Any, value: Any, path: str, limits: Rule, depth: 
     args = typing.get_args(tp)
     item = args[0] if args else Any
     if item is str and depth + 1 <= MAX_DEPTH:
-        # the common big case (a DNS name's 100,000 addresses): one pass
-        # that only looks; an item that fails goes the general way for its
-        # error. Per item that was 1.4 million calls for one DNS update.
+        # the common big case (a DNS name's 100,000 addresses): two passes
+        # that run in C (the types, the longest); only when an item fails
+        # does each go the general way, for the error that names it. Item by
+        # item it was 1.4 million calls for one DNS update.
         if not (set(map(type, value)) <= {str} and max(map(len, value), default=0) <= MAX_STR):
             for i, v in enumerate(value):
                 _value(str, v, _join(path, i), _NO_RULE, depth + 1)
