@@ -9,7 +9,8 @@ containers. A stack with TASKS replicas (constraint node.role==worker, so
 all on simulated nodes) is deployed, and the leader's process is sampled
 (/proc: VmRSS; utime+stime with its children's, the DNS process among
 them) while the tasks converge to running (in the manager's own view: there
-are no engines to look at here) and for 20 s at rest afterwards. Docker Swarm is not measured here (the issue does not ask).
+are no engines to look at here) and for 20 s at rest afterwards. Docker
+Swarm is not measured here (the issue does not ask).
 """
 
 from __future__ import annotations
@@ -43,12 +44,13 @@ METHOD = (
 )
 
 
-def _cpu(pid: int, reaped: bool) -> float:
-    """CPU seconds so far of ``pid`` and its live descendants; with
-    ``reaped``, also of the children it has waited for (a compaction's
-    forked dump writer)."""
+def _cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds so far of ``pid`` alone, and of it with its children:
+    those it has waited for (a compaction's forked dump writer) and its live
+    descendants (the DNS process), each with the children it waited for."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    total = (int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if reaped else 0)) / CLK
+    alone = (int(fields[11]) + int(fields[12])) / CLK
+    total = alone + (int(fields[13]) + int(fields[14])) / CLK
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             children = (task / "children").read_text().split()
@@ -56,10 +58,10 @@ def _cpu(pid: int, reaped: bool) -> float:
             continue
         for child in children:
             try:
-                total += _cpu(int(child), reaped=True)
+                total += _cpu(int(child))[1]
             except OSError:
                 pass  # gone meanwhile
-    return total
+    return alone, total
 
 
 def _proc(pid: int) -> tuple[float, float, float]:
@@ -70,8 +72,8 @@ def _proc(pid: int) -> tuple[float, float, float]:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             rss = int(line.split()[1]) / 1024
-    alone = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return rss, _cpu(pid, reaped=True), (int(alone[11]) + int(alone[12])) / CLK
+    alone, total = _cpu(pid)
+    return rss, total, alone
 
 
 class ProcSampler:

@@ -133,7 +133,7 @@ class Addresses:
     (["x" * ((1 << 20) + 1)], "ips[0]"),
 ])
 def test_a_bad_item_of_a_long_string_list_is_named_by_its_index(ips: list[Any], where: str) -> None:
-    """String lists are checked in one pass (a DNS name's 100,000
+    """String lists are checked all at once (a DNS name's 100,000
     addresses); an item that fails still gets the general error."""
     with pytest.raises(BadRequest) as err:
         parse(Addresses, {"ips": ips})
