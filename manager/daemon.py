@@ -414,5 +414,5 @@ def main() -> int:
         from pyswarm.errors import NotManagerError
 
         raise NotManagerError(f"this host is not a manager (no {cfg.state_dir() / 'manager.json'}); run `pyswarm init`")
-    asyncio.run(Manager(config).run())
+    aio.run(Manager(config).run())
     return 0
