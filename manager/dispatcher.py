@@ -39,7 +39,7 @@ from . import ops, sealing
 from .images import ImageService, registry_auth
 from .lag import STALL, LoopLag
 from .objects import task_files
-from .networks import mesh_message
+from .networks import MeshIndex
 from .store import Op, Snapshot, Store
 
 # a pong as the agent encodes it (protocol.encode); anything else is parsed
@@ -556,9 +556,10 @@ MESH_BYTES_PER_SECOND = 20_000_000
 MESH_BUILD_SHARE = 0.25
 """At most this share of the time goes to building the mesh while the store
 keeps changing: after a build that took T, the next starts no sooner than
-T / share - T later. At 100,000 running tasks a build (every live address,
-sorted) is ~0.6 s of CPU; built on the loop after every change, as it was,
-it held the loop that answers heartbeats for that long, pass after pass."""
+T / share - T later. A build follows the store's changes
+(manager/networks.py MeshIndex); the first, and one after a service or
+network changed, is whole: ~0.6 s of CPU at 100,000 running tasks, which
+on the loop held the heartbeats for that long."""
 
 
 class Dispatcher:
@@ -581,6 +582,7 @@ class Dispatcher:
         self.view: ClusterView | None = None
         # the mesh (manager/networks.py) is the same for every node: encoded
         # once per change, sent to the sessions that have an older version
+        self._mesh_index = MeshIndex()  # follows the store's changes; its first build is whole (in a thread)
         self.mesh: dict[str, Any] | None = None  # the latest built
         self._published: dict[str, Any] | None = None  # the mesh of mesh_version
         self._mesh_lines: dict[bool, bytes] = {}  # whole mesh_version, by versioned (encoded when wanted)
@@ -738,7 +740,7 @@ class Dispatcher:
                 await asyncio.sleep(wait)
             self._mesh_stale = False
             started = time.monotonic()
-            mesh = await asyncio.to_thread(mesh_message, self.snapshot)
+            mesh = await asyncio.to_thread(self._mesh_index.update, self.snapshot)
             took = time.monotonic() - started
             self._mesh_build_at = time.monotonic() + took * (1 / MESH_BUILD_SHARE - 1)
             self._update_mesh(mesh)

@@ -709,7 +709,7 @@ def test_the_mesh_is_built_off_the_loop_and_paced_by_its_cost(monkeypatch: Any) 
         built.append(state["version"])
         return {"op": "mesh", "networks": {"a": [f"10.240.0.{state['version'] % 250 + 2}"]}}
 
-    monkeypatch.setattr(dispatcher_mod, "mesh_message", slow_mesh)
+    monkeypatch.setattr(dispatcher_mod.MeshIndex, "update", lambda self, snap: slow_mesh(snap))
 
     async def go() -> None:
         d, fakes = dispatcher_with(2)

@@ -3,8 +3,12 @@ gateways, and the ingress backends, which follow DNS's ``serves``."""
 
 from __future__ import annotations
 
+import dataclasses
+import random
 import sys
 from pathlib import Path
+
+import pytest
 
 _TESTS = str(Path(__file__).resolve().parents[1])
 if _TESTS not in sys.path:
@@ -12,8 +16,9 @@ if _TESTS not in sys.path:
 
 from factories import make_container_spec, make_node, make_service, make_snapshot, make_task  # noqa: E402
 
-from pyswarm.manager.networks import ipset_name, mesh_message  # noqa: E402
-from pyswarm.models import DESIRED_SHUTDOWN, Network, TaskState  # noqa: E402
+from pyswarm.manager.networks import MeshIndex, ipset_name, mesh_message  # noqa: E402
+from pyswarm.manager.store import Snapshot  # noqa: E402
+from pyswarm.models import DESIRED_SHUTDOWN, Network, Task, TaskState  # noqa: E402
 
 PORT = [{"target": 80, "published": 8080, "protocol": "tcp", "mode": "ingress"},
         {"target": 53, "published": 53, "protocol": "udp", "mode": "host"}]
@@ -63,3 +68,68 @@ def test_tasks_only_on_internal_networks_are_listed_as_internal() -> None:
     mesh = mesh_message(make_snapshot(back, front, db, web, *tasks))
     # web also has a way out (demo_front), as with Docker's internal networks
     assert mesh["internal"] == ["10.240.1.2"], mesh
+
+
+class _ChangeLog:
+    """What a store's state answers a snapshot's ``changed_since``: the
+    (kind, id) touched per index, here written by the test itself."""
+
+    def __init__(self) -> None:
+        self.touched: dict[int, set[tuple[str, str]]] = {}
+
+    def changed_since(self, since: int, until: int) -> set[tuple[str, str]]:
+        out: set[tuple[str, str]] = set()
+        for index in range(since + 1, until + 1):
+            out |= self.touched.get(index, set())
+        return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_mesh_index_kept_from_changes_equals_a_whole_build(seed: int) -> None:
+    """The dispatcher's mesh follows the store's changes (a changed task
+    moves only its address); after any sequence of task, node and service
+    changes it must say exactly what a build from scratch says."""
+    rng = random.Random(seed)
+    back = Network(id="n1", name="demo_back", stack="demo", internal=True)
+    front = Network(id="n2", name="demo_front", stack="demo")
+    web = make_service("web", networks=[{"target": "demo_front", "aliases": []}, {"target": "demo_back", "aliases": []}],
+                       container=make_container_spec(options={"ports": PORT}))
+    db = make_service("db", networks=[{"target": "demo_back", "aliases": []}])
+    services = [web, db]
+    nodes = [make_node(subnet=f"10.240.{i}.0/24") for i in range(1, 4)]
+    tasks: dict[str, Task] = {}
+    log = _ChangeLog()
+    index = MeshIndex()
+    states = [TaskState.ASSIGNED, TaskState.PREPARING, TaskState.RUNNING, TaskState.FAILED, TaskState.SHUTDOWN]
+    for step in range(1, 150):
+        touched: set[tuple[str, str]] = set()
+        for _ in range(rng.randint(1, 4)):
+            roll = rng.random()
+            if roll < 0.4 or not tasks:  # a new task, sometimes reusing an address still held
+                t = make_task(rng.choice(services), ip=f"10.240.{rng.randint(1, 3)}.{rng.randint(2, 12)}",
+                              state=rng.choice(states[:3]))
+                tasks[t.id] = t
+            elif roll < 0.8:  # a state report, or shut down
+                t = tasks[rng.choice(sorted(tasks))]
+                t = dataclasses.replace(t, state=rng.choice(states)) if rng.random() < 0.7 else \
+                    dataclasses.replace(t, desired_state=DESIRED_SHUTDOWN)
+                tasks[t.id] = t
+            elif roll < 0.92:  # removed (the reaper)
+                t = tasks.pop(rng.choice(sorted(tasks)))
+            elif roll < 0.96:  # a node's subnet
+                n = rng.randrange(len(nodes))
+                nodes[n] = dataclasses.replace(nodes[n], subnet=rng.choice([None, f"10.240.{n + 1}.0/24"]))
+                touched.add(("node", nodes[n].id))
+                continue
+            else:  # a service's ports: a whole rebuild
+                s = rng.randrange(len(services))
+                ports = PORT if rng.random() < 0.5 else []
+                spec = dataclasses.replace(services[s].spec, container=make_container_spec(options={"ports": ports}))
+                services[s] = dataclasses.replace(services[s], spec=spec)
+                touched.add(("service", services[s].id))
+                continue
+            touched.add(("task", t.id))
+        log.touched[step] = touched
+        raw = make_snapshot(back, front, *services, *nodes, *tasks.values(), index=step).raw
+        snap = Snapshot(step, {kind: dict(objs) for kind, objs in raw.items()}, state=log)  # type: ignore[arg-type]
+        assert index.update(snap) == mesh_message(make_snapshot(back, front, *services, *nodes, *tasks.values())), step
