@@ -154,25 +154,30 @@ def mesh_message(snap: Snapshot) -> dict[str, Any]:
 
 
 class _Sorted:
-    """Addresses in the mesh's order, kept sorted as they come and go
-    (bisect on their keys): a publish copies a list instead of sorting
-    100,000 addresses by a key computed in Python."""
+    """Addresses in the mesh's order, kept sorted as they come and go: a
+    publish copies a list instead of sorting 100,000 addresses by a key
+    computed in Python. Changes are applied in batches (:meth:`flush`): a
+    few by bisection, many by one merge (the list and the sorted newcomers
+    are two runs, which Python's sort merges in one pass); inserting 100,000
+    new tasks one by one into a growing list was quadratic."""
 
-    __slots__ = ("keys", "ips", "counts")
+    __slots__ = ("keys", "counts", "_adds", "_removes", "_ips")
 
     def __init__(self) -> None:
         self.keys: list[tuple[int, int, str]] = []
-        self.ips: list[str] = []
         self.counts: dict[str, int] = {}  # two live tasks may hold one address for a moment (a reused one)
+        self._adds: set[str] = set()
+        self._removes: set[str] = set()
+        self._ips: list[str] | None = []
 
     def add(self, ip: str) -> None:
         n = self.counts.get(ip, 0)
         self.counts[ip] = n + 1
         if not n:
-            key = _ip_key(ip)
-            at = bisect.bisect_left(self.keys, key)
-            self.keys.insert(at, key)
-            self.ips.insert(at, ip)
+            if ip in self._removes:
+                self._removes.discard(ip)
+            else:
+                self._adds.add(ip)
 
     def remove(self, ip: str) -> None:
         n = self.counts.get(ip, 0)
@@ -180,9 +185,38 @@ class _Sorted:
             self.counts[ip] = n - 1
         elif n == 1:
             del self.counts[ip]
-            at = bisect.bisect_left(self.keys, _ip_key(ip))
-            del self.keys[at]
-            del self.ips[at]
+            if ip in self._adds:
+                self._adds.discard(ip)
+            else:
+                self._removes.add(ip)
+
+    def ips(self) -> list[str]:
+        """A new list (a message given out is never changed)."""
+        self._flush()
+        if self._ips is None:
+            self._ips = [k[2] for k in self.keys]
+        return list(self._ips)
+
+    def _flush(self) -> None:
+        if not self._adds and not self._removes:
+            return
+        self._ips = None
+        keys = self.keys
+        few = max(8, len(keys) // 64)
+        if len(self._removes) <= few:
+            for ip in self._removes:
+                del keys[bisect.bisect_left(keys, _ip_key(ip))]
+        else:
+            gone = self._removes
+            keys[:] = [k for k in keys if k[2] not in gone]
+        adds = sorted(map(_ip_key, self._adds))
+        if len(adds) <= few:
+            for key in adds:
+                bisect.insort(keys, key)
+        else:
+            keys += adds
+            keys.sort()
+        self._adds, self._removes = set(), set()
 
 
 # what one task adds to the mesh: (service id, address, network names, only on internal networks, serves)
@@ -270,14 +304,14 @@ class MeshIndex:
             for p in ports:
                 ingress.append({
                     "service": name, "port": str(p["published"]), "protocol": p.get("protocol", "tcp"),
-                    "backends": [f"{ip}:{p['target']}" for ip in self._backends[service_id].ips],
+                    "backends": [f"{ip}:{p['target']}" for ip in self._backends[service_id].ips()],
                 })
         ingress.sort(key=lambda e: (e["protocol"], e["port"]))
         return {
             "op": "mesh",
             "gateways": list(self._gateways),
-            "networks": {ipset_name(name): list(self._members[name].ips) for name in sorted(self._members)},
-            "internal": list(self._internal.ips),
+            "networks": {ipset_name(name): self._members[name].ips() for name in sorted(self._members)},
+            "internal": self._internal.ips(),
             "ingress": ingress,
         }
 

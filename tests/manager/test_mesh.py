@@ -133,3 +133,26 @@ def test_the_mesh_index_kept_from_changes_equals_a_whole_build(seed: int) -> Non
         raw = make_snapshot(back, front, *services, *nodes, *tasks.values(), index=step).raw
         snap = Snapshot(step, {kind: dict(objs) for kind, objs in raw.items()}, state=log)  # type: ignore[arg-type]
         assert index.update(snap) == mesh_message(make_snapshot(back, front, *services, *nodes, *tasks.values())), step
+
+
+def test_sorted_addresses_take_big_and_small_batches() -> None:
+    """A scale-up adds thousands of addresses between two publishes (merged
+    in one sort), a report adds one (bisected): both keep the mesh's order."""
+    from pyswarm.addrs import ip_key
+    from pyswarm.manager.networks import _Sorted
+
+    rng = random.Random(7)
+    held: dict[str, int] = {}
+    s = _Sorted()
+    for batch in (5000, 3, 2000, 1, 4000, 8):
+        for _ in range(batch):
+            ip = f"10.{rng.randint(0, 3)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+            if ip in held and rng.random() < 0.5:
+                s.remove(ip)
+                held[ip] -= 1
+                if not held[ip]:
+                    del held[ip]
+            else:
+                s.add(ip)
+                held[ip] = held.get(ip, 0) + 1
+        assert s.ips() == sorted(held, key=ip_key), batch
