@@ -553,6 +553,12 @@ HEARTBEAT_TICK = 0.25
 RESYNC_IN_FLIGHT = 10.0  # seconds a whole set sent counts as on its way (Session.resync)
 CONNECTS_AT_ONCE = 16  # SSH handshakes under way together (each is ~10 ms of the leader's CPU or more)
 MESH_BYTES_PER_SECOND = 20_000_000
+MESH_PUBLISH_SHARE = 0.1
+"""At most this share of the time goes to writing mesh changes to every
+session: a broadcast to 1,000 nodes is 1,000 SSH writes (~50 ms). Once the
+mesh followed the store's changes, its builds took milliseconds and a
+scale-up published a delta to every node several times a second; the
+leader's CPU converging 100,000 tasks went up, not down."""
 MESH_BUILD_SHARE = 0.25
 """At most this share of the time goes to building the mesh while the store
 keeps changing: after a build that took T, the next starts no sooner than
@@ -774,11 +780,14 @@ class Dispatcher:
         self._mesh_lines = {}
         self.mesh_delta_line = b"" if changes is None else protocol.encode(
             {"op": "mesh_delta", "base": self.mesh_version - 1, "version": self.mesh_version, **changes})
+        started = time.monotonic()
         written = 0
         for session, _ in self._sessions.values():
             written += session.push_mesh() or 0
-        # the next broadcast waits until this one's bytes are paid for
-        self._mesh_next_at = time.monotonic() + written / MESH_BYTES_PER_SECOND
+        # the next broadcast waits until this one's bytes are paid for, and
+        # its writes (MESH_PUBLISH_SHARE)
+        took = time.monotonic() - started
+        self._mesh_next_at = started + took + max(written / MESH_BYTES_PER_SECOND, took * (1 / MESH_PUBLISH_SHARE - 1))
 
     def mesh_full(self, versioned: bool = True) -> bytes:
         """The whole mesh of ``mesh_version`` as a line, encoded once (with

@@ -15,7 +15,6 @@ container only the names of services that share a network with it.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import ipaddress
 import re
@@ -23,6 +22,7 @@ import socket
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from pyswarm.addrs import SortedAddrs
 from pyswarm.addrs import ip_key as _ip_key
 from pyswarm.errors import UsageError
 from pyswarm.models import Network, ServiceSpec, Task, TaskState, new_id
@@ -153,72 +153,6 @@ def mesh_message(snap: Snapshot) -> dict[str, Any]:
     return MeshIndex().update(snap)
 
 
-class _Sorted:
-    """Addresses in the mesh's order, kept sorted as they come and go: a
-    publish copies a list instead of sorting 100,000 addresses by a key
-    computed in Python. Changes are applied in batches (:meth:`flush`): a
-    few by bisection, many by one merge (the list and the sorted newcomers
-    are two runs, which Python's sort merges in one pass); inserting 100,000
-    new tasks one by one into a growing list was quadratic."""
-
-    __slots__ = ("keys", "counts", "_adds", "_removes", "_ips")
-
-    def __init__(self) -> None:
-        self.keys: list[tuple[int, int, str]] = []
-        self.counts: dict[str, int] = {}  # two live tasks may hold one address for a moment (a reused one)
-        self._adds: set[str] = set()
-        self._removes: set[str] = set()
-        self._ips: list[str] | None = []
-
-    def add(self, ip: str) -> None:
-        n = self.counts.get(ip, 0)
-        self.counts[ip] = n + 1
-        if not n:
-            if ip in self._removes:
-                self._removes.discard(ip)
-            else:
-                self._adds.add(ip)
-
-    def remove(self, ip: str) -> None:
-        n = self.counts.get(ip, 0)
-        if n > 1:
-            self.counts[ip] = n - 1
-        elif n == 1:
-            del self.counts[ip]
-            if ip in self._adds:
-                self._adds.discard(ip)
-            else:
-                self._removes.add(ip)
-
-    def ips(self) -> list[str]:
-        """A new list (a message given out is never changed)."""
-        self._flush()
-        if self._ips is None:
-            self._ips = [k[2] for k in self.keys]
-        return list(self._ips)
-
-    def _flush(self) -> None:
-        if not self._adds and not self._removes:
-            return
-        self._ips = None
-        keys = self.keys
-        few = max(8, len(keys) // 64)
-        if len(self._removes) <= few:
-            for ip in self._removes:
-                del keys[bisect.bisect_left(keys, _ip_key(ip))]
-        else:
-            gone = self._removes
-            keys[:] = [k for k in keys if k[2] not in gone]
-        adds = sorted(map(_ip_key, self._adds))
-        if len(adds) <= few:
-            for key in adds:
-                bisect.insort(keys, key)
-        else:
-            keys += adds
-            keys.sort()
-        self._adds, self._removes = set(), set()
-
-
 # what one task adds to the mesh: (service id, address, network names, only on internal networks, serves)
 _Part = tuple[str, str, tuple[str, ...], bool, bool]
 
@@ -239,9 +173,9 @@ class MeshIndex:
         self._at: int | None = None
         self._parts: dict[str, _Part] = {}  # task id -> what it adds
         self._services: dict[str, tuple[str, tuple[str, ...], bool, list[dict[str, Any]]]] = {}
-        self._members: dict[str, _Sorted] = {}  # network name -> addresses
-        self._internal = _Sorted()
-        self._backends: dict[str, _Sorted] = {}  # service id with ingress ports -> serving addresses
+        self._members: dict[str, SortedAddrs] = {}  # network name -> addresses
+        self._internal = SortedAddrs()
+        self._backends: dict[str, SortedAddrs] = {}  # service id with ingress ports -> serving addresses
         self._gateways: list[str] = []
 
     def update(self, snap: Snapshot) -> dict[str, Any]:
@@ -268,10 +202,10 @@ class MeshIndex:
             ports = ingress_ports(service.spec)
             self._services[service.id] = (service.name, nets, all(n in internal_nets for n in nets), ports)
             for name in nets:
-                self._members.setdefault(name, _Sorted())
+                self._members.setdefault(name, SortedAddrs())
             if ports:
-                self._backends[service.id] = _Sorted()
-        self._internal = _Sorted()
+                self._backends[service.id] = SortedAddrs()
+        self._internal = SortedAddrs()
         self._parts = {}
         self._gateways = _gateways(snap)
         for task in snap.tasks_in(*LIVE_STATES):  # the state index: pending tasks cost nothing here
@@ -283,12 +217,12 @@ class MeshIndex:
             return
         if old is not None:
             del self._parts[task_id]
-            self._apply(old, _Sorted.remove)
+            self._apply(old, SortedAddrs.remove)
         if part is not None:
             self._parts[task_id] = part
-            self._apply(part, _Sorted.add)
+            self._apply(part, SortedAddrs.add)
 
-    def _apply(self, part: _Part, how: Callable[[_Sorted, str], None]) -> None:
+    def _apply(self, part: _Part, how: Callable[[SortedAddrs, str], None]) -> None:
         service_id, ip, nets, internal_only, serves = part
         for name in nets:
             how(self._members[name], ip)

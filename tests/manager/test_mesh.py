@@ -138,12 +138,11 @@ def test_the_mesh_index_kept_from_changes_equals_a_whole_build(seed: int) -> Non
 def test_sorted_addresses_take_big_and_small_batches() -> None:
     """A scale-up adds thousands of addresses between two publishes (merged
     in one sort), a report adds one (bisected): both keep the mesh's order."""
-    from pyswarm.addrs import ip_key
-    from pyswarm.manager.networks import _Sorted
+    from pyswarm.addrs import SortedAddrs, ip_key
 
     rng = random.Random(7)
     held: dict[str, int] = {}
-    s = _Sorted()
+    s = SortedAddrs()
     for batch in (5000, 3, 2000, 1, 4000, 8):
         for _ in range(batch):
             ip = f"10.{rng.randint(0, 3)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
