@@ -42,9 +42,11 @@ class TableCache:
                nodes: Iterable[str] = ()) -> NameTable:
         """Rebuild from this snapshot now; return the new table."""
         self._stale = False
-        return self._install(build_table(cluster, services, tasks, nodes))
+        return self.install(build_table(cluster, services, tasks, nodes))
 
-    def _install(self, table: NameTable) -> NameTable:
+    def install(self, table: NameTable) -> NameTable:
+        """Make ``table`` current (a new serial) unless it says what the
+        current one says; the current table either way."""
         with self._lock:
             if dataclasses.replace(table, serial=self._table.serial) == self._table:
                 # most store changes (a node's status, a task moving from
@@ -71,7 +73,7 @@ class TableCache:
             except BaseException:
                 self._stale = True
                 raise
-            self._install(build_table(*snapshot))
+            self.install(build_table(*snapshot))
         return self._table
 
     __call__ = get

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
+from pyswarm.addrs import SortedAddrs
 from pyswarm.addrs import ip_key as _ip_key
 from pyswarm.addrs import reverse_pointer
 from pyswarm.models import Cluster, Service, Task
@@ -317,62 +318,189 @@ def build_table(cluster: Cluster, services: Iterable[Service], tasks: Iterable[T
 
     Every part of a name remembers the networks it is visible on (a
     service's names: all its networks; an alias: the network it is set on),
-    so :meth:`NameTable.for_client` can cut the view of a client.
+    so :meth:`NameTable.for_client` can cut the view of a client. The
+    manager keeps a :class:`TableBuilder` instead, which follows changes.
     """
-    zone = normalize(cluster.zone or DEFAULT_ZONE)
-    services = list(services)
-    ips_by_service: dict[str, set[str]] = {}
-    clients: dict[str, frozenset[str]] = {}
-    nets_by_id = {s.id: networks_of(s) for s in services}
-    for task in tasks:
-        if task.serves:
-            ips_by_service.setdefault(task.service_id, set()).add(task.ip)
-        nets = nets_by_id.get(task.service_id)
-        if task.ip and nets is not None and not task.state.terminal:
-            clients[task.ip] = nets
+    return TableBuilder().rebuild(cluster, services, tasks, nodes)
 
-    scoped: dict[str, list[Scoped]] = {}
 
-    def add(name: str, nets: frozenset[str], entry: NameEntry) -> None:
-        scoped.setdefault(name, []).append(Scoped(nets, entry))
+# what one task gives the table: (service id, address, serves, a client: not over)
+_TaskPart = tuple[str, str, bool, bool]
 
-    stacks: set[str] = set()
-    for service in services:
-        if service.spec.stack:
-            stacks.add(normalize(service.spec.stack))
-        nets = nets_by_id[service.id]
-        ips = tuple(sorted(ips_by_service.get(service.id, set()), key=_ip_key))
-        entry = NameEntry(ips, (service.id,))
-        own = service_names(service, zone)
-        for name in own:
-            add(name, nets, entry)
+
+class TableBuilder:
+    """:func:`build_table`, kept from changed tasks: a task that starts or
+    stops serving rebuilds only its service's names and its own reverse
+    name; the tables it returns share every unchanged entry with the last.
+
+    Built whole per change, the table over 100,000 running tasks took a few
+    hundred ms of the leader's CPU (every task typed, every address keyed,
+    sorted and given its PTR), a third of its CPU in the 20 s after such a
+    convergence (bench/RESULTS.md, footprint). Not thread-safe: one user."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._zone = DEFAULT_ZONE
+        self._pool = ""
+        self._nodes: frozenset[str] = frozenset()
+        self._services: dict[str, Service] = {}
+        self._order: dict[str, int] = {}
+        self._nets: dict[str, frozenset[str]] = {}
+        self._targets: dict[str, str] = {}  # service id -> its primary name with the dot (PTR, SRV)
+        self._own: dict[str, dict[str, list[Scoped]]] = {}  # service id -> its names' parts (not PTR)
+        self._owners: dict[str, list[str]] = {}  # name (not PTR) -> service ids, in order
+        self._serving: dict[str, SortedAddrs] = {}
+        self._ptr: dict[str, set[str]] = {}  # PTR name -> service ids serving that address
+        self._parts: dict[str, _TaskPart] = {}  # task id -> what it gives
+        self._client_tasks: dict[str, set[str]] = {}  # address -> live task ids holding it
+        self._stacks: frozenset[str] = frozenset()
+        self._parents: frozenset[str] = frozenset()
+        self._names: dict[str, NameEntry] = {}
+        self._scoped: dict[str, tuple[Scoped, ...]] = {}
+        self._clients: dict[str, frozenset[str]] = {}
+
+    def rebuild(self, cluster: Cluster, services: Iterable[Service], tasks: Iterable[Task],
+                nodes: Iterable[str] = ()) -> NameTable:
+        """The table of this whole snapshot (``tasks``: those that can have an address)."""
+        self._reset()
+        zone = self._zone = normalize(cluster.zone or DEFAULT_ZONE)
+        self._pool = cluster.addr_pool
+        self._nodes = frozenset(nodes)
+        for i, service in enumerate(services):
+            self._services[service.id] = service
+            self._order[service.id] = i
+            self._nets[service.id] = networks_of(service)
+            self._serving[service.id] = SortedAddrs()
+            own = service_names(service, zone)
+            primary = own[1] if service.spec.stack else own[0]  # N.S.Z, or N for a stackless one
+            target = primary if primary.endswith("." + zone) or primary == zone else f"{primary}.{zone}"
+            self._targets[service.id] = target + "."
+        for task in tasks:
+            self._set(task.id, task)
+        for sid in self._services:
+            self._own[sid] = self._service_parts(sid)
+            for name in self._own[sid]:
+                self._owners.setdefault(name, []).append(sid)
+        names = set(self._owners) | set(self._ptr)
+        for name in names:
+            self._recompute(name)
+        self._stacks = frozenset(normalize(s.spec.stack) for s in self._services.values() if s.spec.stack)
+        parents: set[str] = {zone}
+        for name in self._owners:
+            if name.endswith(".in-addr.arpa"):
+                continue
+            labels = name.split(".")
+            for i in range(1, len(labels)):
+                parent = ".".join(labels[i:])
+                if parent not in self._names:
+                    parents.add(parent)
+        # a bare top label such as "demo" (parent of "web.demo") is a parent, but
+        # a bare unrelated TLD must not become one: only keep ours
+        self._parents = frozenset(p for p in parents if p == zone or p.endswith("." + zone)
+                                  or p.rsplit(".", 1)[-1] in self._stacks)
+        return self._table()
+
+    def update(self, tasks: Iterable[tuple[str, Task | None]], nodes: Iterable[str] | None = None) -> NameTable:
+        """The table after these tasks changed (None: gone, or no longer
+        able to have an address), and the nodes' addresses if given; the
+        services and the cluster must be those of the last :meth:`rebuild`."""
+        if nodes is not None:
+            self._nodes = frozenset(nodes)
+        dirty: set[str] = set()
+        ptr_names: set[str] = set()
+        for tid, task in tasks:
+            dirty.update(self._set(tid, task, ptr_names))
+        for sid in dirty:
+            self._own[sid] = self._service_parts(sid)
+        for name in {n for sid in dirty for n in self._own[sid]} | ptr_names:
+            self._recompute(name)
+        return self._table()
+
+    def _set(self, tid: str, task: Task | None, ptr_names: set[str] | None = None) -> set[str]:
+        """Record what ``task`` gives now; the services whose addresses changed."""
+        new: _TaskPart | None = None
+        if task is not None and task.service_id in self._services:
+            new = (task.service_id, task.ip, task.serves, bool(task.ip) and not task.state.terminal)
+        old = self._parts.get(tid)
+        if old == new:
+            return set()
+        dirty: set[str] = set()
+        if old is not None:
+            del self._parts[tid]
+            sid, ip, serves, client = old
+            if serves:
+                self._serve(sid, ip, False, ptr_names)
+                dirty.add(sid)
+            if client:
+                holders = self._client_tasks[ip]
+                holders.discard(tid)
+                if holders:
+                    self._clients[ip] = self._nets[self._parts[next(iter(holders))][0]]
+                else:
+                    del self._client_tasks[ip], self._clients[ip]
+        if new is not None:
+            self._parts[tid] = new
+            sid, ip, serves, client = new
+            if serves:
+                self._serve(sid, ip, True, ptr_names)
+                dirty.add(sid)
+            if client:
+                self._client_tasks.setdefault(ip, set()).add(tid)
+                self._clients[ip] = self._nets[sid]
+        return dirty
+
+    def _serve(self, sid: str, ip: str, on: bool, ptr_names: set[str] | None) -> None:
+        serving = self._serving[sid]
+        had = ip in serving.counts
+        (serving.add if on else serving.remove)(ip)
+        if had != (ip in serving.counts):
+            name = reverse_name(ip)
+            owners = self._ptr.setdefault(name, set())
+            (owners.add if on else owners.discard)(sid)
+            if not owners:
+                del self._ptr[name]
+            if ptr_names is not None:
+                ptr_names.add(name)
+
+    def _service_parts(self, sid: str) -> dict[str, list[Scoped]]:
+        service, zone, nets = self._services[sid], self._zone, self._nets[sid]
+        ips = self._serving[sid].frozen()
+        parts: dict[str, list[Scoped]] = {}
+        entry = NameEntry(ips, (sid,))
+        for name in service_names(service, zone):
+            parts.setdefault(name, []).append(Scoped(nets, entry))
         for attachment in service.spec.networks:
             for alias in attachment.get("aliases") or []:
                 for name in alias_names(service, str(alias), zone):
-                    add(name, frozenset({str(attachment.get("target", ""))}), entry)
-        primary = own[1] if service.spec.stack else own[0]  # N.S.Z, or N for a stackless one
-        target = primary if primary.endswith("." + zone) or primary == zone else f"{primary}.{zone}"
+                    parts.setdefault(name, []).append(Scoped(frozenset({str(attachment.get("target", ""))}), entry))
         for name, port in srv_names(service, zone):
-            add(name, nets, NameEntry((), (service.id,), srv=((port, target + "."),), extra=ips))
-        for ip in ips:
-            add(reverse_name(ip), nets, NameEntry((), (service.id,), ptr=(target + ".",)))
+            parts.setdefault(name, []).append(
+                Scoped(nets, NameEntry((), (sid,), srv=((port, self._targets[sid]),), extra=ips)))
+        return parts
 
-    names = {name: _merge(parts) for name, parts in scoped.items()}
-    parents: set[str] = {zone}
-    for name in names:
-        if name.endswith(".in-addr.arpa"):
-            continue
-        labels = name.split(".")
-        for i in range(1, len(labels)):
-            parent = ".".join(labels[i:])
-            if parent not in names:
-                parents.add(parent)
-    # a bare top label such as "demo" (parent of "web.demo") is a parent, but
-    # a bare unrelated TLD must not become one: only keep ours
-    parents = {p for p in parents if p == zone or p.endswith("." + zone) or p.rsplit(".", 1)[-1] in stacks}
-    return NameTable(zone=zone, names=names, stacks=frozenset(stacks), parents=frozenset(parents),
-                     scoped={k: tuple(v) for k, v in scoped.items()}, clients=clients,
-                     pool=cluster.addr_pool, nodes=frozenset(nodes))
+    def _recompute(self, name: str) -> None:
+        """One name's parts, in the services' order (each service's own
+        parts, then its reverse name's), and its merged entry."""
+        owners = set(self._owners.get(name, ())) | self._ptr.get(name, set())
+        parts: list[Scoped] = []
+        for sid in sorted(owners, key=self._order.__getitem__):
+            parts += self._own[sid].get(name, ())
+            if sid in self._ptr.get(name, ()):
+                parts.append(Scoped(self._nets[sid], NameEntry((), (sid,), ptr=(self._targets[sid],))))
+        if parts:
+            self._scoped[name] = tuple(parts)
+            self._names[name] = _merge(parts)
+        else:
+            self._scoped.pop(name, None)
+            self._names.pop(name, None)
+
+    def _table(self) -> NameTable:
+        # new dicts: a table given out never changes (the feed diffs the last against the next)
+        return NameTable(zone=self._zone, names=dict(self._names), stacks=self._stacks, parents=self._parents,
+                         scoped=dict(self._scoped), clients=dict(self._clients), pool=self._pool,
+                         nodes=self._nodes)
 
 
 class Rotator:

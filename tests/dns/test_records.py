@@ -18,7 +18,7 @@ from factories import make_service, make_task
 
 from pyswarm.dns import NameTable, Responder, TableCache, build_table
 from pyswarm.dns.answer import DnsSettings
-from pyswarm.dns.records import Kind, Rotator
+from pyswarm.dns.records import Kind, Rotator, TableBuilder
 from pyswarm.models import DESIRED_SHUTDOWN, Cluster, Service, Task, TaskState
 
 WEB_IPS = ["10.240.1.2", "10.240.2.2", "10.240.3.2"]
@@ -347,3 +347,61 @@ def test_the_reply_cache_is_dropped_when_the_table_changes(cluster: Cluster) -> 
     assert addresses(ask(responder, "web.demo")) == ["10.0.0.2"]
     current[0] = build_table(cluster, [web], [])
     assert ask(responder, "web.demo").answer == []
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_builder_kept_from_changes_equals_a_whole_build(cluster: Cluster, seed: int) -> None:
+    """The manager's table follows changed tasks (dns/records.py
+    TableBuilder); after any sequence of starts, reports, shut-downs,
+    removals and node changes it must be the table built from scratch:
+    names, merged names, aliases, SRV, reverse names and clients."""
+    import dataclasses
+    import random
+
+    from factories import make_container_spec
+
+    rng = random.Random(seed)
+    ports = {"ports": [{"target": 80, "published": 8080, "protocol": "tcp", "name": "http"}]}
+    services = [
+        make_service("web", stack="demo", networks=[{"target": "demo_front", "aliases": ["www"]},
+                                                    {"target": "demo_back", "aliases": []}],
+                     container=make_container_spec(options=ports)),
+        make_service("db", stack="demo", networks=[{"target": "demo_back", "aliases": ["www"]}]),
+        make_service("web", stack="pyswarm"),  # both answer web.pyswarm: merged
+        make_service("web", stack=""),
+    ]
+    tasks: dict[str, Task] = {}
+    states = [TaskState.ASSIGNED, TaskState.STARTING, TaskState.RUNNING, TaskState.FAILED]
+    builder = TableBuilder()
+    nodes = ["10.0.0.1"]
+
+    def live(t: Task) -> bool:
+        return not t.state.terminal and t.state.rank >= TaskState.ASSIGNED.rank
+
+    assert builder.rebuild(cluster, services, [], nodes) == build_table(cluster, services, [], nodes)
+    made = 0  # addresses are unique: which of two live tasks on one address is its client is not defined
+    for step in range(150):
+        changed: list[str] = []
+        for _ in range(rng.randint(1, 5)):
+            roll = rng.random()
+            if roll < 0.4 or not tasks:
+                made += 1
+                t = make_task(rng.choice(services), ip=f"10.240.{made // 250}.{made % 250 + 2}",
+                              state=rng.choice(states[:3]))
+            elif roll < 0.8:
+                t = tasks[rng.choice(sorted(tasks))]
+                t = dataclasses.replace(t, state=rng.choice(states)) if rng.random() < 0.7 else \
+                    dataclasses.replace(t, desired_state=DESIRED_SHUTDOWN)
+            else:
+                t = tasks.pop(rng.choice(sorted(tasks)))
+                changed.append(t.id)
+                continue
+            tasks[t.id] = t
+            changed.append(t.id)
+        if rng.random() < 0.1:
+            nodes = nodes + [f"10.0.0.{len(nodes) + 1}"]
+        got = builder.update([(tid, tasks[tid] if tid in tasks and live(tasks[tid]) else None) for tid in changed],
+                             nodes)
+        want = build_table(cluster, services, [t for t in tasks.values() if live(t)], nodes)
+        assert got == want, (step, {k for k in want.names.keys() | got.names.keys()
+                                    if want.names.get(k) != got.names.get(k)})

@@ -62,6 +62,11 @@ def test_the_dns_process_follows_the_store(tmp_path: Path) -> None:
                                 ["put", "node", node.id, node.to_dict()],
                                 ["put", "service", web.id, web.to_dict()], ["put", "task", task.id, task.to_dict()]])
             await until(child.port, "web.demo", (dns.rcode.NOERROR, ["10.240.1.2"]), 15)
+            # a task-only change: the table follows it without a rebuild (DnsTables)
+            more = make_task(web, node_id=node.id, state=TaskState.RUNNING, ip="10.240.1.3")
+            await store.commit([["put", "task", more.id, more.to_dict()]])
+            await until(child.port, "web.demo", (dns.rcode.NOERROR, ["10.240.1.2", "10.240.1.3"]), 15)
+            await store.commit([["delete", "task", more.id]])
             # a replica going away leaves DNS: the name stays, without addresses (NODATA)
             await store.commit([["delete", "task", task.id]])
             await until(child.port, "web.demo", (dns.rcode.NOERROR, []), 15)
