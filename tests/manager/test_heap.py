@@ -102,8 +102,9 @@ def test_the_pause_record_stays_bounded_however_many_collections_run(collector: 
     keeper = Heap(lambda: 3, clock=lambda: now[0])
     for i in range(20_000):
         now[0] = 1000.0 + i * 0.01  # 100 collections a second for 200 s
-        keeper._on_gc("start", {"generation": 0})
-        keeper._on_gc("stop", {"generation": 1 if i == 19_990 else 0})
+        generation = 2 if i == 19_990 else 1
+        keeper._on_gc("start", {"generation": generation})
+        keeper._on_gc("stop", {"generation": generation})
     assert len(keeper._pauses) <= heap.WINDOW + 2, f"{len(keeper._pauses)} records kept"
     stats = keeper.stats()
-    assert stats["gc_pause_max_60s_ms"] >= 0 and stats["gc_pause_max_60s_generation"] in (0, 1)
+    assert stats["gc_pause_max_60s_ms"] >= 0 and stats["gc_pause_max_60s_generation"] in (1, 2)
