@@ -99,8 +99,29 @@ def test_a_big_change_is_cut_into_messages_and_installed_at_the_last(cluster: Cl
     (b'{"serial": 2, "colour": "red"}', "colour"),
     (b'{"serial": 2, "clients": {"10.240.1.2": "front"}}', "clients.10.240.1.2"),
     (b'not json', ""),
+    (b'{"serial": 2, "names": {"web": {"ips_list": "L0"}}}', "ips_list"),
+    (b'{"serial": 2, "names": {"web": {"ips": ["10.0.0.1"], "ips_list": "L0"}}, "lists": {"L0": []}}', "ips_list"),
 ])
 def test_a_malformed_message_is_refused_naming_the_field(line: bytes, field: str) -> None:
     with pytest.raises(wire.BadRequest) as err:
         feed.parse(line)
     assert err.value.path == field
+
+
+def test_a_long_address_list_travels_once_a_message(cluster: Cluster) -> None:
+    """A service's names (and their per-network parts, its SRV extras) carry
+    its one address list: it is sent once, and the receiver's entries share
+    one tuple again."""
+    services, _ = cluster_state()
+    web = services[0]
+    many = running(web, *(f"10.240.{i // 200}.{i % 200 + 2}" for i in range(500)))
+    table = TableCache().update(cluster, services, many)
+    messages = list(feed.changes(None, table))
+    sent = feed.parse(messages[0])
+    assert len(sent.lists) == 1 and len(next(iter(sent.lists.values()))) == 500, sent.lists.keys()
+    # once in the shared list, once as a client's key
+    assert sum(m.count(b'"10.240.1.2"') for m in messages) == 2
+    receiver = feed.Receiver()
+    replay(receiver, messages)
+    same(receiver.table, table)
+    assert receiver.table.names["web.demo"].ips is receiver.table.names["tasks.web.demo"].ips
