@@ -37,7 +37,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyswarm import aio, wire
+from pyswarm import wire
 
 from . import feed
 from .errors import DnsBindError, DnsError
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, wire.BadRequest) as exc:
         print(f"pyswarm DNS process: bad configuration: {exc}", file=sys.stderr)
         return 2
-    return aio.run(_serve(config))
+    return asyncio.run(_serve(config))
 
 
 if __name__ == "__main__":  # pragma: no cover - the child's entry point

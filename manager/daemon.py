@@ -443,5 +443,5 @@ def main() -> int:
         from pyswarm.errors import NotManagerError
 
         raise NotManagerError(f"this host is not a manager (no {cfg.state_dir() / 'manager.json'}); run `pyswarm init`")
-    aio.run(Manager(config).run())
+    asyncio.run(Manager(config).run())
     return 0

@@ -3,8 +3,7 @@
 :func:`spawn` is how a background task is started: whatever it raises is
 read and logged with its traceback when it ends, so no failure is left for
 asyncio's "Task exception was never retrieved" at garbage collection (or
-lost altogether, as a silent stop of whatever the task did). :func:`run`
-is how a process runs its loop.
+lost altogether, as a silent stop of whatever the task did).
 """
 
 from __future__ import annotations
@@ -14,20 +13,9 @@ import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-import uvloop
-
 T = TypeVar("T")
 
 log = logging.getLogger("pyswarm")
-
-
-def run(main: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run`` on uvloop, for every long-lived process (the manager,
-    the agent, the DNS process). A manager's work at 1,000 nodes is mostly
-    small reads and writes on 1,000 SSH connections; asyncio's own selector
-    and transports were a fifth of its CPU (bench/RESULTS.md, footprint)."""
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main)
 
 
 def spawn(coro: Coroutine[Any, Any, T], name: str, logger: logging.Logger = log) -> asyncio.Task[T]:

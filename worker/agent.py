@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyswarm import config as cfg
-from pyswarm import aio, deltas, protocol, streamwire
+from pyswarm import deltas, protocol, streamwire
 from pyswarm.models import TaskState
 from pyswarm.wire import BadRequest
 from pyswarm.worker import (
@@ -1091,6 +1091,6 @@ def main_stdio() -> int:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     try:
-        return aio.run(serve_stdio(proto_fd))  # its writer closes proto_fd as the session ends
+        return asyncio.run(serve_stdio(proto_fd))  # its writer closes proto_fd as the session ends
     except KeyboardInterrupt:
         return 130
