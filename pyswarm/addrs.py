@@ -40,10 +40,11 @@ def reverse_pointer(ip: str) -> str:
 class SortedAddrs:
     """A set of addresses kept in :func:`ip_key` order as they come and go,
     for the per-change paths (the mesh, the DNS table): reading it copies a
-    list instead of sorting 100,000 addresses by a key computed in Python. Changes are applied in batches (:meth:`flush`): a
-    few by bisection, many by one merge (the list and the sorted newcomers
-    are two runs, which Python's sort merges in one pass); inserting 100,000
-    new tasks one by one into a growing list was quadratic."""
+    list instead of sorting 100,000 addresses by a key computed in Python.
+    Changes are applied in a batch when it is next read: a few by
+    bisection, many by one merge (the list and the sorted newcomers are two
+    runs, which Python's sort merges in one pass); inserting 100,000 new
+    tasks one by one into a growing list was quadratic."""
 
     __slots__ = ("keys", "counts", "_adds", "_removes", "_ips")
 
