@@ -8,9 +8,8 @@ objects and holds the GIL for 0.5-1.5 s, on whatever thread allocated
 last: the event loop, the planning thread or the Raft thread
 (bench/RESULTS.md, issue 11: 402 collections over 5 ms during one scale to
 100,000 and back, the worst 1.5 s; that, not the loop's own callbacks, was
-the loop lag). Young collections (generations 0 and 1) run as CPython
-runs them, only rarer (:data:`YOUNG`): they cost what was allocated since
-the last one.
+the loop lag). Young collections (generations 0 and 1) stay as they are:
+they cost what was allocated since the last one.
 
 No automatic full collection runs in the manager (generation 2's
 threshold is :data:`NEVER`, :func:`install`); :class:`Heap`, a task on the
@@ -56,13 +55,7 @@ log = logging.getLogger(__name__)
 
 NEVER = 2**30  # generation 2's threshold: no automatic full collection
 BIG = 2000  # store objects: over this, no full collection (a manager's own heap is ~50,000 objects)
-YOUNG = 10_000  # allocations between young collections (CPython: 700)
-"""A converging leader allocates millions of objects a second. At CPython's
-700 it ran ~15,000 young collections a second, and merely calling this
-module's callback for each (with the dict CPython builds per call) was
-3.5 % of its CPU converging 100,000 tasks (py-spy); a young collection of
-10,000 objects is still well under a ms, one of generation 1 a few ms."""
-FREEZE_AFTER = 5  # young (generation 1) collections since the last freeze: ~500,000 objects at most
+FREEZE_AFTER = 5  # young (generation 1) collections since the last freeze: ~35,000 objects at most
 FULL_AFTER = 10  # young collections before a full one under BIG (CPython's default threshold)
 UNFREEZE_AFTER = 20  # looks (10 s) the store stays small before what was frozen is unfrozen and collected
 LOOK_EVERY = 0.5  # seconds
@@ -82,8 +75,8 @@ def install() -> None:
     them, where they are cheap."""
     global _INSTALLED
     _INSTALLED = True
-    _, middle, _ = gc.get_threshold()
-    gc.set_threshold(YOUNG, middle, NEVER)
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, NEVER)
 
 
 class Heap:
