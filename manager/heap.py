@@ -101,8 +101,10 @@ class Heap:
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         # any thread: a collection runs in whichever thread allocated last.
         # Generation 0 is not timed: it runs every 700 allocations and costs
-        # what they were (well under a ms), and timing it (two clocks, one a
-        # system call) was 3.7 % of the leader's CPU converging 100,000 tasks
+        # what they were (well under a ms). What is left of this callback's
+        # 3.5 % of a converging leader's CPU is CPython calling it at all
+        # (bench/RESULTS.md, session 22: a larger threshold cut the calls but
+        # made the longest collection 57-64 ms of CPU)
         if info["generation"] == 0:
             return
         me = threading.get_ident()
