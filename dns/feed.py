@@ -203,9 +203,12 @@ def parse(line: bytes) -> TableChange:
     entries = [*change.names.values(), *(p.entry for parts in change.scoped.values() for p in parts)]
     for entry in entries:
         for key, ips, name in ((entry.ips_list, entry.ips, "ips_list"), (entry.extra_list, entry.extra, "extra_list")):
-            if key and (ips or key not in change.lists):
-                raise wire.BadRequest(name, f"{key!r}: no such shared list in this message" if ips == []
-                                      else "both addresses and a shared list")
+            if not key:
+                continue
+            if ips:
+                raise wire.BadRequest(name, "both addresses and a shared list")
+            if key not in change.lists:
+                raise wire.BadRequest(name, f"{key!r}: no such shared list in this message")
     return change
 
 

@@ -349,6 +349,7 @@ class TableBuilder:
         self._order: dict[str, int] = {}
         self._nets: dict[str, frozenset[str]] = {}
         self._targets: dict[str, str] = {}  # service id -> its primary name with the dot (PTR, SRV)
+        self._ptr_part: dict[str, Scoped] = {}  # service id -> its part of each reverse name (one object)
         self._own: dict[str, dict[str, list[Scoped]]] = {}  # service id -> its names' parts (not PTR)
         self._owners: dict[str, list[str]] = {}  # name (not PTR) -> service ids, in order
         self._serving: dict[str, SortedAddrs] = {}
@@ -377,6 +378,8 @@ class TableBuilder:
             primary = own[1] if service.spec.stack else own[0]  # N.S.Z, or N for a stackless one
             target = primary if primary.endswith("." + zone) or primary == zone else f"{primary}.{zone}"
             self._targets[service.id] = target + "."
+            self._ptr_part[service.id] = Scoped(self._nets[service.id],
+                                                NameEntry((), (service.id,), ptr=(target + ".",)))
         for task in tasks:
             self._set(task.id, task)
         for sid in self._services:
@@ -453,9 +456,9 @@ class TableBuilder:
 
     def _serve(self, sid: str, ip: str, on: bool, ptr_names: set[str] | None) -> None:
         serving = self._serving[sid]
-        had = ip in serving.counts
+        had = ip in serving
         (serving.add if on else serving.remove)(ip)
-        if had != (ip in serving.counts):
+        if had != (ip in serving):
             name = reverse_name(ip)
             owners = self._ptr.setdefault(name, set())
             (owners.add if on else owners.discard)(sid)
@@ -488,7 +491,7 @@ class TableBuilder:
         for sid in sorted(owners, key=self._order.__getitem__):
             parts += self._own[sid].get(name, ())
             if sid in self._ptr.get(name, ()):
-                parts.append(Scoped(self._nets[sid], NameEntry((), (sid,), ptr=(self._targets[sid],))))
+                parts.append(self._ptr_part[sid])
         if parts:
             self._scoped[name] = tuple(parts)
             self._names[name] = _merge(parts)

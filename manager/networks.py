@@ -155,6 +155,8 @@ def mesh_message(snap: Snapshot) -> dict[str, Any]:
 
 # what one task adds to the mesh: (service id, address, network names, only on internal networks, serves)
 _Part = tuple[str, str, tuple[str, ...], bool, bool]
+# what the mesh needs of a service: (name, network names, only on internal networks, ingress ports)
+_ServiceView = tuple[str, tuple[str, ...], bool, list[dict[str, Any]]]
 
 
 class MeshIndex:
@@ -172,7 +174,7 @@ class MeshIndex:
     def __init__(self) -> None:
         self._at: int | None = None
         self._parts: dict[str, _Part] = {}  # task id -> what it adds
-        self._services: dict[str, tuple[str, tuple[str, ...], bool, list[dict[str, Any]]]] = {}
+        self._services: dict[str, _ServiceView] = {}
         self._members: dict[str, SortedAddrs] = {}  # network name -> addresses
         self._internal = SortedAddrs()
         self._backends: dict[str, SortedAddrs] = {}  # service id with ingress ports -> serving addresses
@@ -254,8 +256,7 @@ def _gateways(snap: Snapshot) -> list[str]:
     return sorted({gateway_of(n.subnet) for n in snap.nodes() if n.subnet}, key=_ip_key)
 
 
-def _part(services: Mapping[str, tuple[str, tuple[str, ...], bool, list[dict[str, Any]]]],
-          task: Task | None) -> _Part | None:
+def _part(services: Mapping[str, _ServiceView], task: Task | None) -> _Part | None:
     if task is None or not task.has_address or task.state not in LIVE_STATES:
         return None
     service = services.get(task.service_id)

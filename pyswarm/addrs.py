@@ -86,8 +86,8 @@ class SortedAddrs:
             self._ips = tuple(k[2] for k in self.keys)
         return self._ips
 
-    def __len__(self) -> int:
-        return len(self.counts)
+    def __contains__(self, ip: object) -> bool:
+        return ip in self.counts
 
     def _flush(self) -> None:
         if not self._adds and not self._removes:
