@@ -316,7 +316,7 @@ def test_a_task_change_pushes_to_its_node_only(tmp_path: Path) -> None:
     asyncio.run(go())
 
 
-def test_state_reports_rebuild_no_task_set_and_push_nothing(tmp_path: Path) -> None:
+def test_state_reports_rebuild_no_task_set_and_push_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """On a real store: a task's reports (starting, running) leave its
     node's task set as it was, so no set is rebuilt and no session pushed
     (rebuilding the node's set per report was the largest share of the
@@ -325,6 +325,7 @@ def test_state_reports_rebuild_no_task_set_and_push_nothing(tmp_path: Path) -> N
     from factories import make_service, make_task
     from test_store import free_port, started
 
+    from pyswarm.manager.store import Snapshot
     from pyswarm.manager import ops
     from pyswarm.models import TaskState
 
@@ -337,24 +338,51 @@ def test_state_reports_rebuild_no_task_set_and_push_nothing(tmp_path: Path) -> N
             task = make_task(svc, node_id=nodes[0].id, state=TaskState.ASSIGNED)
             await store.commit([*(ops.put(n) for n in nodes), ops.put(svc), ops.put(task)])
 
-            def step() -> set[str] | None:
+            async def step() -> set[str] | None:
                 previous = d.snapshot
                 d.snapshot = store.snapshot()
-                return d._update_assignments(previous, d.snapshot)
+                return await d._update_assignments(previous, d.snapshot)
 
-            assert step() is None  # the first pass: every node
+            assert await step() is None  # the first pass: every node
             first = dict(d.assignments[nodes[0].id])
             assert list(first) == [task.id]
             for state in (TaskState.STARTING, TaskState.RUNNING):
                 await store.commit([ops.advance(task.id, state, ip="10.240.0.9")])
-                assert step() == set(), f"a report of {state} rebuilt a task set"
+                assert await step() == set(), f"a report of {state} rebuilt a task set"
             assert all(d.assignments[nodes[0].id][t] is a for t, a in first.items()), "rebuilt after reports"
             moved = make_task(svc, node_id=nodes[1].id, state=TaskState.ASSIGNED, slot=task.slot)
             await store.commit([ops.patch("task", task.id, desired_state="shutdown"), ops.put(moved)])
-            assert step() == {nodes[0].id, nodes[1].id}
+            assert await step() == {nodes[0].id, nodes[1].id}
             assert d.assignments[nodes[0].id] == {} and list(d.assignments[nodes[1].id]) == [moved.id]
             await store.commit([ops.advance(task.id, TaskState.SHUTDOWN)])
-            assert step() == set(), "the report of a task already out of its set rebuilt a set"
+            assert await step() == set(), "the report of a task already out of its set rebuilt a set"
+
+            # many changes: looked at in chunks (PATCH_CHUNK, 2 here) with the
+            # loop free in between, pending ones without typing them, and the
+            # sets changed in one go at the end
+            monkeypatch.setattr(dispatcher_mod, "PATCH_CHUNK", 2)
+            pending = [make_task(svc, slot=10 + i) for i in range(20)]
+            again = make_task(svc, node_id=nodes[2].id, state=TaskState.ASSIGNED, slot=moved.slot)
+            await store.commit([*(ops.put(t) for t in pending), ops.patch("task", moved.id, desired_state="shutdown"),
+                                ops.put(again)])
+            typed: list[str] = []
+            real_task = Snapshot.task
+            monkeypatch.setattr(Snapshot, "task", lambda snap, tid: typed.append(tid) or real_task(snap, tid))
+            before = {n: dict(s) for n, s in d.assignments.items()}
+            seen_between: list[dict[str, dict[str, Any]]] = []
+
+            async def watch() -> None:
+                while True:
+                    seen_between.append({n: dict(s) for n, s in d.assignments.items()})
+                    await asyncio.sleep(0)
+
+            watcher = asyncio.ensure_future(watch())
+            assert await step() == {nodes[1].id, nodes[2].id}
+            watcher.cancel()
+            assert len(seen_between) >= 5, f"the loop ran {len(seen_between)} times during 22 changes in chunks of 2"
+            assert all(seen == before for seen in seen_between), "a push between chunks could see half a change"
+            assert sorted(typed) == sorted([moved.id, again.id]), f"typed {len(typed)} tasks, pending ones among them"
+            assert d.assignments[nodes[1].id] == {} and list(d.assignments[nodes[2].id]) == [again.id]
         finally:
             store.stop()
     asyncio.run(go())

@@ -108,3 +108,23 @@ def test_changes_older_than_the_store_keeps_fall_back_to_a_full_compare(
         finally:
             store.stop()
     asyncio.run(go())
+
+
+def test_a_look_in_chunks_records_each_change_once_and_ends(tmp_path: Path) -> None:
+    """EventLog.run compares LOOK_CHUNK objects per turn of the loop (a
+    scale's 100,000 new tasks in one look held it 0.2-0.4 s): the chunks
+    together record what one look would, changes meanwhile go to the next."""
+    async def go() -> None:
+        store = await started(tmp_path, free_port())
+        try:
+            log, node, placed = await _seeded(store, 10)
+            await store.commit([ops.advance(t.id, TaskState.RUNNING, ip="10.240.1.4") for t in placed[:7]])
+            assert log.observe(3) and log.observe(3), "seven changes were done in fewer than three chunks of 3"
+            await store.commit([ops.advance(placed[9].id, TaskState.RUNNING, ip="10.240.1.5")])
+            assert not log.observe(3), "the look did not end with its seventh object"
+            assert sorted(e.id for e in log.events) == sorted(t.id for t in placed[:7]), list(log.events)
+            assert not log.observe(3)  # the next look: the change made during the chunks
+            assert [e.id for e in log.events][7:] == [placed[9].id], list(log.events)
+        finally:
+            store.stop()
+    asyncio.run(go())
