@@ -7,7 +7,8 @@ Commands: ``put ID`` (commit a service named ID; prints ``ok`` or
 ``error: …``), ``names`` (prints the JSON list of service names in this
 replica), ``leader`` (prints ``yes`` or ``no``), ``synced`` (the JSON list
 of service names this replica had at the moment it first reported
-``in_sync``, or ``null`` while it has not).
+``in_sync``, or ``null`` while it has not), ``state`` (JSON: leader,
+term, patience).
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ async def main() -> None:
             print(json.dumps(synced), flush=True)
         elif cmd == "leader":
             print("yes" if store.is_leader else "no", flush=True)
+        elif cmd == "state":
+            print(json.dumps({"leader": store.is_leader, "term": store.term, "patience": store.raft_patience}),
+                  flush=True)
     recorder.cancel()
     store.stop()
 

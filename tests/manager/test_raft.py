@@ -1,19 +1,23 @@
 """Real Raft between separate processes on loopback: replication, failover
-after SIGKILL, and the Raft secret: a process that does not know it can
-neither join the quorum nor inject entries, and garbage on the Raft port
-does not disturb it."""
+after SIGKILL, patience after a hold (manager/raft.py), and the Raft
+secret: a process that does not know it can neither join the quorum nor
+inject entries, and garbage on the Raft port does not disturb it."""
 
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from pyswarm.manager.raft import MOST, WINDOW, Patience
 
 HERE = Path(__file__).resolve().parent
 
@@ -136,3 +140,77 @@ def test_a_process_without_the_secret_cannot_join_or_inject(trio: list[Node], tm
         assert rogue.ask("leader") == "no"
     finally:
         rogue.kill()
+
+
+def state(node: Node) -> dict[str, Any]:
+    return dict(json.loads(node.ask("state")))
+
+
+def hold(node: Node, seconds: float) -> None:
+    """Stop the whole process for ``seconds`` (a gc pause or a starved
+    process, as the soak saw them: 0.4-2.8 s at load 50-140)."""
+    node.proc.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        node.proc.send_signal(signal.SIGCONT)
+
+
+def test_a_hold_that_was_not_a_death_makes_every_manager_patient(trio: list[Node]) -> None:
+    """The soak's flapping: every hold of a leader's process longer than the
+    0.4-1.0 s election timeout moved the leadership. The first hold still
+    may (nobody knew), but all three managers then remember it, and the
+    same hold of the new leader moves nothing."""
+    wait_until(lambda: (len(leaders(trio)) == 1, None), 15, "one leader of three")
+    quiet = [state(n) for n in trio]
+    assert all(s["patience"] == 0 for s in quiet), f"a quiet cluster keeps pysyncobj's timeouts: {quiet}"
+
+    first = leaders(trio)[0]
+    hold(first, 1.5)
+    def patient() -> tuple[bool, list[dict[str, Any]]]:
+        states = [state(n) for n in trio]
+        return all(x["patience"] >= 2.0 for x in states), states
+    wait_until(patient, 10, "every manager patient after a 1.5 s hold (2 x the silence)")
+
+    second = wait_until(lambda: (len(ls := leaders(trio)) == 1, ls), 15, "one leader after the first hold")[0]  # type: ignore[index]
+    term = state(second)["term"]
+    others = [n for n in trio if n is not second]
+    seen: list[dict[str, Any]] = []
+    second.proc.send_signal(signal.SIGSTOP)
+    try:
+        until = time.monotonic() + 1.5
+        while time.monotonic() < until:
+            seen += [state(n) for n in others]
+            time.sleep(0.1)
+    finally:
+        second.proc.send_signal(signal.SIGCONT)
+    until = time.monotonic() + 2.0  # and for a while after it resumed
+    while time.monotonic() < until:
+        seen += [state(n) for n in trio]
+        time.sleep(0.1)
+    moved = [s for s in seen if s["term"] != term]
+    assert not moved, f"the second hold started an election (term {term} before): {moved[:3]}"
+    assert state(second)["leader"], f"{second.addr} lost the leadership to a hold: {[state(n) for n in trio]}"
+    assert others[0].ask("put after-the-holds") == "ok"
+
+
+def test_patience_remembers_holds_not_deaths_and_passes_them_on_without_extending_them() -> None:
+    p = Patience()
+    p.note(0.1, now=0.0)  # a heartbeat's own jitter
+    p.note(60.0, now=0.0)  # a restart or a partition: not a hold
+    assert p.extra(0.0) == 0 and p.share(0.0) is None
+    p.note(1.5, now=10.0)
+    assert p.extra(10.0) == 3.0 and p.extra(10.0 + WINDOW - 1) == 3.0 and p.extra(10.0 + WINDOW + 1) == 0
+    p.note(4.0, now=20.0)
+    assert p.extra(20.0) == MOST, "capped"
+
+    other = Patience()
+    other.take(p.share(30.0), now=30.0)
+    assert other.extra(30.0) == MOST
+    # passed back and forth, it still ends when it ended where it was seen
+    p.take(other.share(50.0), now=50.0)
+    assert p.extra(20.0 + WINDOW + 1) == 0 and other.extra(20.0 + WINDOW + 1) == 0
+    for garbage in (None, [], [1.0], ["1", 2], [True, 5], [1.0, 1e9], [1e9, 5.0], [float("nan"), 5.0], "x"):
+        fresh = Patience()
+        fresh.take(garbage, now=0.0)
+        assert fresh.extra(0.0) == 0, garbage
