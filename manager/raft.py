@@ -20,7 +20,7 @@ Two changes, after etcd's and Swarm's lessons rather than their numbers:
   leader no longer steps down from responses it has not read yet.
 * **Patience follows what was seen** (:class:`Patience`). A silence that
   turned out not to be a death (the leader's next heartbeat came after
-  all, or this replica's own thread was late) is remembered for
+  all, or this replica's own thread was late while it led) is remembered for
   :data:`WINDOW` seconds, and elections and the leader's step-down wait
   :data:`FACTOR` times the longest such silence more, up to :data:`MOST`
   (Swarm's election timeout is 10 s). A quiet cluster keeps pysyncobj's
@@ -132,6 +132,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         self._clock = clock
         self._base_fallback = float(conf.leaderFallbackTimeout)
         self._tick_at = 0.0
+        self._led = False  # leader when the last tick started
         self._heard: dict[Any, float] = {}  # node -> when its last append arrived, while it leads
         # pysyncobj makes its wake-up pipe only in unbatched mode: ours is
         # made by the Raft thread's first tick (the poller is its own)
@@ -153,7 +154,12 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         now = self._clock()
         late = now - self._tick_at - timeToWait if self._tick_at else 0.0
         self._tick_at = now
-        if late > 0:
+        led, self._led = self._led, self._isLeader()
+        if late > 0 and led:
+            # held while it led (the last tick's wait, which read what
+            # came meanwhile, may have made it a follower): its followers
+            # waited for it. A follower held kept nobody waiting, and a
+            # start's dump load is no hold.
             self.patience.note(late, now)
         if late > READ_FIRST_AFTER:
             # the time this thread was held is no one's silence
