@@ -51,6 +51,7 @@ WINDOW = 60.0  # seconds a silence is remembered
 FACTOR = 2.0
 MOST = 6.0  # seconds added at most: with pysyncobj's 1 s, Swarm's order of time
 READ_FIRST_AFTER = 0.1  # a tick this late reads what arrived before it judges anyone
+SAME_WITHIN = 1.0  # seconds: a silence heard again that would end this much later is the same one
 
 
 class Patience:
@@ -74,16 +75,20 @@ class Patience:
             self._remember(silent, now + WINDOW, now, "seen here")
 
     def _remember(self, silent: float, until: float, now: float, how: str) -> None:
-        if any(s >= silent and u >= until for u, s in self._seen):
-            return  # known already, for as long
+        # known already, for about as long: the same silence comes back in
+        # every message (20 a second from each manager), a little later by
+        # the time it took to arrive, and must not pile up
+        if any(s >= silent and u >= until - SAME_WITHIN for u, s in self._seen):
+            return
         if FACTOR * silent > self.extra(now):
             log.info("raft: a silence of %.1fs that was not a death (%s): elections and step-downs wait %.1fs more "
                      "for %.0fs", silent, how, min(MOST, FACTOR * silent), until - now)
-        self._seen.append((until, silent))
+        # only the Raft thread writes; a reader (the API's metrics) sees the old list or the new one
+        self._seen = [(u, s) for u, s in self._seen if u > now and not (s <= silent and u <= until)] + \
+            [(until, silent)]
 
     def longest(self, now: float) -> float:
-        self._seen = [(u, s) for u, s in self._seen if u > now]
-        return max((s for _, s in self._seen), default=0.0)
+        return max((s for u, s in self._seen if u > now), default=0.0)
 
     def extra(self, now: float) -> float:
         """Seconds added to the election timeout and the leader's fallback."""
@@ -95,7 +100,7 @@ class Patience:
         silent = self.longest(now)
         if not silent:
             return None
-        until = max(u for u, s in self._seen if s == silent)
+        until = max(u for u, s in self._seen if s == silent and u > now)
         return [round(silent, 3), round(until - now, 3)]
 
     def take(self, shared: object, now: float) -> None:

@@ -214,3 +214,15 @@ def test_patience_remembers_holds_not_deaths_and_passes_them_on_without_extendin
         fresh = Patience()
         fresh.take(garbage, now=0.0)
         assert fresh.extra(0.0) == 0, garbage
+
+
+def test_a_silence_heard_again_in_every_message_is_kept_once() -> None:
+    p, other = Patience(), Patience()
+    p.note(1.5, now=0.0)
+    for i in range(2000):  # 20 messages a second for 100 s, on a link that grows slower
+        now = i * 0.05
+        shared = p.share(now)
+        if shared is not None:
+            other.take(shared, now + 0.0005 * i)
+    assert len(other._seen) <= 2, f"{len(other._seen)} entries kept"
+    assert other.extra(30.0) == 3.0 and other.extra(WINDOW + 2) == 0
