@@ -214,6 +214,19 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             return
         super()._SyncObj__onMessageReceived(node, message)
 
+    def _SyncObj__setState(self, new_state: int) -> None:
+        old = self._SyncObj__raftState
+        super()._SyncObj__setState(new_state)
+        if old != new_state:
+            names = {0: "follower", 1: "candidate", 2: "leader"}
+            log.info("raft: %s -> %s at term %d (patience %.1fs)", names.get(old, old), names.get(new_state, new_state),
+                     self._SyncObj__raftCurrentTerm, self.patience.extra(self._clock()))
+
+    def _SyncObj__setCurrentTerm(self, term: int, voted_for: Any) -> None:
+        if voted_for is not None and (term, voted_for) != (self._SyncObj__raftCurrentTerm, self._SyncObj__votedForNodeId):
+            log.info("raft: term %d: voted for %s", term, voted_for)
+        super()._SyncObj__setCurrentTerm(term, voted_for)
+
     def _make_notifier(self) -> None:
         if self._SyncObj__pipeNotifier is None:
             self._SyncObj__pipeNotifier = PipeNotifier(self._poller)
