@@ -127,6 +127,8 @@ class RaftNode(SyncObj):  # type: ignore[misc]
     the moment the leader applied was tried and made a follower's p99 worse
     (161-475 ms against 3 ms in bench/raft_store.py, session 20)."""
 
+    _SyncObj__raftElectionDeadline: float  # pysyncobj's, on its monotonic clock
+
     def __init__(self, self_addr: str, partners: list[str], conf: SyncObjConf, state: SyncObjConsumer,
                  live_objects: Callable[[], int], dumped_objects: Callable[[], int],
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -138,6 +140,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         self._tick_at = 0.0
         self._led = False  # leader when the last tick started
         self._heard: dict[Any, float] = {}  # node -> when its last append arrived, while it leads
+        self._waiting_on_leader = False  # an append is being handled (the patient deadline)
         # pysyncobj makes its wake-up pipe only in unbatched mode: ours is
         # made by the Raft thread's first tick (the poller is its own)
         self._SyncObj__pipeNotifier: PipeNotifier | None = None
@@ -174,14 +177,49 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         self._SyncObj__conf.leaderFallbackTimeout = self._base_fallback + self.patience.extra(now)
         super()._onTick(timeToWait)
 
-    def _SyncObj__generateRaftTimeout(self) -> float:
+    def _base_timeout(self) -> float:
         conf = self._SyncObj__conf
-        base = conf.raftMinTimeout + (conf.raftMaxTimeout - conf.raftMinTimeout) * random.random()
-        return float(base + self.patience.extra(self._clock()))
+        return float(conf.raftMinTimeout + (conf.raftMaxTimeout - conf.raftMinTimeout) * random.random())
+
+    def _SyncObj__generateRaftTimeout(self) -> float:
+        """pysyncobj's 0.4-1.0 s, and the patience only on the deadline an
+        append sets: the wait on a leader just heard. A start, a candidate's
+        next round, a vote granted: an election is under way and goes in
+        pysyncobj's time.
+
+        Patient rounds never ended (tests/e2e/test_managers.py, 2 of 3 CI
+        runs; tests/manager/test_raft.py): pysyncobj drops a connection that
+        has read nothing for ``connectionTimeout`` (2 s), and checks that when
+        it next sends. Followers send each other nothing between elections,
+        so a candidate's vote requests went out on stale connections and were
+        lost with them; the connection came back 0.5 s later, stayed silent
+        through the next 4-7 s round and dropped the next requests the same
+        way. Split votes every round, until the patience ran out (60 s)."""
+        extra = self.patience.extra(self._clock()) if self._waiting_on_leader else 0.0
+        return self._base_timeout() + extra
+
+    def _cut_deadline(self, why: str) -> None:
+        """The leader is gone as far as this follower can tell: the election
+        deadline is pysyncobj's from now, whatever the patience."""
+        deadline = time.monotonic() + self._base_timeout()  # pysyncobj's clock
+        if self._SyncObj__raftElectionDeadline > deadline:
+            log.info("raft: %s: an election in %.1fs, not %.1fs", why, deadline - time.monotonic(),
+                     self._SyncObj__raftElectionDeadline - time.monotonic())
+            self._SyncObj__raftElectionDeadline = deadline
 
     def _SyncObj__onNodeDisconnected(self, node: Any) -> None:
-        self._heard.pop(node, None)  # a restarted manager's first append is no silence of its
+        if node in self._SyncObj__connectedNodes:  # not each failed reconnect to a manager that is down
+            log.info("raft: the connection to %s closed", getattr(node, "id", node))
+        heard = self._heard.pop(node, None)  # a restarted manager's first append is no silence of its
         super()._SyncObj__onNodeDisconnected(node)
+        # A connection that timed out (connectionTimeout without a byte)
+        # may be a held leader or a partition: the patience stands. One
+        # that closed while the leader was still talking was closed by its
+        # process's end (a SIGKILL closes its sockets too): no patience for
+        # the dead.
+        if (node == self._SyncObj__raftLeader and not self._isLeader() and heard is not None
+                and self._clock() - heard < self._SyncObj__conf.connectionTimeout):
+            self._cut_deadline(f"the leader {getattr(node, 'id', node)} closed its connection")
 
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
         """pysyncobj's handler, after noting how long a leader was silent, and
@@ -198,6 +236,13 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             self.patience.take(message["patience"], self._clock())
         if kind == "request_vote":
             self._heard.pop(node, None)  # a candidate now: its next append is a new leader's first
+            term = self._SyncObj__raftCurrentTerm
+            super()._SyncObj__onMessageReceived(node, message)
+            if isinstance(message.get("term"), int) and message["term"] > term and not self._isLeader():
+                # an election is under way; when this follower refused the
+                # vote (its log is ahead), it is the one to be elected, soon
+                self._cut_deadline(f"a vote was asked for term {message['term']}")
+            return
         elif kind == "append_entries":
             # an append after a silence: the sender was alive all along
             # (noted before pysyncobj sets the next election deadline)
@@ -206,6 +251,13 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             self._heard[node] = now
             if before is not None:
                 self.patience.note(now - before, now)
+        if kind == "append_entries":
+            self._waiting_on_leader = True  # the deadline it sets is the patient one
+            try:
+                super()._SyncObj__onMessageReceived(node, message)
+            finally:
+                self._waiting_on_leader = False
+            return
         if kind == "next_node_idx" and message.get("success") and not message.get("reset"):
             sent = self._SyncObj__raftNextIndex.get(node)
             super()._SyncObj__onMessageReceived(node, message)

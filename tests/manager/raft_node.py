@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +25,8 @@ from pyswarm.models import ContainerSpec, Service, ServiceSpec
 
 
 async def main() -> None:
+    if os.environ.get("RAFT_NODE_LOG"):  # local: the store's log on stderr
+        logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {sys.argv[1]} %(name)s: %(message)s")
     self_addr, data_dir, secret, *peers = sys.argv[1:]
     store = Store(RaftConfig(self_addr, peers, Path(data_dir), secret))
     store.start()

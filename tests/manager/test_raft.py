@@ -226,3 +226,50 @@ def test_a_silence_heard_again_in_every_message_is_kept_once() -> None:
             other.take(shared, now + 0.0005 * i)
     assert len(other._seen) <= 2, f"{len(other._seen)} entries kept"
     assert other.extra(30.0) == 3.0 and other.extra(WINDOW + 2) == 0
+
+
+def patient_trio(trio: list[Node], at_least: float) -> Node:
+    """Hold the leader until every manager waits ``at_least`` s more (a
+    hold is 2 x the silence), then return the leader after the hold."""
+    wait_until(lambda: (len(leaders(trio)) == 1, None), 15, "one leader of three")
+    hold(leaders(trio)[0], at_least / 2 + 0.3)
+
+    def patient() -> tuple[bool, list[dict[str, Any]]]:
+        states = [state(n) for n in trio]
+        return all(x["patience"] >= at_least for x in states), states
+    wait_until(patient, 10, f"every manager {at_least:.0f} s patient after a hold")
+    return wait_until(lambda: (len(ls := leaders(trio)) == 1, ls), 15, "one leader after the hold")[0]  # type: ignore[index]
+
+
+def test_a_killed_leader_is_replaced_in_pysyncobj_time_even_when_the_managers_are_patient(trio: list[Node]) -> None:
+    """test_managers' SIGKILL after holds: a dead leader's sockets close,
+    and the patience is for a leader that is silent, not for one whose
+    connection closed. Replaced sooner than the patience alone would allow
+    (it waits 0.4-1.0 s + the patience), and the election that follows
+    runs on pysyncobj's timeouts: with patient candidates a split vote on
+    a loaded host cost 6-7 s a round."""
+    leader = patient_trio(trio, 3.0)
+    rest = [n for n in trio if n is not leader]
+    extra = min(state(n)["patience"] for n in rest)
+    leader.kill()
+    killed = time.monotonic()
+    wait_until(lambda: (len(ls := leaders(rest)) == 1, [state(n) for n in rest]), extra,
+               f"a leader among the survivors sooner than their {extra:.1f} s patience")
+    print(f"leader SIGKILL with {extra:.1f} s patience -> new leader: {time.monotonic() - killed:.2f}s")
+    assert rest[0].ask("put after-the-kill") == "ok"
+
+
+def test_a_leader_stopped_for_good_is_replaced_within_the_patience_bound(trio: list[Node]) -> None:
+    """A leader that stops without closing anything (a host gone, a
+    partition, a process stopped for good) looks held: it is replaced
+    once the patience (at most MOST s) has run out, and no later."""
+    leader = patient_trio(trio, 3.0)
+    rest = [n for n in trio if n is not leader]
+    leader.proc.send_signal(signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        wait_until(lambda: (len(leaders(rest)) == 1, [state(n) for n in rest]), 1.0 + MOST + 3.0,
+                   f"a leader among the others within 1.0 s + {MOST:.0f} s (the patience's bound) + 3 s")
+        print(f"leader SIGSTOP for good -> new leader: {time.monotonic() - stopped:.2f}s")
+    finally:
+        leader.proc.send_signal(signal.SIGCONT)
