@@ -25,6 +25,12 @@ Two changes, after etcd's and Swarm's lessons rather than their numbers:
   (Swarm's election timeout is 10 s). A quiet cluster keeps pysyncobj's
   timeouts, so a SIGKILLed leader is still replaced in about a second;
   a loaded one stops electing on every hiccup.
+* **Patience is for a leader, not for an election.** Only the wait on a
+  leader just heard is lengthened; once an election is under way its
+  rounds are pysyncobj's (patient rounds lost every vote request to
+  pysyncobj's idle-connection check: :meth:`RaftNode._SyncObj__generateRaftTimeout`).
+  A leader whose connection closes while it was still talking died (a
+  SIGKILL closes its sockets; a hold does not): no patience for it.
 """
 
 from __future__ import annotations

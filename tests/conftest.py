@@ -214,17 +214,19 @@ LabFactory = Callable[..., Lab]
 
 def _keep_logs(the_lab: Lab) -> None:
     """With PYSWARM_LAB_LOGS=DIR (local use), copy each host's pyswarm logs
-    to DIR/<lab>/<host>/ before the lab goes down."""
+    (and fence records) to DIR/<lab>/<host>/ before the lab goes down."""
     target = os.environ.get("PYSWARM_LAB_LOGS")
     if not target:
         return
     for name in list(the_lab.hosts):
-        for inside in ("/var/lib/pyswarm", "/var/log/pyswarm"):
+        # the managers' logs, and the agents' record of the containers they
+        # fenced (worker/fence.py: an agent's own log went to its session)
+        for inside, pattern in (("/var/lib/pyswarm", "*.log*"), ("/var/log/pyswarm", "*.log*"), ("/run/pyswarm", "fenced*")):
             try:
                 src = the_lab.host(name).private(inside)
             except KeyError:
                 continue
-            for log_file in src.rglob("*.log*") if src.is_dir() else []:
+            for log_file in src.rglob(pattern) if src.is_dir() else []:
                 dest = Path(target) / the_lab.name / name / log_file.relative_to(src)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(log_file, dest)
