@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,14 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
-from pysyncobj.pipe_notifier import PipeNotifier
 
 from pyswarm.errors import ClusterError, ElectionError, NoQuorumError, UncertainWriteError
 from pyswarm.models import KINDS, Cluster, Node, Service, Task, TaskState
 
 from . import disk
-from .compaction import Compaction
 from .ops import InvalidOperation
+from .raft import RaftNode
 from .ops import check as check_op
 from . import sealing
 from .tables import Frozen, RawView, Tables, slot_key
@@ -347,99 +346,6 @@ class RaftConfig:
     secret: str
 
 
-class _SyncObj(SyncObj):  # type: ignore[misc]
-    """pysyncobj, sending the entries a tick appended at once, woken by every command.
-
-    In batched mode pysyncobj appends queued commands at the end of a tick
-    and sends them with the next heartbeat (up to ``appendEntriesPeriod``
-    later); unbatched, it sends one message per command, which collapses
-    under load. This sends each tick's new entries right away, in one
-    message per follower: batched throughput with unbatched latency. A
-    follower learns the new commit index with the next append (or the next
-    heartbeat, ``appendEntriesPeriod``, when no write follows): sending it
-    the moment the leader applied was tried and made a follower's p99 worse
-    (161-475 ms against 3 ms in bench/raft_store.py, session 20)."""
-
-    def __init__(self, self_addr: str, partners: list[str], conf: SyncObjConf, state: _State) -> None:
-        # set before SyncObj's own attributes are listed: not in the dump
-        self.compaction = Compaction(conf.fullDumpFile, state.live_objects, lambda: state.dumped_objects)
-        # pysyncobj makes its wake-up pipe only in unbatched mode: ours is
-        # made by the Raft thread's first tick (the poller is its own)
-        self._SyncObj__pipeNotifier: PipeNotifier | None = None
-        super().__init__(self_addr, partners, conf, consumers=[state])
-        self.addOnTickCallback(self._make_notifier)
-
-    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
-        """pysyncobj's handler, except that a follower's acknowledgement of an
-        earlier append does not move its next index back behind entries
-        already sent after it. pysyncobj sets the next index to what the
-        follower acknowledged, so with appends in flight (one per poke) it
-        sent them again, and the follower truncated and re-added entries it
-        had applied ("truncating already-applied log entries", measured by
-        bench/raft_store.py). A follower that lacks what was sent answers
-        ``reset``, which still moves the index back."""
-        if (isinstance(message, dict) and message.get("type") == "next_node_idx" and message.get("success")
-                and not message.get("reset")):
-            sent = self._SyncObj__raftNextIndex.get(node)
-            super()._SyncObj__onMessageReceived(node, message)
-            if sent is not None and self._SyncObj__raftNextIndex.get(node, sent) < sent:
-                self._SyncObj__raftNextIndex[node] = sent
-            return
-        super()._SyncObj__onMessageReceived(node, message)
-
-    def _make_notifier(self) -> None:
-        if self._SyncObj__pipeNotifier is None:
-            self._SyncObj__pipeNotifier = PipeNotifier(self._poller)
-
-    def _checkCommandsToApply(self) -> None:
-        before = self._SyncObj__getCurrentLogIndex()
-        super()._checkCommandsToApply()
-        if self._isLeader() and self._SyncObj__getCurrentLogIndex() != before:
-            self._SyncObj__sendAppendEntries()
-            # the next tick, which commits (at once when this manager is the
-            # majority alone), must not wait for the tick period
-            self.poke()
-
-    def shut(self) -> None:
-        """Destroy, and wait (2 s at most) for the Raft thread to close its
-        sockets: with 50 ms ticks it would otherwise still hold its port
-        when the same manager starts again."""
-        self.destroy()
-        self.poke()
-        thread = self._SyncObj__thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(2.0)
-        notifier = self._SyncObj__pipeNotifier
-        if notifier is not None and (thread is None or not thread.is_alive()):
-            for fd in (notifier._PipeNotifier__pipeR, notifier._PipeNotifier__pipeW):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            self._SyncObj__pipeNotifier = None
-
-    def poke(self) -> None:
-        """End the Raft thread's wait now (from any thread)."""
-        notifier = self._SyncObj__pipeNotifier
-        if notifier is not None:
-            try:
-                notifier.notify()
-            except BlockingIOError:
-                pass  # the pipe is full of wake-ups already
-
-    def _SyncObj__tryLogCompaction(self) -> None:
-        """pysyncobj's rules (entries, time), and ours (bytes, live state)."""
-        why = self.compaction.due(self._SyncObj__raftLog)
-        if why:
-            log.info("raft: compacting now: %s", why)
-            self.forceLogCompaction()
-        super()._SyncObj__tryLogCompaction()
-
-    def _SyncObj__deleteEntriesTo(self, to_index: int) -> None:
-        super()._SyncObj__deleteEntriesTo(to_index)
-        self.compaction.compacted(self._SyncObj__raftLog)
-
-
 class Store:
     """The local replica: reads are local, writes go through Raft.
 
@@ -466,12 +372,14 @@ class Store:
             # message per entry and falls over at a few hundred writes/s.
             # Latency comes from waking the Raft thread on every command
             # (commit() pokes it) and sending what a tick appended at once
-            # (_SyncObj); the short append period is the heartbeat.
+            # (raft.RaftNode); the short append period is the heartbeat.
             appendEntriesUseBatch=True,
             # a compaction forks the manager to write its dump; every 10 s
             # that pause showed in the DNS server's latency tail
             logCompactionMinEntries=10000,
             logCompactionMinTime=60,
+            # a quiet cluster's: a silence that was not a death lengthens
+            # them for a while (raft.Patience)
             raftMinTimeout=0.4,
             raftMaxTimeout=1.0,
             # The heartbeat, and how often the Raft thread wakes with nothing
@@ -487,7 +395,7 @@ class Store:
             connectionRetryTime=0.5,
             # a leader that hears from no majority for this long steps down,
             # so a partitioned leader stops its loops (and its dispatcher)
-            # about when the others elect a new one
+            # about when the others elect a new one (raft.Patience too)
             leaderFallbackTimeout=1.0,
         )
         self._syncobj: SyncObj | None = None
@@ -510,13 +418,14 @@ class Store:
     def _start_raft(self) -> None:
         with self._raft_lock:
             if self._syncobj is None:
-                self._syncobj = _SyncObj(self._config.self_addr, list(self._config.partners), self._conf, self._state)
+                self._syncobj = RaftNode(self._config.self_addr, list(self._config.partners), self._conf, self._state,
+                                         self._state.live_objects, lambda: self._state.dumped_objects)
 
     def _stop_raft(self) -> None:
         with self._raft_lock:
             so, self._syncobj = self._syncobj, None
         if so is not None:
-            if isinstance(so, _SyncObj):
+            if isinstance(so, RaftNode):
                 so.shut()
             else:
                 so.destroy()
@@ -607,6 +516,13 @@ class Store:
     def term(self) -> int:
         """The Raft term: a fencing token for what this leader tells agents."""
         return int(self.status().get("raft_term", 0))
+
+    @property
+    def raft_patience(self) -> float:
+        """Seconds this replica's elections and step-down wait beyond
+        pysyncobj's timeouts, after silences that were not deaths (raft.Patience)."""
+        so = self._syncobj
+        return so.patience.extra(time.monotonic()) if isinstance(so, RaftNode) else 0.0
 
     @property
     def members(self) -> list[str]:
@@ -715,7 +631,7 @@ class Store:
     def _wake_raft(self) -> None:
         """Have the Raft thread take the command now rather than at its next
         tick (pysyncobj only does this itself in its unbatched mode)."""
-        if isinstance(self._syncobj, _SyncObj):
+        if isinstance(self._syncobj, RaftNode):
             self._syncobj.poke()
 
     def _reachable(self) -> tuple[int, int]:

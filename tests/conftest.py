@@ -21,6 +21,7 @@ end of the test module that asked for them; ``new_lab_spec()`` gives a free
 from __future__ import annotations
 
 import itertools
+import shutil
 import os
 import socket
 import sys
@@ -211,6 +212,26 @@ def lab(lab_slot: int) -> Iterator[Lab]:
 LabFactory = Callable[..., Lab]
 
 
+def _keep_logs(the_lab: Lab) -> None:
+    """With PYSWARM_LAB_LOGS=DIR (local use), copy each host's pyswarm logs
+    (and fence records) to DIR/<lab>/<host>/ before the lab goes down."""
+    target = os.environ.get("PYSWARM_LAB_LOGS")
+    if not target:
+        return
+    for name in list(the_lab.hosts):
+        # the managers' logs, and the agents' record of the containers they
+        # fenced (worker/fence.py: an agent's own log went to its session)
+        for inside, pattern in (("/var/lib/pyswarm", "*.log*"), ("/var/log/pyswarm", "*.log*"), ("/run/pyswarm", "fenced*")):
+            try:
+                src = the_lab.host(name).private(inside)
+            except KeyError:
+                continue
+            for log_file in src.rglob(pattern) if src.is_dir() else []:
+                dest = Path(target) / the_lab.name / name / log_file.relative_to(src)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(log_file, dest)
+
+
 @pytest.fixture(scope="module")
 def lab_factory(tmp_path_factory: pytest.TempPathFactory, new_lab_spec: LabSpec) -> Iterator[LabFactory]:
     """Bring up extra labs: ``lab_factory(managers=1, workers=1, cluster=False, bare=False)``.
@@ -231,6 +252,7 @@ def lab_factory(tmp_path_factory: pytest.TempPathFactory, new_lab_spec: LabSpec)
     yield make
     errors = []
     for each in made:
+        _keep_logs(each)
         try:
             each.down()
         except LabError as exc:

@@ -30,6 +30,7 @@ def manager_metrics(store: Store) -> dict[str, Any]:
         "nodes": snap.count("node"),
         "raft_log_entries": int(status.get("log_len", 0)),
         "raft_term": int(status.get("raft_term", 0)),
+        "raft_patience_s": round(store.raft_patience, 2),
         "leader": store.is_leader,
         "disk_error": store.disk_error,
     }

@@ -7,13 +7,16 @@ Commands: ``put ID`` (commit a service named ID; prints ``ok`` or
 ``error: …``), ``names`` (prints the JSON list of service names in this
 replica), ``leader`` (prints ``yes`` or ``no``), ``synced`` (the JSON list
 of service names this replica had at the moment it first reported
-``in_sync``, or ``null`` while it has not).
+``in_sync``, or ``null`` while it has not), ``state`` (JSON: leader,
+term, patience).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +25,8 @@ from pyswarm.models import ContainerSpec, Service, ServiceSpec
 
 
 async def main() -> None:
+    if os.environ.get("RAFT_NODE_LOG"):  # local: the store's log on stderr
+        logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {sys.argv[1]} %(name)s: %(message)s")
     self_addr, data_dir, secret, *peers = sys.argv[1:]
     store = Store(RaftConfig(self_addr, peers, Path(data_dir), secret))
     store.start()
@@ -53,6 +58,9 @@ async def main() -> None:
             print(json.dumps(synced), flush=True)
         elif cmd == "leader":
             print("yes" if store.is_leader else "no", flush=True)
+        elif cmd == "state":
+            print(json.dumps({"leader": store.is_leader, "term": store.term, "patience": store.raft_patience}),
+                  flush=True)
     recorder.cancel()
     store.stop()
 
