@@ -304,11 +304,14 @@ class Agent:
         host that reaches no other manager but still reaches other nodes
         is a survivor of a lost quorum (as in ``init --force-new-cluster``'s
         case), not a host cut off: it keeps its containers too."""
-        if self._sole_manager:
+        sole, managers, peers = self._sole_manager, self.manager_addrs, self._peer_addrs
+        if not self._net_cfg and self.lease is not None:  # no configure in this session yet: the host's last
+            sole, managers, peers = self.lease.remembered_peers()
+        if sole:
             return True
-        if await fence.reaches_a_manager(self.manager_addrs):
+        if await fence.reaches_a_manager(managers):
             return True
-        return bool(self._peer_addrs) and await fence.reaches_a_manager(self._peer_addrs)
+        return bool(peers) and await fence.reaches_a_manager(peers)
 
     def _on_ping(self, msg: protocol.Ping) -> None:
         """Answer, and renew the host's lease to when we sent the pong the
@@ -465,6 +468,8 @@ class Agent:
             # a manager's host also asks the other nodes (reaches_a_manager)
             self._peer_addrs = tuple(r.via for r in cfg.routes if r.via not in cfg.dns) \
                 if cfg.addr and cfg.addr in cfg.dns else ()
+            if self.lease is not None:
+                self.lease.remember_peers(self._sole_manager, self.manager_addrs, self._peer_addrs)
             self._net_cfg = cfg
             await self._apply_mesh_locked()  # our chains' contents, for this pool
             # configured even after a problem: tasks then fail with their own

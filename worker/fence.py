@@ -47,6 +47,7 @@ node's tasks first, and their exit 0 on SIGTERM read as completions.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -81,7 +82,33 @@ class Lease:
     def __init__(self, directory: Path) -> None:
         self.path = directory / "agent-lease"
         self.record_path = directory / "fenced"
+        self.peers_path = directory / "agent-peers"
         self._cache: tuple[float, dict[str, str]] = (-1.0, {})
+
+    def remember_peers(self, sole_manager: bool, managers: tuple[str, ...], peers: tuple[str, ...]) -> None:
+        """Keep whom fencing probes (from the latest configure) host-wide:
+        an agent of a new leader's session has had no configure yet when the
+        lease runs out, and with no address known it fenced at once. After
+        every manager restarted and a partition deposed the new leader, every
+        agent of the cluster stopped its containers (tests/e2e/test_managers.py)."""
+        text = json.dumps({"sole_manager": sole_manager, "managers": list(managers), "peers": list(peers)})
+        try:
+            _make_run_dir(self.peers_path.parent)
+            tmp = self.peers_path.with_name(f"agent-peers.{os.getpid()}")
+            tmp.write_text(text)
+            os.replace(tmp, self.peers_path)
+        except OSError as exc:
+            log.warning("cannot keep the managers' addresses in %s: %s", self.peers_path, exc)
+
+    def remembered_peers(self) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
+        """What :meth:`remember_peers` kept last: (sole manager, managers' hosts,
+        other nodes' hosts); nothing known: (False, (), ())."""
+        try:
+            data = json.loads(self.peers_path.read_text())
+            return (bool(data["sole_manager"]), tuple(str(a) for a in data["managers"]),
+                    tuple(str(a) for a in data["peers"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return False, (), ()
 
     def renew(self, at: float | None = None) -> float:
         """Renew the lease to ``at`` (wall clock; default now), never back

@@ -229,6 +229,37 @@ def test_whom_a_host_asks_before_it_fences(monkeypatch: Any) -> None:
     run(main())
 
 
+def test_an_agent_with_no_configure_yet_asks_the_managers_its_host_last_knew(tmp_path: Path,
+                                                                               monkeypatch: Any) -> None:
+    """A new leader's session starts a new agent; its configure may not have
+    come when the lease runs out. With no address known it fenced at once:
+    after every manager restarted and a partition deposed the new leader,
+    every agent of the lab stopped its containers (tests/e2e/test_managers.py).
+    It asks whom the host's last configure named."""
+    asked: list[tuple[str, ...]] = []
+
+    async def fake(addrs: Any, port: int = 22, timeout: float = 1.0) -> bool:
+        asked.append(tuple(addrs))
+        return "10.99.0.2" in addrs
+    monkeypatch.setattr(fence, "reaches_a_manager", fake)
+    lease = fence.Lease(tmp_path)
+
+    async def main() -> None:
+        s = Session(FakeDocker())
+        s.agent.lease = lease
+        async with s:
+            s.send({**CONFIGURE, "addr": "10.99.0.21", "dns": ["10.99.0.1", "10.99.0.2"], "routes": []})
+            await s.wait_for("configured", lambda: s.agent._configured)
+        fresh = Session(FakeDocker())
+        fresh.agent.lease = lease
+        assert await fresh.agent.reaches_a_manager(), f"the new agent asked {asked}"
+        assert asked[-1] == ("10.99.0.1", "10.99.0.2"), asked
+        nothing = Session(FakeDocker())
+        nothing.agent.lease = fence.Lease(tmp_path / "elsewhere")
+        assert not await nothing.agent.reaches_a_manager() and asked[-1] == (), asked
+    run(main())
+
+
 def test_the_lease_leaves_the_run_directory_open_to_the_api_group(tmp_path: Path) -> None:
     """The manager opens /run/pyswarm to the --api-group for search; the
     lease lives there too and chmodding it back to 0700 shut the group out
