@@ -61,14 +61,18 @@ def to_compare(old: Raw, new: Raw, only: set[tuple[str, str]] | None = None) -> 
     between (:meth:`Snapshot.changed_since`), so that the cost follows the
     change: a task's report at 100,000 tasks looks at one task, not at all of
     them. None: everything (the first look, or changes too old)."""
+    if only is not None:  # one pass, unsorted: sorting a scale's 100,000 ids took 50 ms of the loop
+        by_kind: dict[str, list[tuple[str, str]]] = {"service": [], "task": [], "node": []}
+        for pair in only:
+            found = by_kind.get(pair[0])
+            if found is not None:
+                found.append(pair)
+        return by_kind["service"] + by_kind["task"] + by_kind["node"]
     out: list[tuple[str, str]] = []
     for kind in ("service", "task", "node"):
         before, after = old.get(kind, {}), new.get(kind, {})
-        if only is None:
-            out += [(kind, oid) for oid in after]
-            out += [(kind, oid) for oid in before if oid not in after]
-        else:
-            out += [(kind, oid) for oid in sorted(oid for k, oid in only if k == kind)]
+        out += [(kind, oid) for oid in after]
+        out += [(kind, oid) for oid in before if oid not in after]
     return out
 
 
