@@ -86,21 +86,30 @@ def _assignment_of(snap: Snapshot, task: Task, zone: str, cache: AssignmentCache
     return a
 
 
-async def _sorted_changes(changed: set[tuple[str, str]]) -> tuple[list[str], list[str], bool]:
-    """The changed tasks and nodes, and whether a cluster, secret or config
-    changed (then every set is rebuilt), in one pass over a store change,
-    :data:`PATCH_CHUNK` at a time: a scale's change is 100,000 entries."""
+async def _sorted_changes(changed: list[list[tuple[str, str]]]) -> tuple[list[str], list[str], bool]:
+    """The changed tasks and nodes, each once, and whether a cluster, secret
+    or config changed (then every set is rebuilt), from the store's changes
+    per transaction (:meth:`Snapshot.changes_since`), :data:`PATCH_CHUNK` at
+    a time: a scale's change is 100,000 entries."""
     tasks: list[str] = []
     nodes: list[str] = []
-    for i, (kind, oid) in enumerate(changed):
-        if i % PATCH_CHUNK == PATCH_CHUNK - 1:
-            await asyncio.sleep(0)
-        if kind == "task":
-            tasks.append(oid)
-        elif kind == "node":
-            nodes.append(oid)
-        elif kind in ("cluster", "secret", "config"):
-            return tasks, nodes, True
+    seen: set[tuple[str, str]] = set()
+    count = 0
+    for touched in changed:
+        for pair in touched:
+            count += 1
+            if count % PATCH_CHUNK == 0:
+                await asyncio.sleep(0)
+            if pair in seen:
+                continue
+            seen.add(pair)
+            kind = pair[0]
+            if kind == "task":
+                tasks.append(pair[1])
+            elif kind == "node":
+                nodes.append(pair[1])
+            elif kind in ("cluster", "secret", "config"):
+                return tasks, nodes, True
     return tasks, nodes, False
 
 
@@ -691,7 +700,7 @@ class Dispatcher:
         were rebuilt (then every session's configure may have changed too)."""
         cluster = snap.cluster
         zone = cluster.zone if cluster else "pyswarm"
-        changed = None if previous is None else snap.changed_since(previous.index)
+        changed = None if previous is None else snap.changes_since(previous.index)
         task_ids, node_ids, everything = ([], [], True) if changed is None else await _sorted_changes(changed)
         if everything:
             self._assignment_cache = {}

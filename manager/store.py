@@ -121,16 +121,25 @@ class _State(SyncObjConsumer):  # type: ignore[misc]
     def changed_since(self, since: int, until: int) -> set[tuple[str, str]] | None:
         """(kind, id) of everything changed after index ``since`` up to
         ``until``; None when that is older than the changes kept."""
-        if since >= until:
-            return set()
-        with self._lock:
-            if not self._changes or self._changes[0][0] > since + 1:
-                return None
-            kept = [touched for index, touched in self._changes if since < index <= until]
+        kept = self.changes_between(since, until)
+        if kept is None:
+            return None
         out: set[tuple[str, str]] = set()
         for touched in kept:
             out.update(touched)
         return out
+
+    def changes_between(self, since: int, until: int) -> list[list[tuple[str, str]]] | None:
+        """What each transaction after ``since`` up to ``until`` touched, in
+        order and not merged (a pair may repeat); None when older than the
+        changes kept. For a reader that goes through them a part at a time:
+        merging a scale's 100,000 changes took tens of ms of the loop."""
+        if since >= until:
+            return []
+        with self._lock:
+            if not self._changes or self._changes[0][0] > since + 1:
+                return None
+            return [touched for index, touched in self._changes if since < index <= until]
 
 
 CHANGES_KEPT = 2000  # transactions
@@ -336,6 +345,13 @@ class Snapshot:
         if self._store_state is None:
             return None
         return self._store_state.changed_since(index, self.index)
+
+    def changes_since(self, index: int) -> list[list[tuple[str, str]]] | None:
+        """:meth:`changed_since` per transaction, not merged (see
+        ``_State.changes_between``)."""
+        if self._store_state is None:
+            return None
+        return self._store_state.changes_between(index, self.index)
 
 
 @dataclass(frozen=True)
