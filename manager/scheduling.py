@@ -37,16 +37,17 @@ def plan_ops(snap: Snapshot, now: float, unplaceable: Mapping[str, str] | None =
     return plan_and_learn(snap, now, unplaceable)[0]
 
 
-def plan_and_learn(snap: Snapshot, now: float,
-                   unplaceable: Mapping[str, str] | None = None) -> tuple[list[Op], dict[str, str]]:
+def plan_and_learn(snap: Snapshot, now: float, unplaceable: Mapping[str, str] | None = None,
+                   waiting: list[Task] | None = None) -> tuple[list[Op], dict[str, str]]:
     """The scheduler's transaction, and the replicated services none of
     whose waiting tasks fit anywhere (id -> reason). ``unplaceable``: service id -> the
     reason its tasks fit nowhere on an earlier pass, when nothing that could
     change that has happened since: its waiting tasks get that reason
     without the filters running again (100,000 pending tasks cost a dict
-    lookup each, not a pipeline each)."""
+    lookup each, not a pipeline each). ``waiting``: :func:`waiting_tasks`
+    of ``snap``, if the caller has it."""
     unplaceable = unplaceable or {}
-    waiting = waiting_tasks(snap)
+    waiting = waiting_tasks(snap) if waiting is None else waiting
     if not waiting:
         # nothing to place or explain: the pipeline below would still count
         # every task on a node (~0.4 s a look at 100,000 tasks, every
@@ -84,10 +85,12 @@ def plan_and_learn(snap: Snapshot, now: float,
     return ops, learned
 
 
-def next_wakeup(snap: Snapshot, now: float, most: float = 1.0) -> float:
+def next_wakeup(snap: Snapshot, now: float, most: float = 1.0, waiting: list[Task] | None = None) -> float:
     """Seconds until the scheduler must look again without a store change:
-    when the first delayed restart (``Task.not_before``) comes due."""
-    due = [t.not_before - now for t in waiting_tasks(snap) if t.not_before > now and not t.node_id]
+    when the first delayed restart (``Task.not_before``) comes due.
+    ``waiting``: :func:`waiting_tasks` of ``snap``, if the caller has it."""
+    waiting = waiting_tasks(snap) if waiting is None else waiting
+    due = [t.not_before - now for t in waiting if t.not_before > now and not t.node_id]
     return max(0.01, min([most, *due]))
 
 
@@ -110,10 +113,13 @@ class Scheduler(StoreLoop):
 
     def plan(self, snapshot: Snapshot, now: float) -> Plan:
         self._forget_unplaceable(snapshot, now)
-        ops, learned = plan_and_learn(snapshot, now, self._unplaceable)
+        # listed once for both: each listing of 100,000 pending tasks was
+        # 0.25 s of the planning thread, the GIL the loop waits for
+        waiting = waiting_tasks(snapshot)
+        ops, learned = plan_and_learn(snapshot, now, self._unplaceable, waiting)
         self._unplaceable.update(learned)
         self._seen = snapshot.index
-        return chunked(ops), next_wakeup(snapshot, now)
+        return chunked(ops), next_wakeup(snapshot, now, waiting=waiting)
 
     def _forget_unplaceable(self, snap: Snapshot, now: float) -> None:
         changed = snap.changed_since(self._seen)
