@@ -351,7 +351,10 @@ class Lab:
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.touch()
             else:
-                p.mkdir(parents=True, mode=0o700)
+                try:
+                    p.mkdir(parents=True, mode=0o700)
+                except FileExistsError:  # another lab coming up at the same time made it (CI's two workers)
+                    continue
             made.append(target)
         self._created_mountpoints = made
         shared = REGISTRY / "mountpoints.json"

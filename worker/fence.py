@@ -95,7 +95,9 @@ class Lease:
         try:
             _make_run_dir(self.peers_path.parent)
             tmp = self.peers_path.with_name(f"agent-peers.{os.getpid()}")
-            tmp.write_text(text)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # state is root-only (test_trust)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
             os.replace(tmp, self.peers_path)
         except OSError as exc:
             log.warning("cannot keep the managers' addresses in %s: %s", self.peers_path, exc)

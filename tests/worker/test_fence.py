@@ -254,6 +254,7 @@ def test_an_agent_with_no_configure_yet_asks_the_managers_its_host_last_knew(tmp
         fresh.agent.lease = lease
         assert await fresh.agent.reaches_a_manager(), f"the new agent asked {asked}"
         assert asked[-1] == ("10.99.0.1", "10.99.0.2"), asked
+        assert os.stat(lease.peers_path).st_mode & 0o077 == 0, "the kept addresses are not root-only"
         nothing = Session(FakeDocker())
         nothing.agent.lease = fence.Lease(tmp_path / "elsewhere")
         assert not await nothing.agent.reaches_a_manager() and asked[-1] == (), asked
