@@ -64,6 +64,7 @@ import json
 import os
 import random
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -253,11 +254,11 @@ class Soak:
 
     # ---------------------------------------------------------------- faults
 
-    def faults(self, count: int, seconds: float) -> None:
+    def faults(self, count: int, seconds: float, kinds: tuple[str, ...] = FAULTS) -> None:
         gap = seconds / max(count, 1)
         for n in range(count):
             t0 = time.monotonic()
-            kind = self.rng.choice(FAULTS)
+            kind = self.rng.choice(kinds)
             hold = self.rng.uniform(2, 6)
             try:
                 fault = self.inject(kind, hold)
@@ -457,9 +458,17 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--converge-timeout", type=float, default=300)
     parser.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    parser.add_argument("--kinds", default=",".join(FAULTS),
+                        help=f"the faults drawn from, comma-separated (default: all of {','.join(FAULTS)})")
+    parser.add_argument("--hog", type=int, default=0, metavar="N",
+                        help="N processes spinning on the CPU meanwhile (overload: session 23's doubles came at load 60-80)")
     args = parser.parse_args()
-    if args.minutes <= 0 or args.minutes > 60 or not 0 <= args.faults <= 500:
-        parser.error("--minutes in (0, 60], --faults in [0, 500]")
+    if args.minutes <= 0 or args.minutes > 60 or not 0 <= args.faults <= 500 or not 0 <= args.hog <= 200:
+        parser.error("--minutes in (0, 60], --faults in [0, 500], --hog in [0, 200]")
+    args.kinds = tuple(k for k in args.kinds.split(",") if k)
+    unknown = sorted(set(args.kinds) - set(FAULTS))
+    if unknown or not args.kinds:
+        parser.error(f"--kinds: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(FAULTS)}")
     lab = Lab("/var/lib/pyswarm-bench-soak", name="psbsoak", subnet="10.250.91.0/24")
     started = datetime.now(timezone.utc)
     load_before = os.getloadavg()
@@ -478,7 +487,13 @@ def run(soak: Soak, args: argparse.Namespace, started: datetime, load_before: tu
     sampler = threading.Thread(target=soak.sampler, daemon=True)
     for t in [*threads, sampler]:
         t.start()
-    soak.faults(args.faults, seconds)
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.hog)]
+    try:
+        soak.faults(args.faults, seconds, args.kinds)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
     last_healed = time.monotonic()
     for t in threads:
         t.join(timeout=max(0.0, deadline - time.monotonic()) + CLI_TIMEOUT + 10)
@@ -507,6 +522,7 @@ def run(soak: Soak, args: argparse.Namespace, started: datetime, load_before: tu
             result["not_converged"] = {"error": str(exc)}
         print(json.dumps(result["not_converged"], indent=1), flush=True)
     result.update(converge_s=converge_s, minutes=args.minutes, faults_asked=args.faults, seed=args.seed,
+                  kinds=list(args.kinds), hog=args.hog,
                   loadavg_before=load_before, loadavg_after=os.getloadavg(), date=started.isoformat(timespec="seconds"))
     record = {**result, "history": [asdict(w) for w in soak.history.writes],
               "fault_log": [asdict(f) for f in soak.history.faults], "doubles": soak.history.doubles}
