@@ -74,6 +74,7 @@ class _Leading:
                  images: ImageService | None = None, hub: StreamHub | None = None,
                  lag: LoopLag | None = None) -> None:
         self.hub = hub
+        led_since = time.time()  # no grace of a down node counts from earlier (healing.lost_at)
 
         def dispatcher() -> Dispatcher:
             d = Dispatcher(store, client_keys, images=images, lag=lag)
@@ -82,7 +83,7 @@ class _Leading:
             return d
 
         makers: dict[str, Any] = {
-            "orchestrator": lambda: Orchestrator(store), "updater": lambda: Updater(store),
+            "orchestrator": lambda: Orchestrator(store, led_since), "updater": lambda: Updater(store),
             "scheduler": lambda: Scheduler(store), "dispatcher": dispatcher,
         }
         self.loops = [Supervised(name, make, on_give_up) for name, make in makers.items()]

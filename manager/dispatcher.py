@@ -301,10 +301,22 @@ class _Session:
         is up the leader does not replace them either."""
         while not self._stopped:
             await self._unready.wait()
+            started = time.monotonic()
             if await aio.host_answers(self.node.addr, self.node.ssh_port,
-                                      protocol.REACH_PROBE_TIMEOUT, refused_answers=False) and not self._ready:
-                self._d.restart_grace(self.node)
+                                      protocol.REACH_PROBE_TIMEOUT, refused_answers=False):
+                if not self._ready:
+                    self._d.restart_grace(self.node)
+            elif self._held_since(started) > protocol.REACH_PROBE_TIMEOUT / 5:
+                continue  # our own loop was held: the timeout may be ours, not the host's; probe again now
             await asyncio.sleep(protocol.REACH_PROBE_EVERY)
+
+    def _held_since(self, started: float) -> float:
+        """How long this manager's loop was held since ``started``
+        (monotonic): measured stalls, or a wake-up later than the probe's
+        timeout asked (a stall the monitor has not seen yet)."""
+        lag = self._d.lag
+        held = lag.stalled_between(started, time.monotonic()) if lag is not None else 0.0
+        return max(held, time.monotonic() - started - protocol.REACH_PROBE_TIMEOUT)
 
     async def _reconnect(self) -> None:
         backoff = 0.2
@@ -317,7 +329,7 @@ class _Session:
             except (OSError, asyncssh.Error, asyncio.TimeoutError, ValueError, HeartbeatLost) as exc:
                 reason = self._end_reason = _describe(exc)
                 log.info("session to %s (%s) ended: %s%s", self.node.hostname, self.node.addr, reason,
-                         self._d.lag_note())
+                         "" if isinstance(exc, HeartbeatLost) else self._d.lag_note())  # its reason has it
                 self._d.mark_down(self.node, reason, was_ready=self._ready, heard_at=self._heard_at())
             except Exception as exc:  # a bug here must not end the node's session for good
                 reason = f"session failed: {type(exc).__name__}: {exc}"

@@ -104,24 +104,34 @@ def down_since(node: Node) -> float:
     return node.down_since or node.updated_at
 
 
-def lost_at(node: Node) -> float | None:
+def lost_at(node: Node, led_since: float = 0.0) -> float | None:
     """When the tasks of ``node`` count as lost: :data:`protocol.LOST_GRACE`
     after it went down (None: it is not down). By then its agent has stopped
     their containers by itself (its lease, ``protocol.AGENT_LEASE``, ran
-    out), so a replacement never runs beside the old one (fencing)."""
+    out), so a replacement never runs beside the old one (fencing).
+
+    ``led_since``: when this leader took over (wall clock); the grace never
+    counts from earlier. A ``down_since`` an earlier leader wrote says what
+    *it* could reach, and the grace is restarted only by a leader's probe of
+    the node's host (manager/dispatcher.py): between a leader's death and the
+    next one's first probe nobody restarts it, while the node's lingering
+    agent keeps its containers because the managers' hosts still answer
+    (worker/fence.py). The soak's new leaders, elected after a grace had run
+    out, orphaned a live manager host's tasks on their first pass: six slots
+    ran twice for up to 114 s (bench/RESULTS.md, session 24)."""
     if node.status is not NodeStatus.DOWN:
         return None
-    return down_since(node) + protocol.LOST_GRACE
+    return max(down_since(node), led_since) + protocol.LOST_GRACE
 
 
-def lost_reason(task: Task, nodes: Mapping[str, Node], now: float) -> str | None:
+def lost_reason(task: Task, nodes: Mapping[str, Node], now: float, led_since: float = 0.0) -> str | None:
     """Why a non-terminal task on a node can no longer be counted on, or None."""
     if not task.node_id or task.state.terminal:
         return None
     node = nodes.get(task.node_id)
     if node is None:
         return "node left the cluster"
-    due = lost_at(node)
+    due = lost_at(node, led_since)
     if due is not None and now >= due:
         return f"node {node.hostname} down" + (f": {node.status_message}" if node.status_message else "")
     return None

@@ -127,6 +127,13 @@ def _reconcile_slot(service: Service, slot: int, tasks: list[Task], now: float, 
             ops += _shutdown(t, now)
     if staying or outdated:
         return ops
+    if any(t.node_id and not t.holds_slot and not t.state.terminal for t in tasks) or \
+            any(t.node_id and not keep_leaving for t in leaving):
+        # a task of this slot was told to stop and has not yet (a scale to 0
+        # and back, a drain, a task its node has not heard stop: the soak's
+        # node cut off meanwhile ran it beside the refill). The refill waits
+        # for its stop, or for its node to be lost (healing.lost_reason).
+        return ops
     if leaving:
         terms: healing.Replacement | None = healing.Replacement(restarts=tuple(leaving[0].restarts))
     else:
@@ -190,11 +197,12 @@ class Budget:
 
 
 def reconcile(snapshot: Snapshot, now: float, only: Iterable[str] | None = None,
-              budget: Budget | None = None) -> list[Op]:
+              budget: Budget | None = None, led_since: float = 0.0) -> list[Op]:
     """The operations that make the tasks match the services (pure).
 
     ``only``: the ids of the services to look at (the ones a change
-    touched); None looks at all. ``budget`` bounds the tasks created."""
+    touched); None looks at all. ``budget`` bounds the tasks created.
+    ``led_since``: when this leader took over (:func:`healing.lost_at`)."""
     cluster = snapshot.cluster
     history = cluster.task_history_limit if cluster else 5
     budget = budget or Budget()
@@ -209,7 +217,7 @@ def reconcile(snapshot: Snapshot, now: float, only: Iterable[str] | None = None,
     for service in wanted:
         tasks = []
         for t in snapshot.tasks_of(service.id):
-            reason = healing.lost_reason(t, by_id, now)
+            reason = healing.lost_reason(t, by_id, now, led_since)
             if reason is not None:
                 ops += healing.orphan(t, reason, now)
                 t = healing.orphaned(t)  # the rest of the pass sees it as history
@@ -260,7 +268,7 @@ NEW_TASKS_PER_PASS = 2000
 
 
 def reconcile_slots(snapshot: Snapshot, now: float, slots: Mapping[str, Iterable[int]],
-                    budget: Budget, resume: Mapping[str, int] | None = None) -> list[Op]:
+                    budget: Budget, resume: Mapping[str, int] | None = None, led_since: float = 0.0) -> list[Op]:
     """Like :func:`reconcile`, for some slots of replicated services only:
     the slots a change touched, and each service's slots from where an
     earlier pass ran out of budget (``resume``). A pass then costs what
@@ -284,7 +292,7 @@ def reconcile_slots(snapshot: Snapshot, now: float, slots: Mapping[str, Iterable
                 break
             group = []
             for t in snapshot.tasks_in_slot(sid, slot):
-                reason = healing.lost_reason(t, nodes, now)
+                reason = healing.lost_reason(t, nodes, now, led_since)
                 if reason is not None:
                     ops += healing.orphan(t, reason, now)
                     t = healing.orphaned(t)
@@ -309,8 +317,9 @@ class Orchestrator(StoreLoop):
 
     name = "orchestrator"
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, led_since: float = 0.0) -> None:
         super().__init__(store)
+        self.led_since = led_since  # when this leader took over: no node's grace counts from earlier
         self._seen = -1
         self._full_at = 0.0
         self._resume: dict[str, int] = {}
@@ -325,21 +334,21 @@ class Orchestrator(StoreLoop):
         due_now = {nid for nid, due in self._lost_due.items() if now >= due}
         self._lost_due = {}
         for node in snapshot.nodes():
-            due = healing.lost_at(node)
+            due = healing.lost_at(node, self.led_since)
             if due is not None and due > now:
                 self._lost_due[node.id] = due
         if changed is not None and due_now:
             changed = set(changed) | {("node", nid) for nid in due_now}
         if changed is None:
             started = time.monotonic()
-            ops = reconcile(snapshot, now, None, budget)
+            ops = reconcile(snapshot, now, None, budget, self.led_since)
             self._full_at = next_full_pass(now, started)
         else:
             whole, slots = touched_slots(snapshot, changed)
-            ops = reconcile(snapshot, now, whole, budget)
+            ops = reconcile(snapshot, now, whole, budget, self.led_since)
             resume = {sid: slot for sid, slot in self._resume.items() if sid not in whole}
             ops += reconcile_slots(snapshot, now, {sid: s for sid, s in slots.items() if sid not in whole},
-                                   budget, resume)
+                                   budget, resume, self.led_since)
         self._resume = budget.resume
         self._seen = snapshot.index
         wait = FULL_PASS_EVERY

@@ -163,8 +163,9 @@ ENGINE_GRACE = 2.0
 #   session, its sshd accepting the leader's probe (every REACH_PROBE_EVERY
 #   s) restarts it, the mirror of the agent's exemption (a lingering agent
 #   keeps its containers while a manager's host answers: a failover or a
-#   lost quorum, where nobody can replace them); and a new leader's first
-#   session starts it afresh (it cannot know what an earlier leader heard).
+#   lost quorum, where nobody can replace them); and a new leader counts
+#   it from no earlier than its own start (healing.lost_at's led_since: it
+#   cannot know what an earlier leader heard or reached).
 #
 # So when the link is cut the containers are stopped by last pong +
 # AGENT_LEASE + probe + stop ~ 10 s, and replaced after last word +

@@ -43,6 +43,19 @@ RETRY_SAFE = frozenset({
     "stack.deploy", "service.scale", "service.update", "node.update", "cluster.update",
 })
 RETRY_FOR = 5.0  # seconds
+# what only reads (by the method's verb); a request of any other method left
+# without an answer may have changed the cluster all the same: the manager
+# that died or was cut off meanwhile may have committed it first (the soak
+# counted a config "refused" by a closed connection, and it was there)
+READ_VERBS = frozenset({"ls", "inspect", "ps", "export", "chains", "shipments", "version", "info",
+                        "metrics", "progress", "ping", "logs", "events", "stats", "top"})
+UNANSWERED_WRITE = "the write may still be applied; check before repeating it"
+
+
+def unanswered(method: str) -> str:
+    """What a request of ``method`` left without an answer means for its
+    write, if it is one ("" for a read): the CLI's words for Jepsen's :info."""
+    return "" if method.rpartition(".")[2] in READ_VERBS else UNANSWERED_WRITE
 
 
 def too_large(what: str, size: int | None = None) -> errors.UsageError:
@@ -118,7 +131,7 @@ class Connection:
 
     def _lost(self, method: str, what: str, why: str = "") -> errors.ConnectionError_:
         said = self._explain() if self._explain is not None else ""
-        reasons = "; ".join(r for r in (why, said) if r)
+        reasons = "; ".join(r for r in (why, said, unanswered(method)) if r)
         return errors.ConnectionError_(f"{what} the manager ({self.where}) during {method}"
                                        + (f": {reasons}" if reasons else ""))
 
@@ -133,17 +146,19 @@ class Connection:
             try:
                 chunk = self._sock.recv(1 << 20)
             except socket.timeout:
+                fate = unanswered(method)
                 raise errors.ConnectionError_(
-                    f"the manager ({self.where}) did not answer {method} within {timeout or 0:.0f}s") from None
+                    f"the manager ({self.where}) did not answer {method} within {timeout or 0:.0f}s"
+                    + (f": {fate}" if fate else "")) from None
             except OSError as exc:
                 raise self._lost(method, "lost the connection to", str(exc.strerror or exc)) from None
             if not chunk:
                 if self._buf:
                     raise self._lost(method, "the answer was cut short by")
                 said = self._explain() if self._explain is not None else ""
+                reasons = "; ".join(r for r in (said or "see its log", unanswered(method)) if r)
                 raise errors.ConnectionError_(
-                    f"the manager ({self.where}) closed the connection without answering {method}"
-                    + (f": {said}" if said else " (see its log)"))
+                    f"the manager ({self.where}) closed the connection without answering {method}: {reasons}")
             self._buf += chunk
 
     def _send(self, method: str, params: dict[str, Any] | None) -> None:

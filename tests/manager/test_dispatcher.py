@@ -25,7 +25,8 @@ import pytest  # noqa: E402
 
 from pyswarm import protocol  # noqa: E402
 from pyswarm.wire import BadRequest  # noqa: E402
-from pyswarm.manager import dispatcher as dispatcher_mod  # noqa: E402
+from pyswarm.manager import dispatcher as dispatcher_mod
+from pyswarm.manager.lag import LoopLag  # noqa: E402
 from pyswarm.manager.dispatcher import (  # noqa: E402
     MAX_PING_PERIOD,
     MAX_PINGS_PER_SECOND,
@@ -475,6 +476,8 @@ def test_a_session_without_its_agent_probes_the_nodes_sshd(monkeypatch: Any) -> 
     restarted: list[str] = []
 
     class D:
+        lag = None
+
         def restart_grace(self, node: Any, force: bool = False) -> None:
             restarted.append(node.id)
 
@@ -496,6 +499,41 @@ def test_a_session_without_its_agent_probes_the_nodes_sshd(monkeypatch: Any) -> 
     answered, refused = asyncio.run(main())
     assert answered >= 2, f"{answered} restarts while the node's sshd accepted"
     assert refused == 0, f"{refused} restarts while its port refused"
+
+
+def test_a_probe_our_own_stall_timed_out_is_made_again_at_once(monkeypatch: Any) -> None:
+    """A probe that timed out while this manager's loop was held says
+    nothing about the node's host (the leader would blame the node for its
+    own stall): it is made again at once, not a probe period later."""
+    monkeypatch.setattr(protocol, "REACH_PROBE_EVERY", 30.0)
+    restarted: list[float] = []
+    lag = LoopLag()
+    answers = iter([False, True])
+
+    async def probe(*args: Any, **kwargs: Any) -> bool:
+        began = time.monotonic()
+        await asyncio.sleep(0.3)
+        lag.record(began, time.monotonic())  # the loop was held for this probe's whole wait
+        return next(answers)
+
+    class D:
+        def __init__(self) -> None:
+            self.lag = lag
+
+        def restart_grace(self, node: Any, force: bool = False) -> None:
+            restarted.append(time.monotonic())
+
+    monkeypatch.setattr(dispatcher_mod.aio, "host_answers", probe)
+
+    async def main() -> None:
+        session = dispatcher_mod._Session(D(), make_node())  # type: ignore[arg-type]
+        watch = asyncio.ensure_future(session._watch_reach())
+        try:
+            await asyncio.sleep(0.9)
+        finally:
+            watch.cancel()
+    asyncio.run(main())
+    assert len(restarted) == 1, f"{len(restarted)} restarts: the probe timed out by our stall was not made again"
 
 
 def test_a_ready_session_does_not_probe_until_it_ends(monkeypatch: Any) -> None:

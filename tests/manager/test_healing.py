@@ -83,6 +83,24 @@ def test_tasks_on_a_down_node_are_orphaned_and_replaced_elsewhere() -> None:
     assert new.node_id == "" and new.state == TaskState.PENDING and new.restarts == []
 
 
+def test_a_new_leader_gives_a_down_node_its_whole_grace() -> None:
+    """A down_since an earlier leader wrote may have run out during the
+    election, while nobody probed the node's host (its lingering agent keeps
+    its containers while a manager's host answers): a new leader counts the
+    grace from no earlier than its own start (the soak's doubles, session 24)."""
+    a, b = make_node(), make_node()
+    svc = make_service("web", replicas=1)
+    t1 = make_task(svc, slot=1, node_id=a.id, state=TaskState.RUNNING)
+    w = World(a, b, svc, t1)
+    w.set_node(a.id, status=NodeStatus.DOWN.value, status_message="no heartbeat for 2s", down_since=900.0)
+    led_since = 1000.0  # the old grace ran out at 912
+    ops = reconcile(Snapshot(1, w.raw), now=led_since + protocol.LOST_GRACE - 0.1, led_since=led_since)
+    assert ops == [], f"a new leader gave up the task of a node it has not had a grace to reach: {ops}"
+    ops = reconcile(Snapshot(1, w.raw), now=led_since + protocol.LOST_GRACE, led_since=led_since)
+    _apply_ops(w.raw, ops)
+    assert w.raw["task"][t1.id]["state"] == "orphaned", ops
+
+
 def test_a_task_whose_node_is_gone_is_lost() -> None:
     svc = make_service("web", replicas=1)
     t = make_task(svc, slot=1, node_id="node-that-left", state=TaskState.RUNNING)
@@ -215,7 +233,28 @@ def test_drain_stop_first_stops_then_replaces() -> None:
     w, _, old, _ = _drain_world(None)
     w.converge()
     assert w.raw["task"][old.id]["desired_state"] == DESIRED_SHUTDOWN
+    assert w.live() == [], "replaced before the old task stopped: the slot would run twice meanwhile"
+    w.set_task(old.id, state="shutdown")
+    w.converge()
     assert [t.node_id for t in w.live()] == [""]
+
+
+def test_a_slot_scaled_away_and_back_waits_for_its_old_task_to_stop() -> None:
+    """Scale 2 -> 0 -> 2 while a node cannot hear the stop (the soak: its
+    link was cut): its task of slot 2 still runs, so slot 2 is refilled
+    only once it has stopped, or once its node is lost (then it is orphaned
+    and the refill follows at once)."""
+    a, b = make_node(), make_node()
+    svc = make_service("web", replicas=0)
+    old = make_task(svc, slot=2, node_id=a.id, state=TaskState.RUNNING, desired_state=DESIRED_SHUTDOWN)
+    svc.spec.replicas = 2
+    w = World(a, b, svc, old)
+    w.converge()
+    assert sorted(t.slot for t in w.live()) == [1], f"slot 2 refilled beside its running task: {w.live()}"
+    w.set_node(a.id, status=NodeStatus.DOWN.value, status_message="no heartbeat for 2s", down_since=900.0)
+    w.converge(now=900.0 + protocol.LOST_GRACE)
+    assert w.raw["task"][old.id]["state"] == "orphaned"
+    assert sorted(t.slot for t in w.live()) == [1, 2], "a lost node's stopping task still held its slot"
 
 
 def test_drain_start_first_keeps_the_old_task_until_the_new_one_runs() -> None:

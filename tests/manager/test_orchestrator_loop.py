@@ -78,26 +78,37 @@ def test_the_tasks_of_a_down_node_are_lost_when_its_grace_ends(tmp_path: Path,
 
     async def go() -> None:
         store = await started(tmp_path, free_port())
-        loop = Orchestrator(store)
+        led_since = time.time()
+        loop = Orchestrator(store, led_since)
         runner = asyncio.create_task(loop.run())
         try:
             node = make_node()
             svc = make_service("web", replicas=1)
             task = make_task(svc, slot=1, node_id=node.id, state=TaskState.RUNNING)
+            # and one an earlier leader marked down a minute ago: its grace is this leader's to count
+            other, other_svc = make_node(), make_service("api", replicas=1)
+            old_task = make_task(other_svc, slot=1, node_id=other.id, state=TaskState.RUNNING)
             await store.commit([["put", "cluster", "c", Cluster(id="c").to_dict()],
                                 ["put", "node", node.id, node.to_dict()],
+                                ["put", "node", other.id, {**other.to_dict(), "status": NodeStatus.DOWN.value,
+                                                           "down_since": led_since - 60.0}],
                                 ["put", "service", svc.id, svc.to_dict()],
-                                ["put", "task", task.id, task.to_dict()]])
+                                ["put", "service", other_svc.id, other_svc.to_dict()],
+                                ["put", "task", task.id, task.to_dict()],
+                                ["put", "task", old_task.id, old_task.to_dict()]])
             down_at = time.time()
             await store.commit([["patch", "node", node.id, {"status": NodeStatus.DOWN.value, "down_since": down_at,
                                                             "status_message": "no heartbeat for 2s"}]])
             await asyncio.sleep(0.8)
-            assert [t.state for t in store.snapshot().tasks()] == [TaskState.RUNNING], "lost within its grace"
-            await until("the task orphaned once the grace ended", lambda: any(
-                t.state is TaskState.ORPHANED for t in store.snapshot().tasks()), timeout=10)
+            assert [t.state for t in store.snapshot().tasks()] == [TaskState.RUNNING] * 2, "lost within its grace"
+            await until("both tasks orphaned once the grace ended", lambda: sum(
+                t.state is TaskState.ORPHANED for t in store.snapshot().tasks()) == 2, timeout=10)
             lost_after = next(t for t in store.snapshot().tasks() if t.id == task.id).state_since - down_at
             assert 1.5 <= lost_after < 5, f"orphaned {lost_after:.2f}s after the node went down"
-            assert len([t for t in store.snapshot().tasks() if t.holds_slot]) == 1, "its slot was not refilled"
+            assert len([t for t in store.snapshot().tasks() if t.holds_slot]) == 2, "their slots were not refilled"
+            lost_after = next(t for t in store.snapshot().tasks() if t.id == old_task.id).state_since - led_since
+            assert 1.5 <= lost_after < 5, \
+                f"the task of a node an earlier leader marked down was orphaned {lost_after:.2f}s after this one took over"
         finally:
             loop.stop()
             await asyncio.wait_for(runner, 10)

@@ -128,3 +128,18 @@ def test_a_connection_is_a_line_channel_for_streams_with_input(pair: tuple[socke
     assert conn.readline() == b'{"stream": 1}\n'
     server.close()
     assert conn.readline() == b""
+
+
+@pytest.mark.parametrize("method, says_may", [("config.create", True), ("service.scale", True), ("node.ls", False)])
+def test_an_unanswered_write_may_still_be_applied(pair: tuple[socket.socket, socket.socket], method: str,
+                                                  says_may: bool) -> None:
+    """A manager that closes the connection (it died, say) may have committed
+    the write first: the error says so for a write, not for a read (the soak
+    counted such a config create as refused, and it was applied)."""
+    client, server = pair
+    threading.Timer(0.2, lambda: server.shutdown(socket.SHUT_RDWR)).start()
+    with pytest.raises(errors.ConnectionError_) as caught:
+        rpc.Connection(client, "test").call(method, timeout=10)
+    message = str(caught.value)
+    assert f"without answering {method}" in message, message
+    assert ("may still be applied" in message) is says_may, message
