@@ -75,6 +75,17 @@ def _make_run_dir(directory: Path) -> None:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` at once (another agent of this host may
+    read it meanwhile), root-only: the host's state is (tests/e2e/test_trust.py)."""
+    _make_run_dir(path.parent)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
 class Lease:
     """The host's lease and the record of fenced containers, files in
     ``directory`` (the run directory: gone with a reboot, as the containers are)."""
@@ -91,14 +102,11 @@ class Lease:
         lease runs out, and with no address known it fenced at once. After
         every manager restarted and a partition deposed the new leader, every
         agent of the cluster stopped its containers (tests/e2e/test_managers.py)."""
+        if (sole_manager, managers, peers) == self.remembered_peers():
+            return  # every configure says it again: most say nothing new
         text = json.dumps({"sole_manager": sole_manager, "managers": list(managers), "peers": list(peers)})
         try:
-            _make_run_dir(self.peers_path.parent)
-            tmp = self.peers_path.with_name(f"agent-peers.{os.getpid()}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # state is root-only (test_trust)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
-            os.replace(tmp, self.peers_path)
+            _write_private(self.peers_path, text)
         except OSError as exc:
             log.warning("cannot keep the managers' addresses in %s: %s", self.peers_path, exc)
 
@@ -142,12 +150,7 @@ class Lease:
         already watch their deaths), with ``why`` (one line)."""
         known = {**self.fenced(), **{cid: why.replace("\n", " ") for cid in container_ids}}
         kept = list(known.items())[-RECORD_LIMIT:]
-        _make_run_dir(self.record_path.parent)
-        tmp = self.record_path.with_name(f"fenced.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write("".join(f"{cid} {reason}\n" for cid, reason in kept))
-        os.replace(tmp, self.record_path)
+        _write_private(self.record_path, "".join(f"{cid} {reason}\n" for cid, reason in kept))
 
     def fenced(self) -> dict[str, str]:
         """Container id -> why this node stopped it (cached by the record's

@@ -276,3 +276,16 @@ def test_the_lease_leaves_the_run_directory_open_to_the_api_group(tmp_path: Path
     missing = fence.Lease(tmp_path / "fresh")
     missing.renew()
     assert os.stat(tmp_path / "fresh").st_mode & 0o077 == 0, "a missing run directory is made root-only"
+
+
+def test_the_kept_addresses_are_written_only_when_they_change(tmp_path: Path) -> None:
+    """Every configure names the managers again; rewriting the file each
+    time was a write per configure for nothing."""
+    lease = fence.Lease(tmp_path)
+    lease.remember_peers(False, ("10.99.0.1",), ("10.99.0.21",))
+    first = os.stat(lease.peers_path).st_ino
+    lease.remember_peers(False, ("10.99.0.1",), ("10.99.0.21",))
+    assert os.stat(lease.peers_path).st_ino == first, "the same addresses were written again"
+    lease.remember_peers(False, ("10.99.0.1", "10.99.0.2"), ("10.99.0.21",))
+    assert lease.remembered_peers() == (False, ("10.99.0.1", "10.99.0.2"), ("10.99.0.21",))
+    assert os.stat(lease.peers_path).st_mode & 0o077 == 0, "the kept addresses are not root-only"
