@@ -314,9 +314,9 @@ class _Session:
         """How long this manager's loop was held since ``started``
         (monotonic): measured stalls, or a wake-up later than the probe's
         timeout asked (a stall the monitor has not seen yet)."""
-        lag = self._d.lag
-        held = lag.stalled_between(started, time.monotonic()) if lag is not None else 0.0
-        return max(held, time.monotonic() - started - protocol.REACH_PROBE_TIMEOUT)
+        lag, now = self._d.lag, time.monotonic()
+        held = lag.stalled_between(started, now) if lag is not None else 0.0
+        return max(held, now - started - protocol.REACH_PROBE_TIMEOUT)
 
     async def _reconnect(self) -> None:
         backoff = 0.2

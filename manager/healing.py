@@ -116,9 +116,9 @@ def lost_at(node: Node, led_since: float = 0.0) -> float | None:
     the node's host (manager/dispatcher.py): between a leader's death and the
     next one's first probe nobody restarts it, while the node's lingering
     agent keeps its containers because the managers' hosts still answer
-    (worker/fence.py). The soak's new leaders, elected after a grace had run
-    out, orphaned a live manager host's tasks on their first pass: six slots
-    ran twice for up to 114 s (bench/RESULTS.md, session 24)."""
+    (worker/fence.py). A new leader elected after such a grace ran out
+    orphaned a live host's tasks on its first pass: the likeliest cause of
+    session 23's soak doubles on manager1's host (bench/RESULTS.md)."""
     if node.status is not NodeStatus.DOWN:
         return None
     return max(down_since(node), led_since) + protocol.LOST_GRACE

@@ -25,7 +25,7 @@ import pytest  # noqa: E402
 
 from pyswarm import protocol  # noqa: E402
 from pyswarm.wire import BadRequest  # noqa: E402
-from pyswarm.manager import dispatcher as dispatcher_mod
+from pyswarm.manager import dispatcher as dispatcher_mod  # noqa: E402
 from pyswarm.manager.lag import LoopLag  # noqa: E402
 from pyswarm.manager.dispatcher import (  # noqa: E402
     MAX_PING_PERIOD,
