@@ -8,6 +8,8 @@ way, and can be run any number of times.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -20,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,8 @@ DEFAULT_NAME = "pswlab"
 DEFAULT_SUBNET = "10.250.0.0/24"
 # machine-wide: which labs are up, and the mount points they had to create
 REGISTRY = Path("/run/pyswarm-lab")
+# Beside the registry, not in it: the last lab down removes the registry while holding this.
+REGISTRY_LOCK = Path("/run/pyswarm-lab.lock")
 MAX_MANAGERS = 9
 START_TIMEOUT = 90.0
 SYSTEM_PYTHON = "/usr/bin/python3"  # what a bare host has (Debian's)
@@ -290,8 +294,9 @@ class Lab:
         return nets
 
     def _register(self) -> None:
-        (REGISTRY / "labs").mkdir(parents=True, exist_ok=True)
-        (REGISTRY / "labs" / self.name).write_text(str(self.dir) + "\n")
+        with _registry_locked():
+            (REGISTRY / "labs").mkdir(parents=True, exist_ok=True)
+            (REGISTRY / "labs" / self.name).write_text(str(self.dir) + "\n")
 
     def _start_keeper(self) -> None:
         # posix_spawn rather than Popen: the keeper outlives this object, and a
@@ -357,9 +362,7 @@ class Lab:
                     continue
             made.append(target)
         self._created_mountpoints = made
-        shared = REGISTRY / "mountpoints.json"
-        known = json.loads(shared.read_text()) if shared.exists() else []
-        shared.write_text(json.dumps(sorted(set(known) | set(made))))
+        remember_mountpoints(made)
         self._save("starting")
 
     def _make_network(self) -> None:
@@ -717,6 +720,10 @@ class Lab:
         return ours + ([self.bridge] if self.bridge in names else [])
 
     def _unregister(self) -> None:
+        with _registry_locked():
+            self._unregister_locked()
+
+    def _unregister_locked(self) -> None:
         entry = REGISTRY / "labs" / self.name
         if entry.exists() and entry.read_text().strip() == str(self.dir):
             entry.unlink()
@@ -778,3 +785,29 @@ def _cwd() -> str:
 
 def _text(data: bytes) -> str:
     return data.decode(errors="replace")
+
+
+def remember_mountpoints(made: list[str], registry: Path = REGISTRY) -> None:
+    """Add ``made`` to the mount points the last lab down removes.
+
+    Labs coming up side by side (CI's two test workers) each add theirs.
+    """
+    shared = registry / "mountpoints.json"
+    with _registry_locked():
+        known = json.loads(shared.read_text()) if shared.exists() else []
+        shared.write_text(json.dumps(sorted(set(known) | set(made))))
+
+
+@contextlib.contextmanager
+def _registry_locked() -> Iterator[None]:
+    """The machine-wide registry of labs, held while it is read and rewritten.
+
+    Two labs come up at once under CI's two test workers: without it one read
+    the other's half-written mountpoints.json (empty) and its lab up failed.
+    """
+    fd = os.open(REGISTRY_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

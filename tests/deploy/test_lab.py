@@ -231,3 +231,18 @@ def test_session_cluster_has_every_node_ready(lab: Lab) -> None:
     rows = json.loads(lab.pyswarm("manager1", "node", "ls", "--format", "json").stdout)
     seen = sorted((r["hostname"], r["role"], r["status"]) for r in rows)
     assert seen == [("manager1", "manager", "ready"), ("worker1", "worker", "ready"), ("worker2", "worker", "ready"), ("worker3", "worker", "ready")], seen
+
+
+def test_labs_coming_up_side_by_side_keep_every_mountpoint(tmp_path: Path) -> None:
+    # CI's two workers bring their labs up at once; one used to read the
+    # other's half-written list (empty) and fail its lab up. flock holds
+    # between threads too: each call opens the lock file anew.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pyswarm.deploy.lab_core import remember_mountpoints
+
+    names = [f"/made/{i}" for i in range(400)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda n: remember_mountpoints([n], tmp_path), names))
+    kept = json.loads((tmp_path / "mountpoints.json").read_text())
+    assert sorted(kept) == sorted(names), f"{len(names) - len(kept)} of {len(names)} mount points lost"
